@@ -1,0 +1,38 @@
+# django-spark-etl: `make demo` runs the nightly pipeline on demo data, `make test` runs the test suite.
+# Everything installs into a project-local virtual environment (.venv) from the package index.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	@command -v java >/dev/null || { echo "Java 17+ is required for Spark (install a JDK, e.g. openjdk-17-jre)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the project with its test tools
+
+demo: $(STAMP) ## generate demo data, serve it over HTTP on loopback, run the pipeline for the demo dates
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py demo
+
+test: $(STAMP) ## run the whole test suite (SQLite and PostgreSQL, one real spark-submit)
+	$(PY) -m pytest
+
+check: $(STAMP) ## lint (ruff) and Django's system checks
+	$(VENV)/bin/ruff check .
+	$(PY) manage.py check
+
+clean: ## remove generated data (var/), keeping .venv
+	rm -rf var spark-warehouse metastore_db derby.log
+
+.PHONY: help install demo test check clean

@@ -1,0 +1,86 @@
+"""Settings shared by every environment. The environment is read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+VAR_DIR = Path(os.environ.get("ETL_VAR_DIR", BASE_DIR / "var"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "etlcore",
+    "warehouse",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "conf.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+WSGI_APPLICATION = "conf.wsgi.application"
+
+# SQLite is the embedded default; DATABASE_URL (postgres://user@host:port/db) switches the warehouse.
+if not os.environ.get("DATABASE_URL"):
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+STATIC_URL = "static/"
+
+# --- django-spark-etl -------------------------------------------------------------------------
+# Pipeline definitions: every *.toml in these directories (or files) is one pipeline.
+ETL_PIPELINE_PATHS = [BASE_DIR / "conf" / "pipelines"] + [
+    Path(p) for p in os.environ.get("ETL_PIPELINE_PATH", "").split(os.pathsep) if p
+]
+ETL_DEFAULT_PIPELINE = os.environ.get("ETL_DEFAULT_PIPELINE", "retail_demo")
+# Defaults a pipeline file may override.
+ETL_STAGING_ROOT = Path(os.environ.get("ETL_STAGING_ROOT", VAR_DIR / "staging"))
+ETL_SPARK_MASTER = os.environ.get("ETL_SPARK_MASTER", "local[*]")
+ETL_SPARK_SUBMIT = os.environ.get("ETL_SPARK_SUBMIT", "")  # empty: the one shipped with pyspark
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "etlcore": {"handlers": ["console"], "level": os.environ.get("ETL_LOG_LEVEL", "WARNING")},
+        "connectors": {"handlers": ["console"], "level": os.environ.get("ETL_LOG_LEVEL", "WARNING")},
+    },
+}

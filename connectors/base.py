@@ -1,0 +1,70 @@
+"""The one interface every source implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+# A batch of raw records as the source returned them (nested dicts/lists allowed) or, for tabular
+# sources, an Arrow record batch whose column names are the source's own.
+RawBatch = list[dict[str, Any]] | pa.RecordBatch
+
+DEFAULT_BATCH_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class ExtractWindow:
+    """What one extraction covers: a business date and its [start, end) instant range (tz-aware)."""
+
+    business_date: date
+    start: datetime
+    end: datetime
+
+    def template_values(self) -> dict[str, Any]:
+        """Values a source's configuration may use in `{...}` placeholders (paths, query parameters)."""
+        return {
+            "date": self.business_date,
+            "window_start": self.start.isoformat(),
+            "window_end": self.end.isoformat(),
+            "window_start_epoch": int(self.start.timestamp()),
+            "window_end_epoch": int(self.end.timestamp()),
+        }
+
+
+class Connector(ABC):
+    """A source of raw records. Subclasses set `kind` and read their options in `__init__`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, *, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.options = dict(options)
+        self.batch_size = int(self.options.get("batch_size", DEFAULT_BATCH_SIZE))
+
+    @abstractmethod
+    def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
+        """Yield bounded batches for the window; raise `etlcore.errors.SourceError` naming what failed."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data comes from, for the manifest and messages. Never includes a secret."""
+
+
+def reject_unknown_options(
+    source: str, options: Mapping[str, Any], known: frozenset[str] | set[str], *, prefix: str = ""
+) -> None:
+    """Raise `ConfigurationError` for an option nobody reads: a misspelt key would silently fall back
+    to its default."""
+    from etlcore.errors import ConfigurationError
+
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigurationError(
+            f"source {source!r}: unknown option {', '.join(prefix + k for k in unknown)} "
+            f"(known: {', '.join(prefix + k for k in sorted(known))})"
+        )

@@ -1,0 +1,35 @@
+from django.contrib import admin
+
+from .models import PipelineRun, StepRun
+
+
+class StepRunInline(admin.TabularInline):
+    model = StepRun
+    extra = 0
+    can_delete = False
+    fields = ("step", "status", "started_at", "finished_at", "rows_in", "rows_out", "rows_rejected", "error")
+    readonly_fields = fields
+    show_change_link = True
+
+
+@admin.register(PipelineRun)
+class PipelineRunAdmin(admin.ModelAdmin):
+    list_display = ("id", "pipeline", "business_date", "command", "status", "started_at", "duration_seconds")
+    list_filter = ("status", "pipeline", "command")
+    date_hierarchy = "started_at"
+    search_fields = ("pipeline", "error")
+    readonly_fields = [f.name for f in PipelineRun._meta.fields]
+    inlines = [StepRunInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(StepRun)
+class StepRunAdmin(admin.ModelAdmin):
+    list_display = ("id", "run", "step", "status", "rows_in", "rows_out", "rows_rejected", "duration_seconds")
+    list_filter = ("status", "step")
+    readonly_fields = [f.name for f in StepRun._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

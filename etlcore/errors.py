@@ -1,0 +1,27 @@
+"""Errors a user can act on. Commands turn them into one-line `CommandError`s."""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Base class: the message is shown to the user as is, so it must name what was wrong and where."""
+
+
+class ConfigurationError(EtlError):
+    """A pipeline file, or an option given on the command line, is invalid."""
+
+
+class SourceError(EtlError):
+    """A source is missing, unreachable, or answered something that cannot be read."""
+
+
+class PartitionNotFound(EtlError):
+    """A step's input partition has not been published (run the previous step first)."""
+
+
+class SparkJobError(EtlError):
+    """spark-submit exited non-zero or its job broke its contract."""
+
+
+class ReconciliationError(EtlError):
+    """Row counts of a step do not balance: some rows would be unaccounted for."""

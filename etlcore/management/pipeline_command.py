@@ -1,0 +1,50 @@
+"""What extract, transform, load and run_pipeline share: options, error handling, the summary line."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from etlcore.errors import EtlError
+from etlcore.models import PipelineRun
+from etlcore.services import pipeline_execute
+
+
+class PipelineStepCommand(BaseCommand):
+    steps: tuple[str, ...] = ()
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--pipeline",
+            default=settings.ETL_DEFAULT_PIPELINE,
+            help="pipeline name: a file conf/pipelines/<name>.toml (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--date",
+            dest="business_date",
+            metavar="YYYY-MM-DD",
+            help="business date to process (default: yesterday in the pipeline's time zone)",
+        )
+
+    def handle(self, *args, pipeline: str, business_date: str | None, **options) -> None:
+        try:
+            run = pipeline_execute(
+                pipeline=pipeline, business_date=business_date, steps=self.steps, command=self.command_name
+            )
+        except EtlError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(self.style.SUCCESS(run_summary(run)))
+
+    @property
+    def command_name(self) -> str:
+        return self.__module__.rsplit(".", 1)[-1]
+
+
+def run_summary(run: PipelineRun) -> str:
+    parts = []
+    for step in run.steps.all():
+        parts.append(
+            f"{step.step} {step.duration_seconds:.1f}s "
+            f"in={step.rows_in} out={step.rows_out} rejected={step.rows_rejected}"
+        )
+    return f"run #{run.pk} {run.pipeline} {run.business_date} {run.status}: " + "; ".join(parts)

@@ -1,0 +1,64 @@
+"""Run records: every command writes one PipelineRun and a StepRun per step it performs."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+
+
+class PipelineRun(models.Model):
+    pipeline = models.CharField(max_length=100, db_index=True)
+    business_date = models.DateField(null=True, blank=True, help_text="null when the date given was invalid")
+    command = models.CharField(max_length=50, help_text="extract, transform, load or run_pipeline")
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    parameters = models.JSONField(default=dict, blank=True, help_text="as given; never holds a secret")
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["pipeline", "business_date"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.pipeline} {self.business_date} {self.command} {self.status}"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class StepRun(models.Model):
+    run = models.ForeignKey(PipelineRun, on_delete=models.CASCADE, related_name="steps")
+    step = models.CharField(max_length=50, help_text="extract, transform or load")
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows_in = models.BigIntegerField(null=True, blank=True)
+    rows_out = models.BigIntegerField(null=True, blank=True)
+    rows_rejected = models.BigIntegerField(null=True, blank=True)
+    details = models.JSONField(
+        default=dict, blank=True, help_text="per-dataset counts, partition paths, spark-submit command and log"
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.step} {self.status}"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()

@@ -1,0 +1,278 @@
+"""The pipeline's steps as service functions. Commands, cron and tests are thin interfaces over these.
+
+Each step finds its input from (pipeline, business date) alone:
+  extract   source           -> raw/<dataset>/date=D        (one partition per dataset)
+  transform raw/*/date=D     -> transformed/date=D          (spark-submit)
+  load      transformed/date=D -> warehouse tables          (one transaction)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from connectors import build_connector
+from connectors.records import staging_schema, to_staging_batch
+from django.conf import settings
+
+from . import staging
+from .config import PipelineConfig, pipeline_load
+from .errors import ConfigurationError, EtlError, ReconciliationError, SparkJobError
+from .models import PipelineRun, StepRun
+from .runs import error_text, run_finish, run_start, step_tracked
+from .spark import job_submit
+
+STEPS = ("extract", "transform", "load")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Outputs every transformed partition must hold: the loader's contract (docs/architecture.md).
+TRANSFORM_OUTPUTS = ("sales_lines", "daily_sales", "products", "stores", "customers", "quarantine")
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def business_date_parse(text: str | None, *, config: PipelineConfig | None = None) -> date:
+    """YYYY-MM-DD, or yesterday in the pipeline's time zone when not given (what a nightly cron wants)."""
+    if text is None:
+        tz = config.timezone if config else None
+        return (datetime.now(tz) - timedelta(days=1)).date()
+    if not _DATE.match(text):
+        raise ConfigurationError(f"invalid --date {text!r}: expected YYYY-MM-DD")
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid --date {text!r}: {exc}") from None
+
+
+def pipeline_execute(
+    *, pipeline: str, business_date: str | None, steps: Sequence[str], command: str
+) -> PipelineRun:
+    """Run the given steps for one pipeline and date under one run record.
+
+    The run record is written first, so a bad pipeline name or date still leaves a failed run behind.
+    Raises EtlError (after recording it) when a step fails.
+    """
+    parameters = {"pipeline": pipeline, "date": business_date, "steps": list(steps)}
+    config: PipelineConfig | None = None
+    try:
+        config = pipeline_load(pipeline)
+    except EtlError as exc:
+        run = run_start(pipeline=pipeline, command=command, business_date=None, parameters=parameters,
+                        using="default")
+        run_finish(run, error=error_text(exc))
+        raise
+    run = run_start(pipeline=pipeline, command=command, business_date=None, parameters=parameters,
+                    using=config.database)
+    try:
+        run.business_date = business_date_parse(business_date, config=config)
+        for step in steps:
+            with step_tracked(run, step) as record:
+                outcome = STEP_FUNCTIONS[step](config=config, business_date=run.business_date, step=record)
+                _record_outcome(record, outcome)
+    except BaseException as exc:
+        run_finish(run, error=error_text(exc))
+        raise
+    run_finish(run)
+    return run
+
+
+def extract_partitions(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
+    """Pull every dataset's window from its source into a published raw partition."""
+    outcome = StepOutcome("extract")
+    window = config.window(business_date)
+    for dataset in config.datasets.values():
+        started = time.monotonic()
+        connector = build_connector(name=dataset.name, options=dataset.source)
+        label = f"source {dataset.name!r} ({connector.describe()})"
+        batches = (
+            to_staging_batch(batch, columns=dataset.columns, explode=dataset.explode, source_label=label)
+            for batch in connector.iter_batches(window)
+        )
+        ref = _raw_ref(config, dataset.name, business_date)
+        manifest = staging.raw_partition_write(
+            ref,
+            schema=staging_schema(dataset.columns),
+            batches=batches,
+            source=connector.describe(),
+            window={"start": window.start.isoformat(), "end": window.end.isoformat()},
+            run_id=step.run_id,
+        )
+        outcome.rows_in += manifest.row_count
+        outcome.rows_out += manifest.row_count
+        outcome.details[dataset.name] = {
+            "rows": manifest.row_count,
+            "partition": str(ref.dir),
+            "checksum": manifest.checksum,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+    return outcome
+
+
+def transform_partition(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
+    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
+    inputs: dict[str, Any] = {}
+    for dataset in config.datasets.values():
+        ref = _raw_ref(config, dataset.name, business_date)
+        manifest = staging.manifest_read(ref)
+        inputs[dataset.name] = {
+            "files": [str(p) for p in staging.manifest_files(ref, manifest)],
+            "columns": dataset.spark_columns(),
+            "key": list(dataset.key),
+            "version_column": dataset.version_column,
+            "rows": manifest.row_count,
+        }
+    ref = _transformed_ref(config, business_date)
+    log_path = (
+        config.staging_root / config.name / "logs" / f"{business_date.isoformat()}-run{step.run_id}-transform.log"
+    )
+    with staging.partition_attempt(ref) as attempt:
+        spec = {
+            "pipeline": config.name,
+            "business_date": business_date.isoformat(),
+            "inputs": inputs,
+            "output_dir": str(attempt),
+            "pseudonym_key_env": config.spark.pseudonym_key_env,
+            "reporting_currency": config.spark.reporting_currency,
+        }
+        # Facts about the submit go on the step record before anything can fail, so a failure keeps them.
+        step.details["log"] = str(log_path)
+        submitted = job_submit(
+            config, spec=spec, work_dir=attempt, log_path=log_path, timeout=config.spark.timeout_seconds
+        )
+        step.details |= {
+            "command": submitted.command,
+            "exit_code": submitted.returncode,
+            "spark_seconds": round(submitted.seconds, 3),
+        }
+        result = _read_job_result(attempt, log_path)
+        _reconcile(result, inputs)
+        manifest = _transformed_manifest(ref, attempt, result, step.run_id)
+        staging.partition_publish(ref, manifest, attempt)
+
+    datasets = result["datasets"]
+    return StepOutcome(
+        "transform",
+        rows_in=sum(d["rows_in"] for d in datasets.values()),
+        rows_out=sum(d["rows_out"] for d in datasets.values()),
+        rows_rejected=sum(d["rejected"] for d in datasets.values()),
+        details={"datasets": datasets, "outputs": result["outputs"], "partition": str(ref.dir)},
+    )
+
+
+def load_partition(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
+    """Load the date's transformed partition into the warehouse in one transaction."""
+    from warehouse.loaders import partition_load
+
+    ref = _transformed_ref(config, business_date)
+    manifest = staging.manifest_read(ref)
+    outputs = {name: [ref.dir / f for f in out["files"]] for name, out in manifest.outputs.items()}
+    result = partition_load(
+        outputs=outputs,
+        pipeline=config.name,
+        business_date=business_date,
+        run_id=step.run_id,
+        using=config.database,
+    )
+    return StepOutcome(
+        "load",
+        rows_in=sum(out["rows"] for out in manifest.outputs.values()),
+        rows_out=result.fact_rows,
+        rows_rejected=result.rows_loaded.get("quarantine", 0),
+        details={"loaded": result.rows_loaded, "deleted_stale": result.rows_deleted,
+                 "partition": str(ref.dir), "checksum": manifest.checksum},
+    )
+
+
+STEP_FUNCTIONS = {"extract": extract_partitions, "transform": transform_partition, "load": load_partition}
+
+
+def runs_latest(*, pipeline: str | None = None, limit: int = 20, using: str = "default") -> list[PipelineRun]:
+    runs = PipelineRun.objects.using(using).prefetch_related("steps")
+    if pipeline:
+        runs = runs.filter(pipeline=pipeline)
+    return list(runs.order_by("-started_at", "-id")[:limit])
+
+
+def _raw_ref(config: PipelineConfig, dataset: str, business_date: date) -> staging.PartitionRef:
+    return staging.PartitionRef(config.staging_root, config.name, staging.RAW, business_date, dataset)
+
+
+def _transformed_ref(config: PipelineConfig, business_date: date) -> staging.PartitionRef:
+    return staging.PartitionRef(config.staging_root, config.name, staging.TRANSFORMED, business_date)
+
+
+def _read_job_result(attempt: Path, log_path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        result = json.loads((attempt / "_result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SparkJobError(f"spark job wrote no readable _result.json ({exc}); log: {log_path}") from None
+    missing = [name for name in TRANSFORM_OUTPUTS if not (attempt / name).is_dir()]
+    if missing:
+        raise SparkJobError(f"spark job did not write output(s) {missing}; log: {log_path}")
+    return result
+
+
+def _reconcile(result: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Every staged row must come out as kept, rejected or a removed duplicate: nothing unaccounted."""
+    for name, spec in inputs.items():
+        counts = result["datasets"].get(name)
+        if counts is None:
+            raise ReconciliationError(f"transform reported nothing for dataset {name!r}")
+        accounted = counts["rows_out"] + counts["rejected"] + counts["duplicates"]
+        if counts["rows_in"] != spec["rows"] or accounted != spec["rows"]:
+            raise ReconciliationError(
+                f"dataset {name!r}: {spec['rows']} rows staged, job read {counts['rows_in']}, "
+                f"accounted {accounted} (out {counts['rows_out']} + rejected {counts['rejected']} "
+                f"+ duplicates {counts['duplicates']})"
+            )
+
+
+def _transformed_manifest(
+    ref: staging.PartitionRef, attempt: Path, result: dict[str, Any], run_id: int
+) -> staging.Manifest:
+    import pyarrow.parquet as pq
+
+    outputs: dict[str, dict[str, Any]] = {}
+    all_files: list[Path] = []
+    for name in TRANSFORM_OUTPUTS:
+        files = sorted((attempt / name).glob("*.parquet"))
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows != result["outputs"][name]:
+            raise ReconciliationError(
+                f"output {name!r}: job reported {result['outputs'][name]} rows, files hold {rows}"
+            )
+        outputs[name] = {"files": [str(f.relative_to(ref.dir)) for f in files], "rows": rows}
+        all_files += files
+    return staging.Manifest(
+        pipeline=ref.pipeline,
+        layer=ref.layer,
+        dataset=None,
+        business_date=ref.business_date.isoformat(),
+        files=[str(f.relative_to(ref.dir)) for f in all_files],
+        row_count=outputs["sales_lines"]["rows"],
+        schema=[],
+        source=f"spark job over raw partitions of {ref.business_date.isoformat()}",
+        checksum=staging.files_checksum(all_files),
+        run_id=run_id,
+        outputs=outputs,
+    )
+
+
+def _record_outcome(record: StepRun, outcome: StepOutcome) -> None:
+    record.rows_in = outcome.rows_in
+    record.rows_out = outcome.rows_out
+    record.rows_rejected = outcome.rows_rejected
+    record.details = {**record.details, **outcome.details}

@@ -1,0 +1,135 @@
+"""spark-submit as a subprocess: an argument list, never a shell string; logged with secrets masked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyspark
+from django.conf import settings
+
+from .config import PipelineConfig
+from .errors import ConfigurationError, SparkJobError
+
+_SECRET_CONF = re.compile(r"(secret|password|token|credential|access\.key|secret\.key)", re.IGNORECASE)
+JOBS_PACKAGE = "spark_jobs"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    command: list[str]  # masked: safe to store and print
+    returncode: int
+    log_path: Path
+    seconds: float
+
+
+def spark_submit_binary() -> str:
+    if settings.ETL_SPARK_SUBMIT:
+        return settings.ETL_SPARK_SUBMIT
+    return str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+
+
+def job_script(job_module: str) -> Path:
+    if not job_module.startswith(f"{JOBS_PACKAGE}."):
+        raise ConfigurationError(f"spark job {job_module!r} must be a module of the {JOBS_PACKAGE} package")
+    spec = importlib.util.find_spec(job_module)
+    if spec is None or spec.origin is None:
+        raise ConfigurationError(f"spark job module {job_module!r} not found")
+    return Path(spec.origin)
+
+
+def jobs_archive(build_dir: Path) -> Path:
+    """Zip the spark_jobs package for --py-files, so executors on a cluster can import it."""
+    package_dir = Path(importlib.util.find_spec(JOBS_PACKAGE).origin).parent
+    sources = sorted(p for p in package_dir.rglob("*.py"))
+    build_dir.mkdir(parents=True, exist_ok=True)
+    archive = build_dir / f"{JOBS_PACKAGE}.zip"
+    tmp = archive.with_suffix(f".{os.getpid()}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sources:
+            zf.write(path, Path(JOBS_PACKAGE) / path.relative_to(package_dir))
+    os.replace(tmp, archive)  # concurrent submits never see a half-written zip
+    return archive
+
+
+def submit_command(
+    config: PipelineConfig, *, spec_path: Path, py_files: Path, extra_conf: dict[str, str] | None = None
+) -> list[str]:
+    conf = {"spark.sql.session.timeZone": "UTC", **config.spark.conf, **(extra_conf or {})}
+    command = [
+        spark_submit_binary(),
+        "--master",
+        config.spark.master,
+        "--name",
+        f"{config.name}:{spec_path.parent.name}",
+        "--py-files",
+        str(py_files),
+    ]
+    for key, value in conf.items():
+        command += ["--conf", f"{key}={value}"]
+    command += [str(job_script(config.spark.job)), "--spec", str(spec_path)]
+    return command
+
+
+def mask_command(command: list[str]) -> list[str]:
+    masked = []
+    for arg in command:
+        key, sep, _ = arg.partition("=")
+        masked.append(f"{key}=***" if sep and _SECRET_CONF.search(key) else arg)
+    return masked
+
+
+def job_submit(
+    config: PipelineConfig, *, spec: dict[str, Any], work_dir: Path, log_path: Path, timeout: float | None = None
+) -> SubmitResult:
+    """Write the job spec, run spark-submit, capture its output in `log_path`; raise if it fails."""
+    spec_path = work_dir / "_spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+    command = submit_command(config, spec_path=spec_path, py_files=jobs_archive(config.staging_root / "_build"))
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        log.write(("$ " + " ".join(mask_command(command)) + "\n").encode())
+        log.flush()
+        try:
+            proc = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
+            )
+            returncode = proc.returncode
+        except subprocess.TimeoutExpired:
+            raise SparkJobError(f"spark job {config.spark.job} timed out after {timeout} s; log: {log_path}") from None
+    result = SubmitResult(
+        command=mask_command(command), returncode=returncode, log_path=log_path, seconds=time.monotonic() - started
+    )
+    if returncode != 0:
+        raise SparkJobError(
+            f"spark job {config.spark.job} failed with exit code {returncode}: "
+            f"{last_error_line(log_path)} (log: {log_path})"
+        )
+    return result
+
+
+def last_error_line(log_path: Path) -> str:
+    """The most telling line of a failed job's log: its own error line, else the last exception."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("etl-job-error:"):
+            return line.removeprefix("etl-job-error:").strip()
+    for line in reversed(lines):
+        if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", line.strip()):
+            return line.strip()[:500]
+    return lines[-1][:500] if lines else "no output"

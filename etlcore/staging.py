@@ -1,0 +1,180 @@
+"""Staging partitions: Parquet files published atomically behind a `_manifest.json` commit point.
+
+A partition is `<root>/<pipeline>/<layer>/[<dataset>/]date=YYYY-MM-DD/`. Writers fill a fresh
+`attempt-<token>/` directory, make it durable, then replace `_manifest.json` in one `os.replace`, then
+remove older attempts. Readers trust only the manifest, so they see the previous complete partition or the
+new complete one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import PartitionNotFound
+
+MANIFEST = "_manifest.json"
+ATTEMPT_PREFIX = "attempt-"
+RAW = "raw"
+TRANSFORMED = "transformed"
+
+
+@dataclass(frozen=True)
+class PartitionRef:
+    root: Path
+    pipeline: str
+    layer: str
+    business_date: date
+    dataset: str | None = None
+
+    @property
+    def dir(self) -> Path:
+        parts = [self.pipeline, self.layer] + ([self.dataset] if self.dataset else [])
+        return self.root.joinpath(*parts, f"date={self.business_date.isoformat()}")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def label(self) -> str:
+        name = f"{self.layer}/{self.dataset}" if self.dataset else self.layer
+        return f"{self.pipeline} {name} {self.business_date.isoformat()}"
+
+
+@dataclass
+class Manifest:
+    pipeline: str
+    layer: str
+    dataset: str | None
+    business_date: str
+    files: list[str]
+    row_count: int
+    schema: list[dict[str, str]]
+    source: str
+    checksum: str
+    run_id: int | None
+    window: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def manifest_read(ref: PartitionRef) -> Manifest:
+    try:
+        doc = json.loads(ref.manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PartitionNotFound(
+            f"no published partition for {ref.label()} (expected {ref.manifest_path})"
+        ) from None
+    return Manifest(**doc)
+
+
+def manifest_files(ref: PartitionRef, manifest: Manifest) -> list[Path]:
+    return [ref.dir / name for name in manifest.files]
+
+
+@contextmanager
+def partition_attempt(ref: PartitionRef) -> Iterator[Path]:
+    """Hold the partition's lock and give a fresh attempt directory; remove it again on failure."""
+    ref.dir.mkdir(parents=True, exist_ok=True)
+    with open(ref.dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        attempt = ref.dir / f"{ATTEMPT_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        attempt.mkdir()
+        try:
+            yield attempt
+        except BaseException:
+            shutil.rmtree(attempt, ignore_errors=True)
+            raise
+
+
+def partition_publish(ref: PartitionRef, manifest: Manifest, attempt: Path) -> None:
+    """Make the attempt's files durable, swap the manifest in, then drop superseded attempts."""
+    for path in sorted(attempt.rglob("*")):
+        if path.is_file():
+            _fsync_file(path)
+    for directory in [*sorted(p for p in attempt.rglob("*") if p.is_dir()), attempt]:
+        _fsync_dir(directory)
+    tmp = ref.dir / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    _fsync_file(tmp)
+    os.replace(tmp, ref.manifest_path)
+    _fsync_dir(ref.dir)
+    for old in ref.dir.glob(f"{ATTEMPT_PREFIX}*"):
+        if old != attempt:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def raw_partition_write(
+    ref: PartitionRef,
+    *,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    source: str,
+    window: dict[str, str],
+    run_id: int | None,
+) -> Manifest:
+    """Stream record batches into one Parquet file and publish it; memory holds one batch at a time."""
+    with partition_attempt(ref) as attempt:
+        data_file = attempt / "part-00000.parquet"
+        rows = 0
+        with pq.ParquetWriter(data_file, schema, compression="zstd") as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+        manifest = Manifest(
+            pipeline=ref.pipeline,
+            layer=ref.layer,
+            dataset=ref.dataset,
+            business_date=ref.business_date.isoformat(),
+            files=[str(data_file.relative_to(ref.dir))],
+            row_count=rows,
+            schema=[{"name": f.name, "type": str(f.type)} for f in schema],
+            source=source,
+            checksum=files_checksum([data_file]),
+            run_id=run_id,
+            window=window,
+        )
+        partition_publish(ref, manifest, attempt)
+    return manifest
+
+
+def files_checksum(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,58 @@
+"""Shared fixtures: one Spark session for the whole run, small and quiet."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def spark():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("django-spark-etl-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def _postgres_or_skip() -> None:
+    from django.conf import settings
+
+    if "postgres" not in settings.DATABASES:
+        reason = f"PostgreSQL tests: {settings.POSTGRES_FOUND}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: a missing server fails the run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=["default", "postgres"], ids=["sqlite", "postgres"])
+def db_alias(request) -> str:
+    """Run the test once on SQLite and once on PostgreSQL, each with its own migrated test database.
+
+    The test needs `@pytest.mark.django_db(databases="__all__")` so both test databases exist."""
+    if request.param == "postgres":
+        _postgres_or_skip()
+    return request.param
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path, settings):
+    """A folder of pipeline files that replaces conf/pipelines for the test."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    settings.ETL_PIPELINE_PATHS = [folder]
+    return folder

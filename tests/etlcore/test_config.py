@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from etlcore.config import pipeline_load, pipeline_names, pipeline_parse
+from etlcore.errors import ConfigurationError
+
+DEMO = Path(settings.BASE_DIR) / "conf" / "pipelines" / "retail_demo.toml"
+
+MINIMAL = """
+name = "{name}"
+[spark]
+job = "spark_jobs.sales_daily"
+[datasets.products]
+key = ["sku"]
+[datasets.products.source]
+kind = "file"
+path = "${{DATA_DIR}}/products.csv"
+[datasets.products.columns]
+sku = {{ from = "SKU", type = "{sku_type}", required = true }}
+"""
+
+
+def write_pipeline(folder: Path, name: str = "shop", sku_type: str = "string", text: str | None = None) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(text if text is not None else MINIMAL.format(name=name, sku_type=sku_type))
+    return path
+
+
+def test_demo_pipeline_file_parses_into_typed_datasets():
+    config = pipeline_parse(DEMO, environ={})
+    assert set(config.datasets) == {"order_lines", "products", "stores"}
+    lines = config.datasets["order_lines"]
+    assert lines.explode == "lines"
+    assert lines.key == ("order_id", "line_number")
+    assert lines.spark_columns()["unit_price"] == {"type": "decimal(18,4)", "required": True}
+    assert lines.source["base_url"] == "http://127.0.0.1:8765"  # the ${VAR:-default} fallback
+    assert config.spark.master == "local[*]"
+
+
+def test_environment_variables_fill_placeholders(tmp_path):
+    config = pipeline_parse(write_pipeline(tmp_path), environ={"DATA_DIR": "/data/erp"})
+    assert config.datasets["products"].source["path"] == "/data/erp/products.csv"
+
+
+def test_unset_variable_without_default_names_file_and_variable(tmp_path):
+    path = write_pipeline(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"shop\.toml: environment variable DATA_DIR is not set"):
+        pipeline_parse(path, environ={})
+
+
+def test_unknown_column_type_is_refused_with_its_location(tmp_path):
+    path = write_pipeline(tmp_path, sku_type="varchar")
+    with pytest.raises(ConfigurationError, match=r"\[datasets\.products\] column 'sku': unknown type 'varchar'"):
+        pipeline_parse(path, environ={"DATA_DIR": "/d"})
+
+
+def test_key_must_be_a_declared_column(tmp_path):
+    text = MINIMAL.format(name="shop", sku_type="string").replace('key = ["sku"]', 'key = ["id"]')
+    with pytest.raises(ConfigurationError, match=r"key column\(s\) \['id'\] are not declared"):
+        pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+
+
+def test_unknown_source_kind_lists_the_known_ones(tmp_path):
+    text = MINIMAL.format(name="shop", sku_type="string").replace('kind = "file"', 'kind = "ftp"')
+    with pytest.raises(ConfigurationError, match=r"unknown kind 'ftp' \(expected one of: file, rest"):
+        pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+
+
+def test_pipelines_are_found_by_file_name(pipeline_dir, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", "/d")
+    write_pipeline(pipeline_dir, "shop")
+    assert pipeline_names() == ["shop"]
+    assert pipeline_load("shop").name == "shop"
+    with pytest.raises(ConfigurationError, match=r"unknown pipeline 'nope' \(known: shop\)"):
+        pipeline_load("nope")
+
+
+def test_window_is_the_business_day_in_the_pipeline_time_zone(tmp_path):
+    text = 'timezone = "Europe/Paris"\n' + MINIMAL.format(name="shop", sku_type="string")
+    config = pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+    window = config.window(date(2026, 3, 29))  # the day clocks go forward: 23 hours long
+    assert window.start.isoformat() == "2026-03-29T00:00:00+01:00"
+    assert window.end.isoformat() == "2026-03-30T00:00:00+02:00"
+    assert window.end.timestamp() - window.start.timestamp() == 23 * 3600

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etlcore import staging
+from etlcore.errors import PartitionNotFound
+
+SCHEMA = pa.schema([("sku", pa.string()), ("name", pa.string())])
+
+
+def ref_for(root) -> staging.PartitionRef:
+    return staging.PartitionRef(root, "shop", staging.RAW, date(2026, 11, 1), "products")
+
+
+def batches(*rows):
+    for chunk in rows:
+        yield pa.RecordBatch.from_pylist(chunk, schema=SCHEMA)
+
+
+def read_partition(ref) -> list[dict]:
+    manifest = staging.manifest_read(ref)
+    return pa.concat_tables(pq.read_table(p) for p in staging.manifest_files(ref, manifest)).to_pylist()
+
+
+def test_published_partition_is_readable_with_its_manifest(tmp_path):
+    ref = ref_for(tmp_path)
+    manifest = staging.raw_partition_write(
+        ref,
+        schema=SCHEMA,
+        batches=batches([{"sku": "A", "name": "a"}], [{"sku": "B", "name": "b"}]),
+        source="file:/x.csv",
+        window={"start": "s", "end": "e"},
+        run_id=7,
+    )
+    assert manifest.row_count == 2
+    assert manifest.checksum.startswith("sha256:")
+    assert read_partition(ref) == [{"sku": "A", "name": "a"}, {"sku": "B", "name": "b"}]
+    assert staging.manifest_read(ref).run_id == 7
+    assert ref.dir == tmp_path / "shop" / "raw" / "products" / "date=2026-11-01"
+
+
+def test_a_failing_writer_leaves_the_previous_partition_untouched(tmp_path):
+    ref = ref_for(tmp_path)
+    staging.raw_partition_write(
+        ref, schema=SCHEMA, batches=batches([{"sku": "OLD", "name": "o"}]), source="s", window={}, run_id=1
+    )
+
+    def broken_source():
+        yield pa.RecordBatch.from_pylist([{"sku": "NEW", "name": "n"}], schema=SCHEMA)
+        raise OSError("connection reset mid-extract")
+
+    with pytest.raises(OSError):
+        staging.raw_partition_write(ref, schema=SCHEMA, batches=broken_source(), source="s", window={}, run_id=2)
+    assert read_partition(ref) == [{"sku": "OLD", "name": "o"}]
+    assert len(list(ref.dir.glob("attempt-*"))) == 1  # the failed attempt's files are gone
+
+
+def test_republishing_replaces_the_partition_and_removes_old_files(tmp_path):
+    ref = ref_for(tmp_path)
+    for sku in ("V1", "V2"):
+        staging.raw_partition_write(
+            ref, schema=SCHEMA, batches=batches([{"sku": sku, "name": "x"}]), source="s", window={}, run_id=1
+        )
+    assert read_partition(ref) == [{"sku": "V2", "name": "x"}]
+    assert len(list(ref.dir.glob("attempt-*"))) == 1
+
+
+def test_empty_source_publishes_an_empty_partition_with_schema(tmp_path):
+    ref = ref_for(tmp_path)
+    manifest = staging.raw_partition_write(ref, schema=SCHEMA, batches=iter(()), source="s", window={}, run_id=1)
+    assert manifest.row_count == 0
+    assert pq.read_schema(staging.manifest_files(ref, manifest)[0]).names == ["sku", "name"]
+
+
+def test_missing_partition_tells_which_step_input_is_absent(tmp_path):
+    with pytest.raises(PartitionNotFound, match=r"no published partition for shop raw/products 2026-11-01"):
+        staging.manifest_read(ref_for(tmp_path))

@@ -1,0 +1,60 @@
+from django.contrib import admin
+
+from . import models
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """The warehouse is written by the loaders only; the admin is for looking."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(models.DimDate)
+class DimDateAdmin(ReadOnlyAdmin):
+    list_display = ("date_key", "date", "year", "month", "day_of_week", "is_weekend")
+
+
+@admin.register(models.DimStore)
+class DimStoreAdmin(ReadOnlyAdmin):
+    list_display = ("store_code", "name", "city", "region", "country")
+    search_fields = ("store_code", "name")
+
+
+@admin.register(models.DimProduct)
+class DimProductAdmin(ReadOnlyAdmin):
+    list_display = ("sku", "name", "category", "list_price")
+    search_fields = ("sku", "name")
+
+
+@admin.register(models.DimCustomer)
+class DimCustomerAdmin(ReadOnlyAdmin):
+    list_display = ("customer_key", "country")
+
+
+@admin.register(models.FactSalesLine)
+class FactSalesLineAdmin(ReadOnlyAdmin):
+    list_display = ("order_id", "line_number", "date", "store", "product", "quantity", "amount", "is_return")
+    list_filter = ("date", "is_return")
+    search_fields = ("order_id",)
+    list_select_related = ("date", "store", "product")
+
+
+@admin.register(models.FactDailySales)
+class FactDailySalesAdmin(ReadOnlyAdmin):
+    list_display = ("date", "store", "product", "quantity", "revenue", "line_count", "order_count")
+    list_filter = ("date",)
+    list_select_related = ("date", "store", "product")
+
+
+@admin.register(models.QuarantinedRow)
+class QuarantinedRowAdmin(ReadOnlyAdmin):
+    list_display = ("pipeline", "business_date", "dataset", "reason_code", "occurrences", "first_run")
+    list_filter = ("pipeline", "dataset", "reason_code", "business_date")
+    search_fields = ("message", "raw_record")

@@ -1,0 +1,141 @@
+"""The retail star schema. These models are the single definition of the warehouse's tables."""
+
+from __future__ import annotations
+
+from django.db import models
+
+MONEY = {"max_digits": 18, "decimal_places": 2}
+PRICE = {"max_digits": 18, "decimal_places": 4}
+
+
+class DimDate(models.Model):
+    date_key = models.IntegerField(primary_key=True, help_text="YYYYMMDD")
+    date = models.DateField(unique=True)
+    year = models.SmallIntegerField()
+    quarter = models.SmallIntegerField()
+    month = models.SmallIntegerField()
+    day = models.SmallIntegerField()
+    day_of_week = models.SmallIntegerField(help_text="ISO: 1 = Monday")
+    is_weekend = models.BooleanField()
+
+    class Meta:
+        ordering = ["date_key"]
+
+    def __str__(self) -> str:
+        return self.date.isoformat()
+
+
+class DimStore(models.Model):
+    store_code = models.CharField(max_length=50, unique=True, help_text="natural key from the store master")
+    name = models.CharField(max_length=200)
+    city = models.CharField(max_length=100, blank=True, null=True)
+    region = models.CharField(max_length=100, blank=True, null=True)
+    country = models.CharField(max_length=100, blank=True, null=True)
+
+    class Meta:
+        ordering = ["store_code"]
+
+    def __str__(self) -> str:
+        return f"{self.store_code} {self.name}"
+
+
+class DimProduct(models.Model):
+    sku = models.CharField(max_length=64, unique=True, help_text="natural key from the product catalogue")
+    name = models.CharField(max_length=300)
+    category = models.CharField(max_length=100, blank=True, null=True)
+    list_price = models.DecimalField(**MONEY, null=True, blank=True)
+
+    class Meta:
+        ordering = ["sku"]
+
+    def __str__(self) -> str:
+        return f"{self.sku} {self.name}"
+
+
+class DimCustomer(models.Model):
+    customer_key = models.CharField(
+        max_length=64, unique=True, help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored"
+    )
+    country = models.CharField(max_length=100, blank=True, null=True)
+
+    class Meta:
+        ordering = ["customer_key"]
+
+    def __str__(self) -> str:
+        return self.customer_key[:12]
+
+
+class FactSalesLine(models.Model):
+    order_id = models.CharField(max_length=64)
+    line_number = models.IntegerField()
+    date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
+    store = models.ForeignKey(DimStore, on_delete=models.PROTECT)
+    product = models.ForeignKey(DimProduct, on_delete=models.PROTECT)
+    customer = models.ForeignKey(DimCustomer, on_delete=models.PROTECT, null=True, blank=True)
+    ordered_at = models.DateTimeField()
+    quantity = models.IntegerField(help_text="negative for returns")
+    unit_price = models.DecimalField(**PRICE)
+    amount = models.DecimalField(**MONEY, help_text="quantity x unit price, rounded half-up to the cent")
+    currency = models.CharField(max_length=3)
+    is_return = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["order_id", "line_number"], name="uniq_sales_line_natural_key")
+        ]
+        indexes = [models.Index(fields=["date"])]
+
+    def __str__(self) -> str:
+        return f"{self.order_id}/{self.line_number}"
+
+
+class FactDailySales(models.Model):
+    date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
+    store = models.ForeignKey(DimStore, on_delete=models.PROTECT)
+    product = models.ForeignKey(DimProduct, on_delete=models.PROTECT)
+    quantity = models.BigIntegerField()
+    revenue = models.DecimalField(**MONEY)
+    line_count = models.BigIntegerField()
+    order_count = models.BigIntegerField()
+
+    class Meta:
+        verbose_name_plural = "fact daily sales"
+        constraints = [
+            models.UniqueConstraint(fields=["date", "store", "product"], name="uniq_daily_sales_grain")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.date_id} {self.store_id} {self.product_id}"
+
+
+class QuarantinedRow(models.Model):
+    """A row the pipeline refused, kept as extracted with the reason, so nothing disappears silently."""
+
+    pipeline = models.CharField(max_length=100)
+    business_date = models.DateField()
+    dataset = models.CharField(max_length=100)
+    reason_code = models.CharField(max_length=100, db_index=True)
+    message = models.TextField()
+    raw_record = models.TextField(help_text="the staged record as a JSON object of its text values")
+    record_fingerprint = models.CharField(max_length=64, help_text="sha256 of raw_record")
+    occurrences = models.IntegerField(default=1, help_text="identical rejected records in the partition")
+    first_run = models.ForeignKey(
+        "etlcore.PipelineRun",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="the run that first quarantined this record; re-runs keep it",
+    )
+
+    class Meta:
+        ordering = ["pipeline", "business_date", "dataset", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pipeline", "business_date", "dataset", "record_fingerprint"],
+                name="uniq_quarantined_record",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} {self.business_date} {self.reason_code}"
