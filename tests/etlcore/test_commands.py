@@ -1,0 +1,112 @@
+"""Commands over the services: bad input ends with one clear line, a failed run record, nothing staged."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from etlcore.models import PipelineRun, StepRun
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+PIPELINE = """
+name = "shop"
+staging_root = "{staging}"
+[spark]
+job = "spark_jobs.sales_daily"
+[warehouse]
+database = "{alias}"
+[datasets.products]
+key = ["sku"]
+[datasets.products.source]
+kind = "file"
+path = "{data}/products_{{date:%Y%m%d}}.csv"
+[datasets.products.columns]
+sku = {{ from = "SKU", required = true }}
+name = {{ from = "Product Name" }}
+"""
+
+
+@pytest.fixture
+def shop(pipeline_dir, tmp_path, db_alias):
+    data = tmp_path / "data"
+    data.mkdir()
+    staging = tmp_path / "staging"
+    (pipeline_dir / "shop.toml").write_text(PIPELINE.format(staging=staging, alias=db_alias, data=data))
+    return {"alias": db_alias, "data": data, "staging": staging}
+
+
+def run_command(name: str, *args: str) -> str:
+    out = StringIO()
+    call_command(name, *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def latest_run(alias: str) -> PipelineRun:
+    return PipelineRun.objects.using(alias).latest("id")
+
+
+def test_extract_stages_a_file_source_and_records_the_run(shop):
+    (shop["data"] / "products_20261101.csv").write_text('SKU,Product Name\nP1,"Mug, large"\nP2,Tea\n')
+    output = run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+
+    run = latest_run(shop["alias"])
+    assert "succeeded" in output and f"run #{run.pk}" in output
+    assert (run.status, run.command, str(run.business_date)) == ("succeeded", "extract", "2026-11-01")
+    step = run.steps.get()
+    assert (step.step, step.status, step.rows_in, step.rows_out) == ("extract", "succeeded", 2, 2)
+    assert (shop["staging"] / "shop/raw/products/date=2026-11-01/_manifest.json").exists()
+
+
+def test_unknown_pipeline_fails_with_one_line_and_a_failed_run(shop):
+    with pytest.raises(CommandError, match=r"^unknown pipeline 'nope' \(known: shop\)$"):
+        run_command("run_pipeline", "--pipeline", "nope", "--date", "2026-11-01")
+    run = PipelineRun.objects.using("default").latest("id")
+    assert (run.pipeline, run.status) == ("nope", "failed")
+
+
+@pytest.mark.parametrize("bad_date", ["2026-13-01", "01/11/2026", "yesterday"])
+def test_bad_date_fails_with_a_failed_run_and_no_steps(shop, bad_date):
+    with pytest.raises(CommandError, match=rf"invalid --date '{bad_date}'"):
+        run_command("run_pipeline", "--pipeline", "shop", "--date", bad_date)
+    run = latest_run(shop["alias"])
+    assert run.status == "failed" and run.business_date is None
+    assert run.parameters["date"] == bad_date
+    assert not run.steps.exists()
+
+
+def test_missing_source_file_fails_the_step_and_stages_nothing(shop):
+    with pytest.raises(CommandError, match=r"no file matches .*products_20261101\.csv"):
+        run_command("run_pipeline", "--pipeline", "shop", "--date", "2026-11-01")
+    run = latest_run(shop["alias"])
+    step = run.steps.get()
+    assert (run.status, step.step, step.status) == ("failed", "extract", "failed")
+    assert "products_20261101.csv" in step.error
+    assert not list(shop["staging"].rglob("_manifest.json"))
+    assert not list(shop["staging"].rglob("*.parquet"))
+
+
+def test_transform_before_extract_says_which_partition_is_missing(shop):
+    with pytest.raises(CommandError, match=r"no published partition for shop raw/products 2026-11-01"):
+        run_command("transform", "--pipeline", "shop", "--date", "2026-11-01")
+    assert StepRun.objects.using(shop["alias"]).get().status == "failed"
+
+
+def test_load_before_transform_says_which_partition_is_missing(shop):
+    with pytest.raises(CommandError, match=r"no published partition for shop transformed 2026-11-01"):
+        run_command("load", "--pipeline", "shop", "--date", "2026-11-01")
+
+
+def test_pipeline_status_lists_runs_with_steps_and_errors(shop):
+    (shop["data"] / "products_20261101.csv").write_text("SKU,Product Name\nP1,Mug\n")
+    run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+    with pytest.raises(CommandError):
+        run_command("extract", "--pipeline", "shop", "--date", "2026-11-02")
+    output = run_command("pipeline_status", "--database", shop["alias"])
+    lines = output.splitlines()
+    assert "2026-11-02" in lines[0] and "failed" in lines[0]
+    assert any("error: source 'products'" in line for line in lines)
+    assert any("2026-11-01" in line and "succeeded" in line for line in lines)
+    assert any("in=1 out=1 rejected=0" in line for line in lines)
