@@ -167,7 +167,8 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     if version_column is not None and version_column not in column_names:
         raise ConfigurationError(f"{where}: version_column {version_column!r} is not declared in [columns]")
 
-    source = {**source, "base_dir": str(settings.BASE_DIR)}
+    if source["kind"] == "file":
+        source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
     from connectors import connector_kinds  # late: connectors import this package's errors
 
     if source["kind"] not in connector_kinds():

@@ -1,0 +1,277 @@
+"""Files on a local (or mounted) file system: CSV, JSON Lines and Parquet, optionally gzip-compressed."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from etlcore.errors import ConfigurationError, SourceError
+
+from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options
+
+__all__ = ["FileConnector"]
+
+FORMATS = ("csv", "jsonl", "parquet")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_OPTIONS = frozenset({"kind", "path", "base_dir", "format", "csv", "encoding", "batch_size", "required"})
+_CSV_OPTIONS = frozenset(
+    {
+        "delimiter",
+        "quote_char",
+        "escape_char",
+        "encoding",
+        "header",
+        "column_names",
+        "null_values",
+        "block_size",
+    }
+)
+# One CSV row must fit in a block, so blocks are never tiny; rows per Arrow batch are capped separately.
+_MIN_BLOCK = 1 << 20
+_MAX_BLOCK = 64 << 20
+_BYTES_PER_ROW_GUESS = 256
+
+
+class FileConnector(Connector):
+    """Reads every file matching `path` (a glob with `{date:%Y%m%d}`-style placeholders), in sorted order.
+
+    Options: `path` (required), `base_dir` (relative paths resolve against it; default: the working
+    directory), `format` (csv | jsonl | parquet, inferred from the extension; `.gz` csv/jsonl accepted),
+    `encoding` (csv and jsonl, default utf-8), `csv` (delimiter, quote_char, escape_char, encoding, header,
+    column_names, null_values, block_size), `batch_size`, `required` (default true: no matching file is
+    an error).
+
+    CSV columns are all read as text (invoice numbers mix digits and letters); an unquoted empty field is
+    null unless `csv.null_values` says otherwise. JSON numbers with a fraction are parsed as Decimal so a
+    price keeps its exact text.
+    """
+
+    kind = "file"
+
+    def __init__(self, *, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name=name, options=options)
+        reject_unknown_options(name, self.options, _OPTIONS)
+        if self.batch_size <= 0:
+            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
+        path = self.options.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigurationError(f"source {name!r}: 'path' is required (a file name or glob)")
+        self._path = os.path.expanduser(path)
+        base_dir = self.options.get("base_dir") or os.getcwd()
+        self._base_dir = os.path.abspath(os.path.expanduser(str(base_dir)))
+        self.format = self._format()
+        self.required = self.options.get("required", True)
+        if not isinstance(self.required, bool):
+            raise ConfigurationError(f"source {name!r}: 'required' must be true or false")
+        self.encoding = str(self.options.get("encoding", "utf-8"))
+        csv_options = self.options.get("csv", {})
+        if not isinstance(csv_options, Mapping):
+            raise ConfigurationError(f"source {name!r}: 'csv' must be a table")
+        reject_unknown_options(name, csv_options, _CSV_OPTIONS, prefix="csv.")
+        self._csv = dict(csv_options)
+        self._last_pattern: str | None = None
+
+    # --- public -----------------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """`file:<absolute glob>`; once a window was read, the glob with its placeholders filled in."""
+        return f"file:{self._last_pattern or self._absolute(self._path)}"
+
+    def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
+        pattern = self.resolve_pattern(window)
+        self._last_pattern = pattern
+        files = self.matching_files(pattern)
+        if not files:
+            if self.required:
+                raise SourceError(f"source {self.name!r}: no file matches {pattern}")
+            return
+        for path in files:
+            if self.format == "csv":
+                yield from self._read_csv(path)
+            elif self.format == "jsonl":
+                yield from self._read_jsonl(path)
+            else:
+                yield from self._read_parquet(path)
+
+    def resolve_pattern(self, window: ExtractWindow) -> str:
+        """The absolute glob for `window` (placeholders filled from `window.template_values()`)."""
+        values = window.template_values()
+        try:
+            rendered = self._path.format(**values)
+        except KeyError as exc:
+            raise ConfigurationError(
+                f"source {self.name!r}: path {self._path!r} uses unknown placeholder {{{exc.args[0]}}} "
+                f"(available: {', '.join(sorted(values))})"
+            ) from None
+        except (ValueError, IndexError) as exc:
+            raise ConfigurationError(
+                f"source {self.name!r}: path {self._path!r} is not a valid template: {exc}"
+            ) from None
+        return self._absolute(rendered)
+
+    @staticmethod
+    def matching_files(pattern: str) -> list[str]:
+        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+
+    # --- readers ----------------------------------------------------------------------------------------
+
+    def _read_csv(self, path: str) -> Iterator[pa.RecordBatch]:
+        read_options = self._csv_read_options()
+        parse_options = self._csv_parse_options(path)
+        null_values = self._csv.get("null_values", [""])
+        try:
+            names = read_options.column_names or self._csv_header(path, read_options, parse_options)
+            convert_options = pacsv.ConvertOptions(
+                # Every column as text: type inference on the first block would fail on a later
+                # "C489449" in a column of invoice numbers, and staging keeps raw text anyway.
+                column_types={n: pa.string() for n in names},
+                null_values=list(null_values),
+                strings_can_be_null=bool(null_values),
+                quoted_strings_can_be_null=False,
+            )
+            with _open_stream(path) as stream:
+                reader = pacsv.open_csv(
+                    stream,
+                    read_options=read_options,
+                    parse_options=parse_options,
+                    convert_options=convert_options,
+                )
+                for batch in reader:
+                    yield from _bounded(batch, self.batch_size)
+        except (pa.ArrowException, OSError, EOFError) as exc:
+            raise SourceError(f"source {self.name!r}: cannot read CSV file {path}: {exc}") from exc
+
+    def _csv_header(
+        self, path: str, read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions
+    ) -> list[str]:
+        # The column names are needed to ask for all-text columns; reading them costs one block.
+        with _open_stream(path) as stream:
+            reader = pacsv.open_csv(stream, read_options=read_options, parse_options=parse_options)
+            return list(reader.schema.names)
+
+    def _csv_read_options(self) -> pacsv.ReadOptions:
+        column_names = self._csv.get("column_names")
+        header = self._csv.get("header", True)
+        if column_names is not None and (
+            not isinstance(column_names, list) or not all(isinstance(n, str) for n in column_names)
+        ):
+            raise ConfigurationError(f"source {self.name!r}: csv.column_names must be a list of strings")
+        block_size = int(
+            self._csv.get(
+                "block_size", min(max(self.batch_size * _BYTES_PER_ROW_GUESS, _MIN_BLOCK), _MAX_BLOCK)
+            )
+        )
+        return pacsv.ReadOptions(
+            encoding=str(self._csv.get("encoding", self.encoding)),
+            block_size=block_size,
+            column_names=column_names,
+            # With names given, a header row present in the file is skipped rather than read as data.
+            skip_rows=1 if header and column_names else 0,
+            autogenerate_column_names=not header and not column_names,
+        )
+
+    def _csv_parse_options(self, path: str) -> pacsv.ParseOptions:
+        default_delimiter = "\t" if _strip_gz(path).lower().endswith(".tsv") else ","
+        quote_char = self._csv.get("quote_char", '"')
+        escape_char = self._csv.get("escape_char", False)
+        return pacsv.ParseOptions(
+            delimiter=str(self._csv.get("delimiter", default_delimiter)),
+            quote_char=quote_char or False,
+            escape_char=escape_char or False,
+            # Quoted descriptions may hold line breaks; without this a break would split the row.
+            newlines_in_values=True,
+        )
+
+    def _read_jsonl(self, path: str) -> Iterator[list[dict[str, Any]]]:
+        encoding = (
+            "utf-8-sig" if self.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else self.encoding
+        )
+        opener = gzip.open if path.lower().endswith(".gz") else open
+        batch: list[dict[str, Any]] = []
+        line_number = 0
+        try:
+            with opener(path, "rt", encoding=encoding) as handle:
+                for line_number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line, parse_float=Decimal)
+                    except json.JSONDecodeError as exc:
+                        raise SourceError(
+                            f"source {self.name!r}: {path} line {line_number}: malformed JSON: "
+                            f"{exc.msg} (column {exc.colno})"
+                        ) from None
+                    if not isinstance(record, dict):
+                        raise SourceError(
+                            f"source {self.name!r}: {path} line {line_number}: expected a JSON object, "
+                            f"got {type(record).__name__}"
+                        )
+                    batch.append(record)
+                    if len(batch) >= self.batch_size:
+                        yield batch
+                        batch = []
+        except (UnicodeDecodeError, OSError, EOFError) as exc:
+            raise SourceError(
+                f"source {self.name!r}: {path}: cannot read past line {line_number} ({exc})"
+            ) from exc
+        if batch:
+            yield batch
+
+    def _read_parquet(self, path: str) -> Iterator[pa.RecordBatch]:
+        try:
+            with pq.ParquetFile(path) as parquet:
+                for batch in parquet.iter_batches(batch_size=self.batch_size):
+                    if batch.num_rows:
+                        yield batch
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"source {self.name!r}: cannot read Parquet file {path}: {exc}") from exc
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _absolute(self, path: str) -> str:
+        return os.path.abspath(os.path.join(self._base_dir, path))
+
+    def _format(self) -> str:
+        declared = self.options.get("format")
+        if declared is not None:
+            if declared not in FORMATS:
+                raise ConfigurationError(
+                    f"source {self.name!r}: format {declared!r} is not one of {', '.join(FORMATS)}"
+                )
+            return str(declared)
+        _, extension = os.path.splitext(_strip_gz(self._path).lower())
+        if extension not in _EXTENSIONS:
+            raise ConfigurationError(
+                f"source {self.name!r}: cannot tell the format of {self._path!r} from its extension; "
+                f"set format = one of {', '.join(FORMATS)}"
+            )
+        return _EXTENSIONS[extension]
+
+
+def _strip_gz(path: str) -> str:
+    return path[:-3] if path.lower().endswith(".gz") else path
+
+
+def _open_stream(path: str) -> pa.NativeFile:
+    return pa.input_stream(path, compression="gzip" if path.lower().endswith(".gz") else None)
+
+
+def _bounded(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
+    for offset in range(0, batch.num_rows, size):
+        yield batch.slice(offset, size)

@@ -1,0 +1,303 @@
+"""Reshape a connector's raw batch into the staging batch: declared columns, in order, all text.
+
+Staging is the raw layer, so every value becomes a string here and typing happens in Spark, where a value
+that does not cast is quarantined with its reason instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etlcore.errors import ConfigurationError, SourceError
+
+from .base import RawBatch
+
+__all__ = [
+    "MISSING",
+    "ColumnSpec",
+    "column_specs",
+    "resolve_path",
+    "staging_schema",
+    "to_staging_batch",
+    "to_text",
+]
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One staged column: `source` is the field it reads (a header name or a dotted path)."""
+
+    name: str
+    source: str
+    type: str = "string"
+    required: bool = False
+
+    @classmethod
+    def from_config(cls, name: str, table: Mapping[str, Any]) -> ColumnSpec:
+        """Build from a pipeline file's column table (`{from = ..., type = ..., required = ...}`)."""
+        source = table.get("from", table.get("from_", name))
+        if not isinstance(source, str) or not source:
+            raise ConfigurationError(f"column {name!r}: 'from' must be a non-empty string, got {source!r}")
+        return cls(
+            name=name,
+            source=source,
+            type=str(table.get("type", "string")),
+            required=bool(table.get("required", False)),
+        )
+
+
+def column_specs(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> list[ColumnSpec]:
+    """Normalise the accepted column declarations to `ColumnSpec`s, keeping the declared order.
+
+    `columns` maps output name -> `ColumnSpec`, a config table (`from`/`from_`, `required`, `type`) or any
+    object with `from_` (or `source`) and `required` attributes; a plain iterable of `ColumnSpec` works too.
+    A column without a source reads the field of its own name.
+    """
+    if not isinstance(columns, Mapping):
+        specs = list(columns)
+        for spec in specs:
+            if not isinstance(spec, ColumnSpec):
+                raise ConfigurationError(f"expected ColumnSpec, got {type(spec).__name__}")
+        return specs
+    specs = []
+    for name, decl in columns.items():
+        if isinstance(decl, ColumnSpec):
+            spec = decl if decl.name == name else ColumnSpec(name, decl.source, decl.type, decl.required)
+        elif isinstance(decl, Mapping):
+            spec = ColumnSpec.from_config(name, decl)
+        else:
+            source = getattr(decl, "from_", None) or getattr(decl, "source", None) or name
+            spec = ColumnSpec(
+                name=name,
+                source=source,
+                type=str(getattr(decl, "type", "string")),
+                required=bool(getattr(decl, "required", False)),
+            )
+        specs.append(spec)
+    return specs
+
+
+def staging_schema(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> pa.Schema:
+    """The staged schema: every declared column, in order, as nullable text."""
+    return pa.schema([pa.field(spec.name, pa.string()) for spec in column_specs(columns)])
+
+
+# --- value -> text --------------------------------------------------------------------------------------
+
+MISSING: Any = object()  # what `resolve_path` answers for an absent field (None is a present null)
+
+
+def to_text(value: Any) -> str | None:
+    """The staged text of one value (None stays null)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Mapping | list | tuple):
+        return _json_text(value)
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) that writes Decimals as the exact numbers they hold.
+
+    `json.dumps` cannot do the latter without turning them into floats or strings, and the JSON Lines and
+    REST connectors parse floats as Decimal precisely to keep a price's text.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return json.dumps(value)
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else json.dumps(float(value))
+    if isinstance(value, datetime | date | time):
+        return json.dumps(value.isoformat())
+    if isinstance(value, Mapping):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(f"{json.dumps(k)}:{_json_text(v)}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_json_text(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+# --- field lookup in nested records ---------------------------------------------------------------------
+
+
+def resolve_path(record: Any, path: str) -> Any:
+    """The value at `path` in a nested record, or `MISSING` when absent.
+
+    The exact key wins ("Customer ID", "unit.price" as one header), then every split at a dot is tried
+    from the left, so {"customer": {"email": ...}} answers "customer.email".
+    """
+    if not isinstance(record, Mapping):
+        return MISSING
+    if path in record:
+        return record[path]
+    start = 0
+    while (dot := path.find(".", start)) != -1:
+        head = path[:dot]
+        if head in record:
+            found = resolve_path(record[head], path[dot + 1 :])
+            if found is not MISSING:
+                return found
+        start = dot + 1
+    return MISSING
+
+
+def _value(record: Any, path: str | None) -> str | None:
+    found = record if path is None else resolve_path(record, path)
+    return None if found is MISSING else to_text(found)
+
+
+# --- batch reshaping ------------------------------------------------------------------------------------
+
+
+def to_staging_batch(
+    batch: RawBatch,
+    *,
+    columns: Mapping[str, Any] | Iterable[ColumnSpec],
+    explode: str | None = None,
+    source_label: str,
+) -> pa.RecordBatch:
+    """Turn one raw batch into the staged Arrow batch: exactly the declared columns, in order, as text.
+
+    Records (`list[dict]`): a column reads its source by exact key, then by dotted path; a missing field is
+    null. With `explode`, each element of the list at that path becomes one row carrying the parent's
+    fields, and a column whose source starts with `<explode>.` reads that element's field; a record whose
+    list is missing, null or empty yields **no rows** (an order without lines has nothing to stage).
+
+    Arrow batches (tabular sources): columns are selected by their source name and cast to text without
+    per-row Python; a required column absent from the batch raises `SourceError`, an optional one is
+    all-null. Nested Arrow columns, and `explode` on an Arrow batch, go through the records path.
+    """
+    specs = column_specs(columns)
+    if isinstance(batch, pa.RecordBatch):
+        if explode:
+            return _records_to_batch(batch.to_pylist(), specs, explode, source_label)
+        return _arrow_to_batch(batch, specs, source_label)
+    return _records_to_batch(batch, specs, explode, source_label)
+
+
+def _records_to_batch(
+    records: Sequence[Any], specs: list[ColumnSpec], explode: str | None, source_label: str
+) -> pa.RecordBatch:
+    values: list[list[str | None]] = [[] for _ in specs]
+    # Per column: read from the exploded element (path inside it) or from the parent record.
+    readers = [_reader(spec.source, explode) for spec in specs]
+    for index, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise SourceError(
+                f"source {source_label!r}: record {index} of a batch is a {type(record).__name__}, "
+                "not an object"
+            )
+        if not explode:
+            for column, (_, path) in zip(values, readers, strict=True):
+                column.append(_value(record, path))
+            continue
+        elements = resolve_path(record, explode)
+        if elements is MISSING or elements is None:
+            continue
+        if not isinstance(elements, list | tuple):
+            raise SourceError(
+                f"source {source_label!r}: field {explode!r} to explode is a {type(elements).__name__}, "
+                f"not a list (record {index} of a batch)"
+            )
+        parent = [None if in_element else _value(record, path) for in_element, path in readers]
+        for element in elements:
+            for column, (in_element, path), parent_value in zip(values, readers, parent, strict=True):
+                column.append(_value(element, path) if in_element else parent_value)
+    arrays = [pa.array(column, type=pa.string()) for column in values]
+    return pa.RecordBatch.from_arrays(arrays, schema=staging_schema(specs))
+
+
+def _reader(source: str, explode: str | None) -> tuple[bool, str | None]:
+    """(reads the exploded element?, path inside it or the parent; None = the element itself)."""
+    if explode and source == explode:
+        return True, None
+    if explode and source.startswith(f"{explode}."):
+        return True, source.removeprefix(f"{explode}.")
+    return False, source
+
+
+def _arrow_to_batch(batch: pa.RecordBatch, specs: list[ColumnSpec], source_label: str) -> pa.RecordBatch:
+    names = batch.schema.names
+    missing = [spec for spec in specs if spec.required and _arrow_column(batch, spec.source) is None]
+    if missing:
+        wanted = ", ".join(f"{spec.source!r} (column {spec.name})" for spec in missing)
+        raise SourceError(
+            f"source {source_label!r}: required field not found: {wanted}; "
+            f"available fields: {', '.join(repr(n) for n in names)}"
+        )
+    arrays = []
+    for spec in specs:
+        column = _arrow_column(batch, spec.source)
+        arrays.append(pa.nulls(batch.num_rows, pa.string()) if column is None else _arrow_text(column))
+    return pa.RecordBatch.from_arrays(arrays, schema=staging_schema(specs))
+
+
+def _arrow_column(batch: pa.RecordBatch, path: str) -> pa.Array | None:
+    """The column at `path`: an exact column name, else a dotted path into struct columns."""
+    if path in batch.schema.names:
+        return batch.column(path)
+    start = 0
+    while (dot := path.find(".", start)) != -1:
+        head = path[:dot]
+        if head in batch.schema.names and pa.types.is_struct(batch.schema.field(head).type):
+            found = _struct_field(batch.column(head), path[dot + 1 :])
+            if found is not None:
+                return found
+        start = dot + 1
+    return None
+
+
+def _struct_field(array: pa.Array, path: str) -> pa.Array | None:
+    struct_type = array.type
+    names = [struct_type.field(i).name for i in range(struct_type.num_fields)]
+    if path in names:
+        return pc.struct_field(array, path)
+    start = 0
+    while (dot := path.find(".", start)) != -1:
+        head = path[:dot]
+        if head in names and pa.types.is_struct(struct_type.field(head).type):
+            found = _struct_field(pc.struct_field(array, head), path[dot + 1 :])
+            if found is not None:
+                return found
+        start = dot + 1
+    return None
+
+
+def _arrow_text(array: pa.Array) -> pa.Array:
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        array = array.dictionary_decode()
+        kind = array.type
+    if pa.types.is_string(kind):
+        return array
+    if pa.types.is_timestamp(kind):
+        if kind.tz is not None:
+            # Local-offset text ("+0100") is not read by every parser; the same instant in UTC ("Z") is.
+            array = array.cast(pa.timestamp(kind.unit, tz="UTC"))
+        text = pc.cast(array, pa.string())
+        return pc.replace_substring(text, " ", "T", max_replacements=1)  # ISO 8601 separator
+    if pa.types.is_nested(kind) or pa.types.is_duration(kind) or pa.types.is_interval(kind):
+        # No vectorised text for these; keep the records path's rules (JSON for nested values).
+        return pa.array([to_text(v) for v in array.to_pylist()], type=pa.string())
+    return pc.cast(array, pa.string())

@@ -1,0 +1,470 @@
+"""JSON-over-HTTP APIs, configured (not coded) per API: auth, pagination, where the records are."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase, HTTPBasicAuth
+from urllib3.util.retry import Retry
+
+from etlcore.errors import ConfigurationError, SourceError
+
+from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options
+from .records import MISSING, resolve_path
+
+__all__ = ["RestConnector"]
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+PAGINATION_STYLES = ("link_header", "page_number", "none")
+# A 200 whose body is cut short or not JSON is usually transient (a dropped connection, a proxy's error
+# page); it is fetched again this many times in all before the run fails.
+BODY_ATTEMPTS = 3
+DEFAULT_MAX_PAGES = 100_000
+
+_OPTIONS = frozenset(
+    {
+        "kind",
+        "base_url",
+        "path",
+        "params",
+        "headers",
+        "records_path",
+        "auth",
+        "pagination",
+        "timeout_seconds",
+        "max_retries",
+        "backoff_factor",
+        "backoff_jitter",
+        "batch_size",
+    }
+)
+_AUTH_OPTIONS = {
+    "bearer": frozenset({"type", "token_env"}),
+    "header": frozenset({"type", "header", "value_env"}),
+    "basic": frozenset({"type", "username_env", "password_env"}),
+}
+_PAGINATION_OPTIONS = frozenset({"style", "page_param", "start", "total_pages_header", "max_pages"})
+# Query parameters and header names whose values are masked in messages.
+_SECRET_NAME = re.compile(r"(?i)token|secret|passw|pwd|key|signature|sig|auth|credential|session")
+_SECRET_QUERY = re.compile(
+    r"(?i)([\w.\-\[\]%]*(?:token|secret|passw|pwd|key|signature|sig|auth|credential|session)[\w.\-\[\]%]*)=([^&#\s'\"]*)"
+)
+
+
+class _Retry(Retry):
+    """urllib3's Retry, also reading a fractional Retry-After ("0.5"; Shopify sends "2.0")."""
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            return super().parse_retry_after(retry_after)
+        if not math.isfinite(seconds):
+            return super().parse_retry_after(retry_after)
+        return min(max(seconds, 0.0), float(getattr(self, "retry_after_max", seconds)))
+
+
+class _HeaderAuth(AuthBase):
+    """Puts a secret in one header. Its repr never shows the value."""
+
+    def __init__(self, header: str, value: str) -> None:
+        self.header = header
+        self._value = value
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers[self.header] = self._value
+        return request
+
+    def __repr__(self) -> str:
+        return f"_HeaderAuth(header={self.header!r}, value='***')"
+
+
+class RestConnector(Connector):
+    """GET a JSON API page by page and yield its records in batches of `batch_size`.
+
+    Options: `base_url`, `path`, `params` (values may use `{window_start}`-style placeholders), `headers`
+    (static, non-secret), `records_path` (dotted path to the list in the body; empty: the body is the
+    list), `auth` ({type = "bearer", token_env} | {type = "header", header, value_env} |
+    {type = "basic", username_env, password_env}), `pagination` ({style = "link_header" | "page_number" |
+    "none", page_param, start, total_pages_header, max_pages}), `timeout_seconds`, `max_retries`,
+    `backoff_factor`, `backoff_jitter`, `batch_size`.
+
+    One `requests.Session` per connector retries connection errors, 429 (honouring Retry-After) and 5xx
+    with exponential backoff. Secrets are read from the environment when the first request is made and
+    never appear in messages or logs.
+    """
+
+    kind = "rest"
+
+    def __init__(self, *, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name=name, options=options)
+        opts = self.options
+        reject_unknown_options(name, opts, _OPTIONS)
+        if self.batch_size <= 0:
+            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
+        base_url = opts.get("base_url")
+        if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+            raise ConfigurationError(f"source {name!r}: base_url must be an http(s) URL, got {base_url!r}")
+        path = str(opts.get("path", "") or "")
+        if path and not path.startswith("/"):
+            path = "/" + path
+        self.url = base_url.rstrip("/") + path if path else base_url
+        self.params = _table(name, "params", opts.get("params", {}))
+        self.headers = {str(k): str(v) for k, v in _table(name, "headers", opts.get("headers", {})).items()}
+        for header in self.headers:
+            if header.lower() in ("authorization", "proxy-authorization") or _SECRET_NAME.search(header):
+                raise ConfigurationError(
+                    f"source {name!r}: header {header!r} looks like a credential; put it in 'auth' with "
+                    "the name of the environment variable that holds it"
+                )
+        self.records_path = str(opts.get("records_path", "") or "")
+        self.auth = self._auth_options(_table(name, "auth", opts.get("auth", {})))
+        self.pagination = self._pagination_options(_table(name, "pagination", opts.get("pagination", {})))
+        self.timeout = _positive(name, "timeout_seconds", opts.get("timeout_seconds", 30))
+        self.max_retries = int(opts.get("max_retries", 5))
+        if self.max_retries < 0:
+            raise ConfigurationError(f"source {name!r}: max_retries must be >= 0")
+        self.backoff_factor = _positive(name, "backoff_factor", opts.get("backoff_factor", 0.5), zero=True)
+        self.backoff_jitter = _positive(name, "backoff_jitter", opts.get("backoff_jitter", 0.25), zero=True)
+        self._http: requests.Session | None = None
+        self._secrets: list[str] = []
+
+    # --- public -----------------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"rest:GET {self._mask(self.url)}"
+
+    def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
+        buffer: list[dict[str, Any]] = []
+        for records in self._pages(window):
+            buffer.extend(records)
+            while len(buffer) >= self.batch_size:
+                yield buffer[: self.batch_size]
+                buffer = buffer[self.batch_size :]
+        if buffer:
+            yield buffer
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    # --- pagination -------------------------------------------------------------------------------------
+
+    def _pages(self, window: ExtractWindow) -> Iterator[list[dict[str, Any]]]:
+        params = self._render_params(window)
+        style = self.pagination["style"]
+        max_pages = self.pagination["max_pages"]
+        if style == "none":
+            yield self._get(self.url, params)[1]
+        elif style == "link_header":
+            url: str = self.url
+            query: dict[str, Any] | None = params
+            seen = {self.url}
+            for _ in range(max_pages):
+                response, records = self._get(url, query)
+                yield records
+                next_url = response.links.get("next", {}).get("url")
+                if not next_url:
+                    return
+                # The next link carries the whole query (Shopify allows nothing else beside page_info).
+                url, query = self._next_url(response.url, next_url, seen), None
+            self._too_many_pages(max_pages)
+        else:
+            page_param = self.pagination["page_param"]
+            start = self.pagination["start"]
+            total_header = self.pagination["total_pages_header"]
+            for page in range(start, start + max_pages):
+                response, records = self._get(self.url, {**params, page_param: page})
+                if not records:
+                    return
+                yield records
+                if total_header and total_header in response.headers:
+                    total = _int_header(response.headers[total_header])
+                    if total is None:
+                        raise SourceError(
+                            f"source {self.name!r}: header {total_header} is "
+                            f"{response.headers[total_header]!r}, not a page count"
+                        )
+                    if page - start + 1 >= total:
+                        return
+            self._too_many_pages(max_pages)
+
+    def _next_url(self, current: str, link: str, seen: set[str]) -> str:
+        url = urljoin(current, link)
+        here, there = urlsplit(self.url), urlsplit(url)
+        if self.auth and (here.scheme, here.hostname, here.port) != (
+            there.scheme,
+            there.hostname,
+            there.port,
+        ):
+            raise SourceError(
+                f"source {self.name!r}: the next-page link points to another server ({self._mask(url)}); "
+                "not sending the credentials there"
+            )
+        if url in seen:
+            raise SourceError(f"source {self.name!r}: the next-page link repeats {self._mask(url)} (a loop)")
+        seen.add(url)
+        return url
+
+    def _too_many_pages(self, max_pages: int) -> None:
+        raise SourceError(
+            f"source {self.name!r}: still more pages after {max_pages} pages from {self._mask(self.url)}; "
+            "raise pagination.max_pages if that is expected"
+        )
+
+    # --- one page ---------------------------------------------------------------------------------------
+
+    def _get(
+        self, url: str, params: Mapping[str, Any] | None
+    ) -> tuple[requests.Response, list[dict[str, Any]]]:
+        session = self._session()
+        shown = self._mask(requests.Request("GET", url, params=params).prepare().url or url)
+        problem = ""
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            if attempt > 1:
+                time.sleep(self.backoff_factor * attempt)
+            try:
+                response = session.get(url, params=params, timeout=self.timeout, allow_redirects=False)
+            except (
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError,
+            ) as exc:
+                problem = f"the body was cut short ({self._scrub(_reason(exc))})"
+                continue
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise SourceError(
+                    f"source {self.name!r}: GET {shown} failed (retried up to {self.max_retries} times): "
+                    f"{self._scrub(_reason(exc))}"
+                ) from None
+            logger.debug("source %s: GET %s -> %s", self.name, shown, response.status_code)
+            self._check_status(response, shown)
+            if response.status_code == 204:
+                return response, []
+            try:
+                body = json.loads(response.content, parse_float=Decimal)
+            except ValueError as exc:
+                excerpt = self._scrub(response.content[:200].decode("utf-8", "replace"))
+                problem = f"HTTP {response.status_code} with malformed JSON ({exc}); body starts: {excerpt!r}"
+                continue
+            return response, self._records(body, shown)
+        raise SourceError(f"source {self.name!r}: GET {shown} failed {BODY_ATTEMPTS} times: {problem}")
+
+    def _check_status(self, response: requests.Response, shown: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if 300 <= status < 400:
+            location = self._mask(response.headers.get("Location", "?"))
+            raise SourceError(
+                f"source {self.name!r}: GET {shown} answered HTTP {status}, a redirect to {location}; "
+                "set base_url to the final address"
+            )
+        body = self._scrub(response.text[:200])
+        retried = f" (after {self.max_retries} retries)" if status in RETRY_STATUSES else ""
+        raise SourceError(
+            f"source {self.name!r}: GET {shown} answered HTTP {status} {response.reason or ''}".rstrip()
+            + f"{retried}: {body}"
+        )
+
+    def _records(self, body: Any, shown: str) -> list[dict[str, Any]]:
+        if self.records_path:
+            records = resolve_path(body, self.records_path)
+            if not isinstance(records, list):
+                found = (
+                    "absent"
+                    if records is MISSING
+                    else "null"
+                    if records is None
+                    else f"a {type(records).__name__}"
+                )
+                keys = f" (top-level keys: {', '.join(map(repr, body))})" if isinstance(body, dict) else ""
+                raise SourceError(
+                    f"source {self.name!r}: GET {shown}: records_path {self.records_path!r} is {found}, "
+                    f"not a list{keys}"
+                )
+        elif isinstance(body, list):
+            records = body
+        else:
+            raise SourceError(
+                f"source {self.name!r}: GET {shown}: the body is a {type(body).__name__}, not a list "
+                "(set records_path to the field that holds the records)"
+            )
+        for index, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise SourceError(
+                    f"source {self.name!r}: GET {shown}: record {index} is a {type(record).__name__}, "
+                    "not an object"
+                )
+        return records
+
+    # --- session, auth, secrets -------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        if self._http is None:
+            auth = self._auth_from_env()
+            retry = _Retry(
+                total=self.max_retries,
+                status_forcelist=RETRY_STATUSES,
+                backoff_factor=self.backoff_factor,
+                backoff_jitter=self.backoff_jitter,
+                respect_retry_after_header=True,
+                allowed_methods=None,  # only GETs are sent; retry them on read errors too
+                raise_on_status=False,  # hand back the last answer, so its status and body can be reported
+            )
+            adapter = HTTPAdapter(max_retries=retry)
+            session = requests.Session()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.update({"Accept": "application/json", "User-Agent": "django-spark-etl"})
+            session.headers.update(self.headers)
+            session.auth = auth
+            self._http = session
+        return self._http
+
+    def _auth_from_env(self) -> AuthBase | None:
+        kind = self.auth.get("type")
+        if kind == "bearer":
+            token = self._env("token_env")
+            self._secrets = [token]
+            return _HeaderAuth("Authorization", f"Bearer {token}")
+        if kind == "header":
+            value = self._env("value_env")
+            self._secrets = [value]
+            return _HeaderAuth(self.auth["header"], value)
+        if kind == "basic":
+            username, password = self._env("username_env"), self._env("password_env")
+            encoded = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self._secrets = [password, username, encoded]  # a Stripe key is sent as the username
+            return HTTPBasicAuth(username, password)
+        return None
+
+    def _env(self, option: str) -> str:
+        variable = self.auth[option]
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigurationError(
+                f"source {self.name!r}: environment variable {variable} (auth.{option}) is not set"
+            )
+        return value
+
+    def _scrub(self, text: str) -> str:
+        """Text safe to show: known secrets and secret-looking query values replaced by ***."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if len(secret) >= 4:  # masking a one-letter user name would garble the message, not protect it
+                text = text.replace(secret, "***")
+        return _SECRET_QUERY.sub(r"\1=***", text)
+
+    def _mask(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.password or parts.username:
+            host = parts.hostname or ""
+            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+            url = urlunsplit(parts._replace(netloc=netloc))
+        return self._scrub(url)
+
+    # --- option parsing ---------------------------------------------------------------------------------
+
+    def _auth_options(self, auth: dict[str, Any]) -> dict[str, Any]:
+        if not auth:
+            return {}
+        kind = auth.get("type")
+        if kind not in _AUTH_OPTIONS:
+            raise ConfigurationError(
+                f"source {self.name!r}: auth.type {kind!r} is not one of {', '.join(_AUTH_OPTIONS)}"
+            )
+        reject_unknown_options(self.name, auth, _AUTH_OPTIONS[kind], prefix="auth.")
+        for key in sorted(_AUTH_OPTIONS[kind] - {"type"}):
+            if not isinstance(auth.get(key), str) or not auth[key]:
+                raise ConfigurationError(f"source {self.name!r}: auth type {kind!r} needs auth.{key}")
+        return auth
+
+    def _pagination_options(self, pagination: dict[str, Any]) -> dict[str, Any]:
+        reject_unknown_options(self.name, pagination, _PAGINATION_OPTIONS, prefix="pagination.")
+        style = pagination.get("style", "none")
+        if style not in PAGINATION_STYLES:
+            raise ConfigurationError(
+                f"source {self.name!r}: pagination.style {style!r} is not one of "
+                f"{', '.join(PAGINATION_STYLES)}"
+            )
+        max_pages = int(pagination.get("max_pages", DEFAULT_MAX_PAGES))
+        if max_pages <= 0:
+            raise ConfigurationError(f"source {self.name!r}: pagination.max_pages must be positive")
+        return {
+            "style": style,
+            "page_param": str(pagination.get("page_param", "page")),
+            "start": int(pagination.get("start", 1)),
+            "total_pages_header": pagination.get("total_pages_header"),
+            "max_pages": max_pages,
+        }
+
+    def _render_params(self, window: ExtractWindow) -> dict[str, Any]:
+        values = window.template_values()
+        return {key: self._render(key, value, values) for key, value in self.params.items()}
+
+    def _render(self, key: str, value: Any, values: Mapping[str, Any]) -> Any:
+        if isinstance(value, list | tuple):
+            return [self._render(key, item, values) for item in value]
+        if isinstance(value, bool):
+            return "true" if value else "false"  # not requests' "True"
+        if not isinstance(value, str):
+            return value
+        try:
+            return value.format(**values)
+        except KeyError as exc:
+            raise ConfigurationError(
+                f"source {self.name!r}: params.{key} uses unknown placeholder {{{exc.args[0]}}} "
+                f"(available: {', '.join(sorted(values))})"
+            ) from None
+        except (ValueError, IndexError) as exc:
+            raise ConfigurationError(
+                f"source {self.name!r}: params.{key} is not a valid template: {exc}"
+            ) from None
+
+
+def _table(name: str, option: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"source {name!r}: {option!r} must be a table, got {type(value).__name__}")
+    return dict(value)
+
+
+def _positive(name: str, option: str, value: Any, *, zero: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        raise ConfigurationError(f"source {name!r}: {option} must be a positive number, got {value!r}")
+    return number
+
+
+def _int_header(value: str) -> int | None:
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a requests error, without the pool's URL (which would carry the query)."""
+    cause: BaseException = exc
+    if exc.args and isinstance(exc.args[0], urllib3.exceptions.MaxRetryError):
+        cause = exc.args[0].reason or exc.args[0]
+    return f"{type(cause).__name__}: {cause}"
