@@ -47,7 +47,9 @@ class StepRun(models.Model):
     rows_out = models.BigIntegerField(null=True, blank=True)
     rows_rejected = models.BigIntegerField(null=True, blank=True)
     details = models.JSONField(
-        default=dict, blank=True, help_text="per-dataset counts, partition paths, spark-submit command and log"
+        default=dict,
+        blank=True,
+        help_text="per-dataset counts, partition paths, spark-submit command and log",
     )
     error = models.TextField(blank=True)
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from connectors import build_connector
 from connectors.records import staging_schema, to_staging_batch
-from django.conf import settings
 
 from . import staging
 from .config import PipelineConfig, pipeline_load
@@ -68,12 +67,14 @@ def pipeline_execute(
     try:
         config = pipeline_load(pipeline)
     except EtlError as exc:
-        run = run_start(pipeline=pipeline, command=command, business_date=None, parameters=parameters,
-                        using="default")
+        run = run_start(
+            pipeline=pipeline, command=command, business_date=None, parameters=parameters, using="default"
+        )
         run_finish(run, error=error_text(exc))
         raise
-    run = run_start(pipeline=pipeline, command=command, business_date=None, parameters=parameters,
-                    using=config.database)
+    run = run_start(
+        pipeline=pipeline, command=command, business_date=None, parameters=parameters, using=config.database
+    )
     try:
         run.business_date = business_date_parse(business_date, config=config)
         for step in steps:
@@ -134,7 +135,10 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
         }
     ref = _transformed_ref(config, business_date)
     log_path = (
-        config.staging_root / config.name / "logs" / f"{business_date.isoformat()}-run{step.run_id}-transform.log"
+        config.staging_root
+        / config.name
+        / "logs"
+        / f"{business_date.isoformat()}-run{step.run_id}-transform.log"
     )
     with staging.partition_attempt(ref) as attempt:
         spec = {
@@ -189,8 +193,12 @@ def load_partition(*, config: PipelineConfig, business_date: date, step: StepRun
         rows_in=sum(out["rows"] for out in manifest.outputs.values()),
         rows_out=result.fact_rows,
         rows_rejected=result.rows_loaded.get("quarantine", 0),
-        details={"loaded": result.rows_loaded, "deleted_stale": result.rows_deleted,
-                 "partition": str(ref.dir), "checksum": manifest.checksum},
+        details={
+            "loaded": result.rows_loaded,
+            "deleted_stale": result.rows_deleted,
+            "partition": str(ref.dir),
+            "checksum": manifest.checksum,
+        },
     )
 
 

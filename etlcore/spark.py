@@ -89,12 +89,19 @@ def mask_command(command: list[str]) -> list[str]:
 
 
 def job_submit(
-    config: PipelineConfig, *, spec: dict[str, Any], work_dir: Path, log_path: Path, timeout: float | None = None
+    config: PipelineConfig,
+    *,
+    spec: dict[str, Any],
+    work_dir: Path,
+    log_path: Path,
+    timeout: float | None = None,
 ) -> SubmitResult:
     """Write the job spec, run spark-submit, capture its output in `log_path`; raise if it fails."""
     spec_path = work_dir / "_spec.json"
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
-    command = submit_command(config, spec_path=spec_path, py_files=jobs_archive(config.staging_root / "_build"))
+    command = submit_command(
+        config, spec_path=spec_path, py_files=jobs_archive(config.staging_root / "_build")
+    )
     env = {
         **os.environ,
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
@@ -111,9 +118,14 @@ def job_submit(
             )
             returncode = proc.returncode
         except subprocess.TimeoutExpired:
-            raise SparkJobError(f"spark job {config.spark.job} timed out after {timeout} s; log: {log_path}") from None
+            raise SparkJobError(
+                f"spark job {config.spark.job} timed out after {timeout} s; log: {log_path}"
+            ) from None
     result = SubmitResult(
-        command=mask_command(command), returncode=returncode, log_path=log_path, seconds=time.monotonic() - started
+        command=mask_command(command),
+        returncode=returncode,
+        log_path=log_path,
+        seconds=time.monotonic() - started,
     )
     if returncode != 0:
         raise SparkJobError(

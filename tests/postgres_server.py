@@ -43,7 +43,9 @@ def _answers(url: str) -> bool:
 
 
 def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
     if not found:
         raise RuntimeError(f"{name} not found (install the PostgreSQL server package)")
     return found
@@ -64,18 +66,42 @@ def _start_throwaway() -> str:
         shutil.chown(data_dir, user="postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
-        [*as_user, _pg_bin("initdb"), "-D", str(data_dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True, capture_output=True,
+        [
+            *as_user,
+            _pg_bin("initdb"),
+            "-D",
+            str(data_dir / "data"),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
-        [*as_user, _pg_bin("pg_ctl"), "-D", str(data_dir / "data"), "-l", str(data_dir / "log"), "-w",
-         "-o", f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-        check=True, capture_output=True,
+        [
+            *as_user,
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(data_dir / "data"),
+            "-l",
+            str(data_dir / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
 
     def stop() -> None:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data_dir / "data"), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_user, _pg_bin("pg_ctl"), "-D", str(data_dir / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(data_dir, ignore_errors=True)
 
     atexit.register(stop)

@@ -129,7 +129,9 @@ def _load_sales_lines(using: str, dk: int, files: Sequence[Path]) -> tuple[int, 
         _upsert(using, FactSalesLine, objs, ["order_id", "line_number"])
         kept.update((o.order_id, o.line_number) for o in objs)
         rows += len(objs)
-    existing = FactSalesLine.objects.using(using).filter(date_id=dk).values_list("id", "order_id", "line_number")
+    existing = (
+        FactSalesLine.objects.using(using).filter(date_id=dk).values_list("id", "order_id", "line_number")
+    )
     stale = [pk for pk, order_id, line_number in existing if (order_id, line_number) not in kept]
     return rows, _delete_ids(using, FactSalesLine, stale)
 
@@ -155,7 +157,9 @@ def _load_daily_sales(using: str, dk: int, files: Sequence[Path]) -> tuple[int, 
         _upsert(using, FactDailySales, objs, ["date", "store", "product"])
         kept.update((o.store_id, o.product_id) for o in objs)
         rows += len(objs)
-    existing = FactDailySales.objects.using(using).filter(date_id=dk).values_list("id", "store_id", "product_id")
+    existing = (
+        FactDailySales.objects.using(using).filter(date_id=dk).values_list("id", "store_id", "product_id")
+    )
     stale = [pk for pk, store_id, product_id in existing if (store_id, product_id) not in kept]
     return rows, _delete_ids(using, FactDailySales, stale)
 
@@ -214,9 +218,7 @@ def _upsert(
     if not objs:
         return
     skip = set(unique_fields) | set(exclude_from_update)
-    update_fields = [
-        f.name for f in model._meta.concrete_fields if not f.primary_key and f.name not in skip
-    ]
+    update_fields = [f.name for f in model._meta.concrete_fields if not f.primary_key and f.name not in skip]
     model.objects.using(using).bulk_create(
         objs,
         batch_size=1_000,

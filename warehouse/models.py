@@ -54,7 +54,9 @@ class DimProduct(models.Model):
 
 class DimCustomer(models.Model):
     customer_key = models.CharField(
-        max_length=64, unique=True, help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored"
+        max_length=64,
+        unique=True,
+        help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored",
     )
     country = models.CharField(max_length=100, blank=True, null=True)
 

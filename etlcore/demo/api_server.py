@@ -172,9 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
                 _parse_instant(key, value)
             state["offset"] = 0
 
-        lower, upper = (
-            _parse_instant(key, state[key]) if state.get(key) else None for key in _FILTER_PARAMS
-        )
+        lower, upper = (_parse_instant(key, state[key]) if state.get(key) else None for key in _FILTER_PARAMS)
         matching = [
             o
             for o in self.server.orders

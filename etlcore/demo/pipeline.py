@@ -43,8 +43,9 @@ def demo_run(*, data_dir: Path, business_dates: Sequence[date] = DEMO_BUSINESS_D
     token, _from_env = demo_api_token()
     defaults = {TOKEN_ENV: token, PSEUDONYM_KEY_ENV: DEMO_PSEUDONYM_KEY, "ETL_DEMO_DIR": str(data_dir)}
     defaults_used = [name for name in (TOKEN_ENV, PSEUDONYM_KEY_ENV) if not os.environ.get(name)]
-    with start_demo_api(orders_path=dataset.orders_path, token=token) as api, _environ_defaults(
-        {**defaults, "ETL_DEMO_API_URL": api.url}
+    with (
+        start_demo_api(orders_path=dataset.orders_path, token=token) as api,
+        _environ_defaults({**defaults, "ETL_DEMO_API_URL": api.url}),
     ):
         database = pipeline_load(DEMO_PIPELINE).database
         before = warehouse_checksums(using=database)

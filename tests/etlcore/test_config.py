@@ -25,7 +25,9 @@ sku = {{ from = "SKU", type = "{sku_type}", required = true }}
 """
 
 
-def write_pipeline(folder: Path, name: str = "shop", sku_type: str = "string", text: str | None = None) -> Path:
+def write_pipeline(
+    folder: Path, name: str = "shop", sku_type: str = "string", text: str | None = None
+) -> Path:
     path = folder / f"{name}.toml"
     path.write_text(text if text is not None else MINIMAL.format(name=name, sku_type=sku_type))
     return path
@@ -55,7 +57,9 @@ def test_unset_variable_without_default_names_file_and_variable(tmp_path):
 
 def test_unknown_column_type_is_refused_with_its_location(tmp_path):
     path = write_pipeline(tmp_path, sku_type="varchar")
-    with pytest.raises(ConfigurationError, match=r"\[datasets\.products\] column 'sku': unknown type 'varchar'"):
+    with pytest.raises(
+        ConfigurationError, match=r"\[datasets\.products\] column 'sku': unknown type 'varchar'"
+    ):
         pipeline_parse(path, environ={"DATA_DIR": "/d"})
 
 

@@ -76,6 +76,7 @@ def test_same_arguments_write_byte_identical_files(tmp_path: Path) -> None:
     assert len(names) == 7  # orders.jsonl + a products and a stores export per date
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
     def summary(ds: DemoDataset) -> list[tuple]:
         return [(d.business_date, d.orders, d.records, d.lines, d.guest_orders, d.anomalies) for d in ds.days]
 

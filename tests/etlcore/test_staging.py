@@ -54,7 +54,9 @@ def test_a_failing_writer_leaves_the_previous_partition_untouched(tmp_path):
         raise OSError("connection reset mid-extract")
 
     with pytest.raises(OSError):
-        staging.raw_partition_write(ref, schema=SCHEMA, batches=broken_source(), source="s", window={}, run_id=2)
+        staging.raw_partition_write(
+            ref, schema=SCHEMA, batches=broken_source(), source="s", window={}, run_id=2
+        )
     assert read_partition(ref) == [{"sku": "OLD", "name": "o"}]
     assert len(list(ref.dir.glob("attempt-*"))) == 1  # the failed attempt's files are gone
 
@@ -71,7 +73,9 @@ def test_republishing_replaces_the_partition_and_removes_old_files(tmp_path):
 
 def test_empty_source_publishes_an_empty_partition_with_schema(tmp_path):
     ref = ref_for(tmp_path)
-    manifest = staging.raw_partition_write(ref, schema=SCHEMA, batches=iter(()), source="s", window={}, run_id=1)
+    manifest = staging.raw_partition_write(
+        ref, schema=SCHEMA, batches=iter(()), source="s", window={}, run_id=1
+    )
     assert manifest.row_count == 0
     assert pq.read_schema(staging.manifest_files(ref, manifest)[0]).names == ["sku", "name"]
 

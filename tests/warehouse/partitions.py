@@ -10,58 +10,115 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMAS = {
-    "sales_lines": pa.schema([
-        ("order_id", pa.string()), ("line_number", pa.int32()), ("business_date", pa.date32()),
-        ("ordered_at", pa.timestamp("us", tz="UTC")), ("store_code", pa.string()), ("sku", pa.string()),
-        ("customer_key", pa.string()), ("quantity", pa.int32()), ("unit_price", pa.decimal128(18, 4)),
-        ("amount", pa.decimal128(18, 2)), ("currency", pa.string()), ("is_return", pa.bool_()),
-    ]),
-    "daily_sales": pa.schema([
-        ("business_date", pa.date32()), ("store_code", pa.string()), ("sku", pa.string()),
-        ("quantity", pa.int64()), ("revenue", pa.decimal128(18, 2)), ("line_count", pa.int64()),
-        ("order_count", pa.int64()),
-    ]),
-    "products": pa.schema([
-        ("sku", pa.string()), ("name", pa.string()), ("category", pa.string()),
-        ("list_price", pa.decimal128(18, 2)),
-    ]),
-    "stores": pa.schema([
-        ("store_code", pa.string()), ("name", pa.string()), ("city", pa.string()), ("region", pa.string()),
-        ("country", pa.string()),
-    ]),
+    "sales_lines": pa.schema(
+        [
+            ("order_id", pa.string()),
+            ("line_number", pa.int32()),
+            ("business_date", pa.date32()),
+            ("ordered_at", pa.timestamp("us", tz="UTC")),
+            ("store_code", pa.string()),
+            ("sku", pa.string()),
+            ("customer_key", pa.string()),
+            ("quantity", pa.int32()),
+            ("unit_price", pa.decimal128(18, 4)),
+            ("amount", pa.decimal128(18, 2)),
+            ("currency", pa.string()),
+            ("is_return", pa.bool_()),
+        ]
+    ),
+    "daily_sales": pa.schema(
+        [
+            ("business_date", pa.date32()),
+            ("store_code", pa.string()),
+            ("sku", pa.string()),
+            ("quantity", pa.int64()),
+            ("revenue", pa.decimal128(18, 2)),
+            ("line_count", pa.int64()),
+            ("order_count", pa.int64()),
+        ]
+    ),
+    "products": pa.schema(
+        [
+            ("sku", pa.string()),
+            ("name", pa.string()),
+            ("category", pa.string()),
+            ("list_price", pa.decimal128(18, 2)),
+        ]
+    ),
+    "stores": pa.schema(
+        [
+            ("store_code", pa.string()),
+            ("name", pa.string()),
+            ("city", pa.string()),
+            ("region", pa.string()),
+            ("country", pa.string()),
+        ]
+    ),
     "customers": pa.schema([("customer_key", pa.string()), ("country", pa.string())]),
-    "quarantine": pa.schema([
-        ("dataset", pa.string()), ("reason_code", pa.string()), ("message", pa.string()),
-        ("raw_record", pa.string()), ("record_fingerprint", pa.string()),
-    ]),
+    "quarantine": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("reason_code", pa.string()),
+            ("message", pa.string()),
+            ("raw_record", pa.string()),
+            ("record_fingerprint", pa.string()),
+        ]
+    ),
 }
 
 DAY = date(2026, 11, 1)
 
 
-def sale(order_id: str, line: int, sku: str = "P1", qty: int = 2, price: str = "9.99", store: str = "S1",
-         customer: str | None = "c" * 64, day: date = DAY) -> dict:
+def sale(
+    order_id: str,
+    line: int,
+    sku: str = "P1",
+    qty: int = 2,
+    price: str = "9.99",
+    store: str = "S1",
+    customer: str | None = "c" * 64,
+    day: date = DAY,
+) -> dict:
     unit = Decimal(price)
     return {
-        "order_id": order_id, "line_number": line, "business_date": day,
-        "ordered_at": datetime(day.year, day.month, day.day, 10, 30, tzinfo=UTC), "store_code": store,
-        "sku": sku, "customer_key": customer, "quantity": qty, "unit_price": unit,
-        "amount": (unit * qty).quantize(Decimal("0.01")), "currency": "EUR", "is_return": qty < 0,
+        "order_id": order_id,
+        "line_number": line,
+        "business_date": day,
+        "ordered_at": datetime(day.year, day.month, day.day, 10, 30, tzinfo=UTC),
+        "store_code": store,
+        "sku": sku,
+        "customer_key": customer,
+        "quantity": qty,
+        "unit_price": unit,
+        "amount": (unit * qty).quantize(Decimal("0.01")),
+        "currency": "EUR",
+        "is_return": qty < 0,
     }
 
 
 def daily_from(lines: list[dict]) -> list[dict]:
     groups: dict[tuple, dict] = {}
     for r in lines:
-        g = groups.setdefault((r["business_date"], r["store_code"], r["sku"]), {
-            "business_date": r["business_date"], "store_code": r["store_code"], "sku": r["sku"],
-            "quantity": 0, "revenue": Decimal("0.00"), "line_count": 0, "orders": set()})
+        g = groups.setdefault(
+            (r["business_date"], r["store_code"], r["sku"]),
+            {
+                "business_date": r["business_date"],
+                "store_code": r["store_code"],
+                "sku": r["sku"],
+                "quantity": 0,
+                "revenue": Decimal("0.00"),
+                "line_count": 0,
+                "orders": set(),
+            },
+        )
         g["quantity"] += r["quantity"]
         g["revenue"] += r["amount"]
         g["line_count"] += 1
         g["orders"].add(r["order_id"])
-    return [{**{k: v for k, v in g.items() if k != "orders"}, "order_count": len(g["orders"])}
-            for g in groups.values()]
+    return [
+        {**{k: v for k, v in g.items() if k != "orders"}, "order_count": len(g["orders"])}
+        for g in groups.values()
+    ]
 
 
 def default_outputs(lines: list[dict]) -> dict[str, list[dict]]:
@@ -72,12 +129,18 @@ def default_outputs(lines: list[dict]) -> dict[str, list[dict]]:
             {"sku": "P1", "name": "Mug", "category": "Kitchen", "list_price": Decimal("9.99")},
             {"sku": "P2", "name": "Tea, green", "category": None, "list_price": None},
         ],
-        "stores": [{"store_code": "S1", "name": "Paris Rivoli", "city": "Paris", "region": "West",
-                    "country": "FR"}],
+        "stores": [
+            {"store_code": "S1", "name": "Paris Rivoli", "city": "Paris", "region": "West", "country": "FR"}
+        ],
         "customers": [{"customer_key": "c" * 64, "country": "FR"}],
         "quarantine": [
-            {"dataset": "order_lines", "reason_code": "unknown_product", "message": "sku X9 is not a product",
-             "raw_record": '{"sku":"X9"}', "record_fingerprint": "f" * 64},
+            {
+                "dataset": "order_lines",
+                "reason_code": "unknown_product",
+                "message": "sku X9 is not a product",
+                "raw_record": '{"sku":"X9"}',
+                "record_fingerprint": "f" * 64,
+            },
         ],
     }
 

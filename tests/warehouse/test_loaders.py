@@ -17,20 +17,26 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 def make_run(alias: str) -> int:
     from django.utils import timezone
 
-    return PipelineRun.objects.using(alias).create(
-        pipeline="shop", command="load", started_at=timezone.now()
-    ).pk
+    return (
+        PipelineRun.objects.using(alias).create(pipeline="shop", command="load", started_at=timezone.now()).pk
+    )
 
 
 def load(alias, tmp_path, outputs, run_id, name="p"):
     return partition_load(
-        outputs=write_outputs(tmp_path / name, outputs), pipeline="shop", business_date=DAY,
-        run_id=run_id, using=alias,
+        outputs=write_outputs(tmp_path / name, outputs),
+        pipeline="shop",
+        business_date=DAY,
+        run_id=run_id,
+        using=alias,
     )
 
 
 def test_load_writes_star_schema_rows_with_exact_money(db_alias, tmp_path):
-    lines = [sale("O1", 1, qty=3, price="0.3333"), sale("O1", 2, sku="P2", qty=-1, price="5.00", customer=None)]
+    lines = [
+        sale("O1", 1, qty=3, price="0.3333"),
+        sale("O1", 2, sku="P2", qty=-1, price="5.00", customer=None),
+    ]
     result = load(db_alias, tmp_path, default_outputs(lines), make_run(db_alias))
 
     assert result.rows_loaded["sales_lines"] == 2
@@ -53,7 +59,9 @@ def test_loading_the_same_partition_twice_leaves_identical_rows(db_alias, tmp_pa
 
 
 def test_reload_removes_rows_the_new_partition_no_longer_holds(db_alias, tmp_path):
-    load(db_alias, tmp_path, default_outputs([sale("O1", 1), sale("O2", 1, sku="P2")]), make_run(db_alias), "a")
+    load(
+        db_alias, tmp_path, default_outputs([sale("O1", 1), sale("O2", 1, sku="P2")]), make_run(db_alias), "a"
+    )
     outputs = default_outputs([sale("O1", 1, qty=5)])
     outputs["quarantine"] = []
     result = load(db_alias, tmp_path, outputs, make_run(db_alias), "b")

@@ -22,7 +22,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, data_dir: Path, **options) -> None:
-        self.stdout.write(f"Demo sources in {data_dir}; running the pipeline (Spark takes a few seconds a date)")
+        self.stdout.write(
+            f"Demo sources in {data_dir}; running the pipeline (Spark takes a few seconds a date)"
+        )
         try:
             report = demo_run(data_dir=data_dir)
         except EtlError as exc:

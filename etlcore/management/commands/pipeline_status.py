@@ -20,8 +20,10 @@ class Command(BaseCommand):
             style = self.style.SUCCESS if run.status == "succeeded" else self.style.ERROR
             took = f"{run.duration_seconds:.1f}s" if run.duration_seconds is not None else "running"
             self.stdout.write(
-                style(f"#{run.pk:<5} {run.pipeline:<16} {run.business_date!s:<10} {run.command:<13} "
-                      f"{run.status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}")
+                style(
+                    f"#{run.pk:<5} {run.pipeline:<16} {run.business_date!s:<10} {run.command:<13} "
+                    f"{run.status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}"
+                )
             )
             for step in run.steps.all():
                 took = f"{step.duration_seconds:.1f}s" if step.duration_seconds is not None else "-"
