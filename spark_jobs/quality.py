@@ -1,0 +1,301 @@
+"""Dataset-independent typing, validation, de-duplication and quarantine for the raw (all-text) layer.
+
+Everything here is a pure DataFrame -> DataFrame or Column helper: no I/O, no SparkSession. A validated
+frame carries, next to its typed columns:
+
+- ``_raw``: the staged row as it was read (a struct of text values, personal data masked), for
+  quarantine messages;
+- ``raw_record`` / ``record_fingerprint``: the staged row as a sorted-key JSON object and its sha256;
+- ``_reasons``: array<string> of reason codes, empty when the row is valid.
+
+Reason codes: ``missing_<col>`` (a required value is empty), ``invalid_<col>`` (text that does not parse
+as the declared type), plus whatever a job adds with :func:`add_reasons`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    BooleanType,
+    DataType,
+    DateType,
+    DecimalType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+RAW_COL = "_raw"
+REASONS_COL = "_reasons"
+DUP_COL = "_dup"
+RAW_RECORD_COL = "raw_record"
+FINGERPRINT_COL = "record_fingerprint"
+
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("dataset", StringType()),
+        StructField("reason_code", StringType()),
+        StructField("message", StringType()),
+        StructField("raw_record", StringType()),
+        StructField("record_fingerprint", StringType()),
+    ]
+)
+
+ColumnsSpec = Mapping[str, Mapping[str, Any]]
+
+_DECIMAL_RE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+_SIMPLE_TYPES: dict[str, DataType] = {
+    "string": StringType(),
+    "int": IntegerType(),
+    "long": LongType(),
+    "timestamp": TimestampType(),
+    "date": DateType(),
+    "boolean": BooleanType(),
+}
+# (?U): Unicode whitespace, so a no-break space pasted into an export is trimmed like a blank.
+_EDGE_SPACE = r"(?U)^\s+|\s+$"
+_INNER_SPACE = r"(?U)\s+"
+# The cast alone is too lenient ("2026" is a valid timestamp to Spark): the shape is checked first.
+_TIMESTAMP_SHAPE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+_DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
+SHA256_BLOCK = 64
+
+
+def spark_type(type_name: str) -> DataType:
+    """The Spark type of a spec type name ("string", "int", "decimal(18,4)", ...)."""
+    name = type_name.strip().lower()
+    if name in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[name]
+    match = _DECIMAL_RE.match(name)
+    if match:
+        return DecimalType(int(match.group(1)), int(match.group(2)))
+    raise ValueError(f"unsupported column type {type_name!r}")
+
+
+def clean_text(text: Column, *, collapse: bool = False) -> Column:
+    """Trimmed text, internal whitespace runs collapsed to one space if asked; empty text -> null."""
+    value = F.regexp_replace(text, _EDGE_SPACE, "")
+    if collapse:
+        value = F.regexp_replace(value, _INNER_SPACE, " ")
+    return F.nullif(value, F.lit(""))
+
+
+def _decimal_shape(scale: int) -> str:
+    # Plain notation only, and no more significant decimals than the scale: a price must not be rounded
+    # silently by the cast ("1e2" and "0.33335" for decimal(18,4) are invalid; "0.333500" is fine).
+    return rf"^[+-]?(?=\.?\d)\d*(\.\d{{0,{scale}}}0*)?$"
+
+
+def typed_value(cleaned: Column, type_name: str) -> Column:
+    """Parse cleaned text as the spec type; null when it does not parse. Never throws (ANSI-safe)."""
+    target = spark_type(type_name)
+    if isinstance(target, StringType):
+        return cleaned
+    if isinstance(target, DecimalType):
+        # String -> decimal directly: the value never passes through double.
+        return F.when(cleaned.rlike(_decimal_shape(target.scale)), cleaned.try_cast(target))
+    if isinstance(target, TimestampType):
+        # Without an offset the session time zone (UTC) applies.
+        return F.when(cleaned.rlike(_TIMESTAMP_SHAPE), cleaned.try_cast(target))
+    if isinstance(target, DateType):
+        return F.when(cleaned.rlike(_DATE_SHAPE), cleaned.try_cast(target))
+    return cleaned.try_cast(target)
+
+
+def _column_checks(name: str, cleaned: Column, typed: Column, required: bool) -> list[Column]:
+    checks = []
+    if required:
+        checks.append(F.when(cleaned.isNull(), F.lit(f"missing_{name}")))
+    checks.append(F.when(cleaned.isNotNull() & typed.isNull(), F.lit(f"invalid_{name}")))
+    return checks
+
+
+def _reason_array(checks: Sequence[Column]) -> Column:
+    if not checks:
+        return F.array().cast("array<string>")
+    return F.array_compact(F.array(*checks))
+
+
+def cast_and_validate(
+    df: DataFrame,
+    columns_spec: ColumnsSpec,
+    dataset: str,
+    masks: Mapping[str, Callable[[Column], Column]] | None = None,
+) -> DataFrame:
+    """Typed columns (spec order) + ``_raw``, ``raw_record``, ``record_fingerprint``, ``_reasons``.
+
+    One projection: every rule is an expression in the same select, so the data is read once.
+    A spec column absent from the staged file reads as null (and is ``missing_`` when required).
+    ``masks`` (column -> text Column function) replace personal data in ``_raw`` and ``raw_record``,
+    which leave the staging layer through quarantine; the typed column keeps the real value.
+    """
+    present = set(df.columns)
+    staged = sorted(df.columns)
+    masks = masks or {}
+    raw = F.struct(
+        *[
+            (masks[c](F.col(c).cast("string")) if c in masks else F.col(c).cast("string")).alias(c)
+            for c in staged
+        ]
+    )
+    # Nulls are kept as JSON null so the record shows every staged column.
+    raw_record = F.to_json(raw, {"ignoreNullFields": "false"})
+
+    typed_cols: list[Column] = []
+    checks: list[Column] = []
+    for name, col_spec in columns_spec.items():
+        type_name = str(col_spec.get("type", "string"))
+        try:
+            is_string = isinstance(spark_type(type_name), StringType)
+        except ValueError as exc:
+            raise ValueError(f"{dataset}.{name}: {exc}") from None
+        text = F.col(name).cast("string") if name in present else F.lit(None).cast("string")
+        cleaned = clean_text(text, collapse=is_string)
+        typed = typed_value(cleaned, type_name)
+        typed_cols.append(typed.alias(name))
+        checks.extend(_column_checks(name, cleaned, typed, bool(col_spec.get("required", False))))
+
+    return df.select(
+        *typed_cols,
+        raw.alias(RAW_COL),
+        raw_record.alias(RAW_RECORD_COL),
+        F.sha2(raw_record, 256).alias(FINGERPRINT_COL),
+        _reason_array(checks).alias(REASONS_COL),
+    )
+
+
+def with_typed_columns(
+    columns_spec: ColumnsSpec,
+    dataset: str = "",
+    masks: Mapping[str, Callable[[Column], Column]] | None = None,
+) -> Callable[[DataFrame], DataFrame]:
+    """:func:`cast_and_validate` as a closure for ``df.transform``."""
+
+    def _transform(df: DataFrame) -> DataFrame:
+        return cast_and_validate(df, columns_spec, dataset, masks)
+
+    return _transform
+
+
+def add_reasons(df: DataFrame, checks: Sequence[tuple[str, Column]]) -> DataFrame:
+    """Append ``code`` to ``_reasons`` where its condition is true (a null condition adds nothing)."""
+    new = _reason_array([F.when(cond, F.lit(code)) for code, cond in checks])
+    return df.withColumn(REASONS_COL, F.concat(F.col(REASONS_COL), new))
+
+
+def is_rejected() -> Column:
+    return F.size(F.col(REASONS_COL)) > 0
+
+
+def mark_duplicates(df: DataFrame, key: Sequence[str], version_column: str | None = None) -> DataFrame:
+    """Add ``_dup``: true for every row but the one kept per key.
+
+    Kept: the latest version, ties (and exact duplicates) broken by raw_record desc, so the choice does
+    not depend on partitioning. A row whose key or version did not parse cannot be placed among the
+    versions of a key: it only competes with byte-identical copies of itself (and is then rejected).
+    """
+    if not key:
+        raise ValueError("a de-duplication key needs at least one column")
+    known = [F.col(k).isNotNull() for k in key]
+    if version_column:
+        known.append(F.col(version_column).isNotNull())
+    eligible = known[0]
+    for cond in known[1:]:
+        eligible = eligible & cond
+    partition = [
+        eligible,
+        *[F.when(eligible, F.col(k)) for k in key],
+        F.when(~eligible, F.col(FINGERPRINT_COL)),
+    ]
+    order = [F.col(version_column).desc_nulls_last()] if version_column else []
+    order.append(F.col(RAW_RECORD_COL).desc())
+    window = Window.partitionBy(*partition).orderBy(*order)
+    return df.withColumn(DUP_COL, F.row_number().over(window) > 1)
+
+
+def deduplicate(
+    df: DataFrame, key: Sequence[str], version_column: str | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """(kept rows, removed duplicates), both from one marked frame: cache it before using both."""
+    marked = mark_duplicates(df, key, version_column)
+    return marked.filter(~F.col(DUP_COL)).drop(DUP_COL), marked.filter(F.col(DUP_COL)).drop(DUP_COL)
+
+
+def quarantine_rows(
+    df: DataFrame, dataset: str, reason_columns: Mapping[str, str] | None = None
+) -> DataFrame:
+    """Rejected rows in the quarantine schema.
+
+    ``message`` lists every code with the staged value that caused it, e.g.
+    ``invalid_unit_price: unit_price='abc'; unknown_product: sku='X9'``. The value comes from ``_raw``:
+    for ``missing_``/``invalid_`` codes the column is in the code, others are looked up in
+    ``reason_columns`` (code -> column).
+    """
+    raw_fields = df.schema[RAW_COL].dataType.fieldNames()  # type: ignore[attr-defined]
+    raw_map = (
+        F.create_map(*[part for name in raw_fields for part in (F.lit(name), F.col(RAW_COL).getField(name))])
+        if raw_fields
+        else None
+    )
+
+    def column_of(code: Column) -> Column:
+        column = F.regexp_extract(code, r"^(?:missing|invalid)_(.+)$", 1)
+        for reason, name in (reason_columns or {}).items():
+            column = F.when(code == F.lit(reason), F.lit(name)).otherwise(column)
+        return F.nullif(column, F.lit(""))
+
+    def describe(code: Column) -> Column:
+        if raw_map is None:
+            return code
+        column = column_of(code)
+        value = F.try_element_at(raw_map, column)
+        shown = F.coalesce(F.concat(F.lit("'"), value, F.lit("'")), F.lit("null"))
+        detail = F.concat(F.lit(": "), column, F.lit("="), shown)
+        return F.concat(code, F.coalesce(detail, F.lit("")))
+
+    reasons = F.col(REASONS_COL)
+    return df.select(
+        F.lit(dataset).alias("dataset"),
+        F.try_element_at(reasons, F.lit(1)).alias("reason_code"),
+        F.array_join(F.transform(reasons, describe), "; ").alias("message"),
+        F.col(RAW_RECORD_COL).alias("raw_record"),
+        F.col(FINGERPRINT_COL).alias("record_fingerprint"),
+    )
+
+
+def _pads(key: bytes) -> tuple[bytes, bytes]:
+    if len(key) > SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(SHA256_BLOCK, b"\x00")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def hmac_sha256_hex(key: bytes, col: Column | str) -> Column:
+    """HMAC-SHA256 (RFC 2104) of the UTF-8 bytes of ``col``, lower-case hex; null in, null out.
+
+    Built from sha2/concat/unhex so it runs in the JVM without a Python UDF. The padded keys are
+    computed here, on the driver, and travel as binary literals in the plan.
+    """
+    inner_pad, outer_pad = _pads(key)
+    message = (F.col(col) if isinstance(col, str) else col).cast("string").cast("binary")
+    inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), message), 256))
+    return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
+
+
+def secret_fragments(key: bytes) -> list[str]:
+    """Texts that reveal the key if they appear in a log or error message (the key and its pads)."""
+    fragments = [key.hex(), *(pad.hex() for pad in _pads(key))]
+    try:
+        fragments.append(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    return [f for f in fragments if f]

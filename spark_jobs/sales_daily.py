@@ -1,0 +1,493 @@
+"""The retail sales job: staged order lines, products and stores -> the loader's Parquet outputs.
+
+Submitted with spark-submit as a script (``--spec <job spec JSON>``) and imported as a module by tests.
+The core is pure DataFrame functions; only :func:`run_job` reads and writes, only :func:`main` builds the
+SparkSession. Output schemas and ``_result.json`` are contracts with the loader (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pyarrow.parquet as pq
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    BooleanType,
+    DateType,
+    DecimalType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from spark_jobs.quality import (
+    DUP_COL,
+    QUARANTINE_SCHEMA,
+    add_reasons,
+    cast_and_validate,
+    clean_text,
+    hmac_sha256_hex,
+    is_rejected,
+    mark_duplicates,
+    quarantine_rows,
+    secret_fragments,
+)
+
+JOB_NAME = "sales_daily"
+DATASETS = ("order_lines", "products", "stores")
+
+SALES_LINES_SCHEMA = StructType(
+    [
+        StructField("order_id", StringType()),
+        StructField("line_number", IntegerType()),
+        StructField("business_date", DateType()),
+        StructField("ordered_at", TimestampType()),
+        StructField("store_code", StringType()),
+        StructField("sku", StringType()),
+        StructField("customer_key", StringType()),
+        StructField("quantity", IntegerType()),
+        StructField("unit_price", DecimalType(18, 4)),
+        StructField("amount", DecimalType(18, 2)),
+        StructField("currency", StringType()),
+        StructField("is_return", BooleanType()),
+    ]
+)
+DAILY_SALES_SCHEMA = StructType(
+    [
+        StructField("business_date", DateType()),
+        StructField("store_code", StringType()),
+        StructField("sku", StringType()),
+        StructField("quantity", LongType()),
+        StructField("revenue", DecimalType(18, 2)),
+        StructField("line_count", LongType()),
+        StructField("order_count", LongType()),
+    ]
+)
+PRODUCTS_SCHEMA = StructType(
+    [
+        StructField("sku", StringType()),
+        StructField("name", StringType()),
+        StructField("category", StringType()),
+        StructField("list_price", DecimalType(18, 2)),
+    ]
+)
+STORES_SCHEMA = StructType(
+    [
+        StructField("store_code", StringType()),
+        StructField("name", StringType()),
+        StructField("city", StringType()),
+        StructField("region", StringType()),
+        StructField("country", StringType()),
+    ]
+)
+CUSTOMERS_SCHEMA = StructType(
+    [
+        StructField("customer_key", StringType()),
+        StructField("country", StringType()),
+    ]
+)
+OUTPUT_SCHEMAS: dict[str, StructType] = {
+    "sales_lines": SALES_LINES_SCHEMA,
+    "daily_sales": DAILY_SALES_SCHEMA,
+    "products": PRODUCTS_SCHEMA,
+    "stores": STORES_SCHEMA,
+    "customers": CUSTOMERS_SCHEMA,
+    "quarantine": QUARANTINE_SCHEMA,
+}
+
+# Columns each input must declare in the spec (beyond them, extra declared columns are only validated).
+REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "order_lines": (
+        "order_id",
+        "line_number",
+        "ordered_at",
+        "store_code",
+        "customer_email",
+        "customer_country",
+        "sku",
+        "quantity",
+        "unit_price",
+        "currency",
+    ),
+    "products": tuple(PRODUCTS_SCHEMA.fieldNames()),
+    "stores": tuple(STORES_SCHEMA.fieldNames()),
+}
+
+# Which staged value explains a business-rule rejection, for the quarantine message.
+LINE_REASON_COLUMNS = {
+    "unknown_product": "sku",
+    "unknown_store": "store_code",
+    "zero_quantity": "quantity",
+    "negative_price": "unit_price",
+    "unsupported_currency": "currency",
+    "amount_out_of_range": "unit_price",
+}
+
+_AMOUNT_TYPE = DecimalType(18, 2)
+
+
+# --- preparation: typing, validation, duplicates -------------------------------------------------------
+
+
+def prepare_dataset(
+    raw: DataFrame,
+    input_spec: Mapping[str, Any],
+    dataset: str,
+    masks: Mapping[str, Callable[[Column], Column]] | None = None,
+) -> DataFrame:
+    """Typed, validated rows of one staged input with ``_reasons`` and the ``_dup`` flag (nothing dropped)."""
+    validated = cast_and_validate(raw, input_spec["columns"], dataset, masks)
+    return mark_duplicates(validated, list(input_spec["key"]), input_spec.get("version_column"))
+
+
+def prepare_order_lines(raw: DataFrame, input_spec: Mapping[str, Any], pseudonym_key: bytes) -> DataFrame:
+    """Prepared order lines; in their raw record the e-mail is replaced by the customer's pseudonym.
+
+    The raw record goes to the warehouse with quarantined rows, and e-mails never leave staging.
+    """
+    masks = {"customer_email": lambda text: customer_key(pseudonym_key, clean_text(text, collapse=True))}
+    prepared = prepare_dataset(raw, input_spec, "order_lines", masks)
+    # Currency codes compare upper-case ("eur" is EUR).
+    return prepared.withColumn("currency", F.upper("currency"))
+
+
+def prepare_products(raw: DataFrame, input_spec: Mapping[str, Any]) -> DataFrame:
+    return prepare_dataset(raw, input_spec, "products")
+
+
+def prepare_stores(raw: DataFrame, input_spec: Mapping[str, Any]) -> DataFrame:
+    return prepare_dataset(raw, input_spec, "stores")
+
+
+def accepted_rows(prepared: DataFrame) -> DataFrame:
+    """Kept (not duplicate) rows without any reason."""
+    return prepared.filter(~F.col(DUP_COL) & ~is_rejected())
+
+
+def rejected_rows(prepared: DataFrame) -> DataFrame:
+    """Kept (not duplicate) rows with at least one reason: they go to quarantine."""
+    return prepared.filter(~F.col(DUP_COL) & is_rejected())
+
+
+def build_products(prepared: DataFrame) -> DataFrame:
+    return accepted_rows(prepared).select(*PRODUCTS_SCHEMA.fieldNames()).to(PRODUCTS_SCHEMA)
+
+
+def build_stores(prepared: DataFrame) -> DataFrame:
+    return accepted_rows(prepared).select(*STORES_SCHEMA.fieldNames()).to(STORES_SCHEMA)
+
+
+# --- order line rules ------------------------------------------------------------------------------------
+
+
+def join_dimensions(lines: DataFrame, products: DataFrame, stores: DataFrame) -> DataFrame:
+    """Reject lines whose sku / store_code is not among the valid dimension rows.
+
+    The dimensions are a day's export (small): broadcast, so the lines are not shuffled. They are
+    de-duplicated on their key, so the left joins cannot multiply lines.
+    """
+    known_products = products.select("sku", F.lit(True).alias("_known_product"))
+    known_stores = stores.select("store_code", F.lit(True).alias("_known_store"))
+    joined = lines.join(F.broadcast(known_products), on="sku", how="left").join(
+        F.broadcast(known_stores), on="store_code", how="left"
+    )
+    checked = add_reasons(
+        joined,
+        [
+            ("unknown_product", F.col("sku").isNotNull() & F.col("_known_product").isNull()),
+            ("unknown_store", F.col("store_code").isNotNull() & F.col("_known_store").isNull()),
+        ],
+    )
+    return checked.drop("_known_product", "_known_store")
+
+
+def line_amount(quantity: Column, unit_price: Column) -> Column:
+    """quantity x unit_price, rounded HALF_UP to the cent, decimal(18,2); null when it does not fit.
+
+    Exact decimal arithmetic: int x decimal(18,4) is decimal(29,4), ``round`` is HALF_UP (``bround``
+    would be HALF_EVEN).
+    """
+    return F.round(quantity.cast(DecimalType(10, 0)) * unit_price, 2).try_cast(_AMOUNT_TYPE)
+
+
+def apply_line_rules(lines: DataFrame, reporting_currency: str | None = None) -> DataFrame:
+    """Add ``amount`` and ``is_return``, and the business-rule reasons of an order line.
+
+    A negative quantity is a return (negative amount). Lines in another currency than the reporting
+    one are rejected: without exchange rates their amounts cannot be summed into revenue.
+    """
+    quantity, unit_price = F.col("quantity"), F.col("unit_price")
+    with_amount = lines.withColumn("amount", line_amount(quantity, unit_price)).withColumn(
+        "is_return", quantity < 0
+    )
+    checks = [
+        ("zero_quantity", quantity == 0),
+        ("negative_price", unit_price < 0),
+        ("amount_out_of_range", quantity.isNotNull() & unit_price.isNotNull() & F.col("amount").isNull()),
+    ]
+    if reporting_currency:
+        checks.append(("unsupported_currency", F.col("currency") != F.lit(reporting_currency.upper())))
+    return add_reasons(with_amount, checks)
+
+
+def classify_order_lines(
+    lines: DataFrame, products: DataFrame, stores: DataFrame, reporting_currency: str | None = None
+) -> DataFrame:
+    """Prepared order lines with every reason (validation, dimensions, rules) and the ``_dup`` flag."""
+    return apply_line_rules(join_dimensions(lines, products, stores), reporting_currency)
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+
+def customer_key(pseudonym_key: bytes, email: Column) -> Column:
+    """HMAC-SHA256 pseudonym of the normalised e-mail; null for a guest (no e-mail)."""
+    return hmac_sha256_hex(pseudonym_key, F.lower(F.trim(email)))
+
+
+def with_customer_key(pseudonym_key: bytes) -> Callable[[DataFrame], DataFrame]:
+    def _transform(df: DataFrame) -> DataFrame:
+        return df.withColumn("customer_key", customer_key(pseudonym_key, F.col("customer_email")))
+
+    return _transform
+
+
+def build_sales_lines(lines: DataFrame, business_date: dt.date | str) -> DataFrame:
+    """Accepted lines (with ``customer_key``) in the sales_lines schema; the e-mail is dropped here."""
+    day = dt.date.fromisoformat(business_date) if isinstance(business_date, str) else business_date
+    return (
+        lines.withColumn("business_date", F.lit(day))
+        .select(*SALES_LINES_SCHEMA.fieldNames())
+        .to(SALES_LINES_SCHEMA)
+    )
+
+
+def build_daily_sales(sales_lines: DataFrame) -> DataFrame:
+    aggregated = sales_lines.groupBy("business_date", "store_code", "sku").agg(
+        F.sum(F.col("quantity").cast(LongType())).alias("quantity"),
+        # Exact decimal sum; past decimal(18,2) the ANSI cast fails the run rather than store a wrong total.
+        F.sum("amount").cast(_AMOUNT_TYPE).alias("revenue"),
+        F.count(F.lit(1)).alias("line_count"),
+        F.countDistinct("order_id").alias("order_count"),
+    )
+    return aggregated.to(DAILY_SALES_SCHEMA)
+
+
+def build_customers(lines: DataFrame) -> DataFrame:
+    """One row per customer_key: the country of the latest order that has one (ties: smallest)."""
+    order = Window.partitionBy("customer_key").orderBy(
+        F.col("customer_country").isNull(), F.col("ordered_at").desc(), F.col("customer_country").asc()
+    )
+    return (
+        lines.filter(F.col("customer_key").isNotNull())
+        .withColumn("_rank", F.row_number().over(order))
+        .filter(F.col("_rank") == 1)
+        .select("customer_key", F.col("customer_country").alias("country"))
+        .to(CUSTOMERS_SCHEMA)
+    )
+
+
+def build_quarantine(order_lines: DataFrame, products: DataFrame, stores: DataFrame) -> DataFrame:
+    """Rejected rows of the three (classified / prepared) inputs in one quarantine frame."""
+    return (
+        quarantine_rows(rejected_rows(order_lines), "order_lines", LINE_REASON_COLUMNS)
+        .unionByName(quarantine_rows(rejected_rows(products), "products"))
+        .unionByName(quarantine_rows(rejected_rows(stores), "stores"))
+        .to(QUARANTINE_SCHEMA)
+    )
+
+
+def dataset_counts(prepared: DataFrame) -> dict[str, int]:
+    """rows_in / duplicates / rejected / rows_out of a prepared (or classified) input, in one job."""
+    dup = F.col(DUP_COL)
+    row = prepared.agg(
+        F.count(F.lit(1)).alias("rows_in"),
+        F.count(F.when(dup, 1)).alias("duplicates"),
+        F.count(F.when(~dup & is_rejected(), 1)).alias("rejected"),
+        F.count(F.when(~dup & ~is_rejected(), 1)).alias("rows_out"),
+    ).first()
+    return {name: int(row[name]) for name in ("rows_in", "rejected", "duplicates", "rows_out")}
+
+
+# --- the job ------------------------------------------------------------------------------------------------
+
+
+def _read_input(spark: SparkSession, input_spec: Mapping[str, Any]) -> DataFrame:
+    files = list(input_spec.get("files") or [])
+    if not files:
+        # An empty partition has no file: an empty all-text frame keeps the rest of the job uniform.
+        schema = StructType([StructField(name, StringType()) for name in input_spec["columns"]])
+        return spark.createDataFrame([], schema)
+    return spark.read.option("mergeSchema", "true").parquet(*files)
+
+
+def parquet_row_count(path: str) -> int:
+    """Rows in the Parquet files Spark wrote under ``path``, from their footers (no Spark job).
+
+    Counted from what is on disk because these numbers go into the partition manifest.
+    """
+    files = sorted(glob.glob(os.path.join(path, "*.parquet")))  # not _SUCCESS, not hidden .crc files
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def _check_spec(spec: Mapping[str, Any]) -> None:
+    for dataset in DATASETS:
+        if dataset not in spec.get("inputs", {}):
+            raise ValueError(f"job spec has no input {dataset!r}")
+        input_spec = spec["inputs"][dataset]
+        missing = [c for c in REQUIRED_INPUT_COLUMNS[dataset] if c not in input_spec.get("columns", {})]
+        if missing:
+            raise ValueError(f"job spec input {dataset!r} does not declare columns {missing}")
+        if not input_spec.get("key"):
+            raise ValueError(f"job spec input {dataset!r} has no key")
+
+
+def _write_json_atomically(path: str, payload: Mapping[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _pseudonym_key_from_env(spec: Mapping[str, Any]) -> bytes:
+    env = spec.get("pseudonym_key_env") or "ETL_PSEUDONYM_KEY"
+    value = os.environ.get(env, "")
+    if not value:
+        raise RuntimeError(f"the customer pseudonym key is missing: environment variable {env} is not set")
+    return value.encode("utf-8")
+
+
+def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes | None = None) -> dict:
+    """Read the spec's inputs, write every output under ``output_dir`` and ``_result.json``; return it.
+
+    The key defaults to the environment variable the spec names. Each input is read once: the prepared
+    frames are cached (a day's data is small) and feed the outputs and the counts.
+    """
+    _check_spec(spec)
+    key = pseudonym_key if pseudonym_key is not None else _pseudonym_key_from_env(spec)
+    inputs = spec["inputs"]
+    output_dir = spec["output_dir"]
+    business_date = dt.date.fromisoformat(spec["business_date"])
+    # Timestamps as Parquet TIMESTAMP_MICROS (UTC-adjusted), not the legacy INT96 other readers mistype.
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+
+    products_prep = prepare_products(_read_input(spark, inputs["products"]), inputs["products"])
+    stores_prep = prepare_stores(_read_input(spark, inputs["stores"]), inputs["stores"])
+    products_prep.cache()
+    stores_prep.cache()
+    products = build_products(products_prep)
+    stores = build_stores(stores_prep)
+
+    lines_prep = prepare_order_lines(_read_input(spark, inputs["order_lines"]), inputs["order_lines"], key)
+    classified = classify_order_lines(lines_prep, products, stores, spec.get("reporting_currency"))
+    classified.cache()
+    cached = [products_prep, stores_prep, classified]
+    try:
+        accepted = accepted_rows(classified).transform(with_customer_key(key))
+        sales_lines = build_sales_lines(accepted, business_date)
+        frames = {
+            "sales_lines": sales_lines,
+            "daily_sales": build_daily_sales(sales_lines),
+            "products": products,
+            "stores": stores,
+            "customers": build_customers(accepted),
+            "quarantine": build_quarantine(classified, products_prep, stores_prep),
+        }
+        datasets = {
+            "order_lines": dataset_counts(classified),
+            "products": dataset_counts(products_prep),
+            "stores": dataset_counts(stores_prep),
+        }
+        outputs: dict[str, int] = {}
+        for name, frame in frames.items():
+            path = os.path.join(output_dir, name)
+            frame.write.mode("overwrite").parquet(path)
+            outputs[name] = parquet_row_count(path)
+    finally:
+        for frame in cached:
+            frame.unpersist()
+
+    result = {"datasets": datasets, "outputs": outputs}
+    _check_conservation(result)
+    _write_json_atomically(os.path.join(output_dir, "_result.json"), result)
+    return result
+
+
+def _check_conservation(result: Mapping[str, Any]) -> None:
+    datasets, outputs = result["datasets"], result["outputs"]
+    for name, c in datasets.items():
+        if c["rows_in"] != c["rows_out"] + c["rejected"] + c["duplicates"]:
+            raise RuntimeError(f"row conservation broken for {name}: {c}")
+    written = {"order_lines": "sales_lines", "products": "products", "stores": "stores"}
+    for dataset, output in written.items():
+        if datasets[dataset]["rows_out"] != outputs[output]:
+            raise RuntimeError(
+                f"{output} has {outputs[output]} rows on disk, expected {datasets[dataset]['rows_out']}"
+            )
+    rejected = sum(c["rejected"] for c in datasets.values())
+    if outputs["quarantine"] != rejected:
+        raise RuntimeError(f"quarantine has {outputs['quarantine']} rows on disk, expected {rejected}")
+
+
+# --- entry point ------------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException, secrets: Sequence[str]) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    # Plans in Spark errors print the HMAC pads as binary literals: never echo them.
+    for secret in secrets:
+        for variant in {secret, secret.upper(), secret.lower()}:
+            text = text.replace(variant, "***")
+    return text[:500]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=JOB_NAME, description="Daily retail sales transform.")
+    parser.add_argument("--spec", required=True, help="path of the job spec JSON (see docs/architecture.md)")
+    args = parser.parse_args(argv)
+
+    try:
+        with open(args.spec, encoding="utf-8") as fh:
+            spec = json.load(fh)
+    except (OSError, ValueError) as exc:
+        print(f"{JOB_NAME}: cannot read job spec {args.spec}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        key = _pseudonym_key_from_env(spec)
+    except RuntimeError as exc:
+        print(f"{JOB_NAME}: {exc}", file=sys.stderr)
+        return 2
+
+    spark = None
+    try:
+        app_name = f"{spec.get('pipeline', 'etl')}:{JOB_NAME}:{spec.get('business_date')}"
+        spark = (
+            SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC").getOrCreate()
+        )
+        run_job(spark, spec, pseudonym_key=key)
+    except Exception as exc:  # the job's contract with the transform step: an exit code and one line
+        print(f"{JOB_NAME}: failed: {_one_line(exc, secret_fragments(key))}", file=sys.stderr)
+        return 1
+    finally:
+        if spark is not None:
+            spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""The sales job's rules and outputs, on tiny inline frames, and run_job end to end on Parquet files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from chispa import assert_df_equality
+
+from spark_jobs import sales_daily as job
+from spark_jobs.sales_daily import (
+    CUSTOMERS_SCHEMA,
+    DAILY_SALES_SCHEMA,
+    SALES_LINES_SCHEMA,
+    accepted_rows,
+    build_customers,
+    build_daily_sales,
+    build_products,
+    build_quarantine,
+    build_sales_lines,
+    build_stores,
+    classify_order_lines,
+    prepare_order_lines,
+    prepare_products,
+    prepare_stores,
+    rejected_rows,
+    run_job,
+    with_customer_key,
+)
+
+KEY = b"test-pseudonym-key"
+DAY = "2026-11-01"
+
+# As declared in conf/pipelines/retail_demo.toml.
+LINE_SPEC = {
+    "columns": {
+        "order_id": {"type": "string", "required": True},
+        "line_number": {"type": "int", "required": True},
+        "ordered_at": {"type": "timestamp", "required": True},
+        "updated_at": {"type": "timestamp", "required": True},
+        "store_code": {"type": "string", "required": True},
+        "customer_email": {"type": "string", "required": False},
+        "customer_country": {"type": "string", "required": False},
+        "sku": {"type": "string", "required": True},
+        "quantity": {"type": "int", "required": True},
+        "unit_price": {"type": "decimal(18,4)", "required": True},
+        "currency": {"type": "string", "required": True},
+    },
+    "key": ["order_id", "line_number"],
+    "version_column": "updated_at",
+}
+PRODUCT_SPEC = {
+    "columns": {
+        "sku": {"type": "string", "required": True},
+        "name": {"type": "string", "required": True},
+        "category": {"type": "string", "required": False},
+        "list_price": {"type": "decimal(18,2)", "required": False},
+    },
+    "key": ["sku"],
+}
+STORE_SPEC = {
+    "columns": {
+        "store_code": {"type": "string", "required": True},
+        "name": {"type": "string", "required": True},
+        "city": {"type": "string", "required": False},
+        "region": {"type": "string", "required": False},
+        "country": {"type": "string", "required": False},
+    },
+    "key": ["store_code"],
+}
+PRODUCTS = [
+    {"sku": "P1", "name": "Mug", "category": "Kitchen", "list_price": "9.90"},
+    {"sku": "P2", "name": "Tea", "category": None, "list_price": "4.5"},
+]
+STORES = [{"store_code": "S1", "name": "Centre", "city": "Lyon", "region": "ARA", "country": "FR"}]
+
+
+def line(**overrides) -> dict:
+    row = {
+        "order_id": "O1",
+        "line_number": "1",
+        "ordered_at": "2026-11-01T09:00:00Z",
+        "updated_at": "2026-11-01T09:00:00Z",
+        "store_code": "S1",
+        "customer_email": "ann@example.com",
+        "customer_country": "FR",
+        "sku": "P1",
+        "quantity": "1",
+        "unit_price": "2.0000",
+        "currency": "EUR",
+    }
+    row.update(overrides)
+    return row
+
+
+def staged(spark, rows: list[dict], spec: dict):
+    columns = list(spec["columns"])
+    schema = ", ".join(f"`{c}` string" for c in columns)
+    return spark.createDataFrame([tuple(r.get(c) for c in columns) for r in rows], schema)
+
+
+def classify(spark, lines: list[dict], products=PRODUCTS, stores=STORES, currency: str | None = "EUR"):
+    product_rows = build_products(prepare_products(staged(spark, products, PRODUCT_SPEC), PRODUCT_SPEC))
+    store_rows = build_stores(prepare_stores(staged(spark, stores, STORE_SPEC), STORE_SPEC))
+    prepared = prepare_order_lines(staged(spark, lines, LINE_SPEC), LINE_SPEC, KEY)
+    return classify_order_lines(prepared, product_rows, store_rows, currency)
+
+
+def sales_lines_of(spark, lines: list[dict], **kwargs):
+    accepted = accepted_rows(classify(spark, lines, **kwargs)).transform(with_customer_key(KEY))
+    return build_sales_lines(accepted, DAY)
+
+
+def reasons_by_line(classified) -> dict[int, list[str]]:
+    return {r["line_number"]: r["_reasons"] for r in rejected_rows(classified).collect()}
+
+
+def py_key(email: str) -> str:
+    return hmac.new(KEY, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+def test_output_schemas_are_the_loader_contract_of_docs_architecture():
+    def spec(schema):
+        return [(f.name, f.dataType.simpleString()) for f in schema]
+
+    assert spec(SALES_LINES_SCHEMA) == [
+        ("order_id", "string"),
+        ("line_number", "int"),
+        ("business_date", "date"),
+        ("ordered_at", "timestamp"),
+        ("store_code", "string"),
+        ("sku", "string"),
+        ("customer_key", "string"),
+        ("quantity", "int"),
+        ("unit_price", "decimal(18,4)"),
+        ("amount", "decimal(18,2)"),
+        ("currency", "string"),
+        ("is_return", "boolean"),
+    ]
+    assert spec(DAILY_SALES_SCHEMA) == [
+        ("business_date", "date"),
+        ("store_code", "string"),
+        ("sku", "string"),
+        ("quantity", "bigint"),
+        ("revenue", "decimal(18,2)"),
+        ("line_count", "bigint"),
+        ("order_count", "bigint"),
+    ]
+    assert spec(CUSTOMERS_SCHEMA) == [("customer_key", "string"), ("country", "string")]
+    assert spec(job.PRODUCTS_SCHEMA) == [
+        ("sku", "string"),
+        ("name", "string"),
+        ("category", "string"),
+        ("list_price", "decimal(18,2)"),
+    ]
+    assert spec(job.STORES_SCHEMA) == [
+        ("store_code", "string"),
+        ("name", "string"),
+        ("city", "string"),
+        ("region", "string"),
+        ("country", "string"),
+    ]
+    assert spec(job.QUARANTINE_SCHEMA) == [
+        ("dataset", "string"),
+        ("reason_code", "string"),
+        ("message", "string"),
+        ("raw_record", "string"),
+        ("record_fingerprint", "string"),
+    ]
+
+
+def test_sales_line_is_typed_dated_pseudonymised_and_priced(spark):
+    out = sales_lines_of(spark, [line(customer_email="  Ann@Example.COM ", quantity="2", unit_price="2.5")])
+
+    expected = spark.createDataFrame(
+        [
+            (
+                "O1",
+                1,
+                dt.date(2026, 11, 1),
+                dt.datetime(2026, 11, 1, 9),
+                "S1",
+                "P1",
+                py_key("ann@example.com"),
+                2,
+                Decimal("2.5000"),
+                Decimal("5.00"),
+                "EUR",
+                False,
+            )
+        ],
+        SALES_LINES_SCHEMA,
+    )
+    assert_df_equality(out, expected, ignore_nullable=True)
+
+
+def test_lines_with_unknown_product_or_store_are_rejected_with_their_own_code(spark):
+    classified = classify(
+        spark,
+        [
+            line(line_number="1"),
+            line(line_number="2", sku="NOPE"),
+            line(line_number="3", store_code="S9"),
+            line(line_number="4", sku="NOPE", store_code="S9"),
+        ],
+    )
+
+    assert reasons_by_line(classified) == {
+        2: ["unknown_product"],
+        3: ["unknown_store"],
+        4: ["unknown_product", "unknown_store"],
+    }
+
+
+def test_a_product_rejected_by_validation_does_not_make_its_lines_valid(spark):
+    products = [*PRODUCTS, {"sku": "P3", "name": "", "list_price": "1"}]  # no name: quarantined
+    classified = classify(spark, [line(line_number="1", sku="P3")], products=products)
+
+    assert reasons_by_line(classified) == {1: ["unknown_product"]}
+
+
+def test_zero_quantity_negative_price_and_foreign_currency_are_rejected(spark):
+    classified = classify(
+        spark,
+        [
+            line(line_number="1", quantity="0"),
+            line(line_number="2", unit_price="-1.00"),
+            line(line_number="3", currency="usd"),
+            line(line_number="4", currency="eur"),  # same currency, other case: accepted
+        ],
+    )
+
+    assert reasons_by_line(classified) == {
+        1: ["zero_quantity"],
+        2: ["negative_price"],
+        3: ["unsupported_currency"],
+    }
+
+
+def test_return_line_has_negative_quantity_and_amount_and_is_flagged(spark):
+    out = sales_lines_of(spark, [line(quantity="-2", unit_price="19.99")]).first()
+
+    assert (out["quantity"], out["amount"], out["is_return"]) == (-2, Decimal("-39.98"), True)
+
+
+def test_amount_is_quantity_times_price_rounded_half_up_to_the_cent_in_decimal(spark):
+    cases = {
+        "1": ("3", "0.3333", "1.00"),  # 0.9999
+        "2": ("3", "0.3350", "1.01"),  # 1.0050: half up (half-even would give 1.00)
+        "3": ("1", "0.1250", "0.13"),  # half-even would give 0.12
+        "4": ("-1", "0.0050", "-0.01"),  # half away from zero for returns too
+        "5": ("7", "0.0001", "0.00"),
+        "6": ("1000", "12345678901.2345", "12345678901234.50"),  # beyond double's exact digits
+    }
+    rows = [line(line_number=n, quantity=q, unit_price=p) for n, (q, p, _) in cases.items()]
+    out = sales_lines_of(spark, rows).select("line_number", "amount").collect()
+
+    assert {r["line_number"]: r["amount"] for r in out} == {
+        int(n): Decimal(a) for n, (_, _, a) in cases.items()
+    }
+
+
+def test_an_amount_too_large_for_decimal_18_2_is_rejected_not_a_job_failure(spark):
+    classified = classify(spark, [line(quantity="2000000000", unit_price="99999999999999.0000")])
+
+    assert reasons_by_line(classified) == {1: ["amount_out_of_range"]}
+
+
+def test_latest_version_of_an_order_line_wins_before_rules_apply(spark):
+    classified = classify(
+        spark,
+        [
+            line(updated_at="2026-11-01T09:00:00Z", quantity="5"),
+            line(updated_at="2026-11-01T10:00:00Z", quantity="3"),
+            line(updated_at="2026-11-01T10:00:00Z", quantity="3"),  # exact copy
+        ],
+    )
+    kept = accepted_rows(classified).collect()
+
+    assert [r["quantity"] for r in kept] == [3]
+    assert classified.filter("_dup").count() == 2
+
+
+def test_daily_sales_sums_quantity_revenue_lines_and_distinct_orders_per_store_and_sku(spark):
+    sales = sales_lines_of(
+        spark,
+        [
+            line(order_id="O1", line_number="1", sku="P1", quantity="2", unit_price="1.005"),  # 2.01
+            line(order_id="O1", line_number="2", sku="P1", quantity="1", unit_price="0.3333"),  # 0.33
+            line(
+                order_id="O2", line_number="1", sku="P1", quantity="-1", unit_price="1.005"
+            ),  # -1.01 (return)
+            line(order_id="O2", line_number="2", sku="P2", quantity="4", unit_price="4.5"),  # 18.00
+        ],
+    )
+    out = build_daily_sales(sales)
+
+    day = dt.date(2026, 11, 1)
+    expected = spark.createDataFrame(
+        [(day, "S1", "P1", 2, Decimal("1.33"), 3, 2), (day, "S1", "P2", 4, Decimal("18.00"), 1, 1)],
+        DAILY_SALES_SCHEMA,
+    )
+    assert_df_equality(out, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_customer_key_is_the_hmac_of_the_normalised_email_never_the_email_and_null_for_guests(spark):
+    out = (
+        sales_lines_of(
+            spark,
+            [
+                line(line_number="1", customer_email="Bob@Example.com"),
+                line(line_number="2", customer_email=" bob@example.COM "),
+                line(line_number="3", customer_email="   "),
+            ],
+        )
+        .select("line_number", "customer_key")
+        .collect()
+    )
+    keys = {r["line_number"]: r["customer_key"] for r in out}
+
+    assert keys == {1: py_key("bob@example.com"), 2: py_key("bob@example.com"), 3: None}
+    assert "example" not in keys[1]
+    assert "customer_email" not in SALES_LINES_SCHEMA.fieldNames()
+
+
+def test_customers_take_the_country_of_the_latest_order_ties_to_the_smallest(spark):
+    lines = [
+        line(
+            order_id="A1", customer_email="a@x.io", customer_country="DE", ordered_at="2026-11-01T08:00:00Z"
+        ),
+        line(
+            order_id="A2", customer_email="a@x.io", customer_country="FR", ordered_at="2026-11-01T09:00:00Z"
+        ),
+        line(
+            order_id="A3", customer_email="a@x.io", customer_country=None, ordered_at="2026-11-01T10:00:00Z"
+        ),
+        line(
+            order_id="B1", customer_email="b@x.io", customer_country="IT", ordered_at="2026-11-01T09:00:00Z"
+        ),
+        line(
+            order_id="B2", customer_email="b@x.io", customer_country="AT", ordered_at="2026-11-01T09:00:00Z"
+        ),
+        line(order_id="G1", customer_email=None, customer_country="ES"),
+    ]
+    accepted = accepted_rows(classify(spark, lines)).transform(with_customer_key(KEY))
+    expected = spark.createDataFrame([(py_key("a@x.io"), "FR"), (py_key("b@x.io"), "AT")], CUSTOMERS_SCHEMA)
+
+    assert_df_equality(build_customers(accepted), expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_email(spark):
+    products = [*PRODUCTS, {"sku": "P3", "name": " ", "list_price": "cheap"}]
+    stores = [*STORES, {"store_code": None, "name": "Ghost"}]
+    product_prep = prepare_products(staged(spark, products, PRODUCT_SPEC), PRODUCT_SPEC)
+    store_prep = prepare_stores(staged(spark, stores, STORE_SPEC), STORE_SPEC)
+    bad_line = line(quantity="x", sku="NOPE", customer_email=" Ann@Example.com ")
+    prepared = prepare_order_lines(staged(spark, [bad_line], LINE_SPEC), LINE_SPEC, KEY)
+    classified = classify_order_lines(prepared, build_products(product_prep), build_stores(store_prep), "EUR")
+
+    out = {r["dataset"]: r for r in build_quarantine(classified, product_prep, store_prep).collect()}
+
+    assert sorted(out) == ["order_lines", "products", "stores"]
+    assert out["order_lines"]["reason_code"] == "invalid_quantity"
+    assert out["order_lines"]["message"] == "invalid_quantity: quantity='x'; unknown_product: sku='NOPE'"
+    assert out["products"]["message"] == "missing_name: name=' '; invalid_list_price: list_price='cheap'"
+    assert out["stores"]["message"] == "missing_store_code: store_code=null"
+    # E-mails never leave staging: the quarantined record carries the customer's pseudonym instead.
+    assert json.loads(out["order_lines"]["raw_record"]) == {
+        **bad_line,
+        "customer_email": py_key("ann@example.com"),
+    }
+    assert json.loads(out["stores"]["raw_record"]) == {
+        "store_code": None,
+        "name": "Ghost",
+        "city": None,
+        "region": None,
+        "country": None,
+    }
+
+
+ARROW_TYPES = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "bigint": pa.int64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),  # an instant, not INT96 / naive
+    "decimal(18,4)": pa.decimal128(18, 4),
+    "decimal(18,2)": pa.decimal128(18, 2),
+}
+
+
+def _write_staged(path, rows: list[dict], spec: dict) -> str:
+    # As the extract step stages them: every column text, values as extracted.
+    columns = list(spec["columns"])
+    table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp_path):
+    lines = [
+        line(order_id="O1", line_number="1", quantity="2", unit_price="1.50"),
+        line(order_id="O1", line_number="1", quantity="2", unit_price="1.50"),  # exact duplicate
+        line(order_id="O1", line_number="2", updated_at="2026-11-01T08:00:00Z"),  # older version
+        line(order_id="O1", line_number="2", updated_at="2026-11-01T09:30:00Z", quantity="-1"),
+        line(order_id="O2", line_number="1", sku="NOPE", customer_email=None),  # unknown product
+        line(order_id="O3", line_number="1", unit_price="abc"),  # invalid price
+        line(order_id="O3", line_number="1", unit_price="abc"),  # ... twice
+    ]
+    products = [*PRODUCTS, PRODUCTS[0], {"sku": "P3", "name": ""}]  # one duplicate, one rejected
+    spec = {
+        "pipeline": "retail_demo",
+        "business_date": DAY,
+        "inputs": {
+            "order_lines": {
+                **LINE_SPEC,
+                "files": [_write_staged(tmp_path / "lines.parquet", lines, LINE_SPEC)],
+            },
+            "products": {
+                **PRODUCT_SPEC,
+                "files": [_write_staged(tmp_path / "products.parquet", products, PRODUCT_SPEC)],
+            },
+            "stores": {
+                **STORE_SPEC,
+                "files": [_write_staged(tmp_path / "stores.parquet", STORES, STORE_SPEC)],
+            },
+        },
+        "output_dir": str(tmp_path / "out"),
+        "pseudonym_key_env": "ETL_PSEUDONYM_KEY_TEST_UNUSED",
+        "reporting_currency": "EUR",
+    }
+
+    result = run_job(spark, spec, pseudonym_key=KEY)
+
+    expected = {
+        "datasets": {
+            "order_lines": {"rows_in": 7, "rejected": 2, "duplicates": 3, "rows_out": 2},
+            "products": {"rows_in": 4, "rejected": 1, "duplicates": 1, "rows_out": 2},
+            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1},
+        },
+        "outputs": {
+            "sales_lines": 2,
+            "daily_sales": 1,
+            "products": 2,
+            "stores": 1,
+            "customers": 1,
+            "quarantine": 3,
+        },
+    }
+    assert result == expected
+    assert json.loads((tmp_path / "out" / "_result.json").read_text()) == expected
+
+    # Read back as the loader does (pyarrow): names, order and types exactly as the contract says.
+    tables = {name: pq.read_table(tmp_path / "out" / name) for name in job.OUTPUT_SCHEMAS}
+    for name, schema in job.OUTPUT_SCHEMAS.items():
+        assert [(f.name, f.type) for f in tables[name].schema] == [
+            (f.name, ARROW_TYPES[f.dataType.simpleString()]) for f in schema
+        ], name
+    assert sorted((r["line_number"], r["amount"]) for r in tables["sales_lines"].to_pylist()) == [
+        (1, Decimal("3.00")),
+        (2, Decimal("-2.00")),
+    ]
+    quarantined = tables["quarantine"].to_pylist()
+    assert sorted(r["reason_code"] for r in quarantined) == [
+        "invalid_unit_price",
+        "missing_name",
+        "unknown_product",
+    ]
+    assert not any("@" in r["raw_record"] for r in quarantined)
+
+
+def test_main_without_the_pseudonym_key_fails_with_a_message_before_starting_spark(
+    tmp_path, monkeypatch, capsys
+):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(
+        json.dumps({"pipeline": "p", "business_date": DAY, "pseudonym_key_env": "NO_SUCH_KEY_VAR"})
+    )
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+
+    assert job.main(["--spec", str(spec_path)]) == 2
+    assert "NO_SUCH_KEY_VAR is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", [b"s3cret-key", "clé-ü".encode()])
+def test_error_line_never_shows_the_key_or_its_hmac_pads(key):
+    inner_pad = bytes(b ^ 0x36 for b in key.ljust(64, b"\x00"))
+    exc = RuntimeError(
+        f"plan: concat(X'{inner_pad.hex().upper()}', cast(m as binary)) key={key.decode()}\nmore"
+    )
+
+    text = job._one_line(exc, job.secret_fragments(key))
+
+    assert inner_pad.hex() not in text.lower() and key.decode() not in text
+    assert "\n" not in text and text.startswith("RuntimeError: plan:")
