@@ -130,17 +130,18 @@ def job_submit(
     if returncode != 0:
         raise SparkJobError(
             f"spark job {config.spark.job} failed with exit code {returncode}: "
-            f"{last_error_line(log_path)} (log: {log_path})"
+            f"{last_error_line(log_path, config.spark.job)} (log: {log_path})"
         )
     return result
 
 
-def last_error_line(log_path: Path) -> str:
-    """The most telling line of a failed job's log: its own error line, else the last exception."""
+def last_error_line(log_path: Path, job_module: str) -> str:
+    """The telling line of a failed job's log: the job's own `<job>: ...` line, else the last exception."""
+    prefix = job_module.rsplit(".", 1)[-1] + ": "
     lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     for line in reversed(lines):
-        if line.startswith("etl-job-error:"):
-            return line.removeprefix("etl-job-error:").strip()
+        if line.startswith(prefix):
+            return line.removeprefix(prefix).strip()[:500]
     for line in reversed(lines):
         if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", line.strip()):
             return line.strip()[:500]
