@@ -48,19 +48,18 @@ class Command(BaseCommand):
     def _print_run(self, run) -> None:
         steps = {s.step: s for s in run.steps.all()}
         extract, transform, load = steps["extract"], steps["transform"], steps["load"]
-        per_dataset = ", ".join(f"{name} {d['rows']}" for name, d in extract.details.items())
-        datasets = transform.details.get("datasets", {})
-        duplicates = sum(d["duplicates"] for d in datasets.values())
+        extracted = ", ".join(f"{name} {d['rows']}" for name, d in extract.details.items())
+        accounted = ", ".join(
+            f"{name} {d['rows_out']} kept + {d['rejected']} rejected + {d['duplicates']} duplicates"
+            for name, d in transform.details.get("datasets", {}).items()
+        )
         loaded = load.details.get("loaded", {})
         self.stdout.write(self.style.SUCCESS(f"{run.business_date}  run #{run.pk} {run.status}"))
-        self.stdout.write(f"  extract    {extract.duration_seconds:6.1f}s  rows extracted: {per_dataset}")
+        self.stdout.write(f"  extract   {extract.duration_seconds:6.1f}s  extracted: {extracted}")
+        self.stdout.write(f"  transform {transform.duration_seconds:6.1f}s  {accounted}")
         self.stdout.write(
-            f"  transform  {transform.duration_seconds:6.1f}s  rows in {transform.rows_in}, "
-            f"kept {transform.rows_out}, rejected {transform.rows_rejected}, duplicates removed {duplicates}"
-        )
-        self.stdout.write(
-            f"  load       {load.duration_seconds:6.1f}s  sales lines {loaded.get('sales_lines', 0)}, "
-            f"daily sales {loaded.get('daily_sales', 0)}, quarantined {loaded.get('quarantine', 0)}"
+            f"  load      {load.duration_seconds:6.1f}s  loaded: {loaded.get('sales_lines', 0)} sales lines, "
+            f"{loaded.get('daily_sales', 0)} daily sales rows, {loaded.get('quarantine', 0)} quarantined rows"
         )
 
     def _print_tables(self, report) -> None:
