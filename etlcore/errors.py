@@ -22,6 +22,10 @@ class PartitionNotFound(EtlError):
 class SparkJobError(EtlError):
     """spark-submit exited non-zero or its job broke its contract."""
 
+    def __init__(self, message: str, *, facts: dict | None = None) -> None:
+        super().__init__(message)
+        self.facts = facts or {}  # masked command, exit code, seconds: for the step record
+
 
 class ReconciliationError(EtlError):
     """Row counts of a step do not balance: some rows would be unaccounted for."""

@@ -151,14 +151,14 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
         }
         # Facts about the submit go on the step record before anything can fail, so a failure keeps them.
         step.details["log"] = str(log_path)
-        submitted = job_submit(
-            config, spec=spec, work_dir=attempt, log_path=log_path, timeout=config.spark.timeout_seconds
-        )
-        step.details |= {
-            "command": submitted.command,
-            "exit_code": submitted.returncode,
-            "spark_seconds": round(submitted.seconds, 3),
-        }
+        try:
+            submitted = job_submit(
+                config, spec=spec, work_dir=attempt, log_path=log_path, timeout=config.spark.timeout_seconds
+            )
+        except SparkJobError as exc:
+            step.details |= exc.facts
+            raise
+        step.details |= submitted.facts()
         result = _read_job_result(attempt, log_path)
         _reconcile(result, inputs)
         manifest = _transformed_manifest(ref, attempt, result, step.run_id)

@@ -31,6 +31,13 @@ class SubmitResult:
     log_path: Path
     seconds: float
 
+    def facts(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "exit_code": self.returncode,
+            "spark_seconds": round(self.seconds, 3),
+        }
+
 
 def spark_submit_binary() -> str:
     if settings.ETL_SPARK_SUBMIT:
@@ -130,7 +137,8 @@ def job_submit(
     if returncode != 0:
         raise SparkJobError(
             f"spark job {config.spark.job} failed with exit code {returncode}: "
-            f"{last_error_line(log_path, config.spark.job)} (log: {log_path})"
+            f"{last_error_line(log_path, config.spark.job)} (log: {log_path})",
+            facts=result.facts(),
         )
     return result
 

@@ -128,6 +128,7 @@ def test_failing_spark_job_fails_the_run_and_publishes_nothing(demo_env, monkeyp
     step = run.steps.get()
     assert (run.status, step.status) == ("failed", "failed")
     assert "ETL_PSEUDONYM_KEY" in step.error and step.details["log"].endswith("-transform.log")
+    assert step.details["exit_code"] != 0 and "--master" in step.details["command"]
     transformed = demo_env / "staging" / "retail_demo" / "transformed" / f"date={DAY}"
     assert not (transformed / "_manifest.json").exists()
     assert not list(transformed.glob("attempt-*"))

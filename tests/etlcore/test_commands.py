@@ -110,3 +110,61 @@ def test_pipeline_status_lists_runs_with_steps_and_errors(shop):
     assert any("error: source 'products'" in line for line in lines)
     assert any("2026-11-01" in line and "succeeded" in line for line in lines)
     assert any("in=1 out=1 rejected=0" in line for line in lines)
+
+
+GARBAGE_PIPELINE = """
+name = "api"
+staging_root = "{staging}"
+[spark]
+job = "spark_jobs.sales_daily"
+[warehouse]
+database = "{alias}"
+[datasets.orders]
+[datasets.orders.source]
+kind = "rest"
+base_url = "{url}"
+path = "/orders"
+records_path = "orders"
+max_retries = 0
+[datasets.orders.columns]
+order_id = {{ from = "id", required = true }}
+"""
+
+
+@pytest.fixture
+def garbage_api():
+    """A real HTTP server on loopback whose 200 answer is not JSON."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>maintenance</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_source_answering_garbage_fails_the_run_and_stages_nothing(
+    pipeline_dir, tmp_path, db_alias, garbage_api
+):
+    staging_root = tmp_path / "staging"
+    (pipeline_dir / "api.toml").write_text(
+        GARBAGE_PIPELINE.format(staging=staging_root, alias=db_alias, url=garbage_api)
+    )
+    with pytest.raises(CommandError, match=r"source 'orders'.*/orders.*JSON"):
+        run_command("extract", "--pipeline", "api", "--date", "2026-11-01")
+    run = latest_run(db_alias)
+    assert (run.status, run.steps.get().status) == ("failed", "failed")
+    assert not list(staging_root.rglob("*.parquet")) and not list(staging_root.rglob("_manifest.json"))
