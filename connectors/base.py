@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from etlcore.errors import ConfigurationError
+
 # A batch of raw records as the source returned them (nested dicts/lists allowed) or, for tabular
 # sources, an Arrow record batch whose column names are the source's own.
 RawBatch = list[dict[str, Any]] | pa.RecordBatch
@@ -60,11 +62,24 @@ def reject_unknown_options(
 ) -> None:
     """Raise `ConfigurationError` for an option nobody reads: a misspelt key would silently fall back
     to its default."""
-    from etlcore.errors import ConfigurationError
-
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigurationError(
             f"source {source!r}: unknown option {', '.join(prefix + k for k in unknown)} "
             f"(known: {', '.join(prefix + k for k in sorted(known))})"
         )
+
+
+def render_template(template: str, values: Mapping[str, Any], *, source: str, option: str) -> str:
+    """Fill `{placeholder}` fields of a configured string from the window's template values."""
+    try:
+        return template.format(**values)
+    except KeyError as exc:
+        raise ConfigurationError(
+            f"source {source!r}: {option} {template!r} uses unknown placeholder {{{exc.args[0]}}} "
+            f"(available: {', '.join(sorted(values))})"
+        ) from None
+    except (ValueError, IndexError) as exc:
+        raise ConfigurationError(
+            f"source {source!r}: {option} {template!r} is not a valid template: {exc}"
+        ) from None

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from etlcore.errors import ConfigurationError, SourceError
 
-from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options
+from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
 
 __all__ = ["FileConnector"]
 
@@ -111,18 +111,7 @@ class FileConnector(Connector):
 
     def resolve_pattern(self, window: ExtractWindow) -> str:
         """The absolute glob for `window` (placeholders filled from `window.template_values()`)."""
-        values = window.template_values()
-        try:
-            rendered = self._path.format(**values)
-        except KeyError as exc:
-            raise ConfigurationError(
-                f"source {self.name!r}: path {self._path!r} uses unknown placeholder {{{exc.args[0]}}} "
-                f"(available: {', '.join(sorted(values))})"
-            ) from None
-        except (ValueError, IndexError) as exc:
-            raise ConfigurationError(
-                f"source {self.name!r}: path {self._path!r} is not a valid template: {exc}"
-            ) from None
+        rendered = render_template(self._path, window.template_values(), source=self.name, option="path")
         return self._absolute(rendered)
 
     @staticmethod

@@ -22,7 +22,7 @@ from urllib3.util.retry import Retry
 
 from etlcore.errors import ConfigurationError, SourceError
 
-from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options
+from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
 from .records import MISSING, resolve_path
 
 __all__ = ["RestConnector"]
@@ -424,17 +424,7 @@ class RestConnector(Connector):
             return "true" if value else "false"  # not requests' "True"
         if not isinstance(value, str):
             return value
-        try:
-            return value.format(**values)
-        except KeyError as exc:
-            raise ConfigurationError(
-                f"source {self.name!r}: params.{key} uses unknown placeholder {{{exc.args[0]}}} "
-                f"(available: {', '.join(sorted(values))})"
-            ) from None
-        except (ValueError, IndexError) as exc:
-            raise ConfigurationError(
-                f"source {self.name!r}: params.{key} is not a valid template: {exc}"
-            ) from None
+        return render_template(value, values, source=self.name, option=f"params.{key}")
 
 
 def _table(name: str, option: str, value: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ warehouse exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -129,11 +129,8 @@ def _load_sales_lines(using: str, dk: int, files: Sequence[Path]) -> tuple[int, 
         _upsert(using, FactSalesLine, objs, ["order_id", "line_number"])
         kept.update((o.order_id, o.line_number) for o in objs)
         rows += len(objs)
-    existing = (
-        FactSalesLine.objects.using(using).filter(date_id=dk).values_list("id", "order_id", "line_number")
-    )
-    stale = [pk for pk, order_id, line_number in existing if (order_id, line_number) not in kept]
-    return rows, _delete_ids(using, FactSalesLine, stale)
+    stale = FactSalesLine.objects.using(using).filter(date_id=dk)
+    return rows, _delete_not_kept(using, stale, ("order_id", "line_number"), kept)
 
 
 def _load_daily_sales(using: str, dk: int, files: Sequence[Path]) -> tuple[int, int]:
@@ -157,11 +154,8 @@ def _load_daily_sales(using: str, dk: int, files: Sequence[Path]) -> tuple[int, 
         _upsert(using, FactDailySales, objs, ["date", "store", "product"])
         kept.update((o.store_id, o.product_id) for o in objs)
         rows += len(objs)
-    existing = (
-        FactDailySales.objects.using(using).filter(date_id=dk).values_list("id", "store_id", "product_id")
-    )
-    stale = [pk for pk, store_id, product_id in existing if (store_id, product_id) not in kept]
-    return rows, _delete_ids(using, FactDailySales, stale)
+    stale = FactDailySales.objects.using(using).filter(date_id=dk)
+    return rows, _delete_not_kept(using, stale, ("store_id", "product_id"), kept)
 
 
 def _load_quarantine(
@@ -198,13 +192,8 @@ def _load_quarantine(
         ["pipeline", "business_date", "dataset", "record_fingerprint"],
         exclude_from_update={"first_run"},
     )
-    existing = QuarantinedRow.objects.using(using).filter(pipeline=pipeline, business_date=business_date)
-    stale = [
-        pk
-        for pk, dataset, fingerprint in existing.values_list("id", "dataset", "record_fingerprint")
-        if (dataset, fingerprint) not in by_fingerprint
-    ]
-    return len(objs), _delete_ids(using, QuarantinedRow, stale)
+    stale = QuarantinedRow.objects.using(using).filter(pipeline=pipeline, business_date=business_date)
+    return len(objs), _delete_not_kept(using, stale, ("dataset", "record_fingerprint"), by_fingerprint.keys())
 
 
 def _upsert(
@@ -245,10 +234,15 @@ def _key_map(using: str, model: type[models.Model], natural_key: str, values: se
     return found
 
 
-def _delete_ids(using: str, model: type[models.Model], ids: list[int]) -> int:
+def _delete_not_kept(
+    using: str, partition: models.QuerySet, key_fields: tuple[str, ...], kept: Container[tuple]
+) -> int:
+    """Delete the partition's rows whose natural key the new load did not write."""
+    ids = [pk for pk, *key in partition.values_list("pk", *key_fields) if tuple(key) not in kept]
     deleted = 0
     for start in range(0, len(ids), LOOKUP_CHUNK):
-        deleted += model.objects.using(using).filter(pk__in=ids[start : start + LOOKUP_CHUNK]).delete()[0]
+        chunk = ids[start : start + LOOKUP_CHUNK]
+        deleted += partition.model.objects.using(using).filter(pk__in=chunk).delete()[0]
     return deleted
 
 
