@@ -28,6 +28,12 @@ demo: $(STAMP) ## generate demo data, serve it over HTTP on loopback, run the pi
 test: $(STAMP) ## run the whole test suite (SQLite and PostgreSQL, one real spark-submit)
 	$(PY) -m pytest
 
+bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
+	@set -e; for f in benchmarks/bench_*.py; do \
+		[ -e "$$f" ] || { echo "no benchmarks yet"; break; }; \
+		echo "== $$f"; $(PY) -m benchmarks.$$(basename $$f .py); \
+	done
+
 check: $(STAMP) ## lint (ruff) and Django's system checks
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py check
@@ -35,4 +41,4 @@ check: $(STAMP) ## lint (ruff) and Django's system checks
 clean: ## remove generated data (var/), keeping .venv
 	rm -rf var spark-warehouse metastore_db derby.log
 
-.PHONY: help install demo test check clean
+.PHONY: help install demo test bench check clean

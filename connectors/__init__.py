@@ -19,11 +19,13 @@ def connector_kinds() -> dict[str, type[Connector]]:
     return {cls.kind: cls for cls in (FileConnector, RestConnector)}
 
 
-def build_connector(*, name: str, options: Mapping[str, Any]) -> Connector:
+def build_connector(
+    *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
+) -> Connector:
     kind = options.get("kind")
     kinds = connector_kinds()
     if kind not in kinds:
         raise ConfigurationError(
             f"source {name!r}: unknown kind {kind!r} (expected one of: {', '.join(sorted(kinds))})"
         )
-    return kinds[kind](name=name, options=options)
+    return kinds[kind](name=name, options=options, state=state)

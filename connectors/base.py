@@ -39,14 +39,24 @@ class ExtractWindow:
 
 
 class Connector(ABC):
-    """A source of raw records. Subclasses set `kind` and read their options in `__init__`."""
+    """A source of raw records. Subclasses set `kind` and read their options in `__init__`.
+
+    Incremental sources read `state` (the watermark saved after the previous published extract, or None
+    on the first run) and, while yielding, keep `next_state` up to date with the watermark to save once
+    this extract's partition is durable. The extract service saves it in the same database transaction
+    that records the published partition, never before.
+    """
 
     kind: ClassVar[str]
 
-    def __init__(self, *, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
+    ) -> None:
         self.name = name
         self.options = dict(options)
         self.batch_size = int(self.options.get("batch_size", DEFAULT_BATCH_SIZE))
+        self.state: dict[str, Any] | None = dict(state) if state else None
+        self.next_state: dict[str, Any] | None = self.state
 
     @abstractmethod
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:

@@ -64,8 +64,10 @@ class FileConnector(Connector):
 
     kind = "file"
 
-    def __init__(self, *, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name=name, options=options)
+    def __init__(
+        self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(name=name, options=options, state=state)
         reject_unknown_options(name, self.options, _OPTIONS)
         if self.batch_size <= 0:
             raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")

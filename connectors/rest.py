@@ -111,8 +111,10 @@ class RestConnector(Connector):
 
     kind = "rest"
 
-    def __init__(self, *, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name=name, options=options)
+    def __init__(
+        self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(name=name, options=options, state=state)
         opts = self.options
         reject_unknown_options(name, opts, _OPTIONS)
         if self.batch_size <= 0:
