@@ -21,3 +21,7 @@ SECRET_KEY = _required("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if h]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
+# The admin is the only web surface; serve it over HTTPS (behind a proxy that sets X-Forwarded-Proto).
+SECURE_SSL_REDIRECT = os.environ.get("DJANGO_SECURE_SSL_REDIRECT", "1") == "1"
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "0"))  # opt in once HTTPS is certain
