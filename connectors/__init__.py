@@ -14,9 +14,11 @@ __all__ = ["Connector", "ExtractWindow", "RawBatch", "build_connector", "connect
 
 def connector_kinds() -> dict[str, type[Connector]]:
     from .files import FileConnector
+    from .postgres import PostgresConnector
     from .rest import RestConnector
+    from .s3 import S3Connector
 
-    return {cls.kind: cls for cls in (FileConnector, RestConnector)}
+    return {cls.kind: cls for cls in (FileConnector, RestConnector, PostgresConnector, S3Connector)}
 
 
 def build_connector(

@@ -23,7 +23,11 @@ from .base import RawBatch
 __all__ = [
     "MISSING",
     "ColumnSpec",
+    "FieldObserver",
+    "SchemaDrift",
+    "SchemaDriftError",
     "column_specs",
+    "schema_drift",
     "resolve_path",
     "staging_schema",
     "to_staging_batch",
@@ -301,3 +305,186 @@ def _arrow_text(array: pa.Array) -> pa.Array:
         # No vectorised text for these; keep the records path's rules (JSON for nested values).
         return pa.array([to_text(v) for v in array.to_pylist()], type=pa.string())
     return pc.cast(array, pa.string())
+
+
+# --- schema drift ---------------------------------------------------------------------------------------
+
+# JSON value types as drift compares them: an int and a decimal are both numbers (10 vs 10.5 is no drift).
+_JSON_TYPES: dict[type, str] = {
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    Decimal: "number",
+    dict: "object",
+    list: "array",
+}
+
+
+class FieldObserver:
+    """Collects the fields a source actually delivered, and their types, batch by batch.
+
+    Records: every key, nested objects as dotted paths (`customer.email`), and the elements of the
+    `explode` list as `<explode>.<key>`; other lists are not entered (they are staged as JSON text). Types
+    are JSON's (string, number, boolean, object, array; nulls say nothing). Arrow batches: the schema's
+    field names, struct children as dotted paths, with their Arrow types.
+    """
+
+    def __init__(self, *, explode: str | None = None) -> None:
+        self.explode = explode
+        self.types: dict[str, set[str]] = {}
+        self.null_paths: set[str] = set()
+        self.rows = 0
+        # Records of one source mostly share a shape: a shape already walked is not walked again.
+        self._shapes: set[tuple[Any, ...]] = set()
+
+    def observe(self, batch: RawBatch) -> None:
+        if isinstance(batch, pa.RecordBatch):
+            self.rows += batch.num_rows
+            if batch.num_rows:
+                self._observe_arrow(batch.schema)
+            return
+        self.rows += len(batch)
+        for record in batch:
+            if isinstance(record, Mapping):
+                self._observe_record(record)
+
+    def fields(self) -> dict[str, str]:
+        """Field path -> type: "a|b" when its non-null values had several types, "null" if only nulls."""
+        observed = {path: "|".join(sorted(kinds)) or "null" for path, kinds in self.types.items()}
+        return dict(sorted(observed.items()))
+
+    def _observe_arrow(self, schema: pa.Schema, prefix: str = "") -> None:
+        for field_ in schema:
+            path = prefix + field_.name
+            self.types.setdefault(path, set()).add(str(field_.type))
+            if pa.types.is_struct(field_.type):
+                self._observe_arrow(pa.schema(list(field_.type)), path + ".")
+
+    def _observe_record(self, record: Mapping[str, Any]) -> None:
+        shape = _shape(record, self.explode, "")
+        if shape in self._shapes:
+            return
+        self._shapes.add(shape)
+        self._walk(record, "")
+
+    def _walk(self, record: Mapping[str, Any], prefix: str) -> None:
+        for key, value in record.items():
+            path = prefix + str(key)
+            kinds = self.types.setdefault(path, set())
+            if value is None:
+                self.null_paths.add(path)
+                continue
+            kinds.add(_JSON_TYPES.get(type(value), type(value).__name__))
+            if isinstance(value, Mapping):
+                self._walk(value, path + ".")
+            elif path == self.explode and isinstance(value, list | tuple):
+                for element in value:
+                    if isinstance(element, Mapping):
+                        self._walk(element, path + ".")
+
+
+def _shape(record: Mapping[str, Any], explode: str | None, prefix: str) -> tuple[Any, ...]:
+    """The keys and value types of a record, nested objects and exploded elements included."""
+    parts: list[Any] = []
+    for key, value in record.items():
+        kind = type(value)
+        if isinstance(value, Mapping):
+            parts.append((key, _shape(value, explode, f"{prefix}{key}.")))
+        elif explode is not None and f"{prefix}{key}" == explode and isinstance(value, list | tuple):
+            parts.append(
+                (
+                    key,
+                    frozenset(_shape(e, None, "") if isinstance(e, Mapping) else type(e) for e in value),
+                )
+            )
+        else:
+            parts.append((key, kind))
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class SchemaDrift:
+    """How the delivered fields differ from the declared columns and from the previous partition."""
+
+    added: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    changed: tuple[dict[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.missing or self.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"added": list(self.added), "missing": list(self.missing), "changed": list(self.changed)}
+
+    def describe(self) -> str:
+        parts = []
+        if self.added:
+            parts.append(f"new field(s) {', '.join(self.added)}")
+        if self.missing:
+            parts.append(f"declared field(s) never present {', '.join(self.missing)}")
+        if self.changed:
+            parts.append(
+                "type changed: " + ", ".join(f"{c['field']} {c['was']} -> {c['now']}" for c in self.changed)
+            )
+        return "; ".join(parts)
+
+
+class SchemaDriftError(SourceError):
+    """A dataset whose drift policy is "fail" received other fields than declared."""
+
+    def __init__(self, message: str, *, drift: SchemaDrift) -> None:
+        super().__init__(message)
+        self.drift = drift
+
+
+def schema_drift(
+    *,
+    observed: Mapping[str, str],
+    columns: Mapping[str, Any] | Iterable[ColumnSpec],
+    null_paths: Iterable[str] = (),
+    previous: Mapping[str, str] | None = None,
+) -> SchemaDrift:
+    """Compare the delivered fields (`FieldObserver.fields()`) with the declared columns.
+
+    added: a delivered field no declared column reads, reported at its highest unread level (a new
+    `shipping` object is one entry, not one per key inside it). missing: a declared source never
+    delivered (a field under a null parent counts as delivered). changed: a field whose type differs from
+    the previous partition's, ignoring fields that were only null in either.
+    """
+    sources = {spec.source for spec in column_specs(columns)}
+    nulls = set(null_paths)
+
+    def read(path: str) -> bool:
+        # The field itself, a parent of a declared field, or a child of one (kept inside its JSON text).
+        return any(
+            path == source or source.startswith(path + ".") or path.startswith(source + ".")
+            for source in sources
+        )
+
+    added = []
+    for path in observed:
+        if read(path):
+            continue
+        parent = path.rpartition(".")[0]
+        if parent and parent in observed and not read(parent):
+            continue
+        added.append(path)
+
+    def delivered(source: str) -> bool:
+        if source in observed:
+            return True
+        head = source
+        while "." in head:
+            head = head.rpartition(".")[0]
+            if head in nulls:
+                return True
+        return False
+
+    missing = [source for source in sorted(sources) if not delivered(source)]
+    changed = []
+    for path, now in observed.items():
+        was = (previous or {}).get(path)
+        if was and was != now and "null" not in (was, now):
+            changed.append({"field": path, "was": was, "now": now})
+    return SchemaDrift(tuple(sorted(added)), tuple(missing), tuple(changed))

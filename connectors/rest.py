@@ -9,8 +9,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
-from decimal import Decimal
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -30,7 +32,8 @@ __all__ = ["RestConnector"]
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-PAGINATION_STYLES = ("link_header", "page_number", "none")
+PAGINATION_STYLES = ("link_header", "page_number", "cursor", "offset", "none")
+WATERMARK_FORMATS = ("iso", "epoch")
 # A 200 whose body is cut short or not JSON is usually transient (a dropped connection, a proxy's error
 # page); it is fetched again this many times in all before the run fails.
 BODY_ATTEMPTS = 3
@@ -51,6 +54,8 @@ _OPTIONS = frozenset(
         "backoff_factor",
         "backoff_jitter",
         "batch_size",
+        "incremental",
+        "rate_limit_per_second",
     }
 )
 _AUTH_OPTIONS = {
@@ -58,7 +63,31 @@ _AUTH_OPTIONS = {
     "header": frozenset({"type", "header", "value_env"}),
     "basic": frozenset({"type", "username_env", "password_env"}),
 }
-_PAGINATION_OPTIONS = frozenset({"style", "page_param", "start", "total_pages_header", "max_pages"})
+_PAGINATION_OPTIONS = frozenset(
+    {
+        "style",
+        "max_pages",
+        # page_number
+        "page_param",
+        "start",
+        "total_pages_header",
+        # cursor: a next cursor in the body (Square), or has_more + the last record's id (Stripe)
+        "cursor_path",
+        "cursor_param",
+        "has_more_path",
+        "starting_after_param",
+        "id_path",
+        # offset
+        "offset_param",
+        "limit_param",
+        "limit",
+        "total_path",
+        "total_header",
+    }
+)
+_INCREMENTAL_OPTIONS = frozenset(
+    {"param", "cursor_field", "lookback_seconds", "initial", "format", "end_param"}
+)
 # Query parameters and header names whose values are masked in messages.
 _SECRET_NAME = re.compile(r"(?i)token|secret|passw|pwd|key|signature|sig|auth|credential|session")
 _SECRET_QUERY = re.compile(
@@ -94,6 +123,56 @@ class _HeaderAuth(AuthBase):
         return f"_HeaderAuth(header={self.header!r}, value='***')"
 
 
+@dataclass(frozen=True)
+class _Page:
+    response: requests.Response
+    body: Any
+    records: list[dict[str, Any]]
+    shown: str  # the request's URL with secrets masked, for messages
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """Filter by the saved watermark: `param` = watermark - lookback; `end_param` = the window's end."""
+
+    param: str
+    cursor_field: str
+    lookback: timedelta
+    initial: Any
+    format: str
+    end_param: str | None
+
+
+class TokenBucket:
+    """Client-side rate limit: at most `rate` requests per second, bursts of `capacity`, monotonic clock."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        capacity: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = capacity
+        self._updated = clock()
+
+    def acquire(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens < 1:
+            wait = (1 - self._tokens) / self.rate
+            self._sleep(wait)
+            self._tokens = 1.0
+            self._updated = now + wait
+        self._tokens -= 1
+
+
 class RestConnector(Connector):
     """GET a JSON API page by page and yield its records in batches of `batch_size`.
 
@@ -101,8 +180,13 @@ class RestConnector(Connector):
     (static, non-secret), `records_path` (dotted path to the list in the body; empty: the body is the
     list), `auth` ({type = "bearer", token_env} | {type = "header", header, value_env} |
     {type = "basic", username_env, password_env}), `pagination` ({style = "link_header" | "page_number" |
-    "none", page_param, start, total_pages_header, max_pages}), `timeout_seconds`, `max_retries`,
-    `backoff_factor`, `backoff_jitter`, `batch_size`.
+    "cursor" | "offset" | "none", ...}, see docs/configuration.md), `incremental` ({param, cursor_field,
+    lookback_seconds, initial, format = "iso" | "epoch", end_param}), `rate_limit_per_second`,
+    `timeout_seconds`, `max_retries`, `backoff_factor`, `backoff_jitter`, `batch_size`.
+
+    Incremental: the request carries `param` = saved watermark - lookback (or `initial` on the first run)
+    and, with `end_param`, the window's end, so re-running a date re-reads the same range. `next_state`
+    is `{"watermark": greatest cursor_field seen}`, never below the saved one.
 
     One `requests.Session` per connector retries connection errors, 429 (honouring Retry-After) and 5xx
     with exponential backoff. Secrets are read from the environment when the first request is made and
@@ -143,6 +227,9 @@ class RestConnector(Connector):
             raise ConfigurationError(f"source {name!r}: max_retries must be >= 0")
         self.backoff_factor = _positive(name, "backoff_factor", opts.get("backoff_factor", 0.5), zero=True)
         self.backoff_jitter = _positive(name, "backoff_jitter", opts.get("backoff_jitter", 0.25), zero=True)
+        self.incremental = self._incremental_options(_table(name, "incremental", opts.get("incremental")))
+        rate = opts.get("rate_limit_per_second")
+        self._bucket = TokenBucket(_positive(name, "rate_limit_per_second", rate)) if rate else None
         self._http: requests.Session | None = None
         self._secrets: list[str] = []
 
@@ -173,39 +260,118 @@ class RestConnector(Connector):
         style = self.pagination["style"]
         max_pages = self.pagination["max_pages"]
         if style == "none":
-            yield self._get(self.url, params)[1]
+            yield self._get(self.url, params).records
         elif style == "link_header":
             url: str = self.url
             query: dict[str, Any] | None = params
             seen = {self.url}
             for _ in range(max_pages):
-                response, records = self._get(url, query)
-                yield records
-                next_url = response.links.get("next", {}).get("url")
+                page = self._get(url, query)
+                yield page.records
+                next_url = page.response.links.get("next", {}).get("url")
                 if not next_url:
                     return
                 # The next link carries the whole query (Shopify allows nothing else beside page_info).
-                url, query = self._next_url(response.url, next_url, seen), None
+                url, query = self._next_url(page.response.url, next_url, seen), None
             self._too_many_pages(max_pages)
+        elif style == "page_number":
+            yield from self._page_number_pages(params, max_pages)
+        elif style == "cursor":
+            yield from self._cursor_pages(params, max_pages)
         else:
-            page_param = self.pagination["page_param"]
-            start = self.pagination["start"]
-            total_header = self.pagination["total_pages_header"]
-            for page in range(start, start + max_pages):
-                response, records = self._get(self.url, {**params, page_param: page})
-                if not records:
+            yield from self._offset_pages(params, max_pages)
+
+    def _page_number_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+        page_param = self.pagination["page_param"]
+        start = self.pagination["start"]
+        total_header = self.pagination["total_pages_header"]
+        for number in range(start, start + max_pages):
+            page = self._get(self.url, {**params, page_param: number})
+            if not page.records:
+                return
+            yield page.records
+            total = self._header_count(page, total_header)
+            if total is not None and number - start + 1 >= total:
+                return
+        self._too_many_pages(max_pages)
+
+    def _cursor_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+        """Square: resend the query with the body's next cursor until none comes back. Stripe: while
+        `has_more`, resend it with `starting_after` = the id of the page's last record."""
+        options = self.pagination
+        query = params
+        seen: set[str] = set()
+        for _ in range(max_pages):
+            page = self._get(self.url, query)
+            if page.records:
+                yield page.records
+            if options["has_more_path"]:
+                has_more = resolve_path(page.body, options["has_more_path"])
+                if has_more is MISSING:
+                    raise SourceError(
+                        f"source {self.name!r}: GET {page.shown}: pagination.has_more_path "
+                        f"{options['has_more_path']!r} is absent from the body"
+                    )
+                if not _truthy(has_more) or not page.records:
                     return
-                yield records
-                if total_header and total_header in response.headers:
-                    total = _int_header(response.headers[total_header])
-                    if total is None:
-                        raise SourceError(
-                            f"source {self.name!r}: header {total_header} is "
-                            f"{response.headers[total_header]!r}, not a page count"
-                        )
-                    if page - start + 1 >= total:
-                        return
-            self._too_many_pages(max_pages)
+                cursor = resolve_path(page.records[-1], options["id_path"])
+                if cursor is MISSING or cursor is None or cursor == "":
+                    raise SourceError(
+                        f"source {self.name!r}: GET {page.shown}: the last record has no "
+                        f"{options['id_path']!r} (pagination.id_path) to continue after"
+                    )
+                param = options["starting_after_param"]
+            else:
+                cursor = resolve_path(page.body, options["cursor_path"])
+                if cursor is MISSING or cursor is None or cursor == "":
+                    return
+                param = options["cursor_param"]
+            if str(cursor) in seen:
+                raise SourceError(
+                    f"source {self.name!r}: GET {page.shown}: the next cursor {self._scrub(str(cursor))!r} "
+                    "was already used (a loop)"
+                )
+            seen.add(str(cursor))
+            query = {**params, param: cursor}
+        self._too_many_pages(max_pages)
+
+    def _offset_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+        """offset/limit: stop on a short page, or once the total the body or a header gives is reached."""
+        options = self.pagination
+        limit = options["limit"]
+        offset = options["start"]
+        for _ in range(max_pages):
+            page = self._get(
+                self.url, {**params, options["offset_param"]: offset, options["limit_param"]: limit}
+            )
+            if page.records:
+                yield page.records
+            offset += len(page.records)
+            if len(page.records) < limit:
+                return
+            total = self._header_count(page, options["total_header"])
+            if options["total_path"]:
+                found = resolve_path(page.body, options["total_path"])
+                total = None if found is MISSING or found is None else _count(found)
+                if total is None and found is not MISSING and found is not None:
+                    raise SourceError(
+                        f"source {self.name!r}: GET {page.shown}: pagination.total_path "
+                        f"{options['total_path']!r} is {found!r}, not a count"
+                    )
+            if total is not None and offset - options["start"] >= total:
+                return
+        self._too_many_pages(max_pages)
+
+    def _header_count(self, page: _Page, header: str | None) -> int | None:
+        if not header or header not in page.response.headers:
+            return None
+        total = _int_header(page.response.headers[header])
+        if total is None:
+            raise SourceError(
+                f"source {self.name!r}: GET {page.shown}: header {header} is "
+                f"{page.response.headers[header]!r}, not a count"
+            )
+        return total
 
     def _next_url(self, current: str, link: str, seen: set[str]) -> str:
         url = urljoin(current, link)
@@ -232,15 +398,15 @@ class RestConnector(Connector):
 
     # --- one page ---------------------------------------------------------------------------------------
 
-    def _get(
-        self, url: str, params: Mapping[str, Any] | None
-    ) -> tuple[requests.Response, list[dict[str, Any]]]:
+    def _get(self, url: str, params: Mapping[str, Any] | None) -> _Page:
         session = self._session()
         shown = self._mask(requests.Request("GET", url, params=params).prepare().url or url)
         problem = ""
         for attempt in range(1, BODY_ATTEMPTS + 1):
             if attempt > 1:
                 time.sleep(self.backoff_factor * attempt)
+            if self._bucket is not None:
+                self._bucket.acquire()
             try:
                 response = session.get(url, params=params, timeout=self.timeout, allow_redirects=False)
             except (
@@ -257,14 +423,17 @@ class RestConnector(Connector):
             logger.debug("source %s: GET %s -> %s", self.name, shown, response.status_code)
             self._check_status(response, shown)
             if response.status_code == 204:
-                return response, []
+                return _Page(response, None, [], shown)
             try:
                 body = json.loads(response.content, parse_float=Decimal)
             except ValueError as exc:
                 excerpt = self._scrub(response.content[:200].decode("utf-8", "replace"))
                 problem = f"HTTP {response.status_code} with malformed JSON ({exc}); body starts: {excerpt!r}"
                 continue
-            return response, self._records(body, shown)
+            records = self._records(body, shown)
+            if self.incremental is not None:
+                self._advance_watermark(records, shown)
+            return _Page(response, body, records, shown)
         raise SourceError(f"source {self.name!r}: GET {shown} failed {BODY_ATTEMPTS} times: {problem}")
 
     def _check_status(self, response: requests.Response, shown: str) -> None:
@@ -314,6 +483,65 @@ class RestConnector(Connector):
                     "not an object"
                 )
         return records
+
+    # --- incremental ----------------------------------------------------------------------------------
+
+    def _advance_watermark(self, records: list[dict[str, Any]], shown: str) -> None:
+        """Raise next_state to the greatest cursor_field of the page; it never goes down."""
+        incremental = self.incremental
+        assert incremental is not None
+        best = self._saved_watermark() if self.next_state is None else self._watermark_of(self.next_state)
+        advanced = False
+        for index, record in enumerate(records):
+            value = resolve_path(record, incremental.cursor_field)
+            if value is MISSING or value is None or value == "":
+                continue
+            instant = _instant(value, incremental.format)
+            if instant is None:
+                raise SourceError(
+                    f"source {self.name!r}: GET {shown}: record {index} (id {record.get('id', '?')!r}) has "
+                    f"{incremental.cursor_field} = {value!r}, not {_FORMAT_WORDS[incremental.format]}"
+                )
+            if best is None or instant > best:
+                best, advanced = instant, True
+        if advanced:
+            self.next_state = {"watermark": _watermark_text(best, incremental.format)}
+
+    def _saved_watermark(self) -> Any:
+        return self._watermark_of(self.state) if self.state else None
+
+    def _watermark_of(self, state: Mapping[str, Any]) -> Any:
+        value = state.get("watermark")
+        if value is None:
+            return None
+        assert self.incremental is not None
+        instant = _instant(value, self.incremental.format)
+        if instant is None:
+            raise SourceError(
+                f"source {self.name!r}: the saved watermark {value!r} is not "
+                f"{_FORMAT_WORDS[self.incremental.format]} (incremental.format changed?)"
+            )
+        return instant
+
+    def _incremental_params(self, window: ExtractWindow) -> dict[str, Any]:
+        incremental = self.incremental
+        if incremental is None:
+            return {}
+        params: dict[str, Any] = {}
+        saved = self._saved_watermark()
+        if saved is not None:
+            since = saved - (
+                incremental.lookback
+                if incremental.format == "iso"
+                else Decimal(incremental.lookback.total_seconds())
+            )
+            params[incremental.param] = _watermark_text(since, incremental.format)
+        elif incremental.initial is not None:
+            params[incremental.param] = _watermark_text(incremental.initial, incremental.format)
+        if incremental.end_param:
+            end = window.end if incremental.format == "iso" else Decimal(int(window.end.timestamp()))
+            params[incremental.end_param] = _watermark_text(end, incremental.format)
+        return params
 
     # --- session, auth, secrets -------------------------------------------------------------------------
 
@@ -407,17 +635,67 @@ class RestConnector(Connector):
         max_pages = int(pagination.get("max_pages", DEFAULT_MAX_PAGES))
         if max_pages <= 0:
             raise ConfigurationError(f"source {self.name!r}: pagination.max_pages must be positive")
+        limit = int(pagination.get("limit", 100))
+        if limit <= 0:
+            raise ConfigurationError(f"source {self.name!r}: pagination.limit must be positive")
         return {
             "style": style,
             "page_param": str(pagination.get("page_param", "page")),
-            "start": int(pagination.get("start", 1)),
+            "start": int(pagination.get("start", 0 if style == "offset" else 1)),
             "total_pages_header": pagination.get("total_pages_header"),
             "max_pages": max_pages,
+            "cursor_path": str(pagination.get("cursor_path", "cursor")),
+            "cursor_param": str(pagination.get("cursor_param", "cursor")),
+            "has_more_path": pagination.get("has_more_path"),
+            "starting_after_param": str(pagination.get("starting_after_param", "starting_after")),
+            "id_path": str(pagination.get("id_path", "id")),
+            "offset_param": str(pagination.get("offset_param", "offset")),
+            "limit_param": str(pagination.get("limit_param", "limit")),
+            "limit": limit,
+            "total_path": pagination.get("total_path"),
+            "total_header": pagination.get("total_header"),
         }
 
     def _render_params(self, window: ExtractWindow) -> dict[str, Any]:
         values = window.template_values()
-        return {key: self._render(key, value, values) for key, value in self.params.items()}
+        rendered = {key: self._render(key, value, values) for key, value in self.params.items()}
+        return {**rendered, **self._incremental_params(window)}
+
+    def _incremental_options(self, table: dict[str, Any]) -> Incremental | None:
+        if not table:
+            return None
+        reject_unknown_options(self.name, table, _INCREMENTAL_OPTIONS, prefix="incremental.")
+        for key in ("param", "cursor_field"):
+            if not isinstance(table.get(key), str) or not table[key]:
+                raise ConfigurationError(f"source {self.name!r}: incremental.{key} is required (a name)")
+        fmt = table.get("format", "iso")
+        if fmt not in WATERMARK_FORMATS:
+            raise ConfigurationError(
+                f"source {self.name!r}: incremental.format {fmt!r} is not one of "
+                f"{', '.join(WATERMARK_FORMATS)}"
+            )
+        lookback = _positive(
+            self.name, "incremental.lookback_seconds", table.get("lookback_seconds", 0), zero=True
+        )
+        initial = table.get("initial")
+        parsed_initial = None
+        if initial is not None:
+            parsed_initial = _instant(initial, fmt)
+            if parsed_initial is None:
+                raise ConfigurationError(
+                    f"source {self.name!r}: incremental.initial {initial!r} is not {_FORMAT_WORDS[fmt]}"
+                )
+        end_param = table.get("end_param")
+        if end_param is not None and (not isinstance(end_param, str) or not end_param):
+            raise ConfigurationError(f"source {self.name!r}: incremental.end_param must be a parameter name")
+        return Incremental(
+            param=table["param"],
+            cursor_field=table["cursor_field"],
+            lookback=timedelta(seconds=lookback),
+            initial=parsed_initial,
+            format=fmt,
+            end_param=end_param,
+        )
 
     def _render(self, key: str, value: Any, values: Mapping[str, Any]) -> Any:
         if isinstance(value, list | tuple):
@@ -445,6 +723,52 @@ def _positive(name: str, option: str, value: Any, *, zero: bool = False) -> floa
     if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
         raise ConfigurationError(f"source {name!r}: {option} must be a positive number, got {value!r}")
     return number
+
+
+_FORMAT_WORDS = {"iso": "an ISO 8601 instant", "epoch": "a Unix time in seconds"}
+
+
+def _instant(value: Any, fmt: str) -> Any:
+    """A comparable instant (aware datetime for iso, Decimal seconds for epoch), or None if unreadable."""
+    if fmt == "epoch":
+        if isinstance(value, bool):
+            return None
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            return None
+        return number if number.is_finite() else None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # no offset: read as UTC
+
+
+def _watermark_text(instant: Any, fmt: str) -> Any:
+    if fmt == "epoch":
+        return int(instant) if instant == int(instant) else float(instant)
+    return instant.astimezone(UTC).isoformat()
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
 
 
 def _int_header(value: str) -> int | None:

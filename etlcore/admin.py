@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import PipelineRun, StepRun
+from .models import PipelineRun, StagedPartition, StepRun
 
 
 class StepRunInline(admin.TabularInline):
@@ -30,6 +30,17 @@ class StepRunAdmin(admin.ModelAdmin):
     list_display = ("id", "run", "step", "status", "rows_in", "rows_out", "rows_rejected", "duration_seconds")
     list_filter = ("status", "step")
     readonly_fields = [f.name for f in StepRun._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(StagedPartition)
+class StagedPartitionAdmin(admin.ModelAdmin):
+    list_display = ("pipeline", "dataset", "business_date", "row_count", "run", "published_at")
+    list_filter = ("pipeline", "dataset")
+    date_hierarchy = "business_date"
+    readonly_fields = [f.name for f in StagedPartition._meta.fields]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -20,6 +20,8 @@ from connectors.records import ColumnSpec
 from .errors import ConfigurationError
 
 COLUMN_TYPES = re.compile(r"^(string|int|long|boolean|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
+DRIFT_POLICIES = ("warn", "fail")
+DEFAULT_EXTRACT_WORKERS = 4
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -31,6 +33,7 @@ class DatasetConfig:
     explode: str | None = None
     key: tuple[str, ...] = ()
     version_column: str | None = None
+    drift: str = "warn"  # what a source delivering other fields than declared does: warn (and record) or fail
 
     def spark_columns(self) -> dict[str, dict[str, Any]]:
         return {c.name: {"type": c.type, "required": c.required} for c in self.columns}
@@ -56,6 +59,7 @@ class PipelineConfig:
     database: str
     datasets: Mapping[str, DatasetConfig]
     source_file: Path
+    extract_workers: int = DEFAULT_EXTRACT_WORKERS  # sources extracted at once
 
     def window(self, business_date: date) -> ExtractWindow:
         """The business date as a [midnight, next midnight) range in the pipeline's time zone."""
@@ -120,6 +124,13 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
     }
 
     staging_root = Path(doc.get("staging_root") or settings.ETL_STAGING_ROOT)
+    workers = doc.get("extract_workers", settings.ETL_EXTRACT_WORKERS)
+    try:
+        extract_workers = int(workers)
+    except (TypeError, ValueError):
+        extract_workers = 0
+    if isinstance(workers, bool) or extract_workers < 1:
+        raise ConfigurationError(f"{where}: extract_workers must be a positive whole number, got {workers!r}")
     return PipelineConfig(
         name=name,
         description=doc.get("description", ""),
@@ -129,6 +140,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         database=database,
         datasets=datasets,
         source_file=path,
+        extract_workers=extract_workers,
     )
 
 
@@ -167,6 +179,10 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     if version_column is not None and version_column not in column_names:
         raise ConfigurationError(f"{where}: version_column {version_column!r} is not declared in [columns]")
 
+    drift = doc.get("drift", "warn")
+    if drift not in DRIFT_POLICIES:
+        raise ConfigurationError(f"{where}: drift {drift!r} is not one of {', '.join(DRIFT_POLICIES)}")
+
     if source["kind"] == "file":
         source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
     from connectors import connector_kinds  # late: connectors import this package's errors
@@ -183,6 +199,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
         explode=doc.get("explode"),
         key=key,
         version_column=version_column,
+        drift=drift,
     )
 
 

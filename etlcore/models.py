@@ -64,3 +64,41 @@ class StepRun(models.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+
+class StagedPartition(models.Model):
+    """A published raw partition and the connector state around it: the watermark the extract started
+    from (`state_in`) and the one to start the next date from (`state_out`).
+
+    Written in one transaction after the partition's manifest is durable, so a saved watermark never
+    describes data that is not staged. Re-extracting a date starts again from its `state_in`.
+    """
+
+    pipeline = models.CharField(max_length=100)
+    dataset = models.CharField(max_length=100)
+    business_date = models.DateField()
+    run = models.ForeignKey(
+        PipelineRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="staged_partitions"
+    )
+    row_count = models.BigIntegerField()
+    checksum = models.CharField(max_length=100)
+    manifest = models.CharField(max_length=1000, help_text="path of the partition's _manifest.json")
+    source = models.CharField(max_length=1000, blank=True, help_text="the connector's describe(); no secret")
+    state_in = models.JSONField(null=True, blank=True, help_text="connector state the extract started from")
+    state_out = models.JSONField(null=True, blank=True, help_text="connector state after the last batch")
+    source_fields = models.JSONField(
+        default=dict, blank=True, help_text="fields the source delivered and their types (drift reference)"
+    )
+    drift = models.JSONField(default=dict, blank=True, help_text="added / missing / changed fields")
+    published_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["pipeline", "dataset", "-business_date"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pipeline", "dataset", "business_date"], name="staged_partition_unique_date"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} {self.dataset} {self.business_date} ({self.row_count} rows)"

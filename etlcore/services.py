@@ -8,23 +8,38 @@ Each step finds its input from (pipeline, business date) alone:
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.db import connections, transaction
+from django.utils import timezone
+
 from connectors import build_connector
-from connectors.records import staging_schema, to_staging_batch
+from connectors.base import ExtractWindow
+from connectors.records import (
+    FieldObserver,
+    SchemaDrift,
+    SchemaDriftError,
+    schema_drift,
+    staging_schema,
+    to_staging_batch,
+)
 
 from . import staging
-from .config import PipelineConfig, pipeline_load
-from .errors import ConfigurationError, EtlError, ReconciliationError, SparkJobError
-from .models import PipelineRun, StepRun
+from .config import DatasetConfig, PipelineConfig, pipeline_load
+from .errors import ConfigurationError, EtlError, ReconciliationError, SourceError, SparkJobError
+from .models import PipelineRun, StagedPartition, StepRun
 from .runs import error_text, run_finish, run_start, step_tracked
 from .spark import job_submit
+
+logger = logging.getLogger(__name__)
 
 STEPS = ("extract", "transform", "load")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -89,35 +104,211 @@ def pipeline_execute(
 
 
 def extract_partitions(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
-    """Pull every dataset's window from its source into a published raw partition."""
+    """Pull every dataset's window from its source into a published raw partition.
+
+    Sources are independent: they run concurrently (`extract_workers` at a time), each from its own saved
+    state, and one failing does not stop the others. Each partition is recorded with its connector's
+    next state once published, in the main thread; the step then fails naming every source that failed.
+    """
     outcome = StepOutcome("extract")
     window = config.window(business_date)
-    for dataset in config.datasets.values():
-        started = time.monotonic()
-        connector = build_connector(name=dataset.name, options=dataset.source)
-        label = f"source {dataset.name!r} ({connector.describe()})"
-        batches = (
-            to_staging_batch(batch, columns=dataset.columns, explode=dataset.explode, source_label=label)
-            for batch in connector.iter_batches(window)
-        )
-        ref = _raw_ref(config, dataset.name, business_date)
+    using = config.database
+    plans = {
+        name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
+        for name in config.datasets
+    }
+    failures: dict[str, BaseException] = {}
+    workers = max(1, min(config.extract_workers, len(config.datasets)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+        futures = {
+            pool.submit(
+                _dataset_extract,
+                config=config,
+                dataset=dataset,
+                window=window,
+                run_id=step.run_id,
+                state=plans[name].state,
+                previous_fields=plans[name].previous_fields,
+            ): name
+            for name, dataset in config.datasets.items()
+        }
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                extracted = future.result()
+            except Exception as exc:
+                failures[name] = exc
+                step.details[name] = {"error": error_text(exc)}
+                if isinstance(exc, SchemaDriftError):
+                    step.details[name]["drift"] = exc.drift.as_dict()
+                continue
+            _partition_record(extracted, run_id=step.run_id, state_in=plans[name].state, using=using)
+            outcome.rows_in += extracted.manifest.row_count
+            outcome.rows_out += extracted.manifest.row_count
+            details: dict[str, Any] = {
+                "rows": extracted.manifest.row_count,
+                "partition": str(extracted.ref.dir),
+                "checksum": extracted.manifest.checksum,
+                "seconds": extracted.seconds,
+            }
+            if extracted.drift:
+                details["drift"] = extracted.drift.as_dict()
+            outcome.details[name] = step.details[name] = details
+    if failures:
+        step.rows_in, step.rows_out = outcome.rows_in, outcome.rows_out
+        raise _extract_failure(failures, total=len(config.datasets))
+    return outcome
+
+
+@dataclass(frozen=True)
+class ExtractState:
+    """Where a dataset's extract of one date starts: the connector state, and the source fields of the
+    previous partition (the reference for type drift)."""
+
+    state: dict[str, Any] | None
+    previous_fields: dict[str, str] | None
+
+
+def extract_state_lookup(*, config: PipelineConfig, dataset: str, business_date: date) -> ExtractState:
+    """The date's own `state_in` if it was extracted before (a re-run reads the same range again), else
+    the `state_out` of the latest earlier date, else None (the connector's configured start)."""
+    rows = StagedPartition.objects.using(config.database).filter(pipeline=config.name, dataset=dataset)
+    same = rows.filter(business_date=business_date).first()
+    before = rows.filter(business_date__lt=business_date).order_by("-business_date").first()
+    if same is not None:
+        state = same.state_in
+    else:
+        state = before.state_out if before is not None else None
+    return ExtractState(state=state, previous_fields=before.source_fields if before is not None else None)
+
+
+@dataclass
+class _Extracted:
+    dataset: str
+    ref: staging.PartitionRef
+    manifest: staging.Manifest
+    source: str
+    state_out: dict[str, Any] | None
+    fields: dict[str, str]
+    drift: SchemaDrift
+    seconds: float
+
+
+def _dataset_extract(
+    *,
+    config: PipelineConfig,
+    dataset: DatasetConfig,
+    window: ExtractWindow,
+    run_id: int,
+    state: Mapping[str, Any] | None,
+    previous_fields: Mapping[str, str] | None,
+) -> _Extracted:
+    """One source into its partition; runs in a worker thread and touches no database."""
+    started = time.monotonic()
+    connector = None
+    try:
+        connector = build_connector(name=dataset.name, options=dataset.source, state=state)
+        source = connector.describe()
+        label = f"source {dataset.name!r} ({source})"
+        observer = FieldObserver(explode=dataset.explode)
+        drift: list[SchemaDrift] = []
+
+        def batches() -> Iterator[Any]:
+            for batch in connector.iter_batches(window):
+                observer.observe(batch)
+                yield to_staging_batch(
+                    batch, columns=dataset.columns, explode=dataset.explode, source_label=label
+                )
+            # Raising here, after the last batch, still prevents the partition from being published.
+            drift.append(_drift_check(dataset, observer, previous_fields))
+
+        ref = _raw_ref(config, dataset.name, window.business_date)
         manifest = staging.raw_partition_write(
             ref,
             schema=staging_schema(dataset.columns),
-            batches=batches,
-            source=connector.describe(),
+            batches=batches(),
+            source=source,
             window={"start": window.start.isoformat(), "end": window.end.isoformat()},
-            run_id=step.run_id,
+            run_id=run_id,
         )
-        outcome.rows_in += manifest.row_count
-        outcome.rows_out += manifest.row_count
-        outcome.details[dataset.name] = {
-            "rows": manifest.row_count,
-            "partition": str(ref.dir),
-            "checksum": manifest.checksum,
-            "seconds": round(time.monotonic() - started, 3),
-        }
-    return outcome
+        return _Extracted(
+            dataset=dataset.name,
+            ref=ref,
+            manifest=manifest,
+            source=source,
+            state_out=connector.next_state,
+            fields=observer.fields(),
+            drift=drift[0],
+            seconds=round(time.monotonic() - started, 3),
+        )
+    finally:
+        close = getattr(connector, "close", None)
+        if close is not None:
+            close()
+        connections.close_all()  # this thread's own connections, if anything opened one
+
+
+def _drift_check(
+    dataset: DatasetConfig, observer: FieldObserver, previous_fields: Mapping[str, str] | None
+) -> SchemaDrift:
+    if not observer.rows:
+        return SchemaDrift()  # nothing delivered says nothing about the fields
+    drift = schema_drift(
+        observed=observer.fields(),
+        columns=dataset.columns,
+        null_paths=observer.null_paths,
+        previous=previous_fields,
+    )
+    if drift and dataset.drift == "fail":
+        raise SchemaDriftError(
+            f'source {dataset.name!r}: schema drift (drift = "fail"): {drift.describe()}', drift=drift
+        )
+    if drift:
+        logger.warning("source %r: schema drift: %s", dataset.name, drift.describe())
+    return drift
+
+
+def _partition_record(
+    extracted: _Extracted, *, run_id: int, state_in: Mapping[str, Any] | None, using: str
+) -> StagedPartition:
+    """Record the published partition and the state to continue from, in one transaction."""
+    manifest = extracted.manifest
+    with transaction.atomic(using=using):
+        row, _ = StagedPartition.objects.using(using).update_or_create(
+            pipeline=manifest.pipeline,
+            dataset=extracted.dataset,
+            business_date=extracted.ref.business_date,
+            defaults={
+                "run_id": run_id,
+                "row_count": manifest.row_count,
+                "checksum": manifest.checksum,
+                "manifest": str(extracted.ref.manifest_path),
+                "source": extracted.source[:1000],
+                "state_in": state_in,
+                "state_out": extracted.state_out,
+                "source_fields": extracted.fields,
+                "drift": extracted.drift.as_dict() if extracted.drift else {},
+                "published_at": timezone.now(),
+            },
+        )
+    return row
+
+
+def _extract_failure(failures: Mapping[str, BaseException], *, total: int) -> BaseException:
+    """One failure as it was (it names its source); several as one SourceError naming each."""
+    messages = []
+    for name, exc in sorted(failures.items()):
+        text = error_text(exc)
+        messages.append(text if f"source {name!r}" in text else f"source {name!r}: {text}")
+    if len(failures) == 1:
+        ((name, exc),) = failures.items()
+        if isinstance(exc, EtlError) and messages[0] == error_text(exc):
+            return exc
+        error = SourceError(messages[0])
+    else:
+        error = SourceError(f"{len(failures)} of {total} sources failed: " + " | ".join(messages))
+    error.__cause__ = next(iter(failures.values()))
+    return error
 
 
 def transform_partition(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:

@@ -69,6 +69,7 @@ ETL_DEFAULT_PIPELINE = os.environ.get("ETL_DEFAULT_PIPELINE", "retail_demo")
 ETL_STAGING_ROOT = Path(os.environ.get("ETL_STAGING_ROOT", VAR_DIR / "staging"))
 ETL_SPARK_MASTER = os.environ.get("ETL_SPARK_MASTER", "local[*]")
 ETL_SPARK_SUBMIT = os.environ.get("ETL_SPARK_SUBMIT", "")  # empty: the one shipped with pyspark
+ETL_EXTRACT_WORKERS = int(os.environ.get("ETL_EXTRACT_WORKERS", "4"))  # sources extracted at once
 
 LOGGING = {
     "version": 1,

@@ -9,7 +9,15 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from connectors.records import ColumnSpec, column_specs, staging_schema, to_staging_batch, to_text
+from connectors.records import (
+    ColumnSpec,
+    FieldObserver,
+    column_specs,
+    schema_drift,
+    staging_schema,
+    to_staging_batch,
+    to_text,
+)
 from etlcore.errors import SourceError
 
 ORDER_COLUMNS = {
@@ -340,3 +348,96 @@ def test_dictionary_encoded_and_large_string_columns_come_out_as_plain_text():
         {"country": "BE", "note": None},
         {"country": "FR", "note": "z"},
     ]
+
+
+# --- schema drift ----------------------------------------------------------------------------------------
+
+
+def observed(batch, explode=None) -> FieldObserver:
+    observer = FieldObserver(explode=explode)
+    observer.observe(batch)
+    return observer
+
+
+def test_new_nested_object_is_one_added_entry_and_new_key_in_a_read_object_is_named():
+    batch = [
+        {
+            "id": "A1",
+            "customer": {"email": "a@x", "phone": "1"},  # phone: new inside an object that is read
+            "shipping": {"city": "Graz", "zip": "8010"},  # new object: one entry, not one per key
+            "lines": [{"sku": "X", "unit_price": Decimal("2.5"), "line_number": 1, "gift": True}],
+        }
+    ]
+    fields = observed(batch, explode="lines")
+
+    drift = schema_drift(observed=fields.fields(), columns=ORDER_COLUMNS, null_paths=fields.null_paths)
+
+    assert drift.added == ("customer.phone", "lines.gift", "shipping")
+    assert drift.missing == ()
+
+
+def test_declared_field_never_delivered_is_missing_but_one_under_a_null_parent_is_not():
+    batch = [{"id": "A1", "customer": None, "lines": [{"line_number": 1, "sku": "X"}]}]
+    fields = observed(batch, explode="lines")
+
+    drift = schema_drift(observed=fields.fields(), columns=ORDER_COLUMNS, null_paths=fields.null_paths)
+
+    assert drift.missing == ("lines.unit_price",)  # customer.email: its parent is there, null (a guest)
+    assert drift.added == ()
+
+
+def test_type_change_is_drift_against_the_previous_fields_and_nulls_are_no_type():
+    fields = observed([{"id": 1, "price": "2.50", "note": None}, {"id": 2, "price": "3", "note": None}])
+    columns = {"id": {}, "price": {}, "note": {}}
+
+    drift = schema_drift(
+        observed=fields.fields(),
+        columns=columns,
+        previous={"id": "number", "price": "number", "note": "string"},
+    )
+
+    assert fields.fields() == {"id": "number", "note": "null", "price": "string"}
+    assert drift.changed == ({"field": "price", "was": "number", "now": "string"},)
+    assert drift.as_dict() == {
+        "added": [],
+        "missing": [],
+        "changed": [{"field": "price", "was": "number", "now": "string"}],
+    }
+
+
+def test_arrow_batches_report_schema_fields_struct_children_and_arrow_types():
+    batch = pa.RecordBatch.from_pydict(
+        {"SKU": ["A"], "Extra": [1], "address": [{"city": "Graz", "zip": "8010"}]}
+    )
+    fields = observed(batch)
+
+    drift = schema_drift(
+        observed=fields.fields(),
+        columns={"sku": {"from": "SKU"}, "city": {"from": "address.city"}, "name": {"from": "Name"}},
+        previous={"SKU": "string", "Extra": "string"},
+    )
+
+    assert fields.fields()["Extra"] == "int64" and "address.zip" in fields.fields()
+    assert drift.as_dict() == {
+        "added": ["Extra", "address.zip"],
+        "missing": ["Name"],
+        "changed": [{"field": "Extra", "was": "string", "now": "int64"}],
+    }
+
+
+def test_no_drift_is_falsy_and_records_of_one_shape_are_walked_once():
+    observer = FieldObserver(explode="lines")
+    observer.observe([{"id": i, "lines": [{"sku": "X"}]} for i in range(1000)])
+    observer.observe([{"id": 1, "lines": [{"sku": "X", "qty": 2}]}])  # a new shape is still seen
+
+    assert observer.fields() == {
+        "id": "number",
+        "lines": "array",
+        "lines.qty": "number",
+        "lines.sku": "string",
+    }
+    assert observer.rows == 1001
+    assert not schema_drift(
+        observed=observer.fields(),
+        columns={"id": {}, "sku": {"from": "lines.sku"}, "q": {"from": "lines.qty"}},
+    )

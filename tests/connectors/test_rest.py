@@ -16,7 +16,7 @@ import pytest
 
 from connectors import build_connector
 from connectors.records import to_staging_batch
-from connectors.rest import BODY_ATTEMPTS, RestConnector
+from connectors.rest import BODY_ATTEMPTS, RestConnector, TokenBucket
 from etlcore.errors import ConfigurationError, SourceError
 
 TOKEN = "s3cr3t-T0KEN-value"
@@ -459,3 +459,247 @@ def test_redirect_is_reported_not_followed(api, make_source, window):
 def test_misspelt_option_is_a_configuration_error(make_source):
     with pytest.raises(ConfigurationError, match="unknown option recordspath"):
         make_source(recordspath="orders")
+
+
+# --- cursor and offset pagination ------------------------------------------------------------------------
+
+
+def test_body_cursor_pagination_resends_the_query_with_the_next_cursor_until_none(api, make_source, window):
+    pages = {"": (ids(2), "c2"), "c2": (ids(2, 2), "c3"), "c3": ([], None)}  # empty last page
+
+    def handler(seen: Seen) -> Reply:
+        records_, cursor = pages[seen.query.get("cursor", [""])[0]]
+        return Reply(body={"orders": records_, **({"cursor": cursor} if cursor else {})})
+
+    api.handler = handler
+    source = make_source(
+        params={"limit": "2"}, records_path="orders", pagination={"style": "cursor", "cursor_path": "cursor"}
+    )
+
+    assert records(source, window) == ids(4)
+    assert [s.query for s in api.seen] == [
+        {"limit": ["2"]},
+        {"limit": ["2"], "cursor": ["c2"]},  # the same query again, plus the cursor (Square)
+        {"limit": ["2"], "cursor": ["c3"]},
+    ]
+
+
+def test_nested_cursor_path_and_custom_param_and_null_cursor_ends(api, make_source, window):
+    def handler(seen: Seen) -> Reply:
+        after = seen.query.get("page_token", [None])[0]
+        return Reply(
+            body={"data": ids(1, 0 if after is None else 1), "meta": {"next": None if after else "t1"}}
+        )
+
+    api.handler = handler
+    source = make_source(
+        records_path="data",
+        pagination={"style": "cursor", "cursor_path": "meta.next", "cursor_param": "page_token"},
+    )
+
+    assert records(source, window) == ids(2)
+    assert len(api.seen) == 2
+
+
+def test_stripe_has_more_pagination_sends_starting_after_the_last_object_id(api, make_source, window):
+    objects = [{"id": f"ch_{i}"} for i in range(5)]
+
+    def handler(seen: Seen) -> Reply:
+        after = seen.query.get("starting_after", [None])[0]
+        start = 0 if after is None else int(after.removeprefix("ch_")) + 1
+        page = objects[start : start + 2]
+        return Reply(body={"object": "list", "data": page, "has_more": start + 2 < len(objects)})
+
+    api.handler = handler
+    source = make_source(
+        params={"limit": "2"},
+        records_path="data",
+        pagination={"style": "cursor", "has_more_path": "has_more"},
+    )
+
+    assert records(source, window) == objects
+    assert [s.query.get("starting_after") for s in api.seen] == [None, ["ch_1"], ["ch_3"]]
+    assert all(s.query["limit"] == ["2"] for s in api.seen)
+
+
+def test_stripe_style_empty_page_with_has_more_still_true_stops(api, make_source, window):
+    api.handler = lambda seen: Reply(
+        body={"data": [] if "starting_after" in seen.query else ids(2), "has_more": True}
+    )
+    source = make_source(records_path="data", pagination={"style": "cursor", "has_more_path": "has_more"})
+
+    assert records(source, window) == ids(2)
+    assert len(api.seen) == 2
+
+
+def test_repeated_cursor_is_a_source_error_not_an_endless_loop(api, make_source, window):
+    api.handler = lambda seen: Reply(body={"orders": ids(1), "cursor": "same"})
+    source = make_source(records_path="orders", pagination={"style": "cursor"})
+
+    with pytest.raises(SourceError, match="cursor 'same' was already used"):
+        records(source, window)
+
+
+def test_offset_pagination_walks_offsets_until_an_empty_last_page(api, make_source, window):
+    def handler(seen: Seen) -> Reply:
+        offset, limit = int(seen.query["offset"][0]), int(seen.query["limit"][0])
+        return Reply(body=ids(6)[offset : offset + limit])
+
+    api.handler = handler
+    source = make_source(params={"status": "any"}, pagination={"style": "offset", "limit": 3})
+
+    assert records(source, window) == ids(6)
+    assert [(s.query["offset"], s.query["limit"]) for s in api.seen] == [
+        (["0"], ["3"]),
+        (["3"], ["3"]),
+        (["6"], ["3"]),  # the empty page that ends it
+    ]
+
+
+def test_offset_pagination_stops_on_a_short_page_or_at_the_total(api, make_source, window):
+    def handler(seen: Seen) -> Reply:
+        skip, top = int(seen.query["skip"][0]), int(seen.query["top"][0])
+        return Reply(body={"items": ids(7)[skip : skip + top], "meta": {"total": 7}})
+
+    api.handler = handler
+    short = make_source(
+        records_path="items",
+        pagination={"style": "offset", "offset_param": "skip", "limit_param": "top", "limit": 3},
+    )
+    assert records(short, window) == ids(7)
+    assert len(api.seen) == 3  # 3 + 3 + a short page of 1
+
+    api.seen.clear()
+    api.handler = lambda seen: Reply(body={"items": ids(2, int(seen.query["offset"][0])), "total": 4})
+    totalled = make_source(
+        records_path="items", pagination={"style": "offset", "limit": 2, "total_path": "total"}
+    )
+    assert records(totalled, window) == ids(4)
+    assert len(api.seen) == 2  # the total says there is no third page
+
+
+# --- incremental -----------------------------------------------------------------------------------------
+
+INCREMENTAL = {
+    "param": "updated_at_min",
+    "cursor_field": "updated_at",
+    "lookback_seconds": 3600,
+    "end_param": "updated_at_max",
+}
+
+
+def stamped(*stamps: str) -> list[dict]:
+    return [{"id": i, "updated_at": stamp} for i, stamp in enumerate(stamps)]
+
+
+def test_incremental_filter_is_the_saved_watermark_minus_lookback_up_to_the_window_end(
+    api, make_source, window
+):
+    api.handler = lambda seen: Reply(body=[])
+    source = make_source(incremental=INCREMENTAL)
+    source.state = source.next_state = {"watermark": "2026-11-01T10:30:00+00:00"}
+
+    records(source, window)
+
+    assert api.seen[0].query == {
+        "updated_at_min": ["2026-11-01T09:30:00+00:00"],
+        "updated_at_max": ["2026-11-02T00:00:00+00:00"],
+    }
+
+
+def test_incremental_first_run_starts_from_initial_and_without_initial_reads_everything(
+    api, make_source, window
+):
+    api.handler = lambda seen: Reply(body=[])
+    records(make_source(incremental={**INCREMENTAL, "initial": "2020-01-01T00:00:00Z"}), window)
+    records(make_source(incremental={"param": "since", "cursor_field": "updated_at"}), window)
+
+    assert api.seen[0].query["updated_at_min"] == ["2020-01-01T00:00:00+00:00"]  # no lookback on initial
+    assert api.seen[1].query == {}
+
+
+def test_next_state_is_the_greatest_cursor_value_across_pages_and_never_goes_down(api, make_source, window):
+    pages = {
+        "1": stamped("2026-11-01T08:00:00Z", "2026-11-01T12:00:00+01:00"),  # 11:00 UTC
+        "2": stamped("2026-11-01T10:00:00Z", "2026-11-01T09:00:00Z"),
+        "3": [],
+    }
+    api.handler = lambda seen: Reply(body=pages[seen.query["page"][0]])
+    source = make_source(incremental=INCREMENTAL, pagination={"style": "page_number"})
+
+    records(source, window)
+    assert source.next_state == {"watermark": "2026-11-01T11:00:00+00:00"}
+
+    older = make_source(incremental=INCREMENTAL, pagination={"style": "page_number"})
+    older.state = older.next_state = {"watermark": "2026-11-05T00:00:00+00:00"}
+    records(older, window)
+    assert older.next_state == {"watermark": "2026-11-05T00:00:00+00:00"}  # late, older records: kept
+
+
+def test_epoch_watermark_is_sent_and_saved_as_unix_seconds(api, make_source, window):
+    api.handler = lambda seen: Reply(body={"data": [{"id": "a", "created": 1793500000}, {"id": "b"}]})
+    source = make_source(
+        records_path="data",
+        incremental={
+            "param": "created[gte]",
+            "cursor_field": "created",
+            "format": "epoch",
+            "lookback_seconds": 60,
+        },
+    )
+    source.state = source.next_state = {"watermark": 1793400000}
+
+    records(source, window)
+
+    assert api.seen[0].query == {"created[gte]": ["1793399940"]}
+    assert source.next_state == {"watermark": 1793500000}
+
+
+def test_unreadable_cursor_value_is_a_source_error_naming_request_record_and_value(api, make_source, window):
+    api.handler = lambda seen: Reply(body=[{"id": "A7", "updated_at": "yesterday"}])
+
+    with pytest.raises(SourceError) as caught:
+        records(make_source(incremental=INCREMENTAL), window)
+
+    message = str(caught.value)
+    assert "source 'orders': GET " in message and "record 0 (id 'A7')" in message
+    assert "updated_at = 'yesterday', not an ISO 8601 instant" in message
+
+
+def test_incremental_without_a_cursor_field_is_a_configuration_error(make_source):
+    with pytest.raises(ConfigurationError, match="incremental.cursor_field is required"):
+        make_source(incremental={"param": "updated_at_min"})
+
+
+# --- client-side rate limit ------------------------------------------------------------------------------
+
+
+def test_rate_limit_spaces_requests_to_the_configured_rate(api, make_source, window):
+    api.handler = lambda seen: Reply(body=ids(1) if int(seen.query["page"][0]) <= 4 else [])
+    source = make_source(rate_limit_per_second=20, pagination={"style": "page_number"})
+
+    started = time.monotonic()
+    assert records(source, window) == ids(1) * 4
+    elapsed = time.monotonic() - started
+
+    assert len(api.seen) == 5
+    assert elapsed >= 0.19  # 4 gaps of 1/20 s after the first request
+
+
+def test_token_bucket_waits_only_for_the_missing_fraction_of_a_token():
+    now = [100.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(4, clock=lambda: now[0], sleep=sleep)
+    bucket.acquire()  # the first request goes at once
+    now[0] += 0.1  # 0.4 of a token refilled
+    bucket.acquire()
+    now[0] += 1.0  # idle: refills to capacity 1, not more (no burst after idling)
+    bucket.acquire()
+    bucket.acquire()
+
+    assert waits == pytest.approx([0.15, 0.25])

@@ -39,3 +39,7 @@ def test_admin_lists_runs_and_shows_their_steps(admin_client):
 )
 def test_admin_shows_every_warehouse_table(admin_client, model):
     assert admin_client.get(f"/admin/warehouse/{model}/").status_code == 200
+
+
+def test_admin_lists_staged_partitions(admin_client):
+    assert admin_client.get("/admin/etlcore/stagedpartition/").status_code == 200

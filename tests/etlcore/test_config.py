@@ -71,7 +71,9 @@ def test_key_must_be_a_declared_column(tmp_path):
 
 def test_unknown_source_kind_lists_the_known_ones(tmp_path):
     text = MINIMAL.format(name="shop", sku_type="string").replace('kind = "file"', 'kind = "ftp"')
-    with pytest.raises(ConfigurationError, match=r"unknown kind 'ftp' \(expected one of: file, rest"):
+    with pytest.raises(
+        ConfigurationError, match=r"unknown kind 'ftp' \(expected one of: file, postgres, rest, s3\)"
+    ):
         pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
 
 

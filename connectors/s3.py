@@ -1,0 +1,355 @@
+"""Objects in an S3 bucket (or an S3-compatible store): CSV, JSON Lines and Parquet, optionally gzipped."""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import gzip
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from etlcore.errors import ConfigurationError, SourceError
+
+from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from .files import _EXTENSIONS, FORMATS, _strip_gz
+
+__all__ = ["S3Connector", "s3_client"]
+
+_OPTIONS = frozenset(
+    {
+        "kind",
+        "bucket",
+        "prefix",
+        "glob",
+        "format",
+        "csv",
+        "encoding",
+        "mode",
+        "required",
+        "endpoint_url",
+        "region",
+        "profile",
+        "batch_size",
+    }
+)
+_CSV_OPTIONS = frozenset(
+    {"delimiter", "quote_char", "escape_char", "encoding", "header", "column_names", "null_values"}
+)
+MODES = ("full", "incremental")
+_READ_CHUNK = 1 << 20
+_MIN_BLOCK = 1 << 20
+_MAX_BLOCK = 64 << 20
+_BYTES_PER_ROW_GUESS = 256
+_MISSING_BUCKET = {"NoSuchBucket"}
+
+
+def s3_client(*, endpoint_url: str | None = None, region: str | None = None, profile: str | None = None):
+    """An S3 client with boto3's standard credential chain (environment, profile, instance role).
+
+    Timeouts and retries are explicit so a stalled store fails the run instead of hanging it."""
+    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=region or None,
+        config=Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard", "max_attempts": 5}),
+    )
+
+
+@dataclass(frozen=True, order=True)
+class S3Object:
+    """One listed object; ordering by (last_modified, key) is the order objects are read in."""
+
+    last_modified: datetime
+    key: str
+    size: int = 0
+
+
+class S3Connector(Connector):
+    """Reads the objects under `prefix` whose key matches `glob`, oldest first.
+
+    Options: `bucket` (required), `prefix` and `glob` (fnmatch on the whole key; both may use `{date}`
+    style placeholders), `format` (csv | jsonl | parquet; default from each key's extension, `.gz` read
+    compressed), `csv` (delimiter, quote_char, escape_char, encoding, header, column_names, null_values),
+    `encoding`, `mode` (incremental | full, default incremental), `required` (no matching object is an
+    error; default true in full mode, false in incremental mode, where no new object is normal),
+    `endpoint_url` (S3-compatible stores), `region`, `profile`, `batch_size`. Credentials come from
+    boto3's standard chain, never from the pipeline file.
+
+    Incremental runs read the objects with (LastModified, key) greater than the saved state and
+    LastModified before the window's end; `next_state` is {"last_modified": ISO text, "key": key} of the
+    last object read. A re-written object has a new LastModified, so it is read again.
+    """
+
+    kind = "s3"
+
+    def __init__(
+        self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(name=name, options=options, state=state)
+        opts = self.options
+        reject_unknown_options(name, opts, _OPTIONS)
+        if self.batch_size <= 0:
+            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
+        self.bucket = opts.get("bucket")
+        if not isinstance(self.bucket, str) or not self.bucket:
+            raise ConfigurationError(f"source {name!r}: 'bucket' is required")
+        self.prefix = str(opts.get("prefix", "") or "")
+        self.glob = opts.get("glob")
+        if self.glob is not None and not isinstance(self.glob, str):
+            raise ConfigurationError(f"source {name!r}: 'glob' must be a text such as '*.csv.gz'")
+        self.format = opts.get("format")
+        if self.format is not None and self.format not in FORMATS:
+            raise ConfigurationError(
+                f"source {name!r}: format {self.format!r} is not one of {', '.join(FORMATS)}"
+            )
+        self.mode = opts.get("mode", "incremental")
+        if self.mode not in MODES:
+            raise ConfigurationError(f"source {name!r}: mode {self.mode!r} is not one of {', '.join(MODES)}")
+        self.required = opts.get("required", self.mode == "full")
+        if not isinstance(self.required, bool):
+            raise ConfigurationError(f"source {name!r}: 'required' must be true or false")
+        self.encoding = str(opts.get("encoding", "utf-8"))
+        csv_options = opts.get("csv", {})
+        if not isinstance(csv_options, Mapping):
+            raise ConfigurationError(f"source {name!r}: 'csv' must be a table")
+        reject_unknown_options(name, csv_options, _CSV_OPTIONS, prefix="csv.")
+        self._csv = dict(csv_options)
+        self.endpoint_url = opts.get("endpoint_url")
+        self.region = opts.get("region")
+        self.profile = opts.get("profile")
+        self._after = self._state_position()
+        self._last_prefix: str | None = None
+
+    # --- public -----------------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        glob = f" matching {self.glob}" if self.glob else ""
+        return f"s3://{self.bucket}/{self._last_prefix or self.prefix}{glob}{where}"
+
+    def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
+        values = window.template_values()
+        prefix = render_template(self.prefix, values, source=self.name, option="prefix")
+        pattern = render_template(self.glob, values, source=self.name, option="glob") if self.glob else None
+        self._last_prefix = prefix
+        client = s3_client(endpoint_url=self.endpoint_url, region=self.region, profile=self.profile)
+        objects = self.objects_to_read(client, prefix=prefix, pattern=pattern, window=window)
+        if not objects and self.required:
+            raise SourceError(
+                f"source {self.name!r}: no object in s3://{self.bucket}/{prefix}"
+                f"{f' matches {pattern}' if pattern else ''}"
+            )
+        for obj in objects:
+            if obj.size:
+                yield from self._read_object(client, obj)
+            if self.mode == "incremental":
+                self.next_state = {"last_modified": obj.last_modified.isoformat(), "key": obj.key}
+
+    def objects_to_read(
+        self, client: Any, *, prefix: str, pattern: str | None, window: ExtractWindow
+    ) -> list[S3Object]:
+        """The matching objects this run reads, in (LastModified, key) order."""
+        found = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if key.endswith("/") or (pattern and not fnmatch.fnmatchcase(key, pattern)):
+                        continue
+                    found.append(S3Object(item["LastModified"].astimezone(UTC), key, int(item["Size"])))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, f"cannot list s3://{self.bucket}/{prefix}") from None
+        found.sort()
+        if self.mode == "full":
+            return found
+        return [
+            o
+            for o in found
+            if o.last_modified < window.end
+            and (self._after is None or (o.last_modified, o.key) > self._after)
+        ]
+
+    # --- readers ----------------------------------------------------------------------------------------
+
+    def _read_object(self, client: Any, obj: S3Object) -> Iterator[RawBatch]:
+        fmt = self._format_of(obj.key)
+        where = f"s3://{self.bucket}/{obj.key}"
+        try:
+            if fmt == "parquet":
+                yield from self._read_parquet(client, obj.key, where)
+                return
+            body = client.get_object(Bucket=self.bucket, Key=obj.key)["Body"]
+            try:
+                stream: io.BufferedIOBase = io.BufferedReader(_RawBody(body), _READ_CHUNK)
+                if obj.key.lower().endswith(".gz"):
+                    stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+                if fmt == "csv":
+                    yield from self._read_csv(stream, obj.key, where)
+                else:
+                    yield from self._read_jsonl(stream, where)
+            finally:
+                body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, f"cannot read {where}") from None
+        except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as exc:
+            raise SourceError(f"source {self.name!r}: cannot read {fmt} object {where}: {exc}") from exc
+
+    def _read_csv(self, stream: io.BufferedIOBase, key: str, where: str) -> Iterator[pa.RecordBatch]:
+        encoding = str(self._csv.get("encoding", self.encoding))
+        delimiter = str(self._csv.get("delimiter", "\t" if _strip_gz(key).lower().endswith(".tsv") else ","))
+        quote_char = self._csv.get("quote_char", '"') or False
+        null_values = self._csv.get("null_values", [""])
+        names = self._csv.get("column_names")
+        if self._csv.get("header", True):
+            # Every column is read as text, which needs the names up front: the header line is read
+            # here (a header spanning lines is not supported) and the rest goes to Arrow.
+            header = _header_names(stream.readline(), encoding, delimiter, quote_char or '"')
+            names = names or header
+        if not names or not stream.peek(1):  # type: ignore[attr-defined]
+            return  # an empty object, or a header and no rows (Arrow calls no input an error)
+        reader = pacsv.open_csv(
+            pa.PythonFile(stream, mode="r"),
+            read_options=pacsv.ReadOptions(
+                encoding=encoding,
+                block_size=min(max(self.batch_size * _BYTES_PER_ROW_GUESS, _MIN_BLOCK), _MAX_BLOCK),
+                column_names=names,
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char=quote_char,
+                escape_char=self._csv.get("escape_char", False) or False,
+                newlines_in_values=True,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                null_values=list(null_values),
+                strings_can_be_null=bool(null_values),
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for block in reader:
+            for offset in range(0, block.num_rows, self.batch_size):
+                yield block.slice(offset, self.batch_size)
+
+    def _read_jsonl(self, stream: io.BufferedIOBase, where: str) -> Iterator[list[dict[str, Any]]]:
+        encoding = (
+            "utf-8-sig" if self.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else self.encoding
+        )
+        batch: list[dict[str, Any]] = []
+        text = io.TextIOWrapper(stream, encoding=encoding)  # type: ignore[arg-type]
+        for line_number, line in enumerate(text, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line, parse_float=Decimal)
+            except json.JSONDecodeError as exc:
+                raise SourceError(
+                    f"source {self.name!r}: {where} line {line_number}: malformed JSON: {exc.msg} "
+                    f"(column {exc.colno})"
+                ) from None
+            if not isinstance(record, dict):
+                raise SourceError(
+                    f"source {self.name!r}: {where} line {line_number}: expected a JSON object, "
+                    f"got {type(record).__name__}"
+                )
+            batch.append(record)
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _read_parquet(self, client: Any, key: str, where: str) -> Iterator[pa.RecordBatch]:
+        # Parquet's footer is at the end: the object goes to a temporary file rather than into memory.
+        with tempfile.TemporaryFile(prefix="dse-s3-") as local:
+            body = client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                shutil.copyfileobj(_RawBody(body), local, _READ_CHUNK)
+            finally:
+                body.close()
+            local.seek(0)
+            with pq.ParquetFile(local) as parquet:
+                for batch in parquet.iter_batches(batch_size=self.batch_size):
+                    if batch.num_rows:
+                        yield batch
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _format_of(self, key: str) -> str:
+        if self.format:
+            return str(self.format)
+        extension = "." + _strip_gz(key).lower().rsplit(".", 1)[-1] if "." in key else ""
+        if extension not in _EXTENSIONS:
+            raise ConfigurationError(
+                f"source {self.name!r}: cannot tell the format of s3://{self.bucket}/{key} from its "
+                f"extension; set format = one of {', '.join(FORMATS)} (or narrow glob)"
+            )
+        return _EXTENSIONS[extension]
+
+    def _error(self, exc: Exception, what: str) -> Exception:
+        if isinstance(exc, NoCredentialsError):
+            return ConfigurationError(
+                f"source {self.name!r}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance role)"
+            )
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in _MISSING_BUCKET:
+                return SourceError(f"source {self.name!r}: bucket {self.bucket!r} does not exist ({what})")
+            message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+            return SourceError(f"source {self.name!r}: {what}: {code} {message}".rstrip())
+        return SourceError(f"source {self.name!r}: {what}: {exc}")
+
+    def _state_position(self) -> tuple[datetime, str] | None:
+        if self.mode != "incremental" or not self.state:
+            return None
+        try:
+            moment = datetime.fromisoformat(str(self.state["last_modified"]))
+            key = self.state["key"]
+        except (KeyError, ValueError, TypeError):
+            raise ConfigurationError(
+                f"source {self.name!r}: saved state {self.state!r} is not "
+                '{"last_modified": <ISO time>, "key": <object key>}'
+            ) from None
+        if moment.tzinfo is None or not isinstance(key, str):
+            raise ConfigurationError(
+                f"source {self.name!r}: saved state {self.state!r} needs a time zone and a text key"
+            )
+        return moment.astimezone(UTC), key
+
+
+def _header_names(line: bytes, encoding: str, delimiter: str, quote_char: str) -> list[str]:
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"
+    text = line.decode(encoding).rstrip("\r\n")
+    return next(csv.reader([text], delimiter=delimiter, quotechar=quote_char), []) if text else []
+
+
+class _RawBody(io.RawIOBase):
+    """A botocore StreamingBody as a raw stream, so buffered readers and gzip can sit on top of it."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
