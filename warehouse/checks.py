@@ -1,33 +1,84 @@
-"""Order-independent table fingerprints: the proof that a re-run changed no warehouse row."""
+"""Order-independent table fingerprints: the proof that a re-run changed no warehouse row.
+
+Two modes. `strict` (the default) digests every column as stored, surrogate keys included: the proof that
+a re-run in the same database changed nothing. `natural` drops auto-increment primary keys and replaces
+each foreign key by the referenced row's natural key, so two databases (or two load paths) that hold the
+same facts compare equal even though their sequences handed out different ids.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from django.apps import apps
 from django.db import models
 
+Mode = Literal["strict", "natural"]
 
-def table_checksum(model: type[models.Model], *, using: str) -> tuple[int, str]:
+
+def table_checksum(model: type[models.Model], *, using: str, mode: Mode = "strict") -> tuple[int, str]:
     """(row count, digest) of every column of every row, whatever the row order."""
-    fields = [f.attname for f in model._meta.concrete_fields]
+    paths, converters = _columns(model, mode)
     total = 0
     count = 0
-    for row in model.objects.using(using).values_list(*fields).iterator(chunk_size=10_000):
-        text = "\x1f".join(_canonical(v) for v in row)
+    for row in model.objects.using(using).values_list(*paths).iterator(chunk_size=10_000):
+        text = "\x1f".join(_canonical(convert(v)) for convert, v in zip(converters, row, strict=True))
         total = (total + int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big")) % (1 << 128)
         count += 1
     return count, f"{total:032x}"
 
 
-def warehouse_checksums(*, using: str) -> dict[str, tuple[int, str]]:
+def warehouse_checksums(*, using: str, mode: Mode = "strict") -> dict[str, tuple[int, str]]:
     return {
-        model._meta.db_table: table_checksum(model, using=using)
+        model._meta.db_table: table_checksum(model, using=using, mode=mode)
         for model in apps.get_app_config("warehouse").get_models()
     }
+
+
+def natural_key(model: type[models.Model]) -> str | None:
+    """The field that identifies a row across databases: a non-generated primary key, else the only
+    single-column unique field; None when the model has no such field."""
+    pk = model._meta.pk
+    if not isinstance(pk, models.AutoField | models.BigAutoField | models.SmallAutoField):
+        return pk.name
+    unique = [f.name for f in model._meta.concrete_fields if f.unique and not f.primary_key]
+    return unique[0] if len(unique) == 1 else None
+
+
+def _columns(model: type[models.Model], mode: Mode) -> tuple[list[str], list[Callable[[Any], Any]]]:
+    paths: list[str] = []
+    converters: list[Callable[[Any], Any]] = []
+    for f in model._meta.concrete_fields:
+        if mode == "strict":
+            paths.append(f.attname)
+            converters.append(_same)
+        elif f.primary_key and natural_key(model) != f.name:
+            continue
+        elif f.is_relation:
+            key = natural_key(f.related_model)
+            if key is None:
+                # e.g. the run that first quarantined a record: ids differ per database; compare presence.
+                paths.append(f.attname)
+                converters.append(_presence)
+            else:
+                paths.append(f"{f.name}__{key}")
+                converters.append(_same)
+        else:
+            paths.append(f.attname)
+            converters.append(_same)
+    return paths, converters
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _presence(value: Any) -> Any:
+    return None if value is None else "set"
 
 
 def _canonical(value: Any) -> str:

@@ -1,0 +1,181 @@
+"""Real load processes killed with SIGKILL at named points, and loads of two dates running side by side.
+
+The loader pauses at a fault point only when ETL_FAULT_POINT names it (warehouse.loading.specs.fault_point);
+the child writes its pid to a marker file and waits with its transaction open, so the test can kill it
+exactly there, or let it carry on by deleting the marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from tests.conftest import _postgres_or_skip
+from warehouse.checks import warehouse_checksums
+from warehouse.loaders import partition_load
+from warehouse.models import FactSalesLine
+
+from .partitions import DAY, default_outputs, sale, write_outputs
+
+pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
+
+DAY2, DAY3 = date(2026, 11, 2), date(2026, 11, 3)
+CHILD_TIMEOUT = 30
+
+
+def first_load() -> dict:
+    return default_outputs([sale("O1", 1), sale("O2", 1, sku="P2"), sale("O3", 1, customer=None)])
+
+
+def second_load() -> dict:
+    """The same date again: a changed line, a removed line, a changed dimension member, no rejects."""
+    outputs = default_outputs([sale("O1", 1, qty=7), sale("O4", 1, sku="P2")])
+    outputs["products"][0]["name"] = "Mug (large)"
+    outputs["quarantine"] = []
+    return outputs
+
+
+def postgres_url() -> str:
+    db = connections["postgres"].settings_dict
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_child(tmp_path: Path, job: dict, database_url: str, fault: str | None = None) -> subprocess.Popen:
+    job_file = tmp_path / f"job-{time.monotonic_ns()}.json"
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "conf.settings.local",
+        "DATABASE_URL": database_url,
+        "ETL_VAR_DIR": str(tmp_path / "var"),
+    }
+    env.pop("ETL_FAULT_POINT", None)
+    if fault:
+        env |= {"ETL_FAULT_POINT": fault, "ETL_FAULT_MARKER": str(tmp_path / "paused")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.warehouse.load_child", str(job_file)],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def load_job(folder: Path, day: date, outputs: dict, strategy: str = "auto") -> dict:
+    paths = write_outputs(folder, outputs)
+    return {
+        "business_date": day.isoformat(),
+        "strategy": strategy,
+        "outputs": {name: [str(p) for p in files] for name, files in paths.items()},
+    }
+
+
+def wait_paused(proc: subprocess.Popen, marker: Path) -> None:
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"load ended before its fault point: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("load never reached its fault point")
+        time.sleep(0.01)
+
+
+def kill_at(tmp_path: Path, job: dict, database_url: str, fault: str) -> None:
+    proc = start_child(tmp_path, job, database_url, fault)
+    wait_paused(proc, tmp_path / "paused")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(CHILD_TIMEOUT) == -signal.SIGKILL
+    (tmp_path / "paused").unlink()
+
+
+def run_child(tmp_path: Path, job: dict, database_url: str) -> str:
+    proc = start_child(tmp_path, job, database_url)
+    out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def load_here(alias: str, folder: Path, day: date, outputs: dict, strategy: str = "auto") -> None:
+    partition_load(
+        outputs=write_outputs(folder, outputs),
+        pipeline="shop",
+        business_date=day,
+        run_id=None,
+        using=alias,
+        strategy=strategy,
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "fault",
+    ["after_dimensions", "during_copy:sales_lines", "after_copy", "after_merge", "before_commit"],
+)
+def test_a_copy_load_killed_at_any_point_leaves_the_warehouse_as_before_and_reruns_completely(
+    tmp_path, fault
+):
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "first", DAY, first_load())
+    before = warehouse_checksums(using="postgres")
+
+    kill_at(tmp_path, load_job(tmp_path / "second", DAY, second_load()), postgres_url(), fault)
+    assert warehouse_checksums(using="postgres") == before
+
+    # The next run loads the date completely: the same facts as a load that was never interrupted.
+    load_here("postgres", tmp_path / "rerun", DAY, second_load())
+    load_here("default", tmp_path / "clean-1", DAY, first_load())
+    load_here("default", tmp_path / "clean-2", DAY, second_load())
+    assert warehouse_checksums(using="postgres", mode="natural") == warehouse_checksums(
+        using="default", mode="natural"
+    )
+
+
+def test_a_portable_load_on_a_sqlite_file_killed_mid_merge_leaves_the_warehouse_as_before(tmp_path):
+    url = f"sqlite:///{tmp_path / 'warehouse.sqlite3'}"
+    run_child(tmp_path, {"action": "migrate"}, url)
+    run_child(tmp_path, load_job(tmp_path / "first", DAY, first_load()), url)
+    before = json.loads(run_child(tmp_path, {"action": "checksums"}, url))
+
+    kill_at(tmp_path, load_job(tmp_path / "second", DAY, second_load()), url, "after_merge")
+    assert json.loads(run_child(tmp_path, {"action": "checksums"}, url)) == before
+
+    run_child(tmp_path, load_job(tmp_path / "rerun", DAY, second_load()), url)
+    after = json.loads(run_child(tmp_path, {"action": "checksums"}, url))
+    assert after["warehouse_factsalesline"][0] == 2 and after != before
+
+
+@pytest.mark.postgres
+def test_loads_of_two_dates_do_not_wait_for_each_other_beyond_the_merge(tmp_path):
+    """One load holds its transaction open after its merge; a load of another date of the same tables,
+    sharing every dimension member, still commits at once."""
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "day1", DAY, first_load())
+
+    day2 = default_outputs([sale("O21", 1, day=DAY2), sale("O22", 1, sku="P2", day=DAY2)])
+    held = start_child(tmp_path, load_job(tmp_path / "day2", DAY2, day2), postgres_url(), "before_commit")
+    wait_paused(held, tmp_path / "paused")
+    try:
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")
+        started = time.monotonic()
+        load_here("postgres", tmp_path / "day3", DAY3, default_outputs([sale("O31", 1, day=DAY3)]))
+        assert time.monotonic() - started < 3
+    finally:
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        (tmp_path / "paused").unlink()  # let the held load commit
+    assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+    dates = set(FactSalesLine.objects.using("postgres").values_list("date_id", flat=True))
+    assert dates == {20261101, 20261102, 20261103}

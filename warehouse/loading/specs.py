@@ -1,0 +1,141 @@
+"""What each transform output means for the warehouse, read by both load paths.
+
+The models stay the single definition of the schema: column names and types come from `_meta`; a spec only
+adds what the models cannot say (which output fills which table, and which staging column carries the
+natural key of which dimension).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from django.db import models
+
+from ..models import DimCustomer, DimDate, DimProduct, DimStore, FactDailySales, FactSalesLine
+
+# The fact column that scopes a partition: every fact row belongs to the partition's DimDate row.
+PARTITION_FIELD = "date"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    output: str
+    model: type[models.Model]
+    natural_key: str
+
+    @property
+    def columns(self) -> list[str]:
+        """Staging columns: every concrete non-surrogate field, named as in the model."""
+        return [f.name for f in self.model._meta.concrete_fields if not f.primary_key]
+
+    @property
+    def attributes(self) -> list[str]:
+        return [c for c in self.columns if c != self.natural_key]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A fact's foreign key, given in staging by the dimension's natural key (e.g. store <- store_code)."""
+
+    field: str
+    column: str
+
+    def dimension(self, fact: type[models.Model]) -> type[models.Model]:
+        return fact._meta.get_field(self.field).related_model
+
+    def nullable(self, fact: type[models.Model]) -> bool:
+        return fact._meta.get_field(self.field).null
+
+
+@dataclass(frozen=True)
+class Fact:
+    output: str
+    model: type[models.Model]
+    unique_fields: tuple[str, ...]
+    references: tuple[Reference, ...]
+
+    @property
+    def attributes(self) -> list[str]:
+        """Columns copied as they are from staging to the fact table."""
+        skip = {PARTITION_FIELD, *(r.field for r in self.references)}
+        return [f.name for f in self.model._meta.concrete_fields if not f.primary_key and f.name not in skip]
+
+    @property
+    def staging_columns(self) -> list[str]:
+        return [*self.attributes, *(r.column for r in self.references)]
+
+    @property
+    def partition_key(self) -> tuple[str, ...]:
+        """The natural key within one date partition (the unique fields, minus the date)."""
+        return tuple(f for f in self.unique_fields if f != PARTITION_FIELD)
+
+    def reference(self, field: str) -> Reference | None:
+        return next((r for r in self.references if r.field == field), None)
+
+
+DIMENSIONS = (
+    Dimension("stores", DimStore, "store_code"),
+    Dimension("products", DimProduct, "sku"),
+    Dimension("customers", DimCustomer, "customer_key"),
+)
+FACTS = (
+    Fact(
+        "sales_lines",
+        FactSalesLine,
+        unique_fields=("order_id", "line_number"),
+        references=(
+            Reference("store", "store_code"),
+            Reference("product", "sku"),
+            Reference("customer", "customer_key"),
+        ),
+    ),
+    Fact(
+        "daily_sales",
+        FactDailySales,
+        unique_fields=(PARTITION_FIELD, "store", "product"),
+        references=(Reference("store", "store_code"), Reference("product", "sku")),
+    ),
+)
+QUARANTINE_OUTPUT = "quarantine"
+# Columns of the quarantine output; identical records (same dataset and fingerprint) become one row.
+QUARANTINE_COLUMNS = ("dataset", "record_fingerprint", "reason_code", "message", "raw_record")
+
+
+def date_key(day: date) -> int:
+    return day.year * 10_000 + day.month * 100 + day.day
+
+
+def dim_date_row(day: date) -> DimDate:
+    return DimDate(
+        date_key=date_key(day),
+        date=day,
+        year=day.year,
+        quarter=(day.month - 1) // 3 + 1,
+        month=day.month,
+        day=day.day,
+        day_of_week=day.isoweekday(),
+        is_weekend=day.isoweekday() >= 6,
+    )
+
+
+FAULT_POINT_ENV = "ETL_FAULT_POINT"
+FAULT_MARKER_ENV = "ETL_FAULT_MARKER"
+FAULT_PAUSE_SECONDS = 60.0
+
+
+def fault_point(name: str) -> None:
+    """Pause here when the fault-injection tests ask for it; a no-op unless ETL_FAULT_POINT names this point.
+
+    The paused process writes its pid to the ETL_FAULT_MARKER file and waits (transaction open) until the
+    test kills it with SIGKILL or deletes the marker to let it carry on."""
+    if os.environ.get(FAULT_POINT_ENV) != name:
+        return
+    marker = Path(os.environ[FAULT_MARKER_ENV])
+    marker.write_text(str(os.getpid()), encoding="utf-8")
+    deadline = time.monotonic() + FAULT_PAUSE_SECONDS
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
