@@ -111,3 +111,24 @@ def _start_throwaway() -> str:
             return url
         time.sleep(0.1)
     raise RuntimeError(f"throwaway PostgreSQL on port {port} did not answer")
+
+
+def drop_stale_test_databases(url: str) -> None:
+    """Drop `test_dse_<pid>` databases left by killed test runs on this machine (their pid is gone)."""
+    import psycopg2
+    from psycopg2 import sql
+
+    if not any(host in url for host in ("@127.0.0.1", "@localhost", "@[::1]")):
+        return  # another machine's pids mean nothing here
+    conn = psycopg2.connect(url, connect_timeout=3)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname ~ '^test_dse_[0-9]+$'")
+            for (name,) in cur.fetchall():
+                if not os.path.exists(f"/proc/{name.rsplit('_', 1)[1]}"):
+                    cur.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                    )
+    finally:
+        conn.close()
