@@ -13,6 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyspark
 from django.conf import settings
@@ -68,10 +69,82 @@ def jobs_archive(build_dir: Path) -> Path:
     return archive
 
 
+_LOCAL_MASTER = re.compile(r"^local(?:\[(\*|\d+)(?:,\s*\d+)?\])?$")
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# In local mode the driver JVM is the only executor: give it this share of the machine's memory, within
+# bounds. What does not fit in the cache spills to local disk; twice the heap saved little at 10 M lines
+# (docs/scaling.md), and the ETL host also runs Django and maybe the database.
+_LOCAL_DRIVER_MEMORY_SHARE = 0.25
+_LOCAL_DRIVER_MEMORY_MB = (1024, 8192)
+# The job's validation projection compiles to generated methods above HotSpot's 8,000-byte JIT limit, which
+# the JVM would otherwise interpret forever: 2.3x slower on that stage (docs/scaling.md).
+_JIT_HUGE_METHODS = "-XX:-DontCompileHugeMethods"
+
+
+def local_cores(master: str) -> int | None:
+    """Task slots of a ``local`` master (``local[*]`` = every CPU); None for a cluster master."""
+    match = _LOCAL_MASTER.match(master.strip())
+    if not match:
+        return None
+    if match.group(1) in (None, ""):
+        return 1
+    if match.group(1) == "*":
+        return os.cpu_count() or 1
+    return int(match.group(1))
+
+
+def _memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError, AttributeError):
+        return 4096
+
+
+def _is_loopback_standalone(master: str) -> bool:
+    """A standalone master on this machine only (spark://127.0.0.1:7077[,localhost:7078])."""
+    if not master.startswith("spark://"):
+        return False
+    hosts = [urlsplit(f"spark://{part}").hostname or "" for part in master[len("spark://") :].split(",")]
+    return bool(hosts) and all(h in _LOOPBACK_HOSTS for h in hosts)
+
+
+def default_conf(master: str) -> dict[str, str]:
+    """Spark settings chosen for the master, beneath the pipeline's ``[spark.conf]`` (which wins).
+
+    Measured and explained in docs/scaling.md. A day's partition is small to mid-sized, so: adaptive
+    execution on, with partition coalescing and skew handling, and a shuffle width of a few partitions
+    per task slot that AQE trims to what the data needs; a 64 MB broadcast threshold so dimension
+    exports never shuffle the order lines; JIT compilation of Spark's huge generated methods; and in
+    local mode a driver heap sized to the machine.
+    """
+    conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.adaptive.skewJoin.enabled": "true",
+        "spark.sql.autoBroadcastJoinThreshold": str(64 * 1024 * 1024),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.extraJavaOptions": _JIT_HUGE_METHODS,
+        "spark.executor.extraJavaOptions": _JIT_HUGE_METHODS,
+    }
+    cores = local_cores(master)
+    if cores is not None:
+        conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
+        low, high = _LOCAL_DRIVER_MEMORY_MB
+        memory = min(high, max(low, int(_memory_mb() * _LOCAL_DRIVER_MEMORY_SHARE)))
+        conf["spark.driver.memory"] = f"{memory}m"
+    elif _is_loopback_standalone(master):
+        # Executors on this machine must reach the driver on the interface the master listens on, not on
+        # whatever the host name resolves to. Never for a remote master: executors there could not connect.
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    return conf
+
+
 def submit_command(
     config: PipelineConfig, *, spec_path: Path, py_files: Path, extra_conf: dict[str, str] | None = None
 ) -> list[str]:
-    conf = {"spark.sql.session.timeZone": "UTC", **config.spark.conf, **(extra_conf or {})}
+    conf = {**default_conf(config.spark.master), **config.spark.conf, **(extra_conf or {})}
     command = [
         spark_submit_binary(),
         "--master",
