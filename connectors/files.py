@@ -7,10 +7,13 @@ import gzip
 import json
 import os
 from collections.abc import Iterator, Mapping
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -29,7 +32,10 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_OPTIONS = frozenset({"kind", "path", "base_dir", "format", "csv", "encoding", "batch_size", "required"})
+_OPTIONS = frozenset(
+    {"kind", "path", "base_dir", "format", "csv", "encoding", "batch_size", "required", "window_filter"}
+)
+_WINDOW_FILTER_OPTIONS = frozenset({"column", "format", "timezone"})
 _CSV_OPTIONS = frozenset(
     {
         "delimiter",
@@ -55,7 +61,8 @@ class FileConnector(Connector):
     directory), `format` (csv | jsonl | parquet, inferred from the extension; `.gz` csv/jsonl accepted),
     `encoding` (csv and jsonl, default utf-8), `csv` (delimiter, quote_char, escape_char, encoding, header,
     column_names, null_values, block_size), `batch_size`, `required` (default true: no matching file is
-    an error).
+    an error), `window_filter` (`{column, format, timezone}`: keep only rows whose timestamp text falls in
+    the extraction window, for one file that holds many dates).
 
     CSV columns are all read as text (invoice numbers mix digits and letters); an unquoted empty field is
     null unless `csv.null_values` says otherwise. JSON numbers with a fraction are parsed as Decimal so a
@@ -87,6 +94,7 @@ class FileConnector(Connector):
             raise ConfigurationError(f"source {name!r}: 'csv' must be a table")
         reject_unknown_options(name, csv_options, _CSV_OPTIONS, prefix="csv.")
         self._csv = dict(csv_options)
+        self._window_filter = _WindowFilter.from_options(name, self.options.get("window_filter"))
         self._last_pattern: str | None = None
 
     # --- public -----------------------------------------------------------------------------------------
@@ -105,11 +113,18 @@ class FileConnector(Connector):
             return
         for path in files:
             if self.format == "csv":
-                yield from self._read_csv(path)
+                batches: Iterator[RawBatch] = self._read_csv(path)
             elif self.format == "jsonl":
-                yield from self._read_jsonl(path)
+                batches = self._read_jsonl(path)
             else:
-                yield from self._read_parquet(path)
+                batches = self._read_parquet(path)
+            if self._window_filter is None:
+                yield from batches
+                continue
+            for batch in batches:
+                kept = self._window_filter.apply(batch, window, source=self.name, path=path)
+                if len(kept):
+                    yield kept
 
     def resolve_pattern(self, window: ExtractWindow) -> str:
         """The absolute glob for `window` (placeholders filled from `window.template_values()`)."""
@@ -253,6 +268,93 @@ class FileConnector(Connector):
                 f"set format = one of {', '.join(FORMATS)}"
             )
         return _EXTENSIONS[extension]
+
+
+class _WindowFilter:
+    """Keeps the rows whose timestamp column, parsed with `format`, lies in the window's [start, end).
+
+    The text has no zone: it is wall-clock time in `timezone` (default: the window's, i.e. the
+    pipeline's), so the window's bounds are turned into that wall clock and compared without a zone.
+    A row whose timestamp is empty or does not parse belongs to no date: the extract fails naming it
+    rather than drop it silently.
+    """
+
+    def __init__(self, column: str, fmt: str, timezone: tzinfo | None) -> None:
+        self.column = column
+        self.format = fmt
+        self.timezone = timezone
+
+    @classmethod
+    def from_options(cls, source: str, options: Any) -> _WindowFilter | None:
+        if options is None:
+            return None
+        if not isinstance(options, Mapping):
+            raise ConfigurationError(f"source {source!r}: 'window_filter' must be a table")
+        reject_unknown_options(source, options, _WINDOW_FILTER_OPTIONS, prefix="window_filter.")
+        column, fmt = options.get("column"), options.get("format")
+        if not isinstance(column, str) or not column or not isinstance(fmt, str) or not fmt:
+            raise ConfigurationError(
+                f"source {source!r}: window_filter needs 'column' and 'format' "
+                '(e.g. { column = "InvoiceDate", format = "%Y-%m-%d %H:%M:%S" })'
+            )
+        zone = options.get("timezone")
+        try:
+            timezone = ZoneInfo(zone) if zone else None
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigurationError(
+                f"source {source!r}: window_filter.timezone {zone!r} is unknown"
+            ) from exc
+        return cls(column, fmt, timezone)
+
+    def bounds(self, window: ExtractWindow) -> tuple[datetime, datetime]:
+        zone = self.timezone or window.start.tzinfo
+        return (
+            window.start.astimezone(zone).replace(tzinfo=None),
+            window.end.astimezone(zone).replace(tzinfo=None),
+        )
+
+    def apply(self, batch: RawBatch, window: ExtractWindow, *, source: str, path: str) -> RawBatch:
+        start, end = self.bounds(window)
+        if isinstance(batch, pa.RecordBatch):
+            return self._apply_arrow(batch, start, end, source, path)
+        kept = []
+        for record in batch:
+            text = record.get(self.column)
+            try:
+                when = datetime.strptime(str(text), self.format) if text not in (None, "") else None
+            except ValueError:
+                when = None
+            if when is None:
+                self._fail(source, path, text)
+            if start <= when < end:
+                kept.append(record)
+        return kept
+
+    def _apply_arrow(
+        self, batch: pa.RecordBatch, start: datetime, end: datetime, source: str, path: str
+    ) -> pa.RecordBatch:
+        if self.column not in batch.schema.names:
+            raise SourceError(
+                f"source {source!r}: window_filter column {self.column!r} is not in {path} "
+                f"(columns: {', '.join(repr(n) for n in batch.schema.names)})"
+            )
+        text = batch.column(self.column)
+        if not pa.types.is_string(text.type):
+            text = pc.cast(text, pa.string())
+        # Vectorised: parse the whole column, compare with the window's wall-clock bounds.
+        when = pc.strptime(text, format=self.format, unit="us", error_is_null=True)
+        if when.null_count:
+            bad = pc.filter(text, pc.is_null(when)).to_pylist()
+            self._fail(source, path, bad[0])
+        unit = pa.timestamp("us")
+        mask = pc.and_(pc.greater_equal(when, pa.scalar(start, unit)), pc.less(when, pa.scalar(end, unit)))
+        return batch.filter(mask)
+
+    def _fail(self, source: str, path: str, value: Any) -> None:
+        raise SourceError(
+            f"source {source!r}: {path}: window_filter column {self.column!r} value {value!r} "
+            f"is not a timestamp in format {self.format!r}"
+        )
 
 
 def _strip_gz(path: str) -> str:

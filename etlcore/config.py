@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,8 +22,47 @@ from .errors import ConfigurationError
 
 COLUMN_TYPES = re.compile(r"^(string|int|long|boolean|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
 DRIFT_POLICIES = ("warn", "fail")
+# Quality rules ([[datasets.<name>.rules]], docs/configuration.md "Quality rules"): the keys each check
+# takes besides code, check, severity and message.
+RULE_CHECKS: dict[str, tuple[str, ...]] = {
+    "required": ("column",),
+    "range": ("column", "min", "max", "exclusive_min", "exclusive_max"),
+    "allowed": ("column", "values"),
+    "not_allowed": ("column", "values"),
+    "pattern": ("column", "pattern"),
+    "unique": ("columns",),
+    "reference": ("column", "dataset", "key"),
+}
+RULE_SEVERITIES = ("reject", "warn", "filter")
+_RULE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+_RANGE_TYPES = re.compile(r"^(int|long|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
 DEFAULT_EXTRACT_WORKERS = 4
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """One declared quality rule. ``params`` holds the check's own keys, values already validated and
+    normalised to text in the column's type (min, max, values) so the job casts them exactly."""
+
+    code: str
+    check: str
+    severity: str = "reject"
+    column: str | None = None
+    columns: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+    def spec(self) -> dict[str, Any]:
+        """The rule as the job spec carries it (spark_jobs.quality.Rule)."""
+        spec: dict[str, Any] = {"code": self.code, "check": self.check, "severity": self.severity}
+        if self.column is not None:
+            spec["column"] = self.column
+        if self.columns:
+            spec["columns"] = list(self.columns)
+        if self.message:
+            spec["message"] = self.message
+        return {**spec, **self.params}
 
 
 @dataclass(frozen=True)
@@ -34,9 +74,19 @@ class DatasetConfig:
     key: tuple[str, ...] = ()
     version_column: str | None = None
     drift: str = "warn"  # what a source delivering other fields than declared does: warn (and record) or fail
+    rules: tuple[RuleConfig, ...] = ()
+    pii: frozenset[str] = frozenset()  # columns shown as their pseudonym in quarantined raw records
 
     def spark_columns(self) -> dict[str, dict[str, Any]]:
-        return {c.name: {"type": c.type, "required": c.required} for c in self.columns}
+        columns: dict[str, dict[str, Any]] = {}
+        for c in self.columns:
+            columns[c.name] = {"type": c.type, "required": c.required}
+            if c.name in self.pii:
+                columns[c.name]["pii"] = True
+        return columns
+
+    def spark_rules(self) -> list[dict[str, Any]]:
+        return [rule.spec() for rule in self.rules]
 
 
 @dataclass(frozen=True)
@@ -47,6 +97,8 @@ class SparkConfig:
     pseudonym_key_env: str = "ETL_PSEUDONYM_KEY"
     reporting_currency: str = "EUR"
     timeout_seconds: float | None = None
+    # The job's own options ([spark.options]), passed verbatim in the job spec; the job validates them.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +159,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         pseudonym_key_env=spark_doc.get("pseudonym_key_env", "ETL_PSEUDONYM_KEY"),
         reporting_currency=spark_doc.get("reporting_currency", "EUR"),
         timeout_seconds=spark_doc.get("timeout_seconds"),
+        options=_table(spark_doc.get("options", {}), f"{where} [spark.options]"),
     )
 
     database = doc.get("warehouse", {}).get("database", "default")
@@ -122,6 +175,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         ds_name: _parse_dataset(ds_name, ds_doc, f"{where} [datasets.{ds_name}]")
         for ds_name, ds_doc in datasets_doc.items()
     }
+    _check_references(datasets, where)
 
     staging_root = Path(doc.get("staging_root") or settings.ETL_STAGING_ROOT)
     workers = doc.get("extract_workers", settings.ETL_EXTRACT_WORKERS)
@@ -152,6 +206,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     if not isinstance(columns_doc, dict) or not columns_doc:
         raise ConfigurationError(f"{where}: a [columns] table declaring the dataset's columns is required")
     columns = []
+    pii = set()
     for col_name, col in columns_doc.items():
         col_where = f"{where} column {col_name!r}"
         if not isinstance(col, dict):
@@ -162,6 +217,10 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
                 f"{col_where}: unknown type {col_type!r} "
                 "(string, int, long, boolean, date, timestamp, decimal(p,s))"
             )
+        if not isinstance(col.get("pii", False), bool):
+            raise ConfigurationError(f"{col_where}: pii must be true or false")
+        if col.get("pii"):
+            pii.add(col_name)
         columns.append(
             ColumnSpec(
                 name=col_name,
@@ -192,6 +251,17 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
             f"{where} [source]: unknown kind {source['kind']!r} "
             f"(expected one of: {', '.join(sorted(connector_kinds()))})"
         )
+    types = {c.name: c.type for c in columns}
+    rules_doc = doc.get("rules", [])
+    if not isinstance(rules_doc, list):
+        raise ConfigurationError(f"{where}: `rules` must be an array of tables ([[datasets.{name}.rules]])")
+    rules = tuple(
+        _parse_rule(rule_doc, types, f"{where} rule {i + 1}") for i, rule_doc in enumerate(rules_doc)
+    )
+    codes = [r.code for r in rules]
+    repeated = sorted({c for c in codes if codes.count(c) > 1})
+    if repeated:
+        raise ConfigurationError(f"{where}: rule code(s) {repeated} are declared more than once")
     return DatasetConfig(
         name=name,
         source=source,
@@ -200,7 +270,156 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
         key=key,
         version_column=version_column,
         drift=drift,
+        rules=rules,
+        pii=frozenset(pii),
     )
+
+
+def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
+    """Validate one [[datasets.<name>.rules]] table; errors name the file, dataset and rule."""
+    if not isinstance(doc, dict):
+        raise ConfigurationError(f"{where}: expected a table {{ code = ..., check = ..., ... }}")
+    code = doc.get("code")
+    if not isinstance(code, str) or not _RULE_CODE.match(code):
+        raise ConfigurationError(f"{where}: `code` must be lower_snake_case text (a-z, 0-9, _), got {code!r}")
+    where = f"{where} ({code})"
+    check = doc.get("check")
+    if check not in RULE_CHECKS:
+        raise ConfigurationError(f"{where}: check {check!r} is not one of {', '.join(RULE_CHECKS)}")
+    severity = doc.get("severity", "reject")
+    if severity not in RULE_SEVERITIES:
+        raise ConfigurationError(f"{where}: severity {severity!r} is not one of {', '.join(RULE_SEVERITIES)}")
+    message = doc.get("message", "")
+    if not isinstance(message, str):
+        raise ConfigurationError(f"{where}: `message` must be text")
+    unknown = sorted(set(doc) - {"code", "check", "severity", "message", *RULE_CHECKS[check]})
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {unknown} for check {check!r} (takes {', '.join(RULE_CHECKS[check])})"
+        )
+
+    if check == "unique":
+        columns = doc.get("columns")
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+            raise ConfigurationError(f"{where}: `columns` must be a non-empty list of column names")
+        undeclared = [c for c in columns if c not in types]
+        if undeclared:
+            raise ConfigurationError(f"{where}: column(s) {undeclared} are not declared in [columns]")
+        return RuleConfig(code=code, check=check, severity=severity, columns=tuple(columns), message=message)
+
+    column = doc.get("column")
+    if not isinstance(column, str) or column not in types:
+        raise ConfigurationError(
+            f"{where}: `column` must name a column declared in [columns], got {column!r}"
+        )
+    col_type = types[column]
+    params: dict[str, Any] = {}
+    if check == "range":
+        if not _RANGE_TYPES.match(col_type):
+            raise ConfigurationError(
+                f"{where}: range needs a number, decimal, date or timestamp column; {column} is {col_type}"
+            )
+        if doc.get("min") is None and doc.get("max") is None:
+            raise ConfigurationError(f"{where}: range needs `min`, `max` or both")
+        for bound in ("min", "max"):
+            if doc.get(bound) is not None:
+                params[bound] = _rule_value(doc[bound], col_type, f"{where} {bound}")
+        for flag in ("exclusive_min", "exclusive_max"):
+            if flag in doc:
+                if not isinstance(doc[flag], bool):
+                    raise ConfigurationError(f"{where}: {flag} must be true or false")
+                params[flag] = doc[flag]
+        if "min" in params and "max" in params:
+            low, high = (_comparable(params[b], col_type) for b in ("min", "max"))
+            if low > high:
+                raise ConfigurationError(f"{where}: min {params['min']} is greater than max {params['max']}")
+    elif check in ("allowed", "not_allowed"):
+        values = doc.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigurationError(f"{where}: `values` must be a non-empty list")
+        params["values"] = [_rule_value(v, col_type, f"{where} values") for v in values]
+    elif check == "pattern":
+        pattern = doc.get("pattern")
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigurationError(f"{where}: `pattern` must be a non-empty regular expression")
+        try:
+            re.compile(pattern)  # the job uses Java's syntax: close enough to catch typos here
+        except re.error as exc:
+            raise ConfigurationError(
+                f"{where}: pattern {pattern!r} is not a valid regular expression: {exc}"
+            ) from None
+        params["pattern"] = pattern
+    elif check == "reference":
+        for name in ("dataset", "key"):
+            if not isinstance(doc.get(name), str) or not doc[name]:
+                raise ConfigurationError(f"{where}: reference needs `{name}`")
+            params[name] = doc[name]
+    return RuleConfig(
+        code=code, check=check, severity=severity, column=column, params=params, message=message
+    )
+
+
+def _rule_value(value: Any, col_type: str, where: str) -> Any:
+    """A rule's bound or listed value, checked against the column's type, as the text the job casts."""
+    kind = col_type.split("(")[0]
+    text = value.isoformat() if isinstance(value, date | datetime) else value
+    try:
+        if kind == "string":
+            if not isinstance(value, str):
+                raise ValueError("expected text")
+            return value
+        if isinstance(value, bool) != (kind == "boolean"):
+            raise ValueError(f"expected a {kind} value")
+        if kind == "boolean":
+            return "true" if value else "false"
+        if kind in ("int", "long"):
+            if isinstance(value, float):
+                raise ValueError("expected a whole number")
+            return str(int(str(value).strip()))
+        if kind == "decimal":
+            number = Decimal(str(value).strip())
+            if not number.is_finite():
+                raise ValueError("expected a finite number")
+            precision, scale = (int(x) for x in re.findall(r"\d+", col_type))
+            exponent = number.normalize().as_tuple().exponent
+            if isinstance(exponent, int) and -exponent > scale:
+                raise ValueError(f"more than {scale} decimals")
+            if abs(number) >= Decimal(10) ** (precision - scale):
+                raise ValueError(f"does not fit {col_type}")
+            return format(number, "f")
+        if kind == "date":
+            return date.fromisoformat(str(text)).isoformat()
+        if kind == "timestamp":
+            return datetime.fromisoformat(str(text)).isoformat()
+    except (ValueError, InvalidOperation) as exc:
+        raise ConfigurationError(f"{where}: {value!r} is not a valid {col_type} value ({exc})") from None
+    raise ConfigurationError(f"{where}: no values of type {col_type}")
+
+
+def _comparable(text: str, col_type: str) -> Any:
+    if col_type.startswith("date"):
+        return date.fromisoformat(text)
+    if col_type == "timestamp":
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo("UTC"))
+    return Decimal(text)
+
+
+def _check_references(datasets: Mapping[str, DatasetConfig], where: str) -> None:
+    """A reference rule names another dataset of the pipeline and a column it declares."""
+    for dataset in datasets.values():
+        for rule in dataset.rules:
+            if rule.check != "reference":
+                continue
+            target, key = rule.params["dataset"], rule.params["key"]
+            rule_where = f"{where} [datasets.{dataset.name}] rule {rule.code!r}"
+            if target == dataset.name or target not in datasets:
+                others = ", ".join(sorted(set(datasets) - {dataset.name})) or "none"
+                raise ConfigurationError(
+                    f"{rule_where}: dataset {target!r} is not another dataset of the pipeline ({others})"
+                )
+            if key not in {c.name for c in datasets[target].columns}:
+                raise ConfigurationError(f"{rule_where}: key {key!r} is not a column of dataset {target!r}")
 
 
 def _pipeline_files() -> dict[str, Path]:
@@ -232,6 +451,12 @@ def _substitute_env(value: Any, environ: Mapping[str, str], path: Path) -> Any:
         raise ConfigurationError(f"{path}: environment variable {var} is not set and has no default")
 
     return _ENV_REF.sub(replace, value)
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{where}: expected a table")
+    return value
 
 
 def _required_str(doc: Mapping[str, Any], key: str, where: str) -> str:

@@ -34,7 +34,14 @@ from connectors.records import (
 
 from . import staging
 from .config import DatasetConfig, PipelineConfig, pipeline_load
-from .errors import ConfigurationError, EtlError, ReconciliationError, SourceError, SparkJobError
+from .errors import (
+    ConfigurationError,
+    EtlError,
+    PartitionNotFound,
+    ReconciliationError,
+    SourceError,
+    SparkJobError,
+)
 from .models import PipelineRun, StagedPartition, StepRun
 from .runs import error_text, run_finish, run_start, step_tracked
 from .spark import job_submit
@@ -320,6 +327,7 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
         inputs[dataset.name] = {
             "files": [str(p) for p in staging.manifest_files(ref, manifest)],
             "columns": dataset.spark_columns(),
+            "rules": dataset.spark_rules(),
             "key": list(dataset.key),
             "version_column": dataset.version_column,
             "rows": manifest.row_count,
@@ -339,6 +347,7 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
             "output_dir": str(attempt),
             "pseudonym_key_env": config.spark.pseudonym_key_env,
             "reporting_currency": config.spark.reporting_currency,
+            "options": dict(config.spark.options),
         }
         # Facts about the submit go on the step record before anything can fail, so a failure keeps them.
         step.details["log"] = str(log_path)
@@ -396,6 +405,146 @@ def load_partition(*, config: PipelineConfig, business_date: date, step: StepRun
 STEP_FUNCTIONS = {"extract": extract_partitions, "transform": transform_partition, "load": load_partition}
 
 
+@dataclass
+class ReplayOutcome:
+    """One date's replay: quarantined records selected by the filters, and what became of them."""
+
+    run: PipelineRun
+    business_date: date
+    selected: int
+    released: int
+    still_quarantined: int
+    reasons_now: dict[str, int] = field(default_factory=dict)
+
+
+def quarantine_select(
+    *,
+    config: PipelineConfig,
+    run_id: int | None = None,
+    dataset: str | None = None,
+    rule: str | None = None,
+    business_date: date | None = None,
+):
+    """Quarantined records of the pipeline matching every given filter.
+
+    ``run_id`` is the run that first quarantined the record; ``rule`` matches any of the record's codes
+    (the first is ``reason_code``, all of them head a part of ``message``).
+    """
+    from django.db.models import Q
+
+    from warehouse.models import QuarantinedRow
+
+    if dataset is not None and dataset not in config.datasets:
+        known = ", ".join(sorted(config.datasets))
+        raise ConfigurationError(f"pipeline {config.name!r} has no dataset {dataset!r} (known: {known})")
+    rows = QuarantinedRow.objects.using(config.database).filter(pipeline=config.name)
+    if run_id is not None:
+        rows = rows.filter(first_run_id=run_id)
+    if dataset is not None:
+        rows = rows.filter(dataset=dataset)
+    if rule is not None:
+        rows = rows.filter(Q(reason_code=rule) | Q(message__regex=rf"(^|; ){re.escape(rule)}(:| \(|;|$)"))
+    if business_date is not None:
+        rows = rows.filter(business_date=business_date)
+    return rows
+
+
+def quarantine_replay(
+    *,
+    pipeline: str,
+    run_id: int | None = None,
+    dataset: str | None = None,
+    rule: str | None = None,
+    business_date: str | None = None,
+) -> list[ReplayOutcome]:
+    """Send quarantined rows through the pipeline's CURRENT rules again; load those that now pass.
+
+    The raw layer keeps every extracted row, so the faithful replay is to transform and load again each
+    date holding matching records: rows that now pass are loaded, rows that still fail stay in
+    quarantine with their new reason (the loader upserts quarantine records by fingerprint and deletes
+    those no longer produced; ``first_run`` is kept). Every other row of the date goes through the
+    current rules too, as a re-run would. One run record (command ``replay_quarantine``) per date, with
+    a ``replay`` step: selected / released / still quarantined, and the quarantine table before and after.
+    Fails before replaying anything when a date's raw partition is gone.
+    """
+    config = pipeline_load(pipeline)
+    day = business_date_parse(business_date, config=config) if business_date is not None else None
+    filters = {"pipeline": pipeline, "run": run_id, "dataset": dataset, "rule": rule, "date": business_date}
+    selection = quarantine_select(config=config, run_id=run_id, dataset=dataset, rule=rule, business_date=day)
+    dates = sorted(set(selection.values_list("business_date", flat=True)))
+    missing = []
+    for replay_day in dates:
+        for name in config.datasets:
+            try:
+                staging.manifest_read(_raw_ref(config, name, replay_day))
+            except EtlError as exc:
+                missing.append(str(exc))
+    if missing:
+        error = PartitionNotFound(
+            f"cannot replay quarantined rows: the raw layer no longer holds {'; '.join(missing)} "
+            "(extract the date again first)"
+        )
+        run = run_start(
+            pipeline=config.name,
+            command="replay_quarantine",
+            business_date=dates[0],
+            parameters=filters,
+            using=config.database,
+        )
+        run_finish(run, error=error_text(error))
+        raise error
+    return [_replay_date(config, replay_day, selection, filters) for replay_day in dates]
+
+
+def _replay_date(config: PipelineConfig, day: date, selection, filters: dict[str, Any]) -> ReplayOutcome:
+    from warehouse.models import QuarantinedRow
+
+    using = config.database
+    table = QuarantinedRow.objects.using(using).filter(pipeline=config.name, business_date=day)
+    chosen = set(selection.filter(business_date=day).values_list("dataset", "record_fingerprint"))
+    before = table.count()
+    run = run_start(
+        pipeline=config.name, command="replay_quarantine", business_date=day, parameters=filters, using=using
+    )
+    try:
+        for step in ("transform", "load"):
+            with step_tracked(run, step) as record:
+                _record_outcome(record, STEP_FUNCTIONS[step](config=config, business_date=day, step=record))
+        with step_tracked(run, "replay") as record:
+            remaining = [
+                (row.dataset, row.record_fingerprint, row.reason_code)
+                for row in table.only("dataset", "record_fingerprint", "reason_code")
+                if (row.dataset, row.record_fingerprint) in chosen
+            ]
+            reasons_now: dict[str, int] = {}
+            for _, _, code in remaining:
+                reasons_now[code] = reasons_now.get(code, 0) + 1
+            outcome = ReplayOutcome(
+                run=run,
+                business_date=day,
+                selected=len(chosen),
+                released=len(chosen) - len(remaining),
+                still_quarantined=len(remaining),
+                reasons_now=dict(sorted(reasons_now.items())),
+            )
+            record.rows_in, record.rows_out = outcome.selected, outcome.released
+            record.rows_rejected = outcome.still_quarantined
+            record.details = {
+                "filters": filters,
+                "selected": outcome.selected,
+                "released": outcome.released,
+                "still_quarantined": outcome.still_quarantined,
+                "reasons_now": outcome.reasons_now,
+                "quarantine_before": before,
+                "quarantine_after": table.count(),
+            }
+    except BaseException as exc:
+        run_finish(run, error=error_text(exc))
+        raise
+    run_finish(run)
+    return outcome
+
+
 def runs_latest(*, pipeline: str | None = None, limit: int = 20, using: str = "default") -> list[PipelineRun]:
     runs = PipelineRun.objects.using(using).prefetch_related("steps")
     if pipeline:
@@ -425,17 +574,20 @@ def _read_job_result(attempt: Path, log_path: Path) -> dict[str, Any]:
 
 
 def _reconcile(result: dict[str, Any], inputs: dict[str, Any]) -> None:
-    """Every staged row must come out as kept, rejected or a removed duplicate: nothing unaccounted."""
+    """Every staged row must come out as kept, rejected, a removed duplicate or filtered by a named rule:
+    rows extracted = rows_out + rejected + duplicates + sum(filtered). Nothing unaccounted."""
     for name, spec in inputs.items():
         counts = result["datasets"].get(name)
         if counts is None:
             raise ReconciliationError(f"transform reported nothing for dataset {name!r}")
-        accounted = counts["rows_out"] + counts["rejected"] + counts["duplicates"]
+        filtered = counts.get("filtered") or {}
+        accounted = counts["rows_out"] + counts["rejected"] + counts["duplicates"] + sum(filtered.values())
         if counts["rows_in"] != spec["rows"] or accounted != spec["rows"]:
+            by_rule = "".join(f" + {code} {n}" for code, n in sorted(filtered.items()))
             raise ReconciliationError(
                 f"dataset {name!r}: {spec['rows']} rows staged, job read {counts['rows_in']}, "
                 f"accounted {accounted} (out {counts['rows_out']} + rejected {counts['rejected']} "
-                f"+ duplicates {counts['duplicates']})"
+                f"+ duplicates {counts['duplicates']}{by_rule})"
             )
 
 

@@ -6,10 +6,16 @@ frame carries, next to its typed columns:
 - ``_raw``: the staged row as it was read (a struct of text values, personal data masked), for
   quarantine messages;
 - ``raw_record`` / ``record_fingerprint``: the staged row as a sorted-key JSON object and its sha256;
-- ``_reasons``: array<string> of reason codes, empty when the row is valid.
+- ``_reasons``: array<string> of reason codes, empty when the row is valid (the row is rejected);
+- ``_warnings``: array<string> of codes of ``warn`` rules the row breaks (it is kept);
+- ``_filtered``: array<string> of codes of ``filter`` rules the row matches (removed on purpose, counted).
 
 Reason codes: ``missing_<col>`` (a required value is empty), ``invalid_<col>`` (text that does not parse
-as the declared type), plus whatever a job adds with :func:`add_reasons`.
+as the declared type), the codes of the dataset's declared rules (docs/configuration.md, "Quality
+rules"), plus whatever a job adds with :func:`add_reasons`.
+
+A row is, in this order of precedence: a duplicate (``_dup``), filtered, rejected, or accepted, so
+``rows_in = rows_out + rejected + duplicates + sum(filtered)`` holds by construction (:func:`row_counts`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from pyspark.sql.types import (
 
 RAW_COL = "_raw"
 REASONS_COL = "_reasons"
+WARNINGS_COL = "_warnings"
+FILTERED_COL = "_filtered"
 DUP_COL = "_dup"
 RAW_RECORD_COL = "raw_record"
 FINGERPRINT_COL = "record_fingerprint"
@@ -51,6 +59,14 @@ QUARANTINE_SCHEMA = StructType(
 )
 
 ColumnsSpec = Mapping[str, Mapping[str, Any]]
+# A declared rule as the job spec carries it (etlcore.config.RuleConfig.spec()): code, check, severity,
+# column / columns, and the check's own keys (min, max, values, pattern, dataset, key, message).
+Rule = Mapping[str, Any]
+
+# Where a broken rule's code goes, by severity.
+SEVERITY_COLUMNS = {"reject": REASONS_COL, "warn": WARNINGS_COL, "filter": FILTERED_COL}
+# Checks evaluated on each row alone, inside the casting projection.
+ROW_CHECKS = ("required", "range", "allowed", "not_allowed", "pattern")
 
 _DECIMAL_RE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _SIMPLE_TYPES: dict[str, DataType] = {
@@ -125,18 +141,74 @@ def _reason_array(checks: Sequence[Column]) -> Column:
     return F.array_compact(F.array(*checks))
 
 
+def _all(conditions: Sequence[Column]) -> Column:
+    combined = conditions[0]
+    for cond in conditions[1:]:
+        combined = combined & cond
+    return combined
+
+
+def _any(conditions: Sequence[Column]) -> Column:
+    combined = conditions[0]
+    for cond in conditions[1:]:
+        combined = combined | cond
+    return combined
+
+
+def rule_failed(rule: Rule, cleaned: Column, typed: Column, type_name: str) -> Column:
+    """True where a row-level rule is broken by this column's value.
+
+    ``required`` looks at the cleaned text; ``pattern`` must match the whole cleaned text (Java regex);
+    ``range`` / ``allowed`` / ``not_allowed`` compare the typed value with bounds and values cast to the
+    column's type. Apart from ``required``, an empty or unparsable value breaks no rule: that is what
+    ``required`` and ``invalid_<column>`` report.
+    """
+    check = rule["check"]
+    target = spark_type(type_name)
+    if check == "required":
+        return cleaned.isNull()
+    if check == "pattern":
+        return cleaned.isNotNull() & ~cleaned.rlike(f"^(?:{rule['pattern']})$")
+    if check == "range":
+        outside = []
+        if rule.get("min") is not None:
+            low = F.lit(str(rule["min"])).cast(target)
+            outside.append(typed <= low if rule.get("exclusive_min") else typed < low)
+        if rule.get("max") is not None:
+            high = F.lit(str(rule["max"])).cast(target)
+            outside.append(typed >= high if rule.get("exclusive_max") else typed > high)
+        return typed.isNotNull() & _any(outside)
+    if check in ("allowed", "not_allowed"):
+        listed = typed.isin(*[F.lit(str(v)).cast(target) for v in rule["values"]])
+        return typed.isNotNull() & (~listed if check == "allowed" else listed)
+    raise ValueError(f"rule {rule.get('code')!r}: {check!r} is not a row-level check")
+
+
+def _rule_arrays(results: Sequence[tuple[Rule, Column]]) -> dict[str, list[Column]]:
+    """Severity column -> the ``when(failed, code)`` expressions that feed it."""
+    arrays: dict[str, list[Column]] = {name: [] for name in SEVERITY_COLUMNS.values()}
+    for rule, failed in results:
+        arrays[SEVERITY_COLUMNS[rule.get("severity", "reject")]].append(F.when(failed, F.lit(rule["code"])))
+    return arrays
+
+
 def cast_and_validate(
     df: DataFrame,
     columns_spec: ColumnsSpec,
     dataset: str,
     masks: Mapping[str, Callable[[Column], Column]] | None = None,
+    rules: Sequence[Rule] = (),
 ) -> DataFrame:
-    """Typed columns (spec order) + ``_raw``, ``raw_record``, ``record_fingerprint``, ``_reasons``.
+    """Typed columns (spec order) + ``_raw``, ``raw_record``, ``record_fingerprint``, ``_reasons``,
+    ``_warnings``, ``_filtered``.
 
-    One projection: every rule is an expression in the same select, so the data is read once.
+    One projection: the casts and every row-level rule (``ROW_CHECKS``) are expressions in the same
+    select, so the data is read once whatever the number of rules. ``unique`` and ``reference`` rules
+    need other rows and are applied by :func:`apply_unique_rules` / :func:`apply_reference_rules`.
     A spec column absent from the staged file reads as null (and is ``missing_`` when required).
     ``masks`` (column -> text Column function) replace personal data in ``_raw`` and ``raw_record``,
     which leave the staging layer through quarantine; the typed column keeps the real value.
+    Codes come in a fixed order: ``missing_``/``invalid_`` in column order, then rules as declared.
     """
     present = set(df.columns)
     staged = sorted(df.columns)
@@ -152,6 +224,7 @@ def cast_and_validate(
 
     typed_cols: list[Column] = []
     checks: list[Column] = []
+    values: dict[str, tuple[Column, Column, str]] = {}
     for name, col_spec in columns_spec.items():
         type_name = str(col_spec.get("type", "string"))
         try:
@@ -162,14 +235,26 @@ def cast_and_validate(
         cleaned = clean_text(text, collapse=is_string)
         typed = typed_value(cleaned, type_name)
         typed_cols.append(typed.alias(name))
+        values[name] = (cleaned, typed, type_name)
         checks.extend(_column_checks(name, cleaned, typed, bool(col_spec.get("required", False))))
+
+    results = []
+    for rule in rules:
+        if rule["check"] not in ROW_CHECKS:
+            continue
+        if rule["column"] not in values:
+            raise ValueError(f"{dataset}: rule {rule['code']!r} checks undeclared column {rule['column']!r}")
+        results.append((rule, rule_failed(rule, *values[rule["column"]])))
+    arrays = _rule_arrays(results)
 
     return df.select(
         *typed_cols,
         raw.alias(RAW_COL),
         raw_record.alias(RAW_RECORD_COL),
         F.sha2(raw_record, 256).alias(FINGERPRINT_COL),
-        _reason_array(checks).alias(REASONS_COL),
+        _reason_array([*checks, *arrays[REASONS_COL]]).alias(REASONS_COL),
+        _reason_array(arrays[WARNINGS_COL]).alias(WARNINGS_COL),
+        _reason_array(arrays[FILTERED_COL]).alias(FILTERED_COL),
     )
 
 
@@ -177,13 +262,79 @@ def with_typed_columns(
     columns_spec: ColumnsSpec,
     dataset: str = "",
     masks: Mapping[str, Callable[[Column], Column]] | None = None,
+    rules: Sequence[Rule] = (),
 ) -> Callable[[DataFrame], DataFrame]:
     """:func:`cast_and_validate` as a closure for ``df.transform``."""
 
     def _transform(df: DataFrame) -> DataFrame:
-        return cast_and_validate(df, columns_spec, dataset, masks)
+        return cast_and_validate(df, columns_spec, dataset, masks, rules)
 
     return _transform
+
+
+def pii_masks(
+    columns_spec: ColumnsSpec, mask: Callable[[Column], Column]
+) -> dict[str, Callable[[Column], Column]]:
+    """``mask`` for every column declared ``pii = true``, as :func:`cast_and_validate` takes ``masks``."""
+    return {name: mask for name, col_spec in columns_spec.items() if col_spec.get("pii")}
+
+
+def add_rule_results(df: DataFrame, results: Sequence[tuple[Rule, Column]]) -> DataFrame:
+    """Append each rule's code to the array of its severity where ``failed`` is true (null adds nothing)."""
+    for name, exprs in _rule_arrays(results).items():
+        if exprs:
+            df = df.withColumn(name, F.concat(F.col(name), _reason_array(exprs)))
+    return df
+
+
+def apply_unique_rules(df: DataFrame, rules: Sequence[Rule]) -> DataFrame:
+    """``unique`` rules over a frame marked by :func:`mark_duplicates`: one window per rule.
+
+    Uniqueness is checked AFTER de-duplication, among the rows kept per ``key`` (``_dup`` false): rows
+    that are versions or copies of one record never conflict, two different records sharing the rule's
+    columns do, and then every one of them breaks the rule (none is chosen arbitrarily). A row with a
+    null in any of the columns is not checked. Other reasons of the rows do not matter: a conflicting
+    row is evidence even if it is rejected for something else.
+    """
+    results = []
+    for i, rule in enumerate(r for r in rules if r["check"] == "unique"):
+        columns = list(rule["columns"])
+        counted = f"_unique{i}"
+        window = Window.partitionBy(F.col(DUP_COL), *[F.col(c) for c in columns])
+        df = df.withColumn(counted, F.count(F.lit(1)).over(window))
+        known = _all([F.col(c).isNotNull() for c in columns])
+        results.append((rule, ~F.col(DUP_COL) & known & (F.col(counted) > 1), counted))
+    checked = add_rule_results(df, [(rule, failed) for rule, failed, _ in results])
+    return checked.drop(*[counted for _, _, counted in results])
+
+
+def apply_reference_rules(
+    df: DataFrame, rules: Sequence[Rule], references: Mapping[str, DataFrame]
+) -> DataFrame:
+    """``reference`` rules: ``column`` must be a ``key`` value of the referenced dataset's frame.
+
+    ``references`` maps dataset name -> its ACCEPTED rows of the same run (a rejected product does not
+    make its lines valid). One broadcast left join per rule against the distinct keys (a day's dimension
+    is small; the lines are not shuffled and cannot be multiplied); all codes are added in one step.
+    A null value is not checked (``required`` reports it).
+    """
+    results = []
+    flags = []
+    for i, rule in enumerate(r for r in rules if r["check"] == "reference"):
+        if rule["dataset"] not in references:
+            raise ValueError(f"rule {rule['code']!r}: no frame for referenced dataset {rule['dataset']!r}")
+        key, flag = f"_refkey{i}", f"_known{i}"
+        known = (
+            references[rule["dataset"]]
+            .select(F.col(rule["key"]).alias(key))
+            .where(F.col(key).isNotNull())
+            .distinct()
+            .withColumn(flag, F.lit(True))
+        )
+        df = df.join(F.broadcast(known), F.col(rule["column"]) == F.col(key), "left").drop(key)
+        results.append((rule, F.col(rule["column"]).isNotNull() & F.col(flag).isNull()))
+        flags.append(flag)
+    return add_rule_results(df, results).drop(*flags)
 
 
 def add_reasons(df: DataFrame, checks: Sequence[tuple[str, Column]]) -> DataFrame:
@@ -194,6 +345,67 @@ def add_reasons(df: DataFrame, checks: Sequence[tuple[str, Column]]) -> DataFram
 
 def is_rejected() -> Column:
     return F.size(F.col(REASONS_COL)) > 0
+
+
+def is_filtered() -> Column:
+    return F.size(F.col(FILTERED_COL)) > 0
+
+
+def is_accepted() -> Column:
+    """Kept per key, not filtered, no reason: the row is loaded."""
+    return ~F.col(DUP_COL) & ~is_filtered() & ~is_rejected()
+
+
+def is_quarantined() -> Column:
+    """Kept per key, not filtered, at least one reason: the row goes to quarantine."""
+    return ~F.col(DUP_COL) & ~is_filtered() & is_rejected()
+
+
+def row_counts(prepared: DataFrame) -> dict[str, Any]:
+    """rows_in / rejected / duplicates / rows_out, ``filtered`` {code: rows} and ``warnings`` {code: rows}
+    of a prepared (``_dup`` marked) frame, from ONE aggregation over it.
+
+    Each row is tagged with its status, plus its first filter code when filtered and its distinct
+    warning codes when loaded; one group-by counts the tags. Codes need not be known in advance, so
+    filters a job adds in code are counted like declared ones. Warnings are counted on loaded rows
+    (a rejected or filtered row is not kept, whatever it also warns about).
+    """
+    status = (
+        F.when(F.col(DUP_COL), F.lit("duplicates"))
+        .when(is_filtered(), F.lit("filtered"))
+        .when(is_rejected(), F.lit("rejected"))
+        .otherwise(F.lit("rows_out"))
+    )
+    no_tags = F.array().cast("array<string>")
+    tags = F.concat(
+        F.array(F.concat(F.lit("n:"), status)),
+        F.when(
+            status == "filtered",
+            F.array(F.concat(F.lit("f:"), F.try_element_at(F.col(FILTERED_COL), F.lit(1)))),
+        ).otherwise(no_tags),
+        F.when(
+            status == "rows_out",
+            F.transform(F.array_distinct(F.col(WARNINGS_COL)), lambda code: F.concat(F.lit("w:"), code)),
+        ).otherwise(no_tags),
+    )
+    counted = prepared.select(F.explode(tags).alias("tag")).groupBy("tag").count().collect()
+    counts: dict[str, Any] = {"rows_in": 0, "rejected": 0, "duplicates": 0, "rows_out": 0}
+    filtered: dict[str, int] = {}
+    warnings: dict[str, int] = {}
+    for row in counted:
+        kind, name = row["tag"].split(":", 1)
+        n = int(row["count"])
+        if kind == "n":
+            counts[name] = n
+            counts["rows_in"] += n
+        elif kind == "f":
+            filtered[name] = n
+        else:
+            warnings[name] = n
+    counts.pop("filtered", None)
+    counts["filtered"] = dict(sorted(filtered.items()))
+    counts["warnings"] = dict(sorted(warnings.items()))
+    return counts
 
 
 def mark_duplicates(df: DataFrame, key: Sequence[str], version_column: str | None = None) -> DataFrame:
@@ -230,16 +442,29 @@ def deduplicate(
     return marked.filter(~F.col(DUP_COL)).drop(DUP_COL), marked.filter(F.col(DUP_COL)).drop(DUP_COL)
 
 
+def rule_reason_columns(rules: Sequence[Rule]) -> dict[str, str]:
+    """code -> the column whose staged value explains it (a unique rule: its first column)."""
+    return {
+        r["code"]: r.get("column") or r["columns"][0] for r in rules if r.get("column") or r.get("columns")
+    }
+
+
 def quarantine_rows(
-    df: DataFrame, dataset: str, reason_columns: Mapping[str, str] | None = None
+    df: DataFrame,
+    dataset: str,
+    reason_columns: Mapping[str, str] | None = None,
+    rules: Sequence[Rule] = (),
 ) -> DataFrame:
     """Rejected rows in the quarantine schema.
 
     ``message`` lists every code with the staged value that caused it, e.g.
     ``invalid_unit_price: unit_price='abc'; unknown_product: sku='X9'``. The value comes from ``_raw``:
     for ``missing_``/``invalid_`` codes the column is in the code, others are looked up in
-    ``reason_columns`` (code -> column).
+    ``reason_columns`` (code -> column) and the declared ``rules``, whose ``message`` follows in
+    parentheses. ``reason_code`` is the first code; the schema stays the loader's contract.
     """
+    reason_columns = {**(reason_columns or {}), **rule_reason_columns(rules)}
+    notes = {r["code"]: r["message"] for r in rules if r.get("message")}
     raw_fields = df.schema[RAW_COL].dataType.fieldNames()  # type: ignore[attr-defined]
     raw_map = (
         F.create_map(*[part for name in raw_fields for part in (F.lit(name), F.col(RAW_COL).getField(name))])
@@ -249,18 +474,24 @@ def quarantine_rows(
 
     def column_of(code: Column) -> Column:
         column = F.regexp_extract(code, r"^(?:missing|invalid)_(.+)$", 1)
-        for reason, name in (reason_columns or {}).items():
+        for reason, name in reason_columns.items():
             column = F.when(code == F.lit(reason), F.lit(name)).otherwise(column)
         return F.nullif(column, F.lit(""))
 
+    def note_of(code: Column) -> Column:
+        note = F.lit(None).cast("string")
+        for reason, text in notes.items():
+            note = F.when(code == F.lit(reason), F.lit(f" ({text})")).otherwise(note)
+        return F.coalesce(note, F.lit(""))
+
     def describe(code: Column) -> Column:
         if raw_map is None:
-            return code
+            return F.concat(code, note_of(code))
         column = column_of(code)
         value = F.try_element_at(raw_map, column)
         shown = F.coalesce(F.concat(F.lit("'"), value, F.lit("'")), F.lit("null"))
         detail = F.concat(F.lit(": "), column, F.lit("="), shown)
-        return F.concat(code, F.coalesce(detail, F.lit("")))
+        return F.concat(code, F.coalesce(detail, F.lit("")), note_of(code))
 
     reasons = F.col(REASONS_COL)
     return df.select(

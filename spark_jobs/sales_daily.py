@@ -34,14 +34,33 @@ from pyspark.sql.types import (
 from spark_jobs.quality import (
     DUP_COL,
     QUARANTINE_SCHEMA,
+    Rule,
     add_reasons,
+    apply_reference_rules,
+    apply_unique_rules,
     cast_and_validate,
     clean_text,
     hmac_sha256_hex,
-    is_rejected,
+    is_accepted,
+    is_quarantined,
     mark_duplicates,
+    pii_masks,
     quarantine_rows,
+    row_counts,
     secret_fragments,
+)
+from spark_jobs.retail import (
+    PRODUCT,
+    RetailOptions,
+    derived_products,
+    derived_stores,
+    link_returns,
+    mark_returns,
+    usable_rates,
+    with_line_type,
+    with_reporting_amount,
+    with_row_line_numbers,
+    with_source_defaults,
 )
 
 JOB_NAME = "sales_daily"
@@ -61,6 +80,10 @@ SALES_LINES_SCHEMA = StructType(
         StructField("amount", DecimalType(18, 2)),
         StructField("currency", StringType()),
         StructField("is_return", BooleanType()),
+        StructField("stock_code", StringType()),
+        StructField("line_type", StringType()),
+        StructField("amount_reporting", DecimalType(18, 2)),
+        StructField("original_order_id", StringType()),
     ]
 )
 DAILY_SALES_SCHEMA = StructType(
@@ -124,17 +147,23 @@ REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "stores": tuple(STORES_SCHEMA.fieldNames()),
 }
 
-# Which staged value explains a business-rule rejection, for the quarantine message.
+# Which staged value explains a business-rule rejection, for the quarantine message (declared rules
+# name their own column).
 LINE_REASON_COLUMNS = {
-    "unknown_product": "sku",
-    "unknown_store": "store_code",
-    "zero_quantity": "quantity",
-    "negative_price": "unit_price",
     "unsupported_currency": "currency",
     "amount_out_of_range": "unit_price",
 }
 
 _AMOUNT_TYPE = DecimalType(18, 2)
+
+# A line's product and store must be in the warehouse (the facts reference them): these reference rules
+# apply unless the order_lines declare their own reference rule on that column (code and message).
+LINE_REFERENCES: tuple[Rule, ...] = (
+    {"code": "unknown_product", "check": "reference", "severity": "reject", "column": "sku",
+     "dataset": "products", "key": "sku"},
+    {"code": "unknown_store", "check": "reference", "severity": "reject", "column": "store_code",
+     "dataset": "stores", "key": "store_code"},
+)  # fmt: skip
 
 
 # --- preparation: typing, validation, duplicates -------------------------------------------------------
@@ -145,39 +174,67 @@ def prepare_dataset(
     input_spec: Mapping[str, Any],
     dataset: str,
     masks: Mapping[str, Callable[[Column], Column]] | None = None,
+    pseudonym_key: bytes | None = None,
 ) -> DataFrame:
-    """Typed, validated rows of one staged input with ``_reasons`` and the ``_dup`` flag (nothing dropped)."""
-    validated = cast_and_validate(raw, input_spec["columns"], dataset, masks)
-    return mark_duplicates(validated, list(input_spec["key"]), input_spec.get("version_column"))
+    """Typed, validated rows of one staged input with ``_reasons`` and the ``_dup`` flag (nothing dropped).
 
-
-def prepare_order_lines(raw: DataFrame, input_spec: Mapping[str, Any], pseudonym_key: bytes) -> DataFrame:
-    """Prepared order lines; in their raw record the e-mail is replaced by the customer's pseudonym.
-
-    The raw record goes to the warehouse with quarantined rows, and e-mails never leave staging.
+    The declared row-level rules are evaluated in the casting projection, ``unique`` rules after
+    de-duplication. Columns declared ``pii`` show as their pseudonym in the raw record, which goes to
+    the warehouse with quarantined rows.
     """
-    masks = {"customer_email": lambda text: customer_key(pseudonym_key, clean_text(text, collapse=True))}
-    prepared = prepare_dataset(raw, input_spec, "order_lines", masks)
+    rules = list(input_spec.get("rules") or ())
+    if masks is None and pseudonym_key is not None:
+        masks = pii_masks(
+            input_spec["columns"], lambda text: customer_key(pseudonym_key, clean_text(text, collapse=True))
+        )
+    validated = cast_and_validate(raw, input_spec["columns"], dataset, masks, rules)
+    marked = mark_duplicates(validated, list(input_spec["key"]), input_spec.get("version_column"))
+    return apply_unique_rules(marked, rules)
+
+
+def prepare_order_lines(
+    raw: DataFrame,
+    input_spec: Mapping[str, Any],
+    pseudonym_key: bytes,
+    options: RetailOptions | None = None,
+    reporting_currency: str | None = None,
+) -> DataFrame:
+    """Prepared order lines; in their raw record ``pii`` columns and the customer key's source column (the
+    e-mail) show as the pseudonym. With ``options``: source defaults, line numbers, ``line_type``."""
+    options = options or RetailOptions()
+
+    def mask(text: Column) -> Column:
+        return customer_key(pseudonym_key, clean_text(text, collapse=True))
+
+    masks = {**pii_masks(input_spec["columns"], mask), options.customer_key_from: mask}
+    prepared = prepare_dataset(raw, input_spec, "order_lines", masks, pseudonym_key=pseudonym_key)
+    prepared = with_source_defaults(prepared, options, reporting_currency)
+    if options.line_number_from == "row":
+        prepared = with_row_line_numbers(prepared)
     # Currency codes compare upper-case ("eur" is EUR).
-    return prepared.withColumn("currency", F.upper("currency"))
+    return prepared.withColumn("currency", F.upper("currency")).transform(with_line_type(options.line_types))
 
 
-def prepare_products(raw: DataFrame, input_spec: Mapping[str, Any]) -> DataFrame:
-    return prepare_dataset(raw, input_spec, "products")
+def prepare_products(
+    raw: DataFrame, input_spec: Mapping[str, Any], pseudonym_key: bytes | None = None
+) -> DataFrame:
+    return prepare_dataset(raw, input_spec, "products", pseudonym_key=pseudonym_key)
 
 
-def prepare_stores(raw: DataFrame, input_spec: Mapping[str, Any]) -> DataFrame:
-    return prepare_dataset(raw, input_spec, "stores")
+def prepare_stores(
+    raw: DataFrame, input_spec: Mapping[str, Any], pseudonym_key: bytes | None = None
+) -> DataFrame:
+    return prepare_dataset(raw, input_spec, "stores", pseudonym_key=pseudonym_key)
 
 
 def accepted_rows(prepared: DataFrame) -> DataFrame:
-    """Kept (not duplicate) rows without any reason."""
-    return prepared.filter(~F.col(DUP_COL) & ~is_rejected())
+    """Kept (not duplicate), not filtered rows without any reason."""
+    return prepared.filter(is_accepted())
 
 
 def rejected_rows(prepared: DataFrame) -> DataFrame:
-    """Kept (not duplicate) rows with at least one reason: they go to quarantine."""
-    return prepared.filter(~F.col(DUP_COL) & is_rejected())
+    """Kept (not duplicate), not filtered rows with at least one reason: they go to quarantine."""
+    return prepared.filter(is_quarantined())
 
 
 def build_products(prepared: DataFrame) -> DataFrame:
@@ -191,25 +248,21 @@ def build_stores(prepared: DataFrame) -> DataFrame:
 # --- order line rules ------------------------------------------------------------------------------------
 
 
-def join_dimensions(lines: DataFrame, products: DataFrame, stores: DataFrame) -> DataFrame:
-    """Reject lines whose sku / store_code is not among the valid dimension rows.
+def line_reference_rules(rules: Sequence[Rule] | None = None) -> list[Rule]:
+    """The order lines' declared reference rules, plus :data:`LINE_REFERENCES` for columns they omit."""
+    declared = [r for r in rules or () if r["check"] == "reference"]
+    covered = {r["column"] for r in declared}
+    return declared + [r for r in LINE_REFERENCES if r["column"] not in covered]
 
-    The dimensions are a day's export (small): broadcast, so the lines are not shuffled. They are
-    de-duplicated on their key, so the left joins cannot multiply lines.
+
+def join_dimensions(
+    lines: DataFrame, products: DataFrame, stores: DataFrame, rules: Sequence[Rule] | None = None
+) -> DataFrame:
+    """Apply the lines' reference rules against the valid (accepted) product and store rows.
+
+    The dimensions are a day's export (small): broadcast, so the lines are not shuffled.
     """
-    known_products = products.select("sku", F.lit(True).alias("_known_product"))
-    known_stores = stores.select("store_code", F.lit(True).alias("_known_store"))
-    joined = lines.join(F.broadcast(known_products), on="sku", how="left").join(
-        F.broadcast(known_stores), on="store_code", how="left"
-    )
-    checked = add_reasons(
-        joined,
-        [
-            ("unknown_product", F.col("sku").isNotNull() & F.col("_known_product").isNull()),
-            ("unknown_store", F.col("store_code").isNotNull() & F.col("_known_store").isNull()),
-        ],
-    )
-    return checked.drop("_known_product", "_known_store")
+    return apply_reference_rules(lines, line_reference_rules(rules), {"products": products, "stores": stores})
 
 
 def line_amount(quantity: Column, unit_price: Column) -> Column:
@@ -232,8 +285,6 @@ def apply_line_rules(lines: DataFrame, reporting_currency: str | None = None) ->
         "is_return", quantity < 0
     )
     checks = [
-        ("zero_quantity", quantity == 0),
-        ("negative_price", unit_price < 0),
         ("amount_out_of_range", quantity.isNotNull() & unit_price.isNotNull() & F.col("amount").isNull()),
     ]
     if reporting_currency:
@@ -242,10 +293,14 @@ def apply_line_rules(lines: DataFrame, reporting_currency: str | None = None) ->
 
 
 def classify_order_lines(
-    lines: DataFrame, products: DataFrame, stores: DataFrame, reporting_currency: str | None = None
+    lines: DataFrame,
+    products: DataFrame,
+    stores: DataFrame,
+    reporting_currency: str | None = None,
+    rules: Sequence[Rule] | None = None,
 ) -> DataFrame:
     """Prepared order lines with every reason (validation, dimensions, rules) and the ``_dup`` flag."""
-    return apply_line_rules(join_dimensions(lines, products, stores), reporting_currency)
+    return apply_line_rules(join_dimensions(lines, products, stores, rules), reporting_currency)
 
 
 # --- outputs -----------------------------------------------------------------------------------------------
@@ -256,9 +311,11 @@ def customer_key(pseudonym_key: bytes, email: Column) -> Column:
     return hmac_sha256_hex(pseudonym_key, F.lower(F.trim(email)))
 
 
-def with_customer_key(pseudonym_key: bytes) -> Callable[[DataFrame], DataFrame]:
+def with_customer_key(
+    pseudonym_key: bytes, source: str = "customer_email"
+) -> Callable[[DataFrame], DataFrame]:
     def _transform(df: DataFrame) -> DataFrame:
-        return df.withColumn("customer_key", customer_key(pseudonym_key, F.col("customer_email")))
+        return df.withColumn("customer_key", customer_key(pseudonym_key, F.col(source)))
 
     return _transform
 
@@ -266,6 +323,11 @@ def with_customer_key(pseudonym_key: bytes) -> Callable[[DataFrame], DataFrame]:
 def build_sales_lines(lines: DataFrame, business_date: dt.date | str) -> DataFrame:
     """Accepted lines (with ``customer_key``) in the sales_lines schema; the e-mail is dropped here."""
     day = dt.date.fromisoformat(business_date) if isinstance(business_date, str) else business_date
+    # Lines that went through no conversion or return linking: reporting amount = amount, no original.
+    if "amount_reporting" not in lines.columns:
+        lines = lines.withColumn("amount_reporting", F.col("amount"))
+    if "original_order_id" not in lines.columns:
+        lines = lines.withColumn("original_order_id", F.lit(None).cast(StringType()))
     return (
         lines.withColumn("business_date", F.lit(day))
         .select(*SALES_LINES_SCHEMA.fieldNames())
@@ -274,10 +336,13 @@ def build_sales_lines(lines: DataFrame, business_date: dt.date | str) -> DataFra
 
 
 def build_daily_sales(sales_lines: DataFrame) -> DataFrame:
-    aggregated = sales_lines.groupBy("business_date", "store_code", "sku").agg(
+    """Store x product x day of the product lines (postage, fees... are in sales_lines only), revenue in
+    the reporting currency."""
+    products_only = sales_lines.filter(F.col("line_type") == PRODUCT)
+    aggregated = products_only.groupBy("business_date", "store_code", "sku").agg(
         F.sum(F.col("quantity").cast(LongType())).alias("quantity"),
         # Exact decimal sum; past decimal(18,2) the ANSI cast fails the run rather than store a wrong total.
-        F.sum("amount").cast(_AMOUNT_TYPE).alias("revenue"),
+        F.sum("amount_reporting").cast(_AMOUNT_TYPE).alias("revenue"),
         F.count(F.lit(1)).alias("line_count"),
         F.countDistinct("order_id").alias("order_count"),
     )
@@ -298,26 +363,29 @@ def build_customers(lines: DataFrame) -> DataFrame:
     )
 
 
-def build_quarantine(order_lines: DataFrame, products: DataFrame, stores: DataFrame) -> DataFrame:
-    """Rejected rows of the three (classified / prepared) inputs in one quarantine frame."""
+def build_quarantine(
+    order_lines: DataFrame,
+    products: DataFrame,
+    stores: DataFrame,
+    rules: Mapping[str, Sequence[Rule]] | None = None,
+) -> DataFrame:
+    """Rejected rows of the three (classified / prepared) inputs in one quarantine frame.
+
+    ``rules`` (dataset -> declared rules) name the column and message of each rule's code.
+    """
+    rules = rules or {}
+    line_rules = [*rules.get("order_lines", ()), *line_reference_rules(rules.get("order_lines"))]
     return (
-        quarantine_rows(rejected_rows(order_lines), "order_lines", LINE_REASON_COLUMNS)
-        .unionByName(quarantine_rows(rejected_rows(products), "products"))
-        .unionByName(quarantine_rows(rejected_rows(stores), "stores"))
+        quarantine_rows(rejected_rows(order_lines), "order_lines", LINE_REASON_COLUMNS, line_rules)
+        .unionByName(quarantine_rows(rejected_rows(products), "products", rules=rules.get("products", ())))
+        .unionByName(quarantine_rows(rejected_rows(stores), "stores", rules=rules.get("stores", ())))
         .to(QUARANTINE_SCHEMA)
     )
 
 
-def dataset_counts(prepared: DataFrame) -> dict[str, int]:
-    """rows_in / duplicates / rejected / rows_out of a prepared (or classified) input, in one job."""
-    dup = F.col(DUP_COL)
-    row = prepared.agg(
-        F.count(F.lit(1)).alias("rows_in"),
-        F.count(F.when(dup, 1)).alias("duplicates"),
-        F.count(F.when(~dup & is_rejected(), 1)).alias("rejected"),
-        F.count(F.when(~dup & ~is_rejected(), 1)).alias("rows_out"),
-    ).first()
-    return {name: int(row[name]) for name in ("rows_in", "rejected", "duplicates", "rows_out")}
+def dataset_counts(prepared: DataFrame) -> dict[str, Any]:
+    """rows_in / rejected / duplicates / rows_out, filtered and warnings per code, in one job."""
+    return row_counts(prepared)
 
 
 # --- the job ------------------------------------------------------------------------------------------------
@@ -341,16 +409,45 @@ def parquet_row_count(path: str) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
 
 
-def _check_spec(spec: Mapping[str, Any]) -> None:
+def required_input_columns(dataset: str, options: RetailOptions) -> tuple[str, ...]:
+    """Columns ``dataset`` must declare, given the job options (a line number, a currency, the customer
+    key's source column may come from the options instead)."""
+    required = REQUIRED_INPUT_COLUMNS[dataset]
+    if dataset != "order_lines":
+        return required
+    optional = {"customer_country", "customer_email"}
+    if options.line_number_from == "row":
+        optional.add("line_number")
+    if options.currency:
+        optional.add("currency")
+    return (*(c for c in required if c not in optional), options.customer_key_from)
+
+
+def _check_spec(spec: Mapping[str, Any], options: RetailOptions | None = None) -> None:
+    options = options or RetailOptions()
+    derived = {"products": options.products_from_lines, "stores": options.stores_from_lines}
+    if options.rates_dataset and options.rates_dataset not in spec.get("inputs", {}):
+        raise ValueError(f"job spec has no input {options.rates_dataset!r} (the rates dataset)")
     for dataset in DATASETS:
+        if derived.get(dataset):
+            if dataset in spec.get("inputs", {}):
+                raise ValueError(f"input {dataset!r} is given but the options derive it from the lines")
+            continue
         if dataset not in spec.get("inputs", {}):
             raise ValueError(f"job spec has no input {dataset!r}")
         input_spec = spec["inputs"][dataset]
-        missing = [c for c in REQUIRED_INPUT_COLUMNS[dataset] if c not in input_spec.get("columns", {})]
+        columns = required_input_columns(dataset, options)
+        missing = [c for c in columns if c not in input_spec.get("columns", {})]
         if missing:
             raise ValueError(f"job spec input {dataset!r} does not declare columns {missing}")
         if not input_spec.get("key"):
             raise ValueError(f"job spec input {dataset!r} has no key")
+        if dataset != "order_lines" and any(r["check"] == "reference" for r in input_spec.get("rules") or ()):
+            raise ValueError(f"{JOB_NAME} applies reference rules to order_lines only, not to {dataset!r}")
+    for rule in line_reference_rules(spec["inputs"]["order_lines"].get("rules")):
+        # The facts reference the product and store dimensions: an unknown one cannot be loaded.
+        if rule["column"] in ("sku", "store_code") and rule.get("severity", "reject") != "reject":
+            raise ValueError(f"reference rule {rule['code']!r} on order_lines.{rule['column']} must reject")
 
 
 def _write_json_atomically(path: str, payload: Mapping[str, Any]) -> None:
@@ -377,7 +474,8 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     The key defaults to the environment variable the spec names. Each input is read once: the prepared
     frames are cached (a day's data is small) and feed the outputs and the counts.
     """
-    _check_spec(spec)
+    options = RetailOptions.from_spec(spec.get("options"))
+    _check_spec(spec, options)
     key = pseudonym_key if pseudonym_key is not None else _pseudonym_key_from_env(spec)
     inputs = spec["inputs"]
     output_dir = spec["output_dir"]
@@ -385,33 +483,87 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     # Timestamps as Parquet TIMESTAMP_MICROS (UTC-adjusted), not the legacy INT96 other readers mistype.
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
 
-    products_prep = prepare_products(_read_input(spark, inputs["products"]), inputs["products"])
-    stores_prep = prepare_stores(_read_input(spark, inputs["stores"]), inputs["stores"])
-    products_prep.cache()
-    stores_prep.cache()
-    products = build_products(products_prep)
-    stores = build_stores(stores_prep)
+    reporting_currency = spec.get("reporting_currency")
+    rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
+    lines_prep = prepare_order_lines(
+        _read_input(spark, inputs["order_lines"]), inputs["order_lines"], key, options, reporting_currency
+    )
+    lines_prep.cache()
+    cached = [lines_prep]
+    # A master dataset, or (derive_from = "order_lines") the members the day's lines name.
+    dims: dict[str, tuple[DataFrame, DataFrame]] = {}
+    for name, prepare, build, derive in (
+        ("products", prepare_products, build_products, options.products_from_lines),
+        ("stores", prepare_stores, build_stores, options.stores_from_lines),
+    ):
+        if derive:
+            empty = {"columns": {c: {"type": "string"} for c in REQUIRED_INPUT_COLUMNS[name]}, "files": []}
+            prep = prepare(_read_input(spark, empty), {**empty, "key": [REQUIRED_INPUT_COLUMNS[name][0]]})
+            kept = lines_prep.filter(~F.col(DUP_COL))
+            valid = (
+                derived_products(kept, options.product_name_from)
+                if name == "products"
+                else derived_stores(kept, options.store_country_from)
+            )
+        else:
+            prep = prepare(_read_input(spark, inputs[name]), inputs[name], key)
+            prep.cache()
+            cached.append(prep)
+            valid = build(prep)
+        dims[name] = (prep, valid)
+    (products_prep, products), (stores_prep, stores) = dims["products"], dims["stores"]
 
-    lines_prep = prepare_order_lines(_read_input(spark, inputs["order_lines"]), inputs["order_lines"], key)
-    classified = classify_order_lines(lines_prep, products, stores, spec.get("reporting_currency"))
+    rates = rates_prep = None
+    if options.rates_dataset:
+        rates_spec = inputs[options.rates_dataset]
+        rates_prep = prepare_dataset(
+            _read_input(spark, rates_spec), rates_spec, options.rates_dataset, pseudonym_key=key
+        )
+        rates_prep.cache()
+        cached.append(rates_prep)
+        rates = usable_rates(accepted_rows(rates_prep))
+
+    classified = mark_returns(
+        classify_order_lines(
+            lines_prep,
+            products,
+            stores,
+            None if rates is not None else reporting_currency,
+            rules["order_lines"],
+        ),
+        options.return_order_prefix,
+    ).transform(lambda lines: with_reporting_amount(lines, reporting_currency, rates))
     classified.cache()
-    cached = [products_prep, stores_prep, classified]
+    cached.append(classified)
     try:
-        accepted = accepted_rows(classified).transform(with_customer_key(key))
+        accepted = link_returns(
+            accepted_rows(classified).transform(with_customer_key(key, options.customer_key_from))
+        )
         sales_lines = build_sales_lines(accepted, business_date)
+        if options.products_from_lines:
+            products = derived_products(accepted, options.product_name_from)
+        if options.stores_from_lines:
+            stores = derived_stores(accepted, options.store_country_from)
+        quarantine = build_quarantine(classified, products_prep, stores_prep, rules)
+        if rates_prep is not None:
+            rates_rules = list(inputs[options.rates_dataset].get("rules") or ())
+            quarantine = quarantine.unionByName(
+                quarantine_rows(rejected_rows(rates_prep), options.rates_dataset, rules=rates_rules)
+            )
         frames = {
             "sales_lines": sales_lines,
             "daily_sales": build_daily_sales(sales_lines),
-            "products": products,
-            "stores": stores,
+            "products": products.to(PRODUCTS_SCHEMA),
+            "stores": stores.to(STORES_SCHEMA),
             "customers": build_customers(accepted),
-            "quarantine": build_quarantine(classified, products_prep, stores_prep),
+            "quarantine": quarantine.to(QUARANTINE_SCHEMA),
         }
-        datasets = {
-            "order_lines": dataset_counts(classified),
-            "products": dataset_counts(products_prep),
-            "stores": dataset_counts(stores_prep),
-        }
+        datasets = {"order_lines": dataset_counts(classified)}
+        for name, (prep, _) in dims.items():
+            if name in inputs:
+                datasets[name] = dataset_counts(prep)
+        if rates_prep is not None:
+            datasets[options.rates_dataset] = dataset_counts(rates_prep)
         outputs: dict[str, int] = {}
         for name, frame in frames.items():
             path = os.path.join(output_dir, name)
@@ -430,10 +582,13 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
 def _check_conservation(result: Mapping[str, Any]) -> None:
     datasets, outputs = result["datasets"], result["outputs"]
     for name, c in datasets.items():
-        if c["rows_in"] != c["rows_out"] + c["rejected"] + c["duplicates"]:
+        filtered = sum(c.get("filtered", {}).values())
+        if c["rows_in"] != c["rows_out"] + c["rejected"] + c["duplicates"] + filtered:
             raise RuntimeError(f"row conservation broken for {name}: {c}")
     written = {"order_lines": "sales_lines", "products": "products", "stores": "stores"}
     for dataset, output in written.items():
+        if dataset not in datasets:  # derived from the order lines: no input to account for
+            continue
         if datasets[dataset]["rows_out"] != outputs[output]:
             raise RuntimeError(
                 f"{output} has {outputs[output]} rows on disk, expected {datasets[dataset]['rows_out']}"

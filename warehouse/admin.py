@@ -40,9 +40,22 @@ class DimCustomerAdmin(ReadOnlyAdmin):
 
 @admin.register(models.FactSalesLine)
 class FactSalesLineAdmin(ReadOnlyAdmin):
-    list_display = ("order_id", "line_number", "date", "store", "product", "quantity", "amount", "is_return")
-    list_filter = ("date", "is_return")
-    search_fields = ("order_id",)
+    list_display = (
+        "order_id",
+        "line_number",
+        "date",
+        "store",
+        "stock_code",
+        "line_type",
+        "quantity",
+        "amount",
+        "currency",
+        "amount_reporting",
+        "is_return",
+        "original_order_id",
+    )
+    list_filter = ("date", "line_type", "is_return", "currency")
+    search_fields = ("order_id", "stock_code", "original_order_id")
     list_select_related = ("date", "store", "product")
 
 

@@ -72,14 +72,37 @@ class FactSalesLine(models.Model):
     line_number = models.IntegerField()
     date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
     store = models.ForeignKey(DimStore, on_delete=models.PROTECT)
-    product = models.ForeignKey(DimProduct, on_delete=models.PROTECT)
+    product = models.ForeignKey(
+        DimProduct,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        help_text="NULL for a line that is not a product (postage, fee, discount...): see line_type",
+    )
     customer = models.ForeignKey(DimCustomer, on_delete=models.PROTECT, null=True, blank=True)
     ordered_at = models.DateTimeField()
     quantity = models.IntegerField(help_text="negative for returns")
     unit_price = models.DecimalField(**PRICE)
-    amount = models.DecimalField(**MONEY, help_text="quantity x unit price, rounded half-up to the cent")
+    amount = models.DecimalField(
+        **MONEY, help_text="quantity x unit price in the line's currency, rounded half-up to the cent"
+    )
     currency = models.CharField(max_length=3)
     is_return = models.BooleanField(default=False)
+    stock_code = models.CharField(
+        max_length=64, help_text="the item code as the source gave it (sku, POST...)"
+    )
+    line_type = models.CharField(
+        max_length=30, default="product", help_text="product, or the configured class of a non-product line"
+    )
+    amount_reporting = models.DecimalField(
+        **MONEY, help_text="amount in the reporting currency (rate of the date), rounded half-up to the cent"
+    )
+    original_order_id = models.CharField(
+        max_length=64,
+        null=True,
+        blank=True,
+        help_text="for a return: the order it returns, when the job could find it (docs/retail-semantics.md)",
+    )
 
     class Meta:
         constraints = [

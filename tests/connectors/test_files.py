@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from connectors import build_connector
+from connectors.base import ExtractWindow
 from connectors.files import FileConnector
 from connectors.records import to_staging_batch
 from etlcore.errors import ConfigurationError, SourceError
@@ -348,3 +351,76 @@ def test_corrupt_parquet_is_a_source_error_naming_the_file(tmp_path, window):
 
     with pytest.raises(SourceError, match=rf"cannot read Parquet file {path}"):
         list(connector(path=str(path)).iter_batches(window))
+
+
+# --- window filter: one file holding many dates ------------------------------------------------------------
+
+
+def _london_day(day: str) -> ExtractWindow:
+    london = ZoneInfo("Europe/London")
+    start = datetime.combine(date.fromisoformat(day), time.min, tzinfo=london)
+    return ExtractWindow(business_date=start.date(), start=start, end=start + timedelta(days=1))
+
+
+@pytest.mark.skipif(not RETAIL_CSV.exists(), reason="shared Online Retail II subset not present")
+def test_window_filter_keeps_exactly_the_rows_whose_wall_clock_time_falls_on_the_business_date():
+    source = connector(
+        name="retail",
+        path=str(RETAIL_CSV),
+        batch_size=5_000,
+        window_filter={"column": "InvoiceDate", "format": "%Y-%m-%d %H:%M:%S"},
+    )
+
+    rows = staged_rows(source, _london_day("2011-05-23"), RETAIL_COLUMNS)
+
+    with RETAIL_CSV.open(newline="", encoding="utf-8") as handle:
+        expected = [
+            {name: (line[spec["from"]] or None) for name, spec in RETAIL_COLUMNS.items()}
+            for line in csv.DictReader(handle)
+            if line["InvoiceDate"].startswith("2011-05-23")
+        ]
+    assert len(expected) == 55
+    assert rows == expected
+
+
+def test_window_filter_compares_wall_clock_times_in_the_window_zone_across_a_dst_change(tmp_path):
+    # 2026-03-29: the UK clocks go forward at 01:00; the London day is 23 hours long.
+    (tmp_path / "all.csv").write_text(
+        "id,at\n1,2026-03-28 23:59:59\n2,2026-03-29 00:00:00\n3,2026-03-29 23:59:59\n4,2026-03-30 00:00:00\n",
+    )
+    source = connector(
+        path=str(tmp_path / "all.csv"), window_filter={"column": "at", "format": "%Y-%m-%d %H:%M:%S"}
+    )
+
+    rows = staged_rows(source, _london_day("2026-03-29"), {"id": {"from": "id"}})
+
+    assert [r["id"] for r in rows] == ["2", "3"]
+
+
+def test_window_filter_on_json_lines_records(tmp_path):
+    lines = [{"id": 1, "day": "2026-11-01"}, {"id": 2, "day": "2026-11-02"}]
+    (tmp_path / "all.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    source = connector(
+        path=str(tmp_path / "all.jsonl"), window_filter={"column": "day", "format": "%Y-%m-%d"}
+    )
+
+    rows = staged_rows(source, _london_day("2026-11-02"), {"id": {"from": "id"}})
+
+    assert rows == [{"id": "2"}]
+
+
+def test_window_filter_value_that_does_not_parse_is_a_source_error_naming_it(tmp_path):
+    (tmp_path / "all.csv").write_text("id,at\n1,2026-11-01 10:00:00\n2,01/11/2026 10:00\n")
+    source = connector(
+        path=str(tmp_path / "all.csv"), window_filter={"column": "at", "format": "%Y-%m-%d %H:%M:%S"}
+    )
+
+    with pytest.raises(SourceError, match=r"'01/11/2026 10:00' is not a timestamp"):
+        staged_rows(source, _london_day("2026-11-01"), {"id": {"from": "id"}})
+
+
+def test_window_filter_needs_column_and_format():
+    with pytest.raises(ConfigurationError, match="window_filter needs 'column' and 'format'"):
+        connector(path="x.csv", window_filter={"column": "at"})
+    with pytest.raises(ConfigurationError, match="unknown option window_filter.colum"):
+        connector(path="x.csv", window_filter={"colum": "at", "format": "%Y"})

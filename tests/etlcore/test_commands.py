@@ -168,3 +168,62 @@ def test_source_answering_garbage_fails_the_run_and_stages_nothing(
     run = latest_run(db_alias)
     assert (run.status, run.steps.get().status) == ("failed", "failed")
     assert not list(staging_root.rglob("*.parquet")) and not list(staging_root.rglob("_manifest.json"))
+
+
+def _transform_counts(**order_lines) -> dict:
+    return {
+        "order_lines": {"rows_in": 10, "rows_out": 5, "rejected": 2, "duplicates": 1, **order_lines},
+        "products": {"rows_in": 3, "rows_out": 3, "rejected": 0, "duplicates": 0},  # a result before filters
+    }
+
+
+def test_pipeline_status_shows_per_dataset_accounting_with_filtered_and_warnings_and_replays(db_alias):
+    from django.utils import timezone
+
+    now = timezone.now()
+    run = PipelineRun.objects.using(db_alias).create(
+        pipeline="shop", command="run_pipeline", status="succeeded", started_at=now, finished_at=now
+    )
+    datasets = _transform_counts(filtered={"postage": 2}, warnings={"bulk": 3, "late": 1})
+    StepRun.objects.using(db_alias).create(
+        run=run, step="transform", status="succeeded", started_at=now, details={"datasets": datasets}
+    )
+    replay = {
+        "selected": 4,
+        "released": 3,
+        "still_quarantined": 1,
+        "quarantine_before": 9,
+        "quarantine_after": 6,
+    }
+    StepRun.objects.using(db_alias).create(
+        run=run, step="replay", status="succeeded", started_at=now, details=replay
+    )
+
+    lines = run_command("pipeline_status", "--database", db_alias).splitlines()
+
+    assert (
+        "order_lines    in=10 out=5 rejected=2 duplicates=1 filtered=2 (postage:2) warnings=bulk:3,late:1"
+        in [line.strip() for line in lines]
+    )
+    assert "products       in=3 out=3 rejected=0 duplicates=0 filtered=0 warnings=0" in [
+        line.strip() for line in lines
+    ]
+    assert any(
+        "replayed 4 quarantined record(s): released=3 still_quarantined=1 quarantine 9 -> 6" in line
+        for line in lines
+    )
+
+
+def test_reconciliation_counts_rows_filtered_by_a_named_rule_and_fails_when_they_do_not_balance():
+    from etlcore.errors import ReconciliationError
+    from etlcore.services import _reconcile
+
+    inputs = {"order_lines": {"rows": 10}, "products": {"rows": 3}}
+    _reconcile({"datasets": _transform_counts(filtered={"postage": 2})}, inputs)
+
+    with pytest.raises(
+        ReconciliationError, match=r"accounted 9 \(out 5 \+ rejected 2 \+ duplicates 1 \+ postage 1\)"
+    ):
+        _reconcile({"datasets": _transform_counts(filtered={"postage": 1})}, inputs)
+    with pytest.raises(ReconciliationError, match=r"'order_lines': 10 rows staged, job read 10, accounted 8"):
+        _reconcile({"datasets": _transform_counts()}, inputs)

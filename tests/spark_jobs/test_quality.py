@@ -147,6 +147,8 @@ def test_typed_frame_schema_is_the_declared_types_then_the_bookkeeping_columns(s
         ("raw_record", "string"),
         ("record_fingerprint", "string"),
         ("_reasons", "array<string>"),
+        ("_warnings", "array<string>"),
+        ("_filtered", "array<string>"),
     ]
 
 

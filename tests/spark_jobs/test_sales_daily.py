@@ -45,7 +45,7 @@ LINE_SPEC = {
         "ordered_at": {"type": "timestamp", "required": True},
         "updated_at": {"type": "timestamp", "required": True},
         "store_code": {"type": "string", "required": True},
-        "customer_email": {"type": "string", "required": False},
+        "customer_email": {"type": "string", "required": False, "pii": True},
         "customer_country": {"type": "string", "required": False},
         "sku": {"type": "string", "required": True},
         "quantity": {"type": "int", "required": True},
@@ -54,6 +54,22 @@ LINE_SPEC = {
     },
     "key": ["order_id", "line_number"],
     "version_column": "updated_at",
+    "rules": [
+        {
+            "code": "zero_quantity",
+            "check": "not_allowed",
+            "severity": "reject",
+            "column": "quantity",
+            "values": [0],
+        },
+        {
+            "code": "negative_price",
+            "check": "range",
+            "severity": "reject",
+            "column": "unit_price",
+            "min": "0",
+        },
+    ],
 }
 PRODUCT_SPEC = {
     "columns": {
@@ -142,6 +158,10 @@ def test_output_schemas_are_the_loader_contract_of_docs_architecture():
         ("amount", "decimal(18,2)"),
         ("currency", "string"),
         ("is_return", "boolean"),
+        ("stock_code", "string"),
+        ("line_type", "string"),
+        ("amount_reporting", "decimal(18,2)"),
+        ("original_order_id", "string"),
     ]
     assert spec(DAILY_SALES_SCHEMA) == [
         ("business_date", "date"),
@@ -193,6 +213,10 @@ def test_sales_line_is_typed_dated_pseudonymised_and_priced(spark):
                 Decimal("5.00"),
                 "EUR",
                 False,
+                "P1",
+                "product",
+                Decimal("5.00"),
+                None,
             )
         ],
         SALES_LINES_SCHEMA,
@@ -404,6 +428,9 @@ def _write_staged(path, rows: list[dict], spec: dict) -> str:
     return str(path)
 
 
+NO_CODES = {"filtered": {}, "warnings": {}}
+
+
 def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp_path):
     lines = [
         line(order_id="O1", line_number="1", quantity="2", unit_price="1.50"),
@@ -441,9 +468,9 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
 
     expected = {
         "datasets": {
-            "order_lines": {"rows_in": 7, "rejected": 2, "duplicates": 3, "rows_out": 2},
-            "products": {"rows_in": 4, "rejected": 1, "duplicates": 1, "rows_out": 2},
-            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1},
+            "order_lines": {"rows_in": 7, "rejected": 2, "duplicates": 3, "rows_out": 2, **NO_CODES},
+            "products": {"rows_in": 4, "rejected": 1, "duplicates": 1, "rows_out": 2, **NO_CODES},
+            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1, **NO_CODES},
         },
         "outputs": {
             "sales_lines": 2,

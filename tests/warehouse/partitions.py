@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +24,10 @@ SCHEMAS = {
             ("amount", pa.decimal128(18, 2)),
             ("currency", pa.string()),
             ("is_return", pa.bool_()),
+            ("stock_code", pa.string()),
+            ("line_type", pa.string()),
+            ("amount_reporting", pa.decimal128(18, 2)),
+            ("original_order_id", pa.string()),
         ]
     ),
     "daily_sales": pa.schema(
@@ -78,27 +82,39 @@ def sale(
     store: str = "S1",
     customer: str | None = "c" * 64,
     day: date = DAY,
+    line_type: str = "product",
+    original: str | None = None,
+    currency: str = "EUR",
+    rate: str = "1",
 ) -> dict:
+    """One sales line; a non-product line has no product (``sku`` None) and keeps its code."""
     unit = Decimal(price)
+    amount = (unit * qty).quantize(Decimal("0.01"), ROUND_HALF_UP)
     return {
         "order_id": order_id,
         "line_number": line,
         "business_date": day,
         "ordered_at": datetime(day.year, day.month, day.day, 10, 30, tzinfo=UTC),
         "store_code": store,
-        "sku": sku,
+        "sku": sku if line_type == "product" else None,
         "customer_key": customer,
         "quantity": qty,
         "unit_price": unit,
-        "amount": (unit * qty).quantize(Decimal("0.01")),
-        "currency": "EUR",
+        "amount": amount,
+        "currency": currency,
         "is_return": qty < 0,
+        "stock_code": sku,
+        "line_type": line_type,
+        "amount_reporting": (amount * Decimal(rate)).quantize(Decimal("0.01"), ROUND_HALF_UP),
+        "original_order_id": original,
     }
 
 
 def daily_from(lines: list[dict]) -> list[dict]:
     groups: dict[tuple, dict] = {}
     for r in lines:
+        if r["line_type"] != "product":
+            continue
         g = groups.setdefault(
             (r["business_date"], r["store_code"], r["sku"]),
             {
@@ -112,7 +128,7 @@ def daily_from(lines: list[dict]) -> list[dict]:
             },
         )
         g["quantity"] += r["quantity"]
-        g["revenue"] += r["amount"]
+        g["revenue"] += r["amount_reporting"]
         g["line_count"] += 1
         g["orders"].add(r["order_id"])
     return [

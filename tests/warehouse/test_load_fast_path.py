@@ -30,6 +30,10 @@ def scenario() -> list[tuple[date, dict]]:
             sale(TRICKY_ORDER, 1, qty=3, price="0.3333"),
             sale("O2", 1, sku="P2", qty=-1, price="5.00", customer=None),
             sale("O3", 1, qty=1),
+            # A postage line (no product), a return linked to its order, a line converted at 0.8571.
+            sale("O3", 2, sku="POST", price="18.00", qty=1, line_type="postage"),
+            sale("C3", 1, qty=-1, original="O3"),
+            sale("O6", 1, price="10.05", currency="USD", rate="0.8571"),
         ]
     )
     day1["products"].append({"sku": "P3", "name": "", "category": "", "list_price": Decimal("0.00")})

@@ -31,7 +31,36 @@ class Command(BaseCommand):
                     f"        {step.step:<10} {step.status:<9} {took:>7}  in={step.rows_in} "
                     f"out={step.rows_out} rejected={step.rows_rejected}"
                 )
+                for line in step_detail_lines(step.details or {}):
+                    self.stdout.write(f"          {line}")
                 if step.error:
                     self.stdout.write(self.style.ERROR(f"        error: {step.error}"))
             if run.error and not any(s.error for s in run.steps.all()):
                 self.stdout.write(self.style.ERROR(f"        error: {run.error}"))
+
+
+def _codes(counts: dict) -> str:
+    return ",".join(f"{code}:{n}" for code, n in sorted(counts.items())) or "0"
+
+
+def step_detail_lines(details: dict) -> list[str]:
+    """Per-dataset accounting of a transform (in = out + rejected + duplicates + filtered, and warnings)
+    and the outcome of a quarantine replay."""
+    lines = []
+    for name, c in (details.get("datasets") or {}).items():
+        if not isinstance(c, dict) or "rows_in" not in c:
+            continue
+        filtered = c.get("filtered") or {}
+        lines.append(
+            f"{name:<14} in={c['rows_in']} out={c['rows_out']} rejected={c['rejected']} "
+            f"duplicates={c['duplicates']} filtered={sum(filtered.values())}"
+            + (f" ({_codes(filtered)})" if filtered else "")
+            + f" warnings={_codes(c.get('warnings') or {})}"
+        )
+    if "released" in details:
+        lines.append(
+            f"replayed {details['selected']} quarantined record(s): released={details['released']} "
+            f"still_quarantined={details['still_quarantined']} "
+            f"quarantine {details['quarantine_before']} -> {details['quarantine_after']}"
+        )
+    return lines

@@ -1,0 +1,47 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from etlcore.errors import EtlError
+from etlcore.services import quarantine_replay
+
+
+class Command(BaseCommand):
+    help = (
+        "Send quarantined rows through the pipeline's current rules: transform and load again every date "
+        "holding matching rows; rows that now pass are loaded, the others stay with their new reason."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--pipeline",
+            default=settings.ETL_DEFAULT_PIPELINE,
+            help="pipeline name: a file conf/pipelines/<name>.toml (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--run", type=int, dest="run_id", help="only rows first quarantined by this run id"
+        )
+        parser.add_argument("--dataset", help="only rows of this dataset")
+        parser.add_argument("--rule", help="only rows failing this rule code (any of their codes)")
+        parser.add_argument(
+            "--date", dest="business_date", metavar="YYYY-MM-DD", help="only rows of this business date"
+        )
+
+    def handle(self, *args, pipeline, run_id, dataset, rule, business_date, **options) -> None:
+        try:
+            outcomes = quarantine_replay(
+                pipeline=pipeline, run_id=run_id, dataset=dataset, rule=rule, business_date=business_date
+            )
+        except EtlError as exc:
+            raise CommandError(str(exc)) from exc
+        if not outcomes:
+            self.stdout.write("no quarantined rows match")
+            return
+        for o in outcomes:
+            reasons = ", ".join(f"{code}={n}" for code, n in o.reasons_now.items()) or "-"
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"run #{o.run.pk} {pipeline} {o.business_date}: {o.selected} quarantined record(s) "
+                    f"replayed, {o.released} released, {o.still_quarantined} still quarantined "
+                    f"(reasons now: {reasons})"
+                )
+            )

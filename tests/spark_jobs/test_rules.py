@@ -1,0 +1,300 @@
+"""Declared quality rules in spark_jobs.quality: row checks in the casting projection, severities,
+unique and reference rules, quarantine messages and the row accounting."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from spark_jobs import sales_daily as job
+from spark_jobs.quality import (
+    QUARANTINE_SCHEMA,
+    apply_reference_rules,
+    apply_unique_rules,
+    cast_and_validate,
+    is_quarantined,
+    mark_duplicates,
+    pii_masks,
+    quarantine_rows,
+    row_counts,
+)
+
+COLUMNS = {
+    "id": {"type": "string", "required": True},
+    "qty": {"type": "int"},
+    "price": {"type": "decimal(18,2)"},
+    "day": {"type": "date"},
+    "cur": {"type": "string"},
+    "code": {"type": "string"},
+}
+
+
+def rule(code: str, check: str, severity: str = "reject", **params) -> dict:
+    return {"code": code, "check": check, "severity": severity, **params}
+
+
+def staged(spark, rows: list[dict], columns=COLUMNS):
+    names = list(columns)
+    return spark.createDataFrame(
+        [tuple(r.get(c) for c in names) for r in rows], ", ".join(f"{c} string" for c in names)
+    )
+
+
+def codes(spark, rows: list[dict], rules: list[dict], column: str = "_reasons") -> list[list[str]]:
+    out = cast_and_validate(staged(spark, rows), COLUMNS, "t", rules=rules).orderBy("id")
+    return [r[column] for r in out.collect()]
+
+
+def test_row_checks_range_allowed_not_allowed_pattern_required_flag_exactly_the_breaking_values(spark):
+    rules = [
+        rule("qty_range", "range", column="qty", min="1", max="10"),
+        rule("price_positive", "range", column="price", min="0", exclusive_min=True),
+        rule("day_in_2026", "range", column="day", min="2026-01-01", max="2026-12-31"),
+        rule("cur_known", "allowed", column="cur", values=["EUR", "USD"]),
+        rule("code_not_test", "not_allowed", column="code", values=["TEST"]),
+        rule("code_shape", "pattern", column="code", pattern="[A-Z]{2}[0-9]+"),
+        rule("cur_given", "required", column="cur"),
+    ]
+    rows = [
+        {"id": "1", "qty": "1", "price": "0.01", "day": "2026-01-01", "cur": " EUR ", "code": "AB1"},
+        {"id": "2", "qty": "10", "price": "9", "day": "2026-12-31", "cur": "USD", "code": "ZZ99"},
+        {"id": "3", "qty": "0", "price": "0", "day": "2025-12-31", "cur": "eur", "code": "TEST"},
+        {"id": "4", "qty": "11", "price": "-1", "day": "2027-01-01", "cur": None, "code": "xAB1"},
+        # Empty or unparsable values break no rule but `required`: missing_/invalid_ report them.
+        {"id": "5", "qty": "x", "price": None, "day": "soon", "cur": "EUR", "code": None},
+    ]
+
+    assert codes(spark, rows, rules) == [
+        [],
+        [],
+        ["qty_range", "price_positive", "day_in_2026", "cur_known", "code_not_test", "code_shape"],
+        ["qty_range", "price_positive", "day_in_2026", "code_shape", "cur_given"],
+        ["invalid_qty", "invalid_day"],
+    ]
+
+
+def test_pattern_must_match_the_whole_trimmed_value_not_a_part_of_it(spark):
+    rules = [rule("two_letters", "pattern", column="code", pattern="[A-Z]{2}|[0-9]{2}")]
+    rows = [{"id": "1", "code": " FR "}, {"id": "2", "code": "FRA"}, {"id": "3", "code": "F12"}]
+
+    assert codes(spark, rows, rules) == [[], ["two_letters"], ["two_letters"]]
+
+
+def test_severity_sends_the_code_to_reasons_warnings_or_filtered(spark):
+    rules = [
+        rule("no_zero", "not_allowed", column="qty", values=["0"]),
+        rule("big_order", "range", "warn", column="qty", max="100"),
+        rule("postage", "allowed", "filter", column="code", values=["SKU"]),
+    ]
+    rows = [
+        {"id": "1", "qty": "0", "code": "SKU"},
+        {"id": "2", "qty": "500", "code": "SKU"},
+        {"id": "3", "qty": "1", "code": "POST"},
+    ]
+    out = cast_and_validate(staged(spark, rows), COLUMNS, "t", rules=rules).orderBy("id").collect()
+
+    assert [(r["_reasons"], r["_warnings"], r["_filtered"]) for r in out] == [
+        (["no_zero"], [], []),
+        ([], ["big_order"], []),
+        ([], [], ["postage"]),
+    ]
+
+
+def test_row_counts_balance_with_filtered_and_warnings_per_code_and_filter_wins_over_reject(spark):
+    rules = [
+        rule("no_zero", "not_allowed", column="qty", values=["0"]),
+        rule("big_order", "range", "warn", column="qty", max="100"),
+        rule("postage", "allowed", "filter", column="code", values=["SKU"]),
+    ]
+    rows = [
+        {"id": "1", "qty": "1", "code": "SKU"},  # loaded
+        {"id": "2", "qty": "500", "code": "SKU"},  # loaded, warned
+        {"id": "2", "qty": "500", "code": "SKU"},  # duplicate: not counted again
+        {"id": "3", "qty": "0", "code": "SKU"},  # rejected
+        {"id": "4", "qty": "0", "code": "POST"},  # filtered, though it would be rejected too
+        {"id": "5", "qty": "999", "code": "POST"},  # filtered: its warning does not count
+    ]
+    prepared = mark_duplicates(cast_and_validate(staged(spark, rows), COLUMNS, "t", rules=rules), ["id"])
+
+    counts = row_counts(prepared)
+
+    assert counts == {
+        "rows_in": 6,
+        "rejected": 1,
+        "duplicates": 1,
+        "rows_out": 2,
+        "filtered": {"postage": 2},
+        "warnings": {"big_order": 1},
+    }
+    assert counts["rows_in"] == (
+        counts["rows_out"] + counts["rejected"] + counts["duplicates"] + sum(counts["filtered"].values())
+    )
+    assert [r["id"] for r in prepared.filter(is_quarantined()).collect()] == ["3"]
+
+
+def test_quarantine_message_lists_every_failed_code_with_its_value_and_note_reason_code_is_the_first(spark):
+    rules = [
+        rule("no_zero", "not_allowed", column="qty", values=["0"], message="sell at least one"),
+        rule("cur_known", "allowed", column="cur", values=["EUR"]),
+    ]
+    rows = [{"id": "1", "qty": "0", "price": "abc", "cur": "XXX"}]
+    checked = cast_and_validate(staged(spark, rows, {**COLUMNS}), COLUMNS, "t", rules=rules)
+
+    out = quarantine_rows(checked, "lines", rules=rules)
+
+    raw = json.loads(out.first()["raw_record"])
+    expected = spark.createDataFrame(
+        [
+            (
+                "lines",
+                "invalid_price",
+                "invalid_price: price='abc'; no_zero: qty='0' (sell at least one); cur_known: cur='XXX'",
+                out.first()["raw_record"],
+                out.first()["record_fingerprint"],
+            )
+        ],
+        QUARANTINE_SCHEMA,
+    )
+    assert_df_equality(out, expected, ignore_nullable=True)
+    assert raw == {"id": "1", "qty": "0", "price": "abc", "day": None, "cur": "XXX", "code": None}
+
+
+def test_only_pii_columns_are_pseudonymised_in_the_raw_record_everything_else_is_exact_text(spark):
+    columns = {"id": {"type": "string"}, "email": {"type": "string", "pii": True}, "note": {"type": "string"}}
+    df = spark.createDataFrame([("1", " Ann@X.org ", "  as  typed ")], "id string, email string, note string")
+    masks = pii_masks(columns, lambda text: F.concat(F.lit("pseudo:"), F.lower(F.trim(text))))
+
+    out = cast_and_validate(df, columns, "t", masks).first()
+
+    assert json.loads(out["raw_record"]) == {"id": "1", "email": "pseudo:ann@x.org", "note": "  as  typed "}
+    assert out["email"] == "Ann@X.org"  # the typed value itself is untouched
+
+
+def test_reference_rule_rejects_values_missing_from_the_accepted_rows_and_never_multiplies_rows(spark):
+    lines = staged(
+        spark,
+        [{"id": "1", "code": "P1"}, {"id": "2", "code": "P9"}, {"id": "3", "code": None}],
+    ).transform(lambda df: cast_and_validate(df, COLUMNS, "lines"))
+    # The referenced frame holds a key twice: the join must still give one row per line.
+    products = spark.createDataFrame([("P1",), ("P1",), ("P2",)], "sku string")
+    rules = [
+        rule("unknown_product", "reference", column="code", dataset="products", key="sku"),
+        rule("not_in_catalogue", "reference", "warn", column="code", dataset="products", key="sku"),
+    ]
+
+    out = apply_reference_rules(lines, rules, {"products": products}).orderBy("id").collect()
+
+    assert [(r["id"], r["_reasons"], r["_warnings"]) for r in out] == [
+        ("1", [], []),
+        ("2", ["unknown_product"], ["not_in_catalogue"]),
+        ("3", [], []),  # a null is for `required` to report
+    ]
+    assert lines.columns == apply_reference_rules(lines, rules, {"products": products}).columns
+
+
+def test_unique_rule_is_checked_after_deduplication_versions_of_one_record_never_conflict(spark):
+    columns = {"id": {"type": "string"}, "v": {"type": "int"}, "email": {"type": "string"}}
+    df = spark.createDataFrame(
+        [
+            ("A", "1", "a@x"),
+            ("A", "2", "a@x"),  # a later version of A: A's older version is a duplicate, no conflict
+            ("B", "1", "b@x"),
+            ("C", "1", "b@x"),  # another record with B's e-mail: both break the rule
+            ("D", "1", None),  # null: not checked
+            ("E", "1", None),
+        ],
+        "id string, v string, email string",
+    )
+    rules = [rule("email_unique", "unique", columns=["email"])]
+    marked = mark_duplicates(cast_and_validate(df, columns, "t", rules=rules), ["id"], "v")
+
+    out = apply_unique_rules(marked, rules).orderBy("id", "v").collect()
+
+    assert [(r["id"], r["v"], r["_dup"], r["_reasons"]) for r in out] == [
+        ("A", 1, True, []),
+        ("A", 2, False, []),
+        ("B", 1, False, ["email_unique"]),
+        ("C", 1, False, ["email_unique"]),
+        ("D", 1, False, []),
+        ("E", 1, False, []),
+    ]
+    assert out[0].asDict().keys() == marked.first().asDict().keys()
+
+
+def test_a_rule_on_an_undeclared_column_is_refused(spark):
+    with pytest.raises(ValueError, match=r"rule 'r' checks undeclared column 'nope'"):
+        cast_and_validate(
+            staged(spark, [{"id": "1"}]), COLUMNS, "t", rules=[rule("r", "required", column="nope")]
+        )
+
+
+def _write(path, rows: list[dict], columns: list[str]) -> str:
+    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns}), path)
+    return str(path)
+
+
+def test_job_applies_declared_rules_and_its_result_accounts_for_filtered_and_warned_rows(spark, tmp_path):
+    from tests.spark_jobs.test_sales_daily import (
+        KEY,
+        LINE_SPEC,
+        PRODUCT_SPEC,
+        PRODUCTS,
+        STORE_SPEC,
+        STORES,
+        line,
+    )
+
+    line_spec = {
+        **LINE_SPEC,
+        "rules": [
+            *LINE_SPEC["rules"],
+            rule("postage", "not_allowed", "filter", column="sku", values=["POST"]),
+            rule("bulk", "range", "warn", column="quantity", max="5"),
+            rule("unknown_product", "reference", column="sku", dataset="products", key="sku",
+                 message="not in the catalogue"),
+        ],
+    }  # fmt: skip
+    lines = [
+        line(line_number="1", quantity="9"),  # loaded with a warning
+        line(line_number="2", sku="POST"),  # filtered, not an unknown product
+        line(line_number="3", quantity="0"),  # rejected by a declared rule
+        line(line_number="4", sku="NOPE"),  # rejected by the declared reference rule
+    ]
+
+    def staged_input(spec: dict, rows: list[dict], name: str) -> dict:
+        return {**spec, "files": [_write(tmp_path / f"{name}.parquet", rows, list(spec["columns"]))]}
+
+    spec = {
+        "pipeline": "p",
+        "business_date": "2026-11-01",
+        "inputs": {
+            "order_lines": staged_input(line_spec, lines, "lines"),
+            "products": staged_input(PRODUCT_SPEC, PRODUCTS, "products"),
+            "stores": staged_input(STORE_SPEC, STORES, "stores"),
+        },
+        "output_dir": str(tmp_path / "out"),
+        "reporting_currency": "EUR",
+    }
+
+    result = job.run_job(spark, spec, pseudonym_key=KEY)
+
+    assert result["datasets"]["order_lines"] == {
+        "rows_in": 4,
+        "rejected": 2,
+        "duplicates": 0,
+        "rows_out": 1,
+        "filtered": {"postage": 1},
+        "warnings": {"bulk": 1},
+    }
+    quarantined = {
+        r["reason_code"]: r["message"] for r in pq.read_table(tmp_path / "out/quarantine").to_pylist()
+    }
+    assert quarantined == {
+        "zero_quantity": "zero_quantity: quantity='0'",
+        "unknown_product": "unknown_product: sku='NOPE' (not in the catalogue)",
+    }
