@@ -6,7 +6,7 @@ import glob
 import gzip
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -205,39 +205,17 @@ class FileConnector(Connector):
         )
 
     def _read_jsonl(self, path: str) -> Iterator[list[dict[str, Any]]]:
-        encoding = (
-            "utf-8-sig" if self.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else self.encoding
-        )
         opener = gzip.open if path.lower().endswith(".gz") else open
-        batch: list[dict[str, Any]] = []
-        line_number = 0
+        progress = [0]
         try:
-            with opener(path, "rt", encoding=encoding) as handle:
-                for line_number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line, parse_float=Decimal)
-                    except json.JSONDecodeError as exc:
-                        raise SourceError(
-                            f"source {self.name!r}: {path} line {line_number}: malformed JSON: "
-                            f"{exc.msg} (column {exc.colno})"
-                        ) from None
-                    if not isinstance(record, dict):
-                        raise SourceError(
-                            f"source {self.name!r}: {path} line {line_number}: expected a JSON object, "
-                            f"got {type(record).__name__}"
-                        )
-                    batch.append(record)
-                    if len(batch) >= self.batch_size:
-                        yield batch
-                        batch = []
+            with opener(path, "rt", encoding=text_encoding(self.encoding)) as handle:
+                yield from jsonl_batches(
+                    handle, source=self.name, where=path, batch_size=self.batch_size, progress=progress
+                )
         except (UnicodeDecodeError, OSError, EOFError) as exc:
             raise SourceError(
-                f"source {self.name!r}: {path}: cannot read past line {line_number} ({exc})"
+                f"source {self.name!r}: {path}: cannot read past line {progress[0]} ({exc})"
             ) from exc
-        if batch:
-            yield batch
 
     def _read_parquet(self, path: str) -> Iterator[pa.RecordBatch]:
         try:
@@ -368,3 +346,39 @@ def _open_stream(path: str) -> pa.NativeFile:
 def _bounded(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
     for offset in range(0, batch.num_rows, size):
         yield batch.slice(offset, size)
+
+
+def text_encoding(encoding: str) -> str:
+    """Read UTF-8 as utf-8-sig, so a byte-order mark some exporters write is not part of the first field."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+def jsonl_batches(
+    lines: Iterable[str], *, source: str, where: str, batch_size: int, progress: list[int] | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """JSON Lines into batches of dicts; decimals keep their exact text. `progress[0]` tracks the line
+    number, so a caller that catches a read error can say how far it got."""
+    batch: list[dict[str, Any]] = []
+    for line_number, line in enumerate(lines, start=1):
+        if progress is not None:
+            progress[0] = line_number
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            raise SourceError(
+                f"source {source!r}: {where} line {line_number}: malformed JSON: {exc.msg} "
+                f"(column {exc.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise SourceError(
+                f"source {source!r}: {where} line {line_number}: expected a JSON object, "
+                f"got {type(record).__name__}"
+            )
+        batch.append(record)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

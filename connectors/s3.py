@@ -6,13 +6,11 @@ import csv
 import fnmatch
 import gzip
 import io
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -25,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from etlcore.errors import ConfigurationError, SourceError
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
-from .files import _EXTENSIONS, FORMATS, _strip_gz
+from .files import _EXTENSIONS, FORMATS, _strip_gz, jsonl_batches, text_encoding
 
 __all__ = ["S3Connector", "s3_client"]
 
@@ -247,32 +245,8 @@ class S3Connector(Connector):
                 yield block.slice(offset, self.batch_size)
 
     def _read_jsonl(self, stream: io.BufferedIOBase, where: str) -> Iterator[list[dict[str, Any]]]:
-        encoding = (
-            "utf-8-sig" if self.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else self.encoding
-        )
-        batch: list[dict[str, Any]] = []
-        text = io.TextIOWrapper(stream, encoding=encoding)  # type: ignore[arg-type]
-        for line_number, line in enumerate(text, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line, parse_float=Decimal)
-            except json.JSONDecodeError as exc:
-                raise SourceError(
-                    f"source {self.name!r}: {where} line {line_number}: malformed JSON: {exc.msg} "
-                    f"(column {exc.colno})"
-                ) from None
-            if not isinstance(record, dict):
-                raise SourceError(
-                    f"source {self.name!r}: {where} line {line_number}: expected a JSON object, "
-                    f"got {type(record).__name__}"
-                )
-            batch.append(record)
-            if len(batch) >= self.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        text = io.TextIOWrapper(stream, encoding=text_encoding(self.encoding))  # type: ignore[arg-type]
+        yield from jsonl_batches(text, source=self.name, where=where, batch_size=self.batch_size)
 
     def _read_parquet(self, client: Any, key: str, where: str) -> Iterator[pa.RecordBatch]:
         # Parquet's footer is at the end: the object goes to a temporary file rather than into memory.
