@@ -55,6 +55,8 @@ class Connector(ABC):
         self.name = name
         self.options = dict(options)
         self.batch_size = int(self.options.get("batch_size", DEFAULT_BATCH_SIZE))
+        if self.batch_size <= 0:
+            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
         self.state: dict[str, Any] | None = dict(state) if state else None
         self.next_state: dict[str, Any] | None = self.state
 

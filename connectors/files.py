@@ -76,8 +76,6 @@ class FileConnector(Connector):
     ) -> None:
         super().__init__(name=name, options=options, state=state)
         reject_unknown_options(name, self.options, _OPTIONS)
-        if self.batch_size <= 0:
-            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
         path = self.options.get("path")
         if not isinstance(path, str) or not path.strip():
             raise ConfigurationError(f"source {name!r}: 'path' is required (a file name or glob)")

@@ -121,8 +121,6 @@ class PostgresConnector(Connector):
         super().__init__(name=name, options=options, state=state)
         opts = self.options
         reject_unknown_options(name, opts, _OPTIONS)
-        if self.batch_size <= 0:
-            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
         self.dsn_env = opts.get("dsn_env")
         if not isinstance(self.dsn_env, str) or not self.dsn_env:
             raise ConfigurationError(

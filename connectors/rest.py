@@ -201,8 +201,6 @@ class RestConnector(Connector):
         super().__init__(name=name, options=options, state=state)
         opts = self.options
         reject_unknown_options(name, opts, _OPTIONS)
-        if self.batch_size <= 0:
-            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
         base_url = opts.get("base_url")
         if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
             raise ConfigurationError(f"source {name!r}: base_url must be an http(s) URL, got {base_url!r}")

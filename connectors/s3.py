@@ -101,8 +101,6 @@ class S3Connector(Connector):
         super().__init__(name=name, options=options, state=state)
         opts = self.options
         reject_unknown_options(name, opts, _OPTIONS)
-        if self.batch_size <= 0:
-            raise ConfigurationError(f"source {name!r}: batch_size must be positive, got {self.batch_size}")
         self.bucket = opts.get("bucket")
         if not isinstance(self.bucket, str) or not self.bucket:
             raise ConfigurationError(f"source {name!r}: 'bucket' is required")
