@@ -213,33 +213,18 @@ def _lines_table(
 
 
 def job_spec(root: Path, output_dir: Path) -> dict[str, Any]:
-    """The spec the transform step would write for this partition (etlcore.services.transform_partition)."""
+    """The spec the transform step would write for this partition."""
+    from datetime import date
+
     from etlcore.config import pipeline_load
+    from etlcore.services import job_spec as pipeline_job_spec
 
     config = pipeline_load(PIPELINE)
     rows = {"order_lines": int((root / "rows").read_text()), "products": PRODUCTS, "stores": STORES}
-    inputs = {}
-    for dataset in config.datasets.values():
-        inputs[dataset.name] = {
-            "files": [str(root / "raw" / f"{dataset.name}.parquet")],
-            "columns": dataset.spark_columns(),
-            "key": list(dataset.key),
-            "version_column": dataset.version_column,
-            "rows": rows[dataset.name],
-        }
-        if hasattr(dataset, "spark_rules"):  # configurable quality rules, where the pipeline has them
-            inputs[dataset.name]["rules"] = dataset.spark_rules()
-    spec = {
-        "pipeline": config.name,
-        "business_date": DAY,
-        "inputs": inputs,
-        "output_dir": str(output_dir),
-        "pseudonym_key_env": config.spark.pseudonym_key_env,
-        "reporting_currency": config.spark.reporting_currency,
-    }
-    if hasattr(config.spark, "options"):
-        spec["options"] = dict(config.spark.options)
-    return spec
+    staged = {name: ([root / "raw" / f"{name}.parquet"], rows[name]) for name in config.datasets}
+    return pipeline_job_spec(
+        config, business_date=date.fromisoformat(DAY), staged=staged, output_dir=output_dir
+    )
 
 
 # --- measurement ------------------------------------------------------------------------------------------

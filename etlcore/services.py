@@ -318,20 +318,44 @@ def _extract_failure(failures: Mapping[str, BaseException], *, total: int) -> Ba
     return error
 
 
-def transform_partition(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
-    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
-    inputs: dict[str, Any] = {}
-    for dataset in config.datasets.values():
-        ref = _raw_ref(config, dataset.name, business_date)
-        manifest = staging.manifest_read(ref)
-        inputs[dataset.name] = {
-            "files": [str(p) for p in staging.manifest_files(ref, manifest)],
+def job_spec(
+    config: PipelineConfig,
+    *,
+    business_date: date,
+    staged: Mapping[str, tuple[Sequence[Path], int]],
+    output_dir: Path,
+) -> dict[str, Any]:
+    """The Spark job's spec (docs/architecture.md) from the pipeline and each dataset's staged files and
+    row count. The transform step and the transform benchmark both build it here."""
+    inputs = {
+        dataset.name: {
+            "files": [str(p) for p in staged[dataset.name][0]],
             "columns": dataset.spark_columns(),
             "rules": dataset.spark_rules(),
             "key": list(dataset.key),
             "version_column": dataset.version_column,
-            "rows": manifest.row_count,
+            "rows": staged[dataset.name][1],
         }
+        for dataset in config.datasets.values()
+    }
+    return {
+        "pipeline": config.name,
+        "business_date": business_date.isoformat(),
+        "inputs": inputs,
+        "output_dir": str(output_dir),
+        "pseudonym_key_env": config.spark.pseudonym_key_env,
+        "reporting_currency": config.spark.reporting_currency,
+        "options": dict(config.spark.options),
+    }
+
+
+def transform_partition(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
+    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
+    staged: dict[str, tuple[list[Path], int]] = {}
+    for dataset in config.datasets.values():
+        ref = _raw_ref(config, dataset.name, business_date)
+        manifest = staging.manifest_read(ref)
+        staged[dataset.name] = (staging.manifest_files(ref, manifest), manifest.row_count)
     ref = _transformed_ref(config, business_date)
     log_path = (
         config.staging_root
@@ -340,15 +364,8 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
         / f"{business_date.isoformat()}-run{step.run_id}-transform.log"
     )
     with staging.partition_attempt(ref) as attempt:
-        spec = {
-            "pipeline": config.name,
-            "business_date": business_date.isoformat(),
-            "inputs": inputs,
-            "output_dir": str(attempt),
-            "pseudonym_key_env": config.spark.pseudonym_key_env,
-            "reporting_currency": config.spark.reporting_currency,
-            "options": dict(config.spark.options),
-        }
+        spec = job_spec(config, business_date=business_date, staged=staged, output_dir=attempt)
+        inputs = spec["inputs"]
         # Facts about the submit go on the step record before anything can fail, so a failure keeps them.
         step.details["log"] = str(log_path)
         try:
