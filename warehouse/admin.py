@@ -23,13 +23,15 @@ class DimDateAdmin(ReadOnlyAdmin):
 
 @admin.register(models.DimStore)
 class DimStoreAdmin(ReadOnlyAdmin):
-    list_display = ("store_code", "name", "city", "region", "country")
+    list_display = ("store_code", "name", "city", "region", "country", "valid_from", "valid_to", "is_current")
+    list_filter = ("is_current",)
     search_fields = ("store_code", "name")
 
 
 @admin.register(models.DimProduct)
 class DimProductAdmin(ReadOnlyAdmin):
-    list_display = ("sku", "name", "category", "list_price")
+    list_display = ("sku", "name", "category", "list_price", "valid_from", "valid_to", "is_current")
+    list_filter = ("is_current",)
     search_fields = ("sku", "name")
 
 

@@ -3,7 +3,8 @@
 Two modes. `strict` (the default) digests every column as stored, surrogate keys included: the proof that
 a re-run in the same database changed nothing. `natural` drops auto-increment primary keys and replaces
 each foreign key by the referenced row's natural key, so two databases (or two load paths) that hold the
-same facts compare equal even though their sequences handed out different ids.
+same facts compare equal even though their sequences handed out different ids. A dimension version's
+natural key is its member's key and its valid_from, so a fact's reference names the version it points to.
 """
 
 from __future__ import annotations
@@ -39,13 +40,19 @@ def warehouse_checksums(*, using: str, mode: Mode = "strict") -> dict[str, tuple
     }
 
 
-def natural_key(model: type[models.Model]) -> str | None:
-    """The field that identifies a row across databases: a non-generated primary key, else the only
-    single-column unique field; None when the model has no such field."""
+def natural_key(model: type[models.Model]) -> tuple[str, ...] | None:
+    """The fields that identify a row across databases: a non-generated primary key, else the only unique
+    field or unconditional unique constraint (e.g. sku and valid_from of a product version); None when the
+    model has no such key."""
     pk = model._meta.pk
     if not isinstance(pk, models.AutoField | models.BigAutoField | models.SmallAutoField):
-        return pk.name
-    unique = [f.name for f in model._meta.concrete_fields if f.unique and not f.primary_key]
+        return (pk.name,)
+    unique = [(f.name,) for f in model._meta.concrete_fields if f.unique and not f.primary_key]
+    unique += [
+        tuple(c.fields)
+        for c in model._meta.constraints
+        if isinstance(c, models.UniqueConstraint) and c.fields and c.condition is None
+    ]
     return unique[0] if len(unique) == 1 else None
 
 
@@ -56,7 +63,7 @@ def _columns(model: type[models.Model], mode: Mode) -> tuple[list[str], list[Cal
         if mode == "strict":
             paths.append(f.attname)
             converters.append(_same)
-        elif f.primary_key and natural_key(model) != f.name:
+        elif f.primary_key and natural_key(model) != (f.name,):
             continue
         elif f.is_relation:
             key = natural_key(f.related_model)
@@ -65,8 +72,8 @@ def _columns(model: type[models.Model], mode: Mode) -> tuple[list[str], list[Cal
                 paths.append(f.attname)
                 converters.append(_presence)
             else:
-                paths.append(f"{f.name}__{key}")
-                converters.append(_same)
+                paths.extend(f"{f.name}__{part}" for part in key)
+                converters.extend(_same for _ in key)
         else:
             paths.append(f.attname)
             converters.append(_same)

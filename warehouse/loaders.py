@@ -1,10 +1,11 @@
 """Load one transformed partition into the star schema, atomically and idempotently.
 
 Everything for one (pipeline, business date) happens in one `transaction.atomic(using=alias)`:
-dimensions are upserted on their natural keys (so surrogate keys never change), facts of the date are
-upserted on their natural keys and the date's rows that the new partition no longer holds are deleted,
-and the partition's quarantined records replace the previous ones. Loading a date twice leaves the
-warehouse exactly as it was.
+dimensions with history (stores, products) gain a version where the date's snapshot differs from the
+version valid on that date, the others are upserted on their natural keys; facts of the date join the
+version valid on the date, are upserted on their natural keys, and the date's rows that the new partition
+no longer holds are deleted; the partition's quarantined records replace the previous ones. Loading a date
+twice leaves the warehouse exactly as it was, and dates load in any order (docs/loading.md).
 
 On PostgreSQL the load streams each output through COPY into a temporary table and merges it set-wise
 (`warehouse.loading.postgres`); elsewhere it uses the ORM's bulk_create (`warehouse.loading.portable`).
@@ -70,19 +71,18 @@ def partition_load(
 
 def _load_copy(connection, outputs, pipeline: str, business_date: date, run_id: int | None) -> LoadResult:
     result = LoadResult(strategy="copy")
-    dk = date_key(business_date)
     with connection.cursor() as wrapper:
         cursor = wrapper.cursor  # psycopg2's own cursor: COPY and psycopg2.sql compositions
         postgres.lock_partition(cursor, business_date)
         postgres.load_date_row(cursor, connection, business_date)
         for dim in DIMENSIONS:
             result.rows_loaded[dim.output] = postgres.load_dimension(
-                cursor, connection, dim, outputs[dim.output]
+                cursor, connection, dim, outputs[dim.output], business_date
             )
         fault_point("after_dimensions")
         for fact in FACTS:
             result.rows_loaded[fact.output], result.rows_deleted[fact.output] = postgres.load_fact(
-                cursor, connection, fact, dk, outputs[fact.output]
+                cursor, connection, fact, business_date, outputs[fact.output]
             )
         result.rows_loaded["quarantine"], result.rows_deleted["quarantine"] = postgres.load_quarantine(
             cursor, connection, pipeline, business_date, run_id, outputs["quarantine"]
@@ -92,14 +92,15 @@ def _load_copy(connection, outputs, pipeline: str, business_date: date, run_id: 
 
 def _load_portable(using: str, outputs, pipeline: str, business_date: date, run_id: int | None) -> LoadResult:
     result = LoadResult(strategy="portable")
-    dk = date_key(business_date)
     portable.load_date_row(using, business_date)
     for dim in DIMENSIONS:
-        result.rows_loaded[dim.output] = portable.load_dimension(using, dim, outputs[dim.output])
+        result.rows_loaded[dim.output] = portable.load_dimension(
+            using, dim, outputs[dim.output], business_date
+        )
     fault_point("after_dimensions")
     for fact in FACTS:
         result.rows_loaded[fact.output], result.rows_deleted[fact.output] = portable.load_fact(
-            using, fact, dk, outputs[fact.output]
+            using, fact, business_date, outputs[fact.output]
         )
         fault_point("after_merge")
     result.rows_loaded["quarantine"], result.rows_deleted["quarantine"] = portable.load_quarantine(

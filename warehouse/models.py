@@ -25,31 +25,63 @@ class DimDate(models.Model):
         return self.date.isoformat()
 
 
-class DimStore(models.Model):
-    store_code = models.CharField(max_length=50, unique=True, help_text="natural key from the store master")
+class Versioned(models.Model):
+    """A version of a slowly changing dimension member (type 2): its attributes held over [valid_from,
+    valid_to). The versions of one member are contiguous; the last is open-ended and the current one.
+    The loaders maintain them (docs/loading.md#dimension-history)."""
+
+    valid_from = models.DateField(help_text="first business date of this version")
+    valid_to = models.DateField(
+        null=True, blank=True, help_text="first business date after this version; empty while current"
+    )
+    is_current = models.BooleanField(help_text="the open-ended version, as of the latest loaded date")
+
+    class Meta:
+        abstract = True
+
+
+def history_constraints(name: str, natural_key: str) -> list[models.BaseConstraint]:
+    """One version per member and start date (its index serves the loaders' range joins), at most one
+    current version per member, and no empty range."""
+    return [
+        models.UniqueConstraint(fields=[natural_key, "valid_from"], name=f"uniq_{name}_version"),
+        models.UniqueConstraint(
+            fields=[natural_key], condition=models.Q(is_current=True), name=f"uniq_{name}_current"
+        ),
+        models.CheckConstraint(
+            condition=models.Q(valid_to__isnull=True) | models.Q(valid_to__gt=models.F("valid_from")),
+            name=f"{name}_valid_range",
+        ),
+    ]
+
+
+class DimStore(Versioned):
+    store_code = models.CharField(max_length=50, help_text="natural key from the store master")
     name = models.CharField(max_length=200)
     city = models.CharField(max_length=100, blank=True, null=True)
     region = models.CharField(max_length=100, blank=True, null=True)
     country = models.CharField(max_length=100, blank=True, null=True)
 
     class Meta:
-        ordering = ["store_code"]
+        ordering = ["store_code", "valid_from"]
+        constraints = history_constraints("dimstore", "store_code")
 
     def __str__(self) -> str:
-        return f"{self.store_code} {self.name}"
+        return f"{self.store_code} {self.name} (from {self.valid_from})"
 
 
-class DimProduct(models.Model):
-    sku = models.CharField(max_length=64, unique=True, help_text="natural key from the product catalogue")
+class DimProduct(Versioned):
+    sku = models.CharField(max_length=64, help_text="natural key from the product catalogue")
     name = models.CharField(max_length=300)
     category = models.CharField(max_length=100, blank=True, null=True)
     list_price = models.DecimalField(**MONEY, null=True, blank=True)
 
     class Meta:
-        ordering = ["sku"]
+        ordering = ["sku", "valid_from"]
+        constraints = history_constraints("dimproduct", "sku")
 
     def __str__(self) -> str:
-        return f"{self.sku} {self.name}"
+        return f"{self.sku} {self.name} (from {self.valid_from})"
 
 
 class DimCustomer(models.Model):
@@ -79,7 +111,8 @@ class FactSalesLine(models.Model):
         blank=True,
         help_text="NULL for a line that is not a product (postage, fee, discount...): see line_type",
     )
-    customer = models.ForeignKey(DimCustomer, on_delete=models.PROTECT, null=True, blank=True)
+    # Indexed by the (customer, stock_code) index below, whose first column serves the foreign key too.
+    customer = models.ForeignKey(DimCustomer, on_delete=models.PROTECT, null=True, blank=True, db_index=False)
     ordered_at = models.DateTimeField()
     quantity = models.IntegerField(help_text="negative for returns")
     unit_price = models.DecimalField(**PRICE)
@@ -101,14 +134,19 @@ class FactSalesLine(models.Model):
         max_length=64,
         null=True,
         blank=True,
-        help_text="for a return: the order it returns, when the job could find it (docs/retail-semantics.md)",
+        help_text="for a return: the order it returns, when the job or the loader could find it "
+        "(docs/retail-semantics.md)",
     )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["order_id", "line_number"], name="uniq_sales_line_natural_key")
         ]
-        indexes = [models.Index(fields=["date"])]
+        indexes = [
+            models.Index(fields=["date"]),
+            # The loader's look-up of a return's purchase on an earlier date (docs/retail-semantics.md).
+            models.Index(fields=["customer", "stock_code"], name="sales_line_customer_item"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.order_id}/{self.line_number}"

@@ -161,6 +161,35 @@ def default_outputs(lines: list[dict]) -> dict[str, list[dict]]:
     }
 
 
+def history_outputs(
+    day: date, *, price: str = "9.99", region: str | None = "West", name: str = "Mug"
+) -> dict:
+    """A date whose product P1 and store S1 have the tracked attributes the test chooses, and whose
+    product P2 and store S2 never change; one line of each product."""
+    outputs = default_outputs(
+        [
+            sale(f"O{day:%m%d}", 1, price=price, day=day),
+            sale(f"O{day:%m%d}", 2, sku="P2", store="S2", day=day),
+        ]
+    )
+    outputs["products"][0] |= {"name": name, "list_price": Decimal(price)}
+    outputs["stores"][0]["region"] = region
+    outputs["stores"].append(
+        {"store_code": "S2", "name": "Lyon", "city": "Lyon", "region": "South", "country": "FR"}
+    )
+    return outputs
+
+
+def without(outputs: dict[str, list[dict]], sku: str) -> dict[str, list[dict]]:
+    """The outputs of a date on which product `sku` was neither exported nor sold."""
+    return {
+        name: [r for r in rows if r.get("sku") != sku]
+        if name in ("products", "sales_lines", "daily_sales")
+        else rows
+        for name, rows in outputs.items()
+    }
+
+
 def write_outputs(folder: Path, outputs: dict[str, list[dict]]) -> dict[str, list[Path]]:
     paths = {}
     for name, schema in SCHEMAS.items():

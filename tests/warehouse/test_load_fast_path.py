@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -14,7 +14,7 @@ from warehouse.checks import warehouse_checksums
 from warehouse.loaders import partition_load
 from warehouse.models import DimProduct, DimStore, FactSalesLine, QuarantinedRow
 
-from .partitions import DAY, default_outputs, sale, write_outputs
+from .partitions import DAY, daily_from, default_outputs, history_outputs, sale, without, write_outputs
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -48,6 +48,37 @@ def scenario() -> list[tuple[date, dict]]:
     return [(DAY, day1), (DAY2, day2), (DAY, day1_again), (DAY2, day2)]
 
 
+def history_scenario() -> list[tuple[date, dict]]:
+    """Dimension history out of date order: a backfill between two loaded dates at another price (the
+    later date keeps its price), a product missing from a snapshot, a region change, a backfill before a
+    product's first version, a new product, and a corrected re-run that makes the history collapse again.
+    A return on the third date links to the second date's purchase."""
+    d0, d1, d2, d3, d4 = (date(2026, 10, 31) + timedelta(days=i) for i in range(5))
+    d0_tea = history_outputs(d0)
+    d0_tea["products"][1]["name"] = "Tea"
+    d3_north = with_lines(
+        history_outputs(d3, price="12.00", region="North"), sale("C1103", 1, "P2", -1, day=d3)
+    )
+    d4_new = with_lines(
+        without(history_outputs(d4, region="North"), "P1"), sale("O1104", 3, sku="P3", day=d4)
+    )
+    d4_new["products"].append({"sku": "P3", "name": "Pot", "category": None, "list_price": None})
+    return [
+        (d1, history_outputs(d1, price="12.00")),
+        (d3, d3_north),
+        (d2, history_outputs(d2, price="9.99")),
+        (d4, d4_new),
+        (d0, d0_tea),
+        (d2, history_outputs(d2, price="12.00")),
+        (d3, d3_north),
+    ]
+
+
+def with_lines(outputs: dict, *lines: dict) -> dict:
+    sales_lines = [*outputs["sales_lines"], *lines]
+    return outputs | {"sales_lines": sales_lines, "daily_sales": daily_from(sales_lines)}
+
+
 def run(alias: str, tmp_path, loads, strategy: str = "auto") -> None:
     for i, (day, outputs) in enumerate(loads):
         partition_load(
@@ -73,6 +104,26 @@ def test_postgres_load_leaves_the_same_warehouse_as_the_portable_load_on_sqlite(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("strategy", ["copy", "portable"])
+@pytest.mark.parametrize("steps", [4, 7], ids=["backfilled", "corrected"])
+def test_postgres_dimension_history_is_the_portable_history_on_sqlite(tmp_path, strategy, steps):
+    _postgres_or_skip()
+    loads = history_scenario()[:steps]
+    run("default", tmp_path, loads, "portable")
+    run("postgres", tmp_path, loads, strategy)
+
+    expected = warehouse_checksums(using="default", mode="natural")
+    p1 = DimProduct.objects.using("default").filter(sku="P1").values_list("valid_from", "list_price")
+    assert [(d.day, str(price)) for d, price in p1] == {
+        4: [(1, "12.00"), (2, "9.99"), (3, "12.00")],
+        7: [(31, "9.99"), (1, "12.00")],
+    }[steps]
+    linked = FactSalesLine.objects.using("default").get(order_id="C1103")
+    assert linked.original_order_id == ("O1102" if steps == 7 else "O1101")  # d2 was loaded after d3
+    assert warehouse_checksums(using="postgres", mode="natural") == expected
+
+
+@pytest.mark.postgres
 def test_copy_load_keeps_text_exactly_null_apart_from_empty(tmp_path):
     _postgres_or_skip()
     day1, day2 = scenario()[:2]
@@ -84,8 +135,10 @@ def test_copy_load_keeps_text_exactly_null_apart_from_empty(tmp_path):
     assert QuarantinedRow.objects.using("postgres").get(business_date=DAY).occurrences == 3
 
     run("postgres", tmp_path / "2", [day2], "copy")
-    p3 = DimProduct.objects.using("postgres").get(sku="P3")
-    assert (p3.name, p3.category, p3.list_price) == ("Pot", None, None)
+    # NULL against "" is a change of attributes: a new version, the first one kept as it was.
+    first, p3 = DimProduct.objects.using("postgres").filter(sku="P3").order_by("valid_from")
+    assert (first.name, first.category, first.list_price, first.valid_to) == ("", "", Decimal("0.00"), DAY2)
+    assert (p3.name, p3.category, p3.list_price, p3.is_current) == ("Pot", None, None, True)
     s2 = DimStore.objects.using("postgres").get(store_code="S2")
     assert (s2.city, s2.region) == (None, "")
 
@@ -109,6 +162,17 @@ def test_copy_load_rerun_rewrites_no_row_and_locks_no_dimension_member(tmp_path)
     run("postgres", tmp_path / "a", loads, "copy")
     before = _row_versions("postgres")
     run("postgres", tmp_path / "b", loads[1:], "copy")
+    assert _row_versions("postgres") == before
+
+
+@pytest.mark.postgres
+def test_copy_load_rerun_of_dates_with_history_rewrites_no_row(tmp_path):
+    _postgres_or_skip()
+    loads = history_scenario()
+    run("postgres", tmp_path / "a", loads, "copy")
+    before = _row_versions("postgres")
+    latest = dict(loads)  # each date's last partition
+    run("postgres", tmp_path / "b", sorted(latest.items(), reverse=True), "copy")
     assert _row_versions("postgres") == before
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.db import connections
+from psycopg2.errors import LockNotAvailable
 
 from tests.conftest import _postgres_or_skip
 from warehouse.checks import warehouse_checksums
 from warehouse.loaders import partition_load
-from warehouse.models import FactSalesLine
+from warehouse.models import DimProduct, FactSalesLine
 
-from .partitions import DAY, default_outputs, sale, write_outputs
+from .partitions import DAY, default_outputs, history_outputs, sale, write_outputs
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 
@@ -179,3 +180,100 @@ def test_loads_of_two_dates_do_not_wait_for_each_other_beyond_the_merge(tmp_path
     assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
     dates = set(FactSalesLine.objects.using("postgres").values_list("date_id", flat=True))
     assert dates == {20261101, 20261102, 20261103}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("strategy", ["copy", "portable"])
+def test_a_backfill_killed_while_rewriting_history_leaves_the_warehouse_as_before(tmp_path, strategy):
+    """Killed after the versions were split and the later date's facts re-pointed, before the rows no
+    version keeps were deleted."""
+    _postgres_or_skip()
+    for day in (DAY, DAY3):
+        load_here("postgres", tmp_path / f"{day}", day, history_outputs(day), strategy)
+    before = warehouse_checksums(using="postgres")
+
+    backfill = history_outputs(DAY2, price="12.00")
+    kill_at(
+        tmp_path,
+        load_job(tmp_path / "backfill", DAY2, backfill, strategy),
+        postgres_url(),
+        "history:products",
+    )
+    assert warehouse_checksums(using="postgres") == before
+
+    load_here("postgres", tmp_path / "rerun", DAY2, backfill, strategy)
+    for day in (DAY, DAY2, DAY3):
+        load_here(
+            "default", tmp_path / f"clean-{day}", day, backfill if day == DAY2 else history_outputs(day)
+        )
+    assert warehouse_checksums(using="postgres", mode="natural") == warehouse_checksums(
+        using="default", mode="natural"
+    )
+
+
+@pytest.mark.postgres
+def test_a_load_changing_history_waits_for_another_load_changing_the_same_dimension(tmp_path):
+    """Two loads that change a product's versions are serialised by the history lock: the second waits
+    for the first's commit, then builds on it, as if they had run one after the other."""
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "day1", DAY, history_outputs(DAY))
+
+    held = start_child(
+        tmp_path,
+        load_job(tmp_path / "day2", DAY2, history_outputs(DAY2, price="12.00")),
+        postgres_url(),
+        "before_commit",
+    )
+    wait_paused(held, tmp_path / "paused")
+    try:
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("SET lock_timeout = '1s'")
+        with pytest.raises(LockNotAvailable):
+            load_here("postgres", tmp_path / "day3-waits", DAY3, history_outputs(DAY3, price="15.00"))
+    finally:
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        (tmp_path / "paused").unlink()
+    assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+
+    load_here("postgres", tmp_path / "day3", DAY3, history_outputs(DAY3, price="15.00"))
+    versions = DimProduct.objects.using("postgres").filter(sku="P1").values_list("valid_from", "list_price")
+    assert [(day, str(price)) for day, price in versions] == [
+        (DAY, "9.99"),
+        (DAY2, "12.00"),
+        (DAY3, "15.00"),
+    ]
+
+
+@pytest.mark.postgres
+def test_a_load_reading_history_waits_for_a_load_changing_it_then_sees_the_change(tmp_path):
+    """D3 arrives while a load of D2 that changes P1's price is still open. Without the wait, D3 would find
+    nothing to change, point its facts at the version D2's load is closing, and lose its own price."""
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "day1", DAY, history_outputs(DAY))
+
+    held = start_child(
+        tmp_path,
+        load_job(tmp_path / "day2", DAY2, history_outputs(DAY2, price="12.00")),
+        postgres_url(),
+        "before_commit",
+    )
+    wait_paused(held, tmp_path / "paused")
+    try:
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("SET lock_timeout = '1s'")
+        with pytest.raises(LockNotAvailable):
+            load_here("postgres", tmp_path / "day3-waits", DAY3, history_outputs(DAY3))
+    finally:
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        (tmp_path / "paused").unlink()
+    assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+
+    load_here("postgres", tmp_path / "day3", DAY3, history_outputs(DAY3))
+    for day in (DAY, DAY2, DAY3):
+        outputs = history_outputs(day, price="12.00" if day == DAY2 else "9.99")
+        load_here("default", tmp_path / f"sequential-{day}", day, outputs)
+    assert warehouse_checksums(using="postgres", mode="natural") == warehouse_checksums(
+        using="default", mode="natural"
+    )

@@ -1,13 +1,16 @@
 """The portable path (SQLite and any other backend): ORM bulk_create(update_conflicts=True) in batches.
 
-Dimension keys are resolved per batch through one `IN (...)` query per dimension, and stale rows are found
-by comparing the partition's key set with the keys written. Row semantics are those of `specs`, shared
-with the PostgreSQL path.
+Dimension keys are resolved per batch through one `IN (...)` query per dimension (for a dimension with
+history, to the version valid on the partition's date), and stale rows are found by comparing the
+partition's key set with the keys written. Dimension history applies `history.observe` to the members whose
+attributes changed. Row semantics are those of `specs` and `history`, shared with the PostgreSQL path.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,19 @@ import pyarrow.parquet as pq
 from django.db import models
 
 from ..models import DimDate, QuarantinedRow
+from .history import Version, observe, version_on
 from .specs import (
+    FACTS,
     PARTITION_FIELD,
     QUARANTINE_COLUMNS,
+    VALIDITY_FIELDS,
     Dimension,
     Fact,
+    date_key,
     dim_date_row,
     fault_point,
+    key_date,
+    return_lookback_start,
 )
 
 BATCH_ROWS = 5_000
@@ -34,18 +43,22 @@ def load_date_row(using: str, day: date) -> None:
     _upsert(using, DimDate, [dim_date_row(day)], ["date_key"])
 
 
-def load_dimension(using: str, spec: Dimension, files: Sequence[Path]) -> int:
+def load_dimension(using: str, spec: Dimension, files: Sequence[Path], day: date) -> int:
     rows = 0
     for batch in _read_batches(files, spec.columns):
-        objs = [spec.model(**{name: rec[name] for name in spec.columns}) for rec in batch]
-        _upsert(using, spec.model, objs, [spec.natural_key])
-        rows += len(objs)
+        if spec.history:
+            _observe_members(using, spec, batch, day)
+        else:
+            objs = [spec.model(**{name: rec[name] for name in spec.columns}) for rec in batch]
+            _upsert(using, spec.model, objs, [spec.natural_key])
+        rows += len(batch)
     return rows
 
 
-def load_fact(using: str, spec: Fact, dk: int, files: Sequence[Path]) -> tuple[int, int]:
+def load_fact(using: str, spec: Fact, day: date, files: Sequence[Path]) -> tuple[int, int]:
     """Upsert the date's rows on their natural key, then delete the date's rows no longer produced."""
     meta = spec.model._meta
+    dk = date_key(day)
     key_attnames = [meta.get_field(f).attname for f in spec.partition_key]
     date_attname = meta.get_field(PARTITION_FIELD).attname
     kept: set[tuple] = set()
@@ -57,9 +70,12 @@ def load_fact(using: str, spec: Fact, dk: int, files: Sequence[Path]) -> tuple[i
                 ref.dimension(spec.model),
                 ref.column,
                 {r[ref.column] for r in batch if r[ref.column] is not None or not ref.nullable(spec.model)},
+                day if ref.history(spec.model) else None,
             )
             for ref in spec.references
         }
+        if spec.links_returns:
+            _link_returns(using, spec, day, batch, ids["customer"])
         objs = []
         for r in batch:
             values = {name: _python_value(r[name]) for name in spec.attributes}
@@ -138,19 +154,211 @@ def _upsert(
     )
 
 
-def _key_map(using: str, model: type[models.Model], natural_key: str, values: set[Any]) -> dict[Any, int]:
+def _key_map(
+    using: str, model: type[models.Model], natural_key: str, values: set[Any], day: date | None
+) -> dict[Any, int]:
+    """Natural key -> surrogate key; with `day`, of the version valid on that date."""
+    members = model.objects.using(using)
+    if day is not None:
+        members = members.filter(_valid_on(day))
     found: dict[Any, int] = {}
     ordered = sorted(v for v in values if v is not None)
     for start in range(0, len(ordered), LOOKUP_CHUNK):
         chunk = ordered[start : start + LOOKUP_CHUNK]
-        found.update(
-            model.objects.using(using).filter(**{f"{natural_key}__in": chunk}).values_list(natural_key, "pk")
-        )
+        found.update(members.filter(**{f"{natural_key}__in": chunk}).values_list(natural_key, "pk"))
     missing = values - found.keys()
     if missing:
         # The transform only emits facts whose dimensions it also emitted; this means a broken partition.
         raise MissingDimensionError(model, natural_key, missing)
     return found
+
+
+def _valid_on(day: date) -> models.Q:
+    return models.Q(valid_from__lte=day) & (models.Q(valid_to__isnull=True) | models.Q(valid_to__gt=day))
+
+
+def _observe_members(using: str, spec: Dimension, batch: list[dict[str, Any]], day: date) -> None:
+    """Apply `history.observe` to the batch's members, then write what changed (docs/loading.md)."""
+    model, key = spec.model, spec.natural_key
+    old: dict[Any, list[Version]] = defaultdict(list)
+    names = ["pk", key, "valid_from", "valid_to", *spec.attributes]
+    keys = sorted(r[key] for r in batch)
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        for pk, member, valid_from, valid_to, *attrs in (
+            model.objects.using(using)
+            .filter(**{f"{key}__in": chunk})
+            .order_by("valid_from")
+            .values_list(*names)
+        ):
+            old[member].append(Version(pk, valid_from, valid_to, tuple(attrs)))
+    next_loaded = (
+        DimDate.objects.using(using)
+        .filter(date__gt=day)
+        .order_by("date")
+        .values_list("date", flat=True)
+        .first()
+    )
+    plans: dict[Any, list[Version]] = {}
+    for r in batch:
+        new = observe(
+            old[r[key]], day=day, attributes=tuple(r[a] for a in spec.attributes), next_loaded=next_loaded
+        )
+        if new is not None:
+            plans[r[key]] = new
+    if plans:
+        _write_history(using, spec, day, {member: old[member] for member in plans}, plans)
+
+
+def _write_history(
+    using: str,
+    spec: Dimension,
+    day: date,
+    old: dict[Any, list[Version]],
+    new: dict[Any, list[Version]],
+) -> None:
+    """Old versions -> new versions of the changed members, in an order that keeps every constraint true
+    after each statement: the old current version is cleared before another becomes current, kept rows are
+    updated, new ones inserted, facts re-pointed, and only then are the rows no version keeps deleted."""
+    model, key = spec.model, spec.natural_key
+    members = model.objects.using(using)
+    losing = [
+        v.id
+        for member, versions in old.items()
+        for v in versions
+        if v.is_current and v.id != new[member][-1].id
+    ]
+    _chunked_update(members, losing, is_current=False)
+
+    before = {v.id: v for versions in old.values() for v in versions}
+    fields = [*VALIDITY_FIELDS, *spec.attributes]
+    changed = [
+        model(pk=v.id, **{key: member}, **_version_values(spec, v))
+        for member, versions in new.items()
+        for v in versions
+        if v.id is not None and v != before[v.id]
+    ]
+    members.bulk_update(changed, fields, batch_size=BATCH_ROWS)
+    members.bulk_create(
+        [
+            model(**{key: member}, **_version_values(spec, v))
+            for member, versions in new.items()
+            for v in versions
+            if v.id is None
+        ],
+        batch_size=1_000,
+    )
+    kept = {v.id for versions in new.values() for v in versions}
+    obsolete = [pk for pk in before if pk not in kept]
+    _repoint_facts(using, spec, day, old, _with_ids(using, spec, new, obsolete))
+    fault_point(f"history:{spec.output}")
+    for start in range(0, len(obsolete), LOOKUP_CHUNK):
+        members.filter(pk__in=obsolete[start : start + LOOKUP_CHUNK]).delete()
+
+
+def _version_values(spec: Dimension, version: Version) -> dict[str, Any]:
+    return {
+        "valid_from": version.valid_from,
+        "valid_to": version.valid_to,
+        "is_current": version.is_current,
+        **dict(zip(spec.attributes, version.attributes, strict=True)),
+    }
+
+
+def _with_ids(
+    using: str, spec: Dimension, new: dict[Any, list[Version]], obsolete: Container[int]
+) -> dict[Any, list[Version]]:
+    """The new versions with the ids the database gave the inserted ones."""
+    key = spec.natural_key
+    ids: dict[tuple[Any, date], int] = {}
+    members = sorted(new)
+    for start in range(0, len(members), LOOKUP_CHUNK):
+        rows = (
+            spec.model.objects.using(using)
+            .filter(**{f"{key}__in": members[start : start + LOOKUP_CHUNK]})
+            .values_list(key, "valid_from", "pk")
+        )
+        ids.update({(member, valid_from): pk for member, valid_from, pk in rows if pk not in obsolete})
+    return {
+        member: [replace(v, id=ids[member, v.valid_from]) for v in versions]
+        for member, versions in new.items()
+    }
+
+
+def _repoint_facts(
+    using: str, spec: Dimension, day: date, old: dict[Any, list[Version]], new: dict[Any, list[Version]]
+) -> None:
+    """Facts referencing a changed member's old versions point to the version valid on their date.
+
+    Only dates from `day` on can move: the versions before it are unchanged (neighbours always differ, so
+    no earlier point is absorbed), and the date's own facts are merged again after this anyway."""
+    member_of = {v.id: member for member, versions in old.items() for v in versions}
+    old_ids = sorted(member_of)
+    for fact in FACTS:
+        for ref in fact.references:
+            if ref.dimension(fact.model) is not spec.model:
+                continue
+            meta = fact.model._meta
+            ref_attname = meta.get_field(ref.field).attname
+            date_attname = meta.get_field(PARTITION_FIELD).attname
+            facts = fact.model.objects.using(using)
+            moves: dict[int, list[int]] = defaultdict(list)
+            for start in range(0, len(old_ids), LOOKUP_CHUNK):
+                rows = facts.filter(
+                    **{f"{ref_attname}__in": old_ids[start : start + LOOKUP_CHUNK]},
+                    **{f"{date_attname}__gte": date_key(day)},
+                ).values_list("pk", date_attname, ref_attname)
+                for pk, dk, ref_id in rows:
+                    target = version_on(new[member_of[ref_id]], key_date(dk))
+                    if target.id != ref_id:
+                        moves[target.id].append(pk)
+            for target, pks in moves.items():
+                _chunked_update(facts, pks, **{ref_attname: target})
+
+
+def _chunked_update(queryset: models.QuerySet, pks: list[int], **values: Any) -> None:
+    for start in range(0, len(pks), LOOKUP_CHUNK):
+        queryset.filter(pk__in=pks[start : start + LOOKUP_CHUNK]).update(**values)
+
+
+def _link_returns(
+    using: str, spec: Fact, day: date, batch: list[dict[str, Any]], customer_ids: dict[Any, int]
+) -> None:
+    """Set `original_order_id` of the batch's unlinked returns of known customers to the latest purchase
+    (ordered_at, then order id) of the same customer and item on an earlier date within the look-back,
+    at or before the return (docs/retail-semantics.md). Done on the staged rows, before the merge, so a
+    re-load computes the same link and leaves an unchanged row unchanged."""
+    returns = [
+        r
+        for r in batch
+        if r["is_return"] and r["original_order_id"] is None and r["customer_key"] is not None
+    ]
+    chunk_size = LOOKUP_CHUNK // 2  # two IN lists per query
+    for start in range(0, len(returns), chunk_size):
+        chunk = returns[start : start + chunk_size]
+        purchases: dict[tuple[int, str], list[tuple[datetime, str]]] = defaultdict(list)
+        rows = (
+            spec.model.objects.using(using)
+            .filter(
+                customer_id__in={customer_ids[r["customer_key"]] for r in chunk},
+                stock_code__in={r["stock_code"] for r in chunk},
+                is_return=False,
+                date_id__gte=return_lookback_start(day),
+                date_id__lt=date_key(day),
+            )
+            .values_list("customer_id", "stock_code", "ordered_at", "order_id")
+        )
+        for customer, stock_code, ordered_at, order_id in rows:
+            purchases[customer, stock_code].append((ordered_at, order_id))
+        for r in chunk:
+            at = _python_value(r["ordered_at"])
+            earlier = [
+                p
+                for p in purchases[customer_ids[r["customer_key"]], r["stock_code"]]
+                if p[0] <= at and p[1] != r["order_id"]
+            ]
+            if earlier:
+                r["original_order_id"] = max(earlier)[1]  # latest, ties: greatest order id (code points)
 
 
 class MissingDimensionError(ValueError):

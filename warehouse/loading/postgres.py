@@ -3,15 +3,18 @@ merge per table, all inside the caller's transaction.
 
 Per output: `CREATE TEMP TABLE ... ON COMMIT DROP` with the model's column types, `COPY ... FROM STDIN
 (FORMAT csv)` streamed from the Parquet file one bounded record batch at a time, then SQL that resolves
-dimension keys by joining the dimension tables (never per row in Python), deletes the date's rows the
-partition no longer holds (anti-join) and upserts on the natural key, rewriting only rows that differ
-(`IS DISTINCT FROM`), so a re-run writes nothing and locks no row it does not change. Identifiers are
-composed with psycopg2.sql; values are bound parameters.
+dimension keys by joining the dimension tables (never per row in Python; for a dimension with history, the
+version whose range holds the date), deletes the date's rows the partition no longer holds (anti-join) and
+upserts on the natural key, rewriting only rows that differ (`IS DISTINCT FROM`), so a re-run writes
+nothing and locks no row it does not change. Dimension history follows the rules of `history` in a few
+set-wise statements over the members that changed. Identifiers are composed with psycopg2.sql; values are
+bound parameters or literals rendered by psycopg2.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -22,16 +25,19 @@ import pyarrow.parquet as pq
 from django.db import models
 from psycopg2 import sql
 
-from ..models import DimDate, QuarantinedRow
+from ..models import DimCustomer, DimDate, QuarantinedRow
 from .portable import MissingDimensionError
 from .specs import (
+    FACTS,
     PARTITION_FIELD,
     QUARANTINE_COLUMNS,
     Dimension,
     Fact,
+    Reference,
     date_key,
     dim_date_row,
     fault_point,
+    return_lookback_start,
 )
 
 COPY_BATCH_ROWS = 65_536
@@ -39,11 +45,23 @@ COPY_CHUNK_BYTES = 1 << 20
 CSV_OPTIONS = pacsv.WriteOptions(include_header=False)
 # Transaction-level advisory lock per date: loads of one date queue up, other dates never wait on it.
 ADVISORY_LOCK_CLASS = 0x45544C  # "ETL"
+# Transaction-level advisory lock per dimension with history: shared by loads that only read its versions,
+# exclusive for a load that changes them (docs/loading.md#locking).
+HISTORY_LOCK_CLASS = 0x455448  # "ETH"
 MISSING_SAMPLE = 5
 
 
 def lock_partition(cursor, day: date) -> None:
     cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_CLASS, date_key(day)])
+
+
+def lock_history(cursor, spec: Dimension, *, exclusive: bool) -> None:
+    """The dimension's history lock, keyed by a stable 31-bit hash of its table name."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    cursor.execute(
+        f"SELECT {function}(%s, %s)",
+        [HISTORY_LOCK_CLASS, zlib.crc32(spec.model._meta.db_table.encode()) & 0x7FFFFFFF],
+    )
 
 
 def load_date_row(cursor, connection, day: date) -> None:
@@ -58,13 +76,25 @@ def load_date_row(cursor, connection, day: date) -> None:
     )
 
 
-def load_dimension(cursor, connection, spec: Dimension, files: Sequence[Path]) -> int:
-    """Insert new members, then update members whose attributes changed; unchanged rows are not touched.
+def load_dimension(cursor, connection, spec: Dimension, files: Sequence[Path], day: date) -> int:
+    meta = spec.model._meta
+    staging = _stage(cursor, connection, spec.output, [meta.get_field(c) for c in spec.columns], files)
+    if spec.history:
+        _merge_history(cursor, spec, staging, day)
+    else:
+        _merge_latest(cursor, spec, staging)
+    rows = _staged_rows(cursor, staging)
+    _drop(cursor, staging)
+    return rows
+
+
+def _merge_latest(cursor, spec: Dimension, staging: sql.Composable) -> None:
+    """Type 1: insert new members, then update members whose attributes changed; unchanged rows are not
+    touched.
 
     Two statements instead of `ON CONFLICT DO UPDATE`, which locks every conflicting row even when its
     WHERE is false: concurrent loads of other dates share these dimension rows and must not wait on them."""
     meta = spec.model._meta
-    staging = _stage(cursor, connection, spec.output, [meta.get_field(c) for c in spec.columns], files)
     table = sql.Identifier(meta.db_table)
     key = sql.Identifier(meta.get_field(spec.natural_key).column)
     columns = [sql.Identifier(meta.get_field(c).column) for c in spec.columns]
@@ -102,31 +132,287 @@ def load_dimension(cursor, connection, spec: Dimension, files: Sequence[Path]) -
                 new=sql.SQL(", ").join(sources),
             )
         )
-    rows = _staged_rows(cursor, staging)
-    _drop(cursor, staging)
-    return rows
 
 
-def load_fact(cursor, connection, spec: Fact, dk: int, files: Sequence[Path]) -> tuple[int, int]:
+def _merge_history(cursor, spec: Dimension, staging: sql.Composable, day: date) -> None:
+    """Type 2: apply `history.observe` set-wise to the members whose snapshot differs from their version
+    valid on the date; a snapshot with no change writes and row-locks nothing.
+
+    The lock is chosen by a first look without one: exclusive when there are changes, else shared (loads
+    that change nothing never wait for each other). Changes are then found again under the lock, since a
+    load holding it exclusively may have committed meanwhile; one found only then takes it exclusively too."""
+    changes = sql.Identifier("pg_temp", f"changes_{spec.output}")
+    query = _changes(spec, staging, day)
+    cursor.execute(sql.SQL("SELECT EXISTS ({})").format(query))
+    exclusive = cursor.fetchone()[0]
+    lock_history(cursor, spec, exclusive=exclusive)
+    changed = _create_as(cursor, changes, query)
+    if changed and not exclusive:
+        lock_history(cursor, spec, exclusive=True)
+        changed = _create_as(cursor, changes, query)
+    if changed:
+        _write_history(cursor, spec, changes, day)
+    _drop(cursor, changes)
+
+
+def _changes(spec: Dimension, staging: sql.Composable, day: date) -> sql.Composable:
+    """Staged members with no version valid on the date holding the same attributes (NULL-safe)."""
     meta = spec.model._meta
+    return sql.SQL(
+        "SELECT s.* FROM {staging} s WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE d.{key} = s.{skey} "
+        "AND {valid} AND ROW({old}) IS NOT DISTINCT FROM ROW({new}))"
+    ).format(
+        staging=staging,
+        table=sql.Identifier(meta.db_table),
+        key=sql.Identifier(meta.get_field(spec.natural_key).column),
+        skey=sql.Identifier(spec.natural_key),
+        valid=_valid_on(sql.Identifier("d"), day),
+        old=_columns("d", [meta.get_field(a).column for a in spec.attributes]),
+        new=_columns("s", spec.attributes),
+    )
+
+
+def _write_history(cursor, spec: Dimension, changes: sql.Composable, day: date) -> None:
+    """The changed members' new versions (`_plan_history`), written in an order that keeps every constraint
+    true after each statement: the old current version is cleared before another becomes current, kept rows
+    are updated, new ones inserted, facts re-pointed, and only then are the rows no version keeps deleted."""
+    meta = spec.model._meta
+    versions = sql.Identifier("pg_temp", f"versions_{spec.output}")
+    obsolete = sql.Identifier("pg_temp", f"obsolete_{spec.output}")
+    table = sql.Identifier(meta.db_table)
+    pk = sql.Identifier(meta.pk.column)
+    key = sql.Identifier(meta.get_field(spec.natural_key).column)
+    names = dict(
+        table=table,
+        pk=pk,
+        key=key,
+        vkey=sql.Identifier(spec.natural_key),
+        versions=versions,
+        obsolete=obsolete,
+    )
+    _plan_history(cursor, spec, changes, versions, day)
+    _create_as(
+        cursor,
+        obsolete,
+        sql.SQL(
+            "SELECT d.{pk} AS id FROM {table} d WHERE d.{key} IN (SELECT v.{vkey} FROM {versions} v) "
+            "AND NOT EXISTS (SELECT 1 FROM {versions} v WHERE v.id = d.{pk})"
+        ).format(**names),
+    )
+    cursor.execute(
+        sql.SQL(
+            "UPDATE {table} d SET is_current = false WHERE d.is_current "
+            "AND d.{key} IN (SELECT v.{vkey} FROM {versions} v) "
+            "AND NOT EXISTS (SELECT 1 FROM {versions} v WHERE v.id = d.{pk} AND v.valid_to IS NULL)"
+        ).format(**names)
+    )
+    columns = [meta.get_field(a).column for a in spec.attributes]
+    cursor.execute(
+        sql.SQL(
+            "UPDATE {table} d SET valid_from = v.valid_from, valid_to = v.valid_to, "
+            "is_current = v.valid_to IS NULL, {sets} FROM {versions} v WHERE d.{pk} = v.id "
+            "AND ROW(d.valid_from, d.valid_to, d.is_current, {old}) "
+            "IS DISTINCT FROM ROW(v.valid_from, v.valid_to, v.valid_to IS NULL, {new})"
+        ).format(
+            sets=sql.SQL(", ").join(
+                sql.SQL("{} = v.{}").format(sql.Identifier(c), sql.Identifier(a))
+                for c, a in zip(columns, spec.attributes, strict=True)
+            ),
+            old=_columns("d", columns),
+            new=_columns("v", spec.attributes),
+            **names,
+        )
+    )
+    cursor.execute(
+        sql.SQL(
+            "INSERT INTO {table} ({key}, valid_from, valid_to, is_current, {columns}) "
+            "SELECT v.{vkey}, v.valid_from, v.valid_to, v.valid_to IS NULL, {values} FROM {versions} v "
+            "WHERE v.id IS NULL"
+        ).format(
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            values=_columns("v", spec.attributes),
+            **names,
+        )
+    )
+    _repoint_facts(cursor, spec, names, day)
+    fault_point(f"history:{spec.output}")
+    cursor.execute(sql.SQL("DELETE FROM {table} WHERE {pk} IN (SELECT id FROM {obsolete})").format(**names))
+    _drop(cursor, obsolete)
+    _drop(cursor, versions)
+
+
+def _plan_history(
+    cursor, spec: Dimension, changes: sql.Composable, versions: sql.Composable, day: date
+) -> None:
+    """`history.observe` for every changed member at once, into a temporary table of the new versions
+    (id NULL: to insert). Points: the old versions but the one on the date, (date, staged attributes) with
+    the row of the version starting on the date, and (E, V's attributes) when the next loaded date E falls
+    inside the version V valid on the date; a point equal to its predecessor is absorbed into its run, which
+    keeps the first row id in date order; each run lasts until the next one."""
+    meta = spec.model._meta
+    cursor.execute(
+        sql.SQL("SELECT min({date}) FROM {dates} WHERE {date} > %s").format(
+            date=sql.Identifier(DimDate._meta.get_field("date").column),
+            dates=sql.Identifier(DimDate._meta.db_table),
+        ),
+        [day],
+    )
+    next_loaded = cursor.fetchone()[0]
+    member = sql.Identifier(spec.natural_key)
+    attrs = spec.attributes
+    old_columns = [
+        sql.SQL("d.{} AS id").format(sql.Identifier(meta.pk.column)),
+        sql.SQL("d.{} AS {}").format(sql.Identifier(meta.get_field(spec.natural_key).column), member),
+        sql.SQL("d.valid_from, d.valid_to"),
+        *(
+            sql.SQL("d.{} AS {}").format(sql.Identifier(meta.get_field(a).column), sql.Identifier(a))
+            for a in attrs
+        ),
+    ]
+    cursor.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {versions} ON COMMIT DROP AS "
+            "WITH old AS ("
+            "  SELECT {old_columns} FROM {table} d WHERE d.{key} IN (SELECT c.{member} FROM {changes} c)"
+            "), points AS ("
+            "  SELECT o.{member}, o.valid_from, {o_attrs}, o.id FROM old o WHERE o.valid_from <> {day}"
+            "  UNION ALL"
+            "  SELECT c.{member}, {day}, {c_attrs}, o.id FROM {changes} c "
+            "  LEFT JOIN old o ON o.{member} = c.{member} AND o.valid_from = {day}"
+            "  UNION ALL"
+            "  SELECT o.{member}, {next}, {o_attrs}, NULL FROM old o "
+            "  WHERE {o_valid} AND {next} < COALESCE(o.valid_to, 'infinity')"
+            "), marked AS ("
+            "  SELECT p.*, (lag(p.valid_from) OVER w IS NULL "
+            "    OR ROW({p_attrs}) IS DISTINCT FROM ROW({lag_attrs})) AS starts"
+            "  FROM points p WINDOW w AS (PARTITION BY p.{member} ORDER BY p.valid_from)"
+            "), runs AS ("
+            "  SELECT m.*, count(*) FILTER (WHERE m.starts) "
+            "    OVER (PARTITION BY m.{member} ORDER BY m.valid_from) AS run FROM marked m"
+            "), kept AS ("
+            "  SELECT r.*, first_value(r.id) OVER (PARTITION BY r.{member}, r.run "
+            "    ORDER BY r.id IS NULL, r.valid_from) AS keep FROM runs r"
+            ") "
+            "SELECT k.keep AS id, k.{member}, k.valid_from, "
+            "  lead(k.valid_from) OVER (PARTITION BY k.{member} ORDER BY k.valid_from) AS valid_to, "
+            "  {k_attrs} FROM kept k WHERE k.starts"
+        ).format(
+            versions=versions,
+            old_columns=sql.SQL(", ").join(old_columns),
+            table=sql.Identifier(meta.db_table),
+            key=sql.Identifier(meta.get_field(spec.natural_key).column),
+            member=member,
+            changes=changes,
+            day=sql.Literal(day),
+            next=sql.Literal(next_loaded),
+            o_attrs=_columns("o", attrs),
+            c_attrs=_columns("c", attrs),
+            p_attrs=_columns("p", attrs),
+            k_attrs=_columns("k", attrs),
+            lag_attrs=sql.SQL(", ").join(
+                sql.SQL("lag(p.{}) OVER w").format(sql.Identifier(a)) for a in attrs
+            ),
+            o_valid=_valid_on(sql.Identifier("o"), day),
+        )
+    )
+
+
+def _repoint_facts(cursor, spec: Dimension, names: dict[str, sql.Composable], day: date) -> None:
+    """Facts referencing a changed member's versions point to the version valid on their date.
+
+    Only dates from `day` on can move: the versions before it are unchanged (neighbours always differ, so
+    no earlier point is absorbed), and the date's own facts are merged again after this anyway."""
+    dates = DimDate._meta
+    for fact in FACTS:
+        for ref in fact.references:
+            if ref.dimension(fact.model) is not spec.model:
+                continue
+            meta = fact.model._meta
+            cursor.execute(
+                sql.SQL(
+                    "UPDATE {fact} f SET {ref} = v.{pk} FROM {table} o, {dates} dd, {table} v "
+                    "WHERE f.{fact_date} >= %s AND f.{ref} = o.{pk} "
+                    "AND o.{key} IN (SELECT c.{vkey} FROM {versions} c) "
+                    "AND dd.{date_key} = f.{fact_date} AND v.{key} = o.{key} AND {valid} "
+                    "AND v.{pk} NOT IN (SELECT id FROM {obsolete}) AND v.{pk} <> f.{ref}"
+                ).format(
+                    fact=sql.Identifier(meta.db_table),
+                    ref=sql.Identifier(meta.get_field(ref.field).column),
+                    fact_date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
+                    dates=sql.Identifier(dates.db_table),
+                    date_key=sql.Identifier(dates.pk.column),
+                    valid=_valid_on(
+                        sql.Identifier("v"),
+                        sql.SQL("dd.{}").format(sql.Identifier(dates.get_field("date").column)),
+                    ),
+                    **names,
+                ),
+                [date_key(day)],
+            )
+
+
+def _link_returns(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
+    """Set `original_order_id` of the staged returns the job left unlinked (customer known) to the latest
+    purchase (ordered_at, then order id in code-point order) of the same customer and item on an earlier
+    date within the look-back, at or before the return (docs/retail-semantics.md). Done in staging, before
+    the merge, so a re-load computes the same link and leaves an unchanged row unchanged. One statement;
+    each return is one probe of the (customer, stock_code) index."""
+    meta = spec.model._meta
+    customers = DimCustomer._meta
+    column = lambda name: sql.Identifier(meta.get_field(name).column)  # noqa: E731
+    cursor.execute(
+        sql.SQL(
+            "UPDATE {staging} s SET original_order_id = l.order_id FROM ("
+            "  SELECT r.order_id AS return_order, r.line_number AS return_line, p.order_id"
+            "  FROM {staging} r JOIN {customers} c ON c.{customer_key} = r.customer_key"
+            "  CROSS JOIN LATERAL ("
+            "    SELECT f.{order_id} AS order_id FROM {fact} f"
+            "    WHERE f.{customer} = c.{customer_pk} AND f.{stock_code} = r.stock_code AND NOT f.{is_return}"
+            "      AND f.{date} >= %s AND f.{date} < %s AND f.{ordered_at} <= r.ordered_at"
+            "      AND f.{order_id} <> r.order_id"
+            '    ORDER BY f.{ordered_at} DESC, f.{order_id} COLLATE "C" DESC LIMIT 1'
+            "  ) p"
+            "  WHERE r.is_return AND r.original_order_id IS NULL"
+            ") l WHERE s.order_id = l.return_order AND s.line_number = l.return_line"
+        ).format(
+            staging=staging,
+            customers=sql.Identifier(customers.db_table),
+            customer_key=sql.Identifier(customers.get_field("customer_key").column),
+            customer_pk=sql.Identifier(customers.pk.column),
+            fact=sql.Identifier(meta.db_table),
+            order_id=column("order_id"),
+            customer=column("customer"),
+            stock_code=column("stock_code"),
+            is_return=column("is_return"),
+            date=column(PARTITION_FIELD),
+            ordered_at=column("ordered_at"),
+        ),
+        [return_lookback_start(day), date_key(day)],
+    )
+
+
+def load_fact(cursor, connection, spec: Fact, day: date, files: Sequence[Path]) -> tuple[int, int]:
+    meta = spec.model._meta
+    dk = date_key(day)
     staged_fields = [meta.get_field(a) for a in spec.attributes] + [
         ref.dimension(spec.model)._meta.get_field(ref.column) for ref in spec.references
     ]
     staging = _stage(cursor, connection, spec.output, staged_fields, files)
     fault_point("after_copy")
-    _check_references(cursor, spec, staging)
+    _check_references(cursor, spec, staging, day)
+    if spec.links_returns:
+        _link_returns(cursor, spec, staging, day)
 
     # Joins that turn staged natural keys into surrogate keys, aliased r0, r1, ...
     joins = []
     for i, ref in enumerate(spec.references):
-        dim = ref.dimension(spec.model)._meta
+        alias = sql.Identifier(f"r{i}")
         joins.append(
-            sql.SQL("{kind} JOIN {dim} {alias} ON {alias}.{key} = s.{column}").format(
+            sql.SQL("{kind} JOIN {dim} {alias} ON {member}").format(
                 kind=sql.SQL("LEFT" if ref.nullable(spec.model) else ""),
-                dim=sql.Identifier(dim.db_table),
-                alias=sql.Identifier(f"r{i}"),
-                key=sql.Identifier(dim.get_field(ref.column).column),
-                column=sql.Identifier(ref.column),
+                dim=sql.Identifier(ref.dimension(spec.model)._meta.db_table),
+                alias=alias,
+                member=_member_on(spec, ref, alias, day),
             )
         )
     date_column = sql.Identifier(meta.get_field(PARTITION_FIELD).column)
@@ -274,14 +560,32 @@ def _upsert_values(cursor, model, columns: list[str], values: list, conflict: li
     )
 
 
-def _check_references(cursor, spec: Fact, staging: sql.Composable) -> None:
+def _member_on(spec: Fact, ref: Reference, alias: sql.Identifier, day: date) -> sql.Composable:
+    """The join condition of a staged natural key and its dimension row: for a dimension with history,
+    the version valid on the date. The (natural key, valid_from) unique index serves it."""
+    dim = ref.dimension(spec.model)._meta
+    condition = sql.SQL("{alias}.{key} = s.{column}").format(
+        alias=alias, key=sql.Identifier(dim.get_field(ref.column).column), column=sql.Identifier(ref.column)
+    )
+    if ref.history(spec.model):
+        condition = sql.SQL("{} AND {}").format(condition, _valid_on(alias, day))
+    return condition
+
+
+def _valid_on(alias: sql.Identifier, day: date | sql.Composable) -> sql.Composable:
+    """[valid_from, valid_to) holds the date; an open version has no end."""
+    when = day if isinstance(day, sql.Composable) else sql.Literal(day)
+    return sql.SQL("{a}.valid_from <= {day} AND ({a}.valid_to IS NULL OR {a}.valid_to > {day})").format(
+        a=alias, day=when
+    )
+
+
+def _check_references(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
     """Fail with the missing natural keys rather than let an inner join drop fact rows silently."""
     for ref in spec.references:
         dim = ref.dimension(spec.model)
-        condition = sql.SQL("NOT EXISTS (SELECT 1 FROM {dim} d WHERE d.{key} = s.{column})").format(
-            dim=sql.Identifier(dim._meta.db_table),
-            key=sql.Identifier(dim._meta.get_field(ref.column).column),
-            column=sql.Identifier(ref.column),
+        condition = sql.SQL("NOT EXISTS (SELECT 1 FROM {dim} d WHERE {member})").format(
+            dim=sql.Identifier(dim._meta.db_table), member=_member_on(spec, ref, sql.Identifier("d"), day)
         )
         if ref.nullable(spec.model):
             condition = sql.SQL("s.{} IS NOT NULL AND ").format(sql.Identifier(ref.column)) + condition
@@ -294,6 +598,19 @@ def _check_references(cursor, spec: Fact, staging: sql.Composable) -> None:
         missing = [row[0] for row in cursor.fetchall()]
         if missing:
             raise MissingDimensionError(dim, ref.column, missing)
+
+
+def _columns(alias: str, names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(n)) for n in names
+    )
+
+
+def _create_as(cursor, table: sql.Composable, query: sql.Composable) -> int:
+    """(Re)create a temporary table from a query; its row count."""
+    cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    cursor.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(table, query))
+    return cursor.rowcount
 
 
 def _pk(ref, spec: Fact) -> sql.Identifier:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from django.db import models
@@ -19,6 +19,11 @@ from ..models import DimCustomer, DimDate, DimProduct, DimStore, FactDailySales,
 
 # The fact column that scopes a partition: every fact row belongs to the partition's DimDate row.
 PARTITION_FIELD = "date"
+# The validity of a dimension version (warehouse.models.Versioned): kept by the loader, not staged.
+VALIDITY_FIELDS = ("valid_from", "valid_to", "is_current")
+# How far back the loader looks for the purchase a return line returns (docs/retail-semantics.md): a year
+# covers any return policy, and bounds the look-up to the dates an index scan has to visit.
+RETURN_LOOKBACK_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -26,14 +31,23 @@ class Dimension:
     output: str
     model: type[models.Model]
     natural_key: str
+    # Type 2: every attribute is tracked, a change starts a new version (docs/loading.md#dimension-history).
+    # False: type 1, the member's one row takes the latest values.
+    history: bool = False
 
     @property
     def columns(self) -> list[str]:
-        """Staging columns: every concrete non-surrogate field, named as in the model."""
-        return [f.name for f in self.model._meta.concrete_fields if not f.primary_key]
+        """Staging columns: every concrete field but the surrogate key and the validity, named as in the
+        model."""
+        return [
+            f.name
+            for f in self.model._meta.concrete_fields
+            if not f.primary_key and f.name not in VALIDITY_FIELDS
+        ]
 
     @property
     def attributes(self) -> list[str]:
+        """The descriptive columns; with history, the tracked ones."""
         return [c for c in self.columns if c != self.natural_key]
 
 
@@ -50,6 +64,10 @@ class Reference:
     def nullable(self, fact: type[models.Model]) -> bool:
         return fact._meta.get_field(self.field).null
 
+    def history(self, fact: type[models.Model]) -> bool:
+        """Whether the dimension keeps versions: the fact then joins the version valid on its date."""
+        return dimension_spec(self.dimension(fact)).history
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -57,6 +75,9 @@ class Fact:
     model: type[models.Model]
     unique_fields: tuple[str, ...]
     references: tuple[Reference, ...]
+    # Sales lines: a return the job left unlinked is linked to its purchase on an earlier date, looked up
+    # in the warehouse before the merge (docs/retail-semantics.md#returns-and-cancellations).
+    links_returns: bool = False
 
     @property
     def attributes(self) -> list[str]:
@@ -78,8 +99,8 @@ class Fact:
 
 
 DIMENSIONS = (
-    Dimension("stores", DimStore, "store_code"),
-    Dimension("products", DimProduct, "sku"),
+    Dimension("stores", DimStore, "store_code", history=True),
+    Dimension("products", DimProduct, "sku", history=True),
     Dimension("customers", DimCustomer, "customer_key"),
 )
 FACTS = (
@@ -92,6 +113,7 @@ FACTS = (
             Reference("product", "sku"),
             Reference("customer", "customer_key"),
         ),
+        links_returns=True,
     ),
     Fact(
         "daily_sales",
@@ -105,8 +127,21 @@ QUARANTINE_OUTPUT = "quarantine"
 QUARANTINE_COLUMNS = ("dataset", "record_fingerprint", "reason_code", "message", "raw_record")
 
 
+def dimension_spec(model: type[models.Model]) -> Dimension:
+    return next(d for d in DIMENSIONS if d.model is model)
+
+
 def date_key(day: date) -> int:
     return day.year * 10_000 + day.month * 100 + day.day
+
+
+def key_date(key: int) -> date:
+    return date(key // 10_000, key // 100 % 100, key % 100)
+
+
+def return_lookback_start(day: date) -> int:
+    """Date key of the earliest date whose purchases a return of `day` may link to."""
+    return date_key(day - timedelta(days=RETURN_LOOKBACK_DAYS))
 
 
 def dim_date_row(day: date) -> DimDate:

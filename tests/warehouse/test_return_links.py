@@ -1,0 +1,113 @@
+"""The loader links a return the job left unlinked to the customer's purchase of the item on an earlier date
+(docs/retail-semantics.md#returns-and-cancellations), on both load paths."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from warehouse.checks import warehouse_checksums
+from warehouse.loaders import partition_load
+from warehouse.loading.specs import RETURN_LOOKBACK_DAYS
+from warehouse.models import FactSalesLine
+
+from .partitions import default_outputs, sale, write_outputs
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+D1, D2, D3 = date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)
+GUEST = None
+OTHER = "d" * 64
+
+
+def at(row: dict, hour: int, minute: int = 0) -> dict:
+    day = row["business_date"]
+    return row | {"ordered_at": datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)}
+
+
+def outputs(lines: list[dict]) -> dict:
+    result = default_outputs(lines)
+    result["customers"].append({"customer_key": OTHER, "country": "DE"})
+    return result
+
+
+def load(alias: str, tmp_path, day: date, lines: list[dict], strategy: str = "auto") -> None:
+    partition_load(
+        outputs=write_outputs(tmp_path / f"{alias}-{day}-{len(list(tmp_path.iterdir()))}", outputs(lines)),
+        pipeline="shop",
+        business_date=day,
+        run_id=None,
+        using=alias,
+        strategy=strategy,
+    )
+
+
+def links(alias: str) -> dict[str, str | None]:
+    returns = FactSalesLine.objects.using(alias).filter(is_return=True)
+    return dict(returns.values_list("order_id", "original_order_id"))
+
+
+def purchases_on_d1() -> list[dict]:
+    return [
+        at(sale("O1-early", 1, day=D1), 9),
+        at(sale("O1-late", 1, day=D1), 18),
+        at(sale("O1-other-item", 1, sku="P2", day=D1), 20),
+        at(sale("O1-other-customer", 1, customer=OTHER, day=D1), 21),
+        at(sale("C1-earlier-return", 1, qty=-1, day=D1), 22),
+    ]
+
+
+def test_a_return_links_to_the_latest_earlier_purchase_of_the_customer_and_item(db_alias, tmp_path):
+    load(db_alias, tmp_path, D1, purchases_on_d1())
+    load(
+        db_alias,
+        tmp_path,
+        D2,
+        [
+            at(sale("C2", 1, qty=-1, day=D2), 8),
+            at(sale("C2-guest", 1, qty=-1, customer=GUEST, day=D2), 8),
+            at(sale("C2-never-bought", 1, sku="P2", qty=-1, customer=OTHER, day=D2), 8),
+            at(sale("C2-same-day", 1, qty=-1, original="O2", day=D2), 12),
+            at(sale("O2", 1, day=D2), 11),
+        ],
+    )
+    assert links(db_alias) == {
+        "C1-earlier-return": None,
+        "C2": "O1-late",
+        "C2-guest": None,
+        "C2-never-bought": None,
+        "C2-same-day": "O2",  # the job's link within the date wins
+    }
+
+
+def test_equal_times_link_to_the_greatest_order_id_in_code_point_order(db_alias, tmp_path):
+    load(db_alias, tmp_path, D1, [at(sale("O10", 1, day=D1), 9), at(sale("O9", 1, day=D1), 9)])
+    load(db_alias, tmp_path, D2, [at(sale("C2", 1, qty=-1, day=D2), 8)])
+    assert links(db_alias)["C2"] == "O9"
+
+
+def test_purchases_beyond_the_look_back_are_not_linked(db_alias, tmp_path):
+    old = D2 - timedelta(days=RETURN_LOOKBACK_DAYS + 1)
+    load(db_alias, tmp_path, old, [at(sale("O-old", 1, day=old), 9)])
+    load(db_alias, tmp_path, D2, [at(sale("C2", 1, qty=-1, day=D2), 8)])
+    assert links(db_alias)["C2"] is None
+
+
+def test_reloading_a_linked_return_rewrites_nothing(db_alias, tmp_path):
+    load(db_alias, tmp_path, D1, purchases_on_d1())
+    returns = [at(sale("C2", 1, qty=-1, day=D2), 8)]
+    load(db_alias, tmp_path, D2, returns)
+    before = warehouse_checksums(using=db_alias)
+    load(db_alias, tmp_path, D2, returns)
+    assert warehouse_checksums(using=db_alias) == before
+    assert links(db_alias)["C2"] == "O1-late"
+
+
+def test_a_return_loaded_before_its_purchase_links_when_its_date_is_loaded_again(db_alias, tmp_path):
+    returns = [at(sale("C3", 1, qty=-1, day=D3), 8)]
+    load(db_alias, tmp_path, D3, returns)
+    load(db_alias, tmp_path, D1, purchases_on_d1())
+    assert links(db_alias)["C3"] is None
+    load(db_alias, tmp_path, D3, returns)
+    assert links(db_alias)["C3"] == "O1-late"
