@@ -17,7 +17,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType, IntegerType, StringType
 
-from spark_jobs.quality import DUP_COL, RAW_COL, RAW_RECORD_COL, add_reasons
+from spark_jobs.quality import DUP_COL, RAW_COL, add_reasons, hash_first
 
 PRODUCT = "product"
 DERIVE_FROM_LINES = "order_lines"
@@ -160,7 +160,7 @@ def with_row_line_numbers(lines: DataFrame) -> DataFrame:
     across splits, and this order gives the same number to the same line on every run. Duplicates are
     numbered apart, so removing one never renumbers the kept lines.
     """
-    order = Window.partitionBy(F.col(DUP_COL), F.col("order_id")).orderBy(F.col(RAW_RECORD_COL))
+    order = Window.partitionBy(*hash_first([F.col(DUP_COL), F.col("order_id")])).orderBy(F.col(RAW_COL))
     return lines.withColumn(
         "line_number", F.when(~F.col(DUP_COL), F.row_number().over(order)).cast(IntegerType())
     )
@@ -254,7 +254,9 @@ def link_returns(lines: DataFrame) -> DataFrame:
         F.col("order_id").alias("_orig_order"),
         F.col("ordered_at").alias("_orig_at"),
     )
-    candidates = returns.join(purchases, ["customer_key", "stock_code"]).filter(
+    # Returns are a small share of the lines: broadcast them, so the purchases (and below, the lines)
+    # are never shuffled for the sake of a few links.
+    candidates = purchases.join(F.broadcast(returns), ["customer_key", "stock_code"]).filter(
         (F.col("_orig_at") <= F.col("ordered_at")) & (F.col("_orig_order") != F.col("order_id"))
     )
     latest = Window.partitionBy("order_id", "line_number").orderBy(
@@ -265,7 +267,7 @@ def link_returns(lines: DataFrame) -> DataFrame:
         .filter(F.col("_rank") == 1)
         .select("order_id", "line_number", F.col("_orig_order").alias("_linked_order"))
     )
-    linked = lines.join(links, ["order_id", "line_number"], "left")
+    linked = lines.join(F.broadcast(links), ["order_id", "line_number"], "left")
     declared = F.col("original_order_id") if "original_order_id" in lines.columns else F.lit(None)
     return linked.withColumn(
         "original_order_id", F.coalesce(declared.cast(StringType()), F.col("_linked_order"))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow.parquet as pq
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BooleanType,
@@ -34,6 +34,7 @@ from pyspark.sql.types import (
 from spark_jobs.quality import (
     DUP_COL,
     QUARANTINE_SCHEMA,
+    RAW_COL,
     Rule,
     add_reasons,
     apply_reference_rules,
@@ -151,6 +152,7 @@ REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
 # name their own column).
 LINE_REASON_COLUMNS = {
     "unsupported_currency": "currency",
+    "missing_rate": "currency",
     "amount_out_of_range": "unit_price",
 }
 
@@ -169,45 +171,42 @@ LINE_REFERENCES: tuple[Rule, ...] = (
 # --- preparation: typing, validation, duplicates -------------------------------------------------------
 
 
-def prepare_dataset(
-    raw: DataFrame,
-    input_spec: Mapping[str, Any],
-    dataset: str,
-    masks: Mapping[str, Callable[[Column], Column]] | None = None,
-    pseudonym_key: bytes | None = None,
-) -> DataFrame:
+def prepare_dataset(raw: DataFrame, input_spec: Mapping[str, Any], dataset: str) -> DataFrame:
     """Typed, validated rows of one staged input with ``_reasons`` and the ``_dup`` flag (nothing dropped).
 
     The declared row-level rules are evaluated in the casting projection, ``unique`` rules after
-    de-duplication. Columns declared ``pii`` show as their pseudonym in the raw record, which goes to
-    the warehouse with quarantined rows.
+    de-duplication.
     """
     rules = list(input_spec.get("rules") or ())
-    if masks is None and pseudonym_key is not None:
-        masks = pii_masks(
-            input_spec["columns"], lambda text: customer_key(pseudonym_key, clean_text(text, collapse=True))
-        )
-    validated = cast_and_validate(raw, input_spec["columns"], dataset, masks, rules)
+    validated = cast_and_validate(raw, input_spec["columns"], dataset, rules)
     marked = mark_duplicates(validated, list(input_spec["key"]), input_spec.get("version_column"))
     return apply_unique_rules(marked, rules)
+
+
+def quarantine_masks(
+    input_spec: Mapping[str, Any], pseudonym_key: bytes, customer_key_from: str | None = None
+) -> dict[str, Callable[[Column], Column]]:
+    """How personal data shows in a quarantined record: as its pseudonym, for the columns declared
+    ``pii`` and the customer key's source column (the e-mail), so the warehouse holds no address."""
+
+    def mask(text: Column) -> Column:
+        return customer_key(pseudonym_key, clean_text(text, collapse=True))
+
+    masks = pii_masks(input_spec["columns"], mask)
+    if customer_key_from:
+        masks[customer_key_from] = mask
+    return masks
 
 
 def prepare_order_lines(
     raw: DataFrame,
     input_spec: Mapping[str, Any],
-    pseudonym_key: bytes,
     options: RetailOptions | None = None,
     reporting_currency: str | None = None,
 ) -> DataFrame:
-    """Prepared order lines; in their raw record ``pii`` columns and the customer key's source column (the
-    e-mail) show as the pseudonym. With ``options``: source defaults, line numbers, ``line_type``."""
+    """Prepared order lines. With ``options``: source defaults, line numbers, ``line_type``."""
     options = options or RetailOptions()
-
-    def mask(text: Column) -> Column:
-        return customer_key(pseudonym_key, clean_text(text, collapse=True))
-
-    masks = {**pii_masks(input_spec["columns"], mask), options.customer_key_from: mask}
-    prepared = prepare_dataset(raw, input_spec, "order_lines", masks, pseudonym_key=pseudonym_key)
+    prepared = prepare_dataset(raw, input_spec, "order_lines")
     prepared = with_source_defaults(prepared, options, reporting_currency)
     if options.line_number_from == "row":
         prepared = with_row_line_numbers(prepared)
@@ -215,16 +214,12 @@ def prepare_order_lines(
     return prepared.withColumn("currency", F.upper("currency")).transform(with_line_type(options.line_types))
 
 
-def prepare_products(
-    raw: DataFrame, input_spec: Mapping[str, Any], pseudonym_key: bytes | None = None
-) -> DataFrame:
-    return prepare_dataset(raw, input_spec, "products", pseudonym_key=pseudonym_key)
+def prepare_products(raw: DataFrame, input_spec: Mapping[str, Any]) -> DataFrame:
+    return prepare_dataset(raw, input_spec, "products")
 
 
-def prepare_stores(
-    raw: DataFrame, input_spec: Mapping[str, Any], pseudonym_key: bytes | None = None
-) -> DataFrame:
-    return prepare_dataset(raw, input_spec, "stores", pseudonym_key=pseudonym_key)
+def prepare_stores(raw: DataFrame, input_spec: Mapping[str, Any]) -> DataFrame:
+    return prepare_dataset(raw, input_spec, "stores")
 
 
 def accepted_rows(prepared: DataFrame) -> DataFrame:
@@ -350,15 +345,23 @@ def build_daily_sales(sales_lines: DataFrame) -> DataFrame:
 
 
 def build_customers(lines: DataFrame) -> DataFrame:
-    """One row per customer_key: the country of the latest order that has one (ties: smallest)."""
-    order = Window.partitionBy("customer_key").orderBy(
-        F.col("customer_country").isNull(), F.col("ordered_at").desc(), F.col("customer_country").asc()
+    """One row per customer_key: the country of the latest order that has one (ties: smallest).
+
+    Aggregations, not a window over the lines: the latest order per (customer, country) first, a hash
+    aggregation combined on the map side, so only a row per pair and task is shuffled; then the choice
+    among the few countries of each customer.
+    """
+    latest = (
+        lines.filter(F.col("customer_key").isNotNull())
+        .groupBy("customer_key", "customer_country")
+        .agg(F.max("ordered_at").alias("_latest"))
+    )
+    preference = F.struct(
+        F.col("customer_country").isNull(), -F.unix_micros("_latest"), F.col("customer_country")
     )
     return (
-        lines.filter(F.col("customer_key").isNotNull())
-        .withColumn("_rank", F.row_number().over(order))
-        .filter(F.col("_rank") == 1)
-        .select("customer_key", F.col("customer_country").alias("country"))
+        latest.groupBy("customer_key")
+        .agg(F.min_by("customer_country", preference).alias("country"))
         .to(CUSTOMERS_SCHEMA)
     )
 
@@ -367,20 +370,25 @@ def build_quarantine(
     order_lines: DataFrame,
     products: DataFrame,
     stores: DataFrame,
+    masks: Mapping[str, Mapping[str, Callable[[Column], Column]]],
     rules: Mapping[str, Sequence[Rule]] | None = None,
 ) -> DataFrame:
     """Rejected rows of the three (classified / prepared) inputs in one quarantine frame.
 
-    ``rules`` (dataset -> declared rules) name the column and message of each rule's code.
+    ``masks`` (dataset -> :func:`quarantine_masks`; required, so that no caller forgets them) hide
+    personal data in the records; ``rules`` (dataset -> declared rules) name the column and message of
+    each rule's code.
     """
     rules = rules or {}
     line_rules = [*rules.get("order_lines", ()), *line_reference_rules(rules.get("order_lines"))]
-    return (
-        quarantine_rows(rejected_rows(order_lines), "order_lines", LINE_REASON_COLUMNS, line_rules)
-        .unionByName(quarantine_rows(rejected_rows(products), "products", rules=rules.get("products", ())))
-        .unionByName(quarantine_rows(rejected_rows(stores), "stores", rules=rules.get("stores", ())))
-        .to(QUARANTINE_SCHEMA)
+    quarantined = quarantine_rows(
+        rejected_rows(order_lines), "order_lines", LINE_REASON_COLUMNS, line_rules, masks.get("order_lines")
     )
+    for name, prepared in (("products", products), ("stores", stores)):
+        rejected = rejected_rows(prepared)
+        rows = quarantine_rows(rejected, name, rules=rules.get(name, ()), masks=masks.get(name))
+        quarantined = quarantined.unionByName(rows)
+    return quarantined.to(QUARANTINE_SCHEMA)
 
 
 def dataset_counts(prepared: DataFrame) -> dict[str, Any]:
@@ -471,8 +479,9 @@ def _pseudonym_key_from_env(spec: Mapping[str, Any]) -> bytes:
 def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes | None = None) -> dict:
     """Read the spec's inputs, write every output under ``output_dir`` and ``_result.json``; return it.
 
-    The key defaults to the environment variable the spec names. Each input is read once: the prepared
-    frames are cached (a day's data is small) and feed the outputs and the counts.
+    The key defaults to the environment variable the spec names. The order lines are read once: their
+    classified frame (every row with its reasons and customer key) is cached and feeds the outputs and
+    the counts; the daily aggregate is computed from the sales lines as written.
     """
     options = RetailOptions.from_spec(spec.get("options"))
     _check_spec(spec, options)
@@ -482,14 +491,22 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     business_date = dt.date.fromisoformat(spec["business_date"])
     # Timestamps as Parquet TIMESTAMP_MICROS (UTC-adjusted), not the legacy INT96 other readers mistype.
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # The cached frame is read a handful of times, then dropped: compressing it (dictionary and run-length
+    # statistics gathered value by value) cost more CPU than any of those reads (docs/scaling.md).
+    spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
 
     reporting_currency = spec.get("reporting_currency")
     rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
+    masks = {name: quarantine_masks(input_spec, key) for name, input_spec in inputs.items()}
+    masks["order_lines"] = quarantine_masks(inputs["order_lines"], key, options.customer_key_from)
     lines_prep = prepare_order_lines(
-        _read_input(spark, inputs["order_lines"]), inputs["order_lines"], key, options, reporting_currency
+        _read_input(spark, inputs["order_lines"]), inputs["order_lines"], options, reporting_currency
     )
-    lines_prep.cache()
-    cached = [lines_prep]
+    cached = []
+    if options.products_from_lines or options.stores_from_lines:
+        # Read twice (the dimensions derived from it, then the classification): kept once in memory.
+        lines_prep.cache()
+        cached.append(lines_prep)
     # A master dataset, or (derive_from = "order_lines") the members the day's lines name.
     dims: dict[str, tuple[DataFrame, DataFrame]] = {}
     for name, prepare, build, derive in (
@@ -506,7 +523,7 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
                 else derived_stores(kept, options.store_country_from)
             )
         else:
-            prep = prepare(_read_input(spark, inputs[name]), inputs[name], key)
+            prep = prepare(_read_input(spark, inputs[name]), inputs[name])
             prep.cache()
             cached.append(prep)
             valid = build(prep)
@@ -516,59 +533,69 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     rates = rates_prep = None
     if options.rates_dataset:
         rates_spec = inputs[options.rates_dataset]
-        rates_prep = prepare_dataset(
-            _read_input(spark, rates_spec), rates_spec, options.rates_dataset, pseudonym_key=key
-        )
+        rates_prep = prepare_dataset(_read_input(spark, rates_spec), rates_spec, options.rates_dataset)
         rates_prep.cache()
         cached.append(rates_prep)
         rates = usable_rates(accepted_rows(rates_prep))
 
-    classified = mark_returns(
-        classify_order_lines(
-            lines_prep,
-            products,
-            stores,
-            None if rates is not None else reporting_currency,
-            rules["order_lines"],
-        ),
-        options.return_order_prefix,
-    ).transform(lambda lines: with_reporting_amount(lines, reporting_currency, rates))
+    classified = (
+        mark_returns(
+            classify_order_lines(
+                lines_prep,
+                products,
+                stores,
+                None if rates is not None else reporting_currency,
+                rules["order_lines"],
+            ),
+            options.return_order_prefix,
+        )
+        .transform(lambda lines: with_reporting_amount(lines, reporting_currency, rates))
+        # Here, once per line, rather than in each output that needs it (an HMAC is two SHA-256s).
+        .transform(with_customer_key(key, options.customer_key_from))
+    )
+    # Only a quarantined row needs its staged text again: the cached frame holds it for those alone.
+    classified = classified.withColumn(RAW_COL, F.when(is_quarantined(), F.col(RAW_COL)))
     classified.cache()
     cached.append(classified)
     try:
-        accepted = link_returns(
-            accepted_rows(classified).transform(with_customer_key(key, options.customer_key_from))
-        )
-        sales_lines = build_sales_lines(accepted, business_date)
+        accepted = accepted_rows(classified)
         if options.products_from_lines:
             products = derived_products(accepted, options.product_name_from)
         if options.stores_from_lines:
             stores = derived_stores(accepted, options.store_country_from)
-        quarantine = build_quarantine(classified, products_prep, stores_prep, rules)
+        quarantine = build_quarantine(classified, products_prep, stores_prep, masks, rules)
         if rates_prep is not None:
             rates_rules = list(inputs[options.rates_dataset].get("rules") or ())
             quarantine = quarantine.unionByName(
-                quarantine_rows(rejected_rows(rates_prep), options.rates_dataset, rules=rates_rules)
+                quarantine_rows(
+                    rejected_rows(rates_prep),
+                    options.rates_dataset,
+                    rules=rates_rules,
+                    masks=masks[options.rates_dataset],
+                )
             )
-        frames = {
-            "sales_lines": sales_lines,
-            "daily_sales": build_daily_sales(sales_lines),
-            "products": products.to(PRODUCTS_SCHEMA),
-            "stores": stores.to(STORES_SCHEMA),
-            "customers": build_customers(accepted),
-            "quarantine": quarantine.to(QUARANTINE_SCHEMA),
-        }
         datasets = {"order_lines": dataset_counts(classified)}
         for name, (prep, _) in dims.items():
             if name in inputs:
                 datasets[name] = dataset_counts(prep)
         if rates_prep is not None:
             datasets[options.rates_dataset] = dataset_counts(rates_prep)
-        outputs: dict[str, int] = {}
-        for name, frame in frames.items():
+
+        def write(name: str, frame: DataFrame) -> str:
             path = os.path.join(output_dir, name)
             frame.write.mode("overwrite").parquet(path)
             outputs[name] = parquet_row_count(path)
+            return path
+
+        outputs: dict[str, int] = {}
+        sales_lines = write("sales_lines", build_sales_lines(link_returns(accepted), business_date))
+        # From the written lines: the return links are not computed twice, and the aggregate is by
+        # construction the sum of what the warehouse loads.
+        write("daily_sales", build_daily_sales(spark.read.schema(SALES_LINES_SCHEMA).parquet(sales_lines)))
+        write("products", products.to(PRODUCTS_SCHEMA))
+        write("stores", stores.to(STORES_SCHEMA))
+        write("customers", build_customers(accepted))
+        write("quarantine", quarantine.to(QUARANTINE_SCHEMA))
     finally:
         for frame in cached:
             frame.unpersist()

@@ -27,16 +27,26 @@ def test_line_types_first_matching_rule_wins_and_non_product_lines_have_no_sku(s
 
 def test_amounts_convert_at_the_dates_rate_half_up_and_a_currency_without_rate_is_rejected(spark):
     lines = spark.createDataFrame(
-        [("USD", Decimal("10.05")), ("EUR", Decimal("1.00")), ("JPY", Decimal("100.00"))],
+        [
+            ("USD", Decimal("10.05")),
+            ("EUR", Decimal("1.00")),
+            ("JPY", Decimal("100.00")),
+            ("GBP", Decimal("50.00")),
+            ("CAD", Decimal("-50.00")),
+        ],
         "currency string, amount decimal(18,2)",
     ).withColumn(REASONS_COL, F.array().cast("array<string>"))
     rates = spark.createDataFrame(
-        [("USD", Decimal("0.85710000"))], "_rate_currency string, _rate decimal(18,8)"
+        [("USD", Decimal("0.85710000")), ("GBP", Decimal("1.15810000")), ("CAD", Decimal("1.15810000"))],
+        "_rate_currency string, _rate decimal(18,8)",
     )
 
     out = {r.currency: r for r in with_reporting_amount(lines, "EUR", rates).collect()}
 
     assert out["USD"].amount_reporting == Decimal("8.61")  # 8.6138... rounds to 8.61
+    # Exact half-cent ties: half-up (away from zero), where half-even would give 57.90 / -57.90.
+    assert out["GBP"].amount_reporting == Decimal("57.91")
+    assert out["CAD"].amount_reporting == Decimal("-57.91")
     assert out["EUR"].amount_reporting == Decimal("1.00")  # the reporting currency needs no rate row
     assert out["JPY"].amount_reporting is None and out["JPY"][REASONS_COL] == ["missing_rate"]
 

@@ -29,6 +29,7 @@ from spark_jobs.sales_daily import (
     prepare_order_lines,
     prepare_products,
     prepare_stores,
+    quarantine_masks,
     rejected_rows,
     run_job,
     with_customer_key,
@@ -124,7 +125,7 @@ def staged(spark, rows: list[dict], spec: dict):
 def classify(spark, lines: list[dict], products=PRODUCTS, stores=STORES, currency: str | None = "EUR"):
     product_rows = build_products(prepare_products(staged(spark, products, PRODUCT_SPEC), PRODUCT_SPEC))
     store_rows = build_stores(prepare_stores(staged(spark, stores, STORE_SPEC), STORE_SPEC))
-    prepared = prepare_order_lines(staged(spark, lines, LINE_SPEC), LINE_SPEC, KEY)
+    prepared = prepare_order_lines(staged(spark, lines, LINE_SPEC), LINE_SPEC)
     return classify_order_lines(prepared, product_rows, store_rows, currency)
 
 
@@ -384,10 +385,12 @@ def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_emai
     product_prep = prepare_products(staged(spark, products, PRODUCT_SPEC), PRODUCT_SPEC)
     store_prep = prepare_stores(staged(spark, stores, STORE_SPEC), STORE_SPEC)
     bad_line = line(quantity="x", sku="NOPE", customer_email=" Ann@Example.com ")
-    prepared = prepare_order_lines(staged(spark, [bad_line], LINE_SPEC), LINE_SPEC, KEY)
+    prepared = prepare_order_lines(staged(spark, [bad_line], LINE_SPEC), LINE_SPEC)
     classified = classify_order_lines(prepared, build_products(product_prep), build_stores(store_prep), "EUR")
 
-    out = {r["dataset"]: r for r in build_quarantine(classified, product_prep, store_prep).collect()}
+    masks = {"order_lines": quarantine_masks(LINE_SPEC, KEY, "customer_email")}
+
+    out = {r["dataset"]: r for r in build_quarantine(classified, product_prep, store_prep, masks).collect()}
 
     assert sorted(out) == ["order_lines", "products", "stores"]
     assert out["order_lines"]["reason_code"] == "invalid_quantity"
