@@ -12,7 +12,11 @@ own process, so its peak RSS is its own; its time runs from opening today's Parq
 child measured it (interpreter start-up and imports excluded, on every side).
 
 - ours: `partition_load` of today's whole partition (dimensions, sales lines, daily sales, quarantine)
-  into the clone that already holds yesterday: the upsert a nightly run does.
+  into the clone that already holds yesterday: the upsert a nightly run does. Both dates list the same
+  stores and products, so each member keeps its one version; the loader links today's returns to
+  yesterday's purchases of the same customer and item where there is one. After the clock stops, the
+  child counts today's lines and the dimension versions; the benchmark fails unless every line was
+  inserted into an empty date and no version was added (`loaded` in the results).
 - bulk_create: today's sales lines through `FactSalesLine.objects.bulk_create` in batches of 5,000 into the
   empty fact table, dimension ids from dicts read once: plain ORM, one transaction.
 - copy (the baseline): today's sales lines, dimension ids mapped with pyarrow (vectorised, from dicts read
@@ -57,6 +61,10 @@ FACT_COLUMNS = [
     "amount",
     "currency",
     "is_return",
+    "stock_code",
+    "line_type",
+    "amount_reporting",
+    "original_order_id",
 ]
 
 
@@ -99,6 +107,13 @@ def generate(rows: int) -> Path:
         customer = rng.integers(0, CUSTOMERS, rows)
         guest = rng.random(rows) < 0.10
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        skus = pa.array([f"P{i:06d}" for i in rng.integers(0, PRODUCTS, rows).tolist()])
+        amounts = pa.array(
+            [Decimal(q * c).scaleb(-2) for q, c in zip(quantity.tolist(), cents.tolist(), strict=True)],
+            pa.decimal128(18, 2),
+        )
+        # Every line a product in the reporting currency; returns unlinked, as the job leaves a return whose
+        # purchase is not in the same partition: the loader looks for it on earlier dates.
         lines = pa.table(
             {
                 "order_id": pa.array([f"{day:%Y%m%d}-{i // 3:08d}" for i in idx.tolist()]),
@@ -109,7 +124,7 @@ def generate(rows: int) -> Path:
                     pa.timestamp("us", tz="UTC"),
                 ),
                 "store_code": pa.array([f"S{i:04d}" for i in rng.integers(0, STORES, rows).tolist()]),
-                "sku": pa.array([f"P{i:06d}" for i in rng.integers(0, PRODUCTS, rows).tolist()]),
+                "sku": skus,
                 "customer_key": pa.array(
                     [
                         None if g else customer_keys[c]
@@ -118,22 +133,20 @@ def generate(rows: int) -> Path:
                 ),
                 "quantity": pa.array(quantity, pa.int32()),
                 "unit_price": pa.array([Decimal(c).scaleb(-2) for c in cents.tolist()], pa.decimal128(18, 4)),
-                "amount": pa.array(
-                    [
-                        Decimal(q * c).scaleb(-2)
-                        for q, c in zip(quantity.tolist(), cents.tolist(), strict=True)
-                    ],
-                    pa.decimal128(18, 2),
-                ),
+                "amount": amounts,
                 "currency": pa.array(["EUR"] * rows),
                 "is_return": pa.array(quantity < 0),
+                "stock_code": skus,
+                "line_type": pa.array(["product"] * rows),
+                "amount_reporting": amounts,
+                "original_order_id": pa.nulls(rows, pa.string()),
             },
             schema=SCHEMAS["sales_lines"],
         )
         daily = lines.group_by(["business_date", "store_code", "sku"]).aggregate(
             [
                 ("quantity", "sum"),
-                ("amount", "sum"),
+                ("amount_reporting", "sum"),
                 ("order_id", "count"),
                 ("order_id", "count_distinct"),
             ]
@@ -144,7 +157,7 @@ def generate(rows: int) -> Path:
                 "store_code": daily["store_code"],
                 "sku": daily["sku"],
                 "quantity": daily["quantity_sum"].cast(pa.int64()),
-                "revenue": daily["amount_sum"].cast(pa.decimal128(18, 2)),
+                "revenue": daily["amount_reporting_sum"].cast(pa.decimal128(18, 2)),
                 "line_count": daily["order_id_count"].cast(pa.int64()),
                 "order_count": daily["order_id_count_distinct"].cast(pa.int64()),
             },
@@ -217,11 +230,12 @@ def clone(server: str, template: str) -> str:
 
 
 def prepare(server: str, root: Path, rows: int) -> None:
-    """The two template databases, rebuilt when the data size changed."""
+    """The two template databases, rebuilt when the server, the data or the migrations changed."""
     from psycopg2 import sql
 
-    stamp = root / "databases"
-    if stamp.exists() and stamp.read_text() == server:
+    stamp = DATA_ROOT / "databases"  # one set of databases, whatever the data size
+    built = "\n".join([server, str(root), *_migrations()])
+    if stamp.exists() and stamp.read_text() == built:
         return
     for name in (RUN_DB, YDAY_DB, DIMS_DB):
         admin(server, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
@@ -233,11 +247,17 @@ def prepare(server: str, root: Path, rows: int) -> None:
         server,
         sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(YDAY_DB), sql.Identifier(DIMS_DB)),
     )
-    child(
+    _, _, out = child(
         ["--step", "ours", "--data", str(root), "--day", YESTERDAY.isoformat()], database_url(server, YDAY_DB)
     )
+    check_loaded(out, rows)
     admin(server, "CHECKPOINT")
-    stamp.write_text(server)
+    stamp.write_text(built)
+
+
+def _migrations() -> list[str]:
+    project = Path(__file__).resolve().parents[1]
+    return sorted(str(p.relative_to(project)) for p in project.glob("*/migrations/0*.py"))
 
 
 def child(args: list[str], url: str) -> tuple[float, float, dict[str, Any]]:
@@ -289,8 +309,11 @@ def _dimensions_only(root: Path) -> dict[str, Any]:
 
 
 def _ours(root: Path, day: date) -> dict[str, Any]:
-    from warehouse.loaders import partition_load
+    from warehouse.loaders import date_key, partition_load
+    from warehouse.models import DimProduct, DimStore, FactSalesLine
 
+    facts = FactSalesLine.objects.filter(date_id=date_key(day))
+    before = facts.count()
     started = time.perf_counter()
     result = partition_load(
         outputs={name: [Path(p) for p in files] for name, files in outputs_of(root, day).items()},
@@ -299,15 +322,29 @@ def _ours(root: Path, day: date) -> dict[str, Any]:
         run_id=None,
         using="default",
     )
-    return {"seconds": time.perf_counter() - started, "rows": result.fact_rows, "strategy": result.strategy}
+    seconds = time.perf_counter() - started
+    # After the clock: proof that the load wrote the date's lines, and no dimension versions.
+    loaded = {
+        "facts_before": before,
+        "facts_after": facts.count(),
+        "returns": facts.filter(is_return=True).count(),
+        "returns_linked": facts.filter(is_return=True, original_order_id__isnull=False).count(),
+        "product_versions": DimProduct.objects.count(),
+        "store_versions": DimStore.objects.count(),
+    }
+    return {"seconds": seconds, "rows": result.fact_rows, "strategy": result.strategy, "loaded": loaded}
 
 
 def _dimension_ids() -> dict[str, dict[str, int]]:
+    """Natural key -> id; for stores and products, of the version valid today, as the loader joins them."""
+    from django.db.models import Q
+
     from warehouse.models import DimCustomer, DimProduct, DimStore
 
+    valid = Q(valid_from__lte=TODAY) & (Q(valid_to__isnull=True) | Q(valid_to__gt=TODAY))
     return {
-        "store_code": dict(DimStore.objects.values_list("store_code", "pk")),
-        "sku": dict(DimProduct.objects.values_list("sku", "pk")),
+        "store_code": dict(DimStore.objects.filter(valid).values_list("store_code", "pk")),
+        "sku": dict(DimProduct.objects.filter(valid).values_list("sku", "pk")),
         "customer_key": dict(DimCustomer.objects.values_list("customer_key", "pk")),
     }
 
@@ -339,6 +376,10 @@ def _bulk_create(root: Path) -> dict[str, Any]:
                     amount=r["amount"],
                     currency=r["currency"],
                     is_return=r["is_return"],
+                    stock_code=r["stock_code"],
+                    line_type=r["line_type"],
+                    amount_reporting=r["amount_reporting"],
+                    original_order_id=r["original_order_id"],
                 )
                 for r in batch.to_pylist()
             ]
@@ -407,10 +448,31 @@ def _copy(root: Path, *, with_foreign_keys: bool) -> dict[str, Any]:
 
 
 # --- driver -----------------------------------------------------------------------------------------------
-def measure(server: str, root: Path, what: str, template: str) -> tuple[float, float]:
+def measure(server: str, root: Path, what: str, template: str) -> tuple[float, float, dict[str, Any]]:
     url = clone(server, template)
     _, peak_mb, out = child(["--step", what, "--data", str(root)], url)
-    return out["seconds"], peak_mb
+    return out["seconds"], peak_mb, out
+
+
+def check_loaded(out: dict[str, Any], rows: int) -> dict[str, Any]:
+    """Today's load must insert every line into a date holding none, and leave one version per member
+    (yesterday's and today's snapshots are equal): a load that wrote nothing would time a no-op."""
+    loaded = out["loaded"]
+    expected = {
+        "facts_before": 0,
+        "facts_after": rows,
+        "product_versions": PRODUCTS,
+        "store_versions": STORES,
+    }
+    wrong = {k: loaded[k] for k, v in expected.items() if loaded[k] != v}
+    if wrong or out["rows"] != rows:
+        raise SystemExit(f"ours did not load today's partition as intended: {wrong}, rows {out['rows']}")
+    return loaded
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
 
 
 def main() -> None:
@@ -430,15 +492,19 @@ def main() -> None:
         return
 
     server = server_url()
+    load_before = load_average()
     # Generated in a child: a child's peak RSS counts its parent's at fork, so the driver must stay small.
     root = Path(child(["--step", "generate", "--rows", str(args.rows)], "")[2]["root"])
     prepare(server, root, args.rows)
     samples: dict[str, list[float]] = {}
     peaks: dict[str, float] = {}
+    loaded: dict[str, Any] = {}
     plan = [("ours", YDAY_DB), ("copy", DIMS_DB), ("copy_without_fk", DIMS_DB)]
     for _ in range(args.repeat):  # interleaved, so drift on the machine hits every side alike
         for what, template in plan:
-            seconds, peak = measure(server, root, what, template)
+            seconds, peak, out = measure(server, root, what, template)
+            if what == "ours":
+                loaded = check_loaded(out, args.rows)
             samples.setdefault(what, []).append(seconds)
             peaks[what] = max(peaks.get(what, 0.0), peak)
             print(
@@ -446,7 +512,7 @@ def main() -> None:
                 file=sys.stderr,
             )
     for _ in range(args.bulk_repeat):
-        seconds, peak = measure(server, root, "bulk_create", DIMS_DB)
+        seconds, peak, _ = measure(server, root, "bulk_create", DIMS_DB)
         samples.setdefault("bulk_create", []).append(seconds)
         peaks["bulk_create"] = max(peaks.get("bulk_create", 0.0), peak)
         print(
@@ -472,6 +538,9 @@ def main() -> None:
             "speedup_over_bulk_create": round(median["bulk_create"] / median["ours"], 2),
             "peak_memory_mb": round(peaks["ours"], 1),
             "peak_memory_mb_by_step": {what: round(mb, 1) for what, mb in peaks.items()},
+            "loaded": loaded,
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
             "target": {"ratio": 0.7, "peak_memory_mb": 500},
         },
     )
