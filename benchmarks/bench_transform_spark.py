@@ -7,7 +7,8 @@ order_lines / products / stores, zstd Parquet), generated vectorised with numpy/
 under var/bench/transform_spark/: `--rows` order lines, 3 per order, 2,000 products, 50 stores, 200,000
 customers (10% guests), and 5% dirty rows: 1% unparseable prices ("12,50", "abc", "1e3"), 1% unknown skus,
 1% zero quantities, 1% exact duplicate records, 1% newer versions of a line (later updated_at, another
-quantity); 3% returns (negative quantities) are valid.
+quantity); 3% returns (negative quantities) are valid. 5% of the lines are in GBP or USD, converted to
+EUR with the date's rates partition (the demo pipeline's `rates` dataset).
 
 - spark: the pipeline's job (conf/pipelines/retail_demo.toml `[spark] job`) submitted exactly as the
   transform step does: a job spec JSON like `etlcore.services.transform_partition` writes (columns, keys
@@ -16,7 +17,8 @@ quantity); 3% returns (negative quantities) are valid.
   Wall time includes spark-submit's JVM start-up; the job's own `_result.json` is checked for conservation.
 - duckdb (the single-machine reference): the same rules in SQL, in one child process: casts behind the
   job's shape checks with TRY_CAST, reasons, de-duplication by key keeping the latest version, dimension
-  joins, line rules, the HMAC customer pseudonym, the six outputs written as Parquet.
+  joins, line rules, conversion at the date's rate, the HMAC customer pseudonym, the six outputs written
+  as Parquet. (The job does a little more: line types and linking returns to their purchase.)
 - pandas (with `--huge`): the same steps in memory, run in a child whose address space is capped at half
   the machine's RAM, to show that it cannot hold the 50 M-line day; its peak at 1 M lines is measured too
   and projected.
@@ -48,6 +50,10 @@ ROOT = Path(__file__).resolve().parents[1] / "var" / "bench" / NAME
 DAY = "2026-11-01"
 PIPELINE = "retail_demo"
 PRODUCTS, STORES, CUSTOMERS = 2_000, 50, 200_000
+# EUR per unit; 4% of the lines in GBP, 1% in USD, the rest in the reporting currency.
+RATES = {"GBP": "1.15811900", "USD": "0.92155000"}
+CURRENCY_SHARES = {"EUR": 0.95, "GBP": 0.04, "USD": 0.01}
+DATA_VERSION = 2  # bump when the generated data changes, so cached data is not reused
 PSEUDONYM_KEY = "bench-pseudonym-key"
 CHUNK = 1_000_000
 ROW_GROUP = 100_000
@@ -57,7 +63,7 @@ HUGE_ROWS = 50_000_000
 # --- data -------------------------------------------------------------------------------------------------
 def generate(rows: int) -> Path:
     """Staged partitions of the three datasets for `rows` order lines; written once, then reused."""
-    root = ROOT / f"rows-{rows}"
+    root = ROOT / f"rows-{rows}-v{DATA_VERSION}"
     if (root / "done").exists():
         return root
     import numpy as np
@@ -91,11 +97,15 @@ def generate(rows: int) -> Path:
     )
     pq.write_table(products, root / "raw" / "products.parquet", compression="zstd")
     pq.write_table(stores, root / "raw" / "stores.parquet", compression="zstd")
+    rates = pa.table({"currency": list(RATES), "rate": list(RATES.values())})
+    pq.write_table(rates, root / "raw" / "rates.parquet", compression="zstd")
 
     sku_pool = pa.array([*skus, "SKU-99999"])  # the last one is unknown
     store_pool = pa.array(store_codes)
     emails = pa.array([f"customer{i}@example.com" for i in range(CUSTOMERS)])
     countries = pa.array(["DE", "NL", "AT", "FR"])
+    currency_pool = pa.array(list(CURRENCY_SHARES))
+    currency_p = np.array(list(CURRENCY_SHARES.values()))
     price_pool = pa.array([f"{c // 100}.{c % 100:02d}" for c in range(0, 30_000)] + ["12,50", "abc", "1e3"])
     bad_prices = np.array([30_000, 30_001, 30_002])
     start = np.datetime64(f"{DAY}T00:00:00", "s")
@@ -152,6 +162,7 @@ def generate(rows: int) -> Path:
                 sku=sku_pool.take(pa.array(sku)),
                 quantity=quantity,
                 price=price_pool.take(pa.array(price)),
+                currency=currency_pool.take(pa.array(rng.choice(len(currency_p), n, p=currency_p))),
             )
             writer.write_table(table, row_group_size=ROW_GROUP)
             written += n
@@ -183,7 +194,7 @@ def generate(rows: int) -> Path:
 
 
 def _lines_table(
-    pa, pc, schema, *, order, line, ordered, updated, store, email, country, sku, quantity, price
+    pa, pc, schema, *, order, line, ordered, updated, store, email, country, sku, quantity, price, currency
 ):
     import numpy as np
 
@@ -206,7 +217,7 @@ def _lines_table(
             "sku": sku,
             "quantity": pc.cast(pa.array(quantity), text),
             "unit_price": price,
-            "currency": pa.array(np.full(len(order), "EUR")).cast(text),
+            "currency": currency,
         },
         schema=schema,
     )
@@ -220,7 +231,12 @@ def job_spec(root: Path, output_dir: Path) -> dict[str, Any]:
     from etlcore.services import job_spec as pipeline_job_spec
 
     config = pipeline_load(PIPELINE)
-    rows = {"order_lines": int((root / "rows").read_text()), "products": PRODUCTS, "stores": STORES}
+    rows = {
+        "order_lines": int((root / "rows").read_text()),
+        "products": PRODUCTS,
+        "stores": STORES,
+        "rates": len(RATES),
+    }
     staged = {name: ([root / "raw" / f"{name}.parquet"], rows[name]) for name in config.datasets}
     return pipeline_job_spec(
         config, business_date=date.fromisoformat(DAY), staged=staged, output_dir=output_dir
@@ -418,11 +434,22 @@ def duckdb_step(root: Path, out: Path) -> None:
             f"CREATE TEMP TABLE {name}_p AS " + _dedup_sql(prepared, inp["key"], inp.get("version_column"))
         )
     currency = spec["reporting_currency"].upper()
+    accepted = "NOT _dup AND len(_reasons) = 0"
+    rates = (spec.get("options") or {}).get("rates", {}).get("dataset")
+    if rates:  # the date's rate, 1 for the reporting currency; no rate: missing_rate
+        usable = f"SELECT upper(currency) AS rate_currency, rate FROM {rates}_p WHERE {accepted}"
+        rate_join = f"LEFT JOIN ({usable}) r ON upper(l.currency) = r.rate_currency"
+        line_rate = f"CASE WHEN upper(l.currency) = '{currency}' THEN coalesce(r.rate, 1) ELSE r.rate END"
+        currency_check = "CASE WHEN currency IS NOT NULL AND line_rate IS NULL THEN 'missing_rate' END"
+    else:
+        rate_join, line_rate = "", "1"
+        currency_check = f"CASE WHEN currency <> '{currency}' THEN 'unsupported_currency' END"
     # Classified order lines, materialised once (the job caches the same frame).
     con.execute(
         f"""
         CREATE TEMP TABLE lines_c AS
-        SELECT * EXCLUDE (_reasons, amount0), amount0 AS amount, quantity < 0 AS is_return,
+        SELECT * EXCLUDE (_reasons, amount0, line_rate), amount0 AS amount, quantity < 0 AS is_return,
+               TRY_CAST(round(amount0 * line_rate, 2) AS DECIMAL(18,2)) AS amount_reporting,
                list_concat(_reasons, list_filter([
                    CASE WHEN sku IS NOT NULL AND kp IS NULL THEN 'unknown_product' END,
                    CASE WHEN store_code IS NOT NULL AND ks IS NULL THEN 'unknown_store' END,
@@ -430,30 +457,30 @@ def duckdb_step(root: Path, out: Path) -> None:
                    CASE WHEN unit_price < 0 THEN 'negative_price' END,
                    CASE WHEN quantity IS NOT NULL AND unit_price IS NOT NULL AND amount0 IS NULL
                         THEN 'amount_out_of_range' END,
-                   CASE WHEN currency <> '{currency}' THEN 'unsupported_currency' END
+                   {currency_check}
                ], lambda x: x IS NOT NULL)) AS _reasons
         FROM (
             SELECT l.* EXCLUDE (currency), upper(l.currency) AS currency,
                    TRY_CAST(round(l.quantity::DECIMAL(10,0) * l.unit_price, 2) AS DECIMAL(18,2)) AS amount0,
-                   p.sku AS kp, s.store_code AS ks
+                   p.sku AS kp, s.store_code AS ks, {line_rate} AS line_rate
             FROM order_lines_p l
             LEFT JOIN (SELECT sku FROM products_p WHERE NOT _dup AND len(_reasons) = 0) p USING (sku)
             LEFT JOIN (SELECT store_code FROM stores_p WHERE NOT _dup AND len(_reasons) = 0) s
                    USING (store_code)
+            {rate_join}
         )
         """
     )
     customer_key = _hmac_sql(key, f"lower(trim({email}))")
-    accepted = "NOT _dup AND len(_reasons) = 0"
     outputs = {
         "sales_lines": f"""
             SELECT order_id, line_number, DATE '{DAY}' AS business_date, ordered_at, store_code, sku,
                    {customer_key} AS customer_key, quantity,
-                   unit_price, amount, currency, is_return
+                   unit_price, amount, currency, is_return, amount_reporting
             FROM lines_c WHERE {accepted}""",
         "daily_sales": f"""
             SELECT DATE '{DAY}' AS business_date, store_code, sku, sum(quantity::BIGINT) AS quantity,
-                   sum(amount)::DECIMAL(18,2) AS revenue, count(*) AS line_count,
+                   sum(amount_reporting)::DECIMAL(18,2) AS revenue, count(*) AS line_count,
                    count(DISTINCT order_id) AS order_count
             FROM lines_c WHERE {accepted} GROUP BY ALL""",
         "products": f"SELECT sku, name, category, list_price FROM products_p WHERE {accepted}",

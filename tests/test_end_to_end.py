@@ -1,10 +1,12 @@
 """The demo pipeline end to end: HTTP API on loopback + files -> staging -> real spark-submit -> ORM.
 
-These are the suite's only spark-submit runs (about 10 s each): one date, its re-run, one failing job.
+These are the suite's only spark-submit runs of the demo (about 10 s each): two dates (the second brings
+a product price change and a return of the first date's purchase), a re-run of the first, one failing job.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -16,14 +18,15 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 
 from etlcore.demo.api_server import demo_api_token, start_demo_api
-from etlcore.demo.generate import generate_demo_data
+from etlcore.demo.generate import PriceChange, generate_demo_data
 from etlcore.demo.pipeline import demo_run
 from etlcore.models import PipelineRun
-from warehouse.models import DimCustomer, FactDailySales, FactSalesLine, QuarantinedRow
+from warehouse.models import DimCustomer, DimProduct, DimStore, FactDailySales, FactSalesLine, QuarantinedRow
 
 pytestmark = [pytest.mark.spark_submit, pytest.mark.django_db(transaction=True)]
 
 DAY = date(2026, 11, 1)
+NEXT_DAY = date(2026, 11, 2)
 SECRET = "e2e-pseudonym-key-do-not-leak"
 
 
@@ -34,60 +37,103 @@ def demo_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def expected_lines(data_dir) -> dict[tuple[str, int], Decimal]:
+CENT = Decimal("0.01")
+
+
+def expected_lines(data_dir, day: date = DAY) -> tuple[dict[tuple[str, int], tuple], set[tuple[str, int]]]:
     """The demo's rules recomputed in plain Python from the generated sources: the latest version of each
-    line, minus lines with an unknown product or store, a zero quantity or an unparseable price."""
+    line, minus lines with an unknown product or store, a zero quantity or an unparseable price, and lines
+    in a currency without a rate that day (EUR, the reporting currency, needs none).
+
+    Returns (currency, amount, amount_reporting) per loaded line, with amount = round_half_up(quantity x
+    unit_price, 2) and amount_reporting = round_half_up(amount x rate, 2), and the lines rejected only for
+    want of a rate."""
     exports = data_dir / "exports"
-    skus = {row.split(",")[0] for row in (exports / "products_20261101.csv").read_text().splitlines()[1:]}
+    with (exports / f"products_{day:%Y%m%d}.csv").open(newline="") as fh:
+        skus = {row["SKU"] for row in csv.DictReader(fh)}
     stores = {
-        json.loads(line)["code"] for line in (exports / "stores_20261101.jsonl").read_text().splitlines()
+        json.loads(line)["code"] for line in (exports / f"stores_{day:%Y%m%d}.jsonl").read_text().splitlines()
     }
+    with (exports / f"rates_{day:%Y%m%d}.csv").open(newline="") as fh:
+        rates = {row["currency"]: Decimal(row["rate"]) for row in csv.DictReader(fh)}
+    rates.setdefault("EUR", Decimal(1))
     latest: dict[tuple[str, int], tuple[str, dict, dict]] = {}
     for line in (data_dir / "orders.jsonl").read_text().splitlines():
         order = json.loads(line)
-        if not order["created_at"].startswith("2026-11-01"):
+        if not order["created_at"].startswith(day.isoformat()):
             continue
         for item in order["lines"]:
             key = (order["id"], item["line_number"])
             if key not in latest or order["updated_at"] > latest[key][0]:
                 latest[key] = (order["updated_at"], order, item)
-    amounts = {}
+    loaded, no_rate = {}, set()
     for key, (_, order, item) in latest.items():
         try:
             price = Decimal(item["unit_price"])
         except ArithmeticError:
             continue
         if item["sku"] in skus and order["store_id"] in stores and item["quantity"] != 0 and price >= 0:
-            amounts[key] = (price * item["quantity"]).quantize(Decimal("0.01"), ROUND_HALF_UP)
-    return amounts
+            if order["currency"] not in rates:
+                no_rate.add(key)
+                continue
+            amount = (price * item["quantity"]).quantize(CENT, ROUND_HALF_UP)
+            reporting = (amount * rates[order["currency"]]).quantize(CENT, ROUND_HALF_UP)
+            loaded[key] = (order["currency"], amount, reporting)
+    return loaded, no_rate
 
 
-def test_demo_date_lands_in_the_warehouse_with_every_row_accounted_for(demo_env):
-    report = demo_run(data_dir=demo_env / "demo", business_dates=[DAY])
+def product_versions(sku: str) -> list[tuple]:
+    return list(
+        DimProduct.objects.filter(sku=sku)
+        .order_by("valid_from")
+        .values_list("id", "valid_from", "valid_to", "is_current", "list_price")
+    )
 
+
+def test_demo_dates_land_with_every_row_accounted_for_price_history_and_cross_date_return(demo_env):
+    report = demo_run(data_dir=demo_env / "demo", business_dates=[DAY, NEXT_DAY])
+    # The same arguments give the same files: what the generator designed into the data the run loaded.
+    dataset = generate_demo_data(out_dir=demo_env / "designed", business_dates=[DAY, NEXT_DAY])
+
+    assert [r.status for r in report.runs] == ["succeeded"] * 2
     run = report.runs[0]
-    assert run.status == "succeeded"
     steps = {s.step: s for s in run.steps.all()}
     assert [s.status for s in steps.values()] == ["succeeded"] * 3
 
-    expected = expected_lines(demo_env / "demo")
-    lines = FactSalesLine.objects.all()
-    assert {(f.order_id, f.line_number): f.amount for f in lines} == expected
-    total = sum(expected.values(), Decimal("0.00"))
-    assert FactDailySales.objects.aggregate(total=Sum("revenue"))["total"] == total
+    for day in (NEXT_DAY, DAY):
+        expected, no_rate = expected_lines(demo_env / "demo", day)
+        lines = FactSalesLine.objects.filter(date__date=day)
+        assert {
+            (f.order_id, f.line_number): (f.currency, f.amount, f.amount_reporting) for f in lines
+        } == expected
+    # From here on, `expected` and `no_rate` are the first date's.
+    # The check has teeth: lines in GBP and USD were converted at the date's rate, and one order had none.
+    assert {currency for currency, _, _ in expected.values()} == {"EUR", "GBP", "USD"}
+    assert all(amount != reporting for currency, amount, reporting in expected.values() if currency != "EUR")
+    assert no_rate
+    assert steps["transform"].details["datasets"]["rates"]["rows_out"] == 2
+    total = sum((reporting for _, _, reporting in expected.values()), Decimal("0.00"))
+    assert FactDailySales.objects.filter(date__date=DAY).aggregate(total=Sum("revenue"))["total"] == total
 
     # Conservation: staged order lines = loaded + quarantined + duplicates removed.
     order_lines = steps["transform"].details["datasets"]["order_lines"]
     assert order_lines["rows_in"] == steps["extract"].details["order_lines"]["rows"]
     assert order_lines["rows_out"] == len(expected)
-    quarantined = QuarantinedRow.objects.filter(dataset="order_lines").aggregate(n=Sum("occurrences"))["n"]
+    quarantine = QuarantinedRow.objects.filter(business_date=DAY)
+    quarantined = quarantine.filter(dataset="order_lines").aggregate(n=Sum("occurrences"))["n"]
     assert order_lines["rows_in"] == len(expected) + quarantined + order_lines["duplicates"]
-    assert set(QuarantinedRow.objects.values_list("reason_code", flat=True)) >= {
+    assert set(quarantine.values_list("reason_code", flat=True)) >= {
         "unknown_product",
         "unknown_store",
         "zero_quantity",
         "invalid_unit_price",
+        "missing_rate",
     }
+    missing_rate = quarantine.filter(dataset="order_lines", reason_code="missing_rate")
+    assert {
+        (r["order_id"], int(r["line_number"]))
+        for r in map(json.loads, missing_rate.values_list("raw_record", flat=True))
+    } == no_rate
 
     # Customers are pseudonymous: no e-mail anywhere in the warehouse.
     emails = {
@@ -102,11 +148,40 @@ def test_demo_date_lands_in_the_warehouse_with_every_row_accounted_for(demo_env)
     assert SECRET not in json.dumps([s.details for s in steps.values()])
     assert SECRET not in Path(steps["transform"].details["log"]).read_text()
 
-    # Running the same date again changes no warehouse row.
+    # The return of the first date's purchase is linked to it (by the loader: the job sees one date).
+    (cross,) = [a for d in dataset.days for a in d.anomalies if a.kind == "cross_date_return"]
+    returned = FactSalesLine.objects.get(order_id=cross.order_id, line_number=cross.line_number)
+    assert (returned.date.date, returned.is_return) == (NEXT_DAY, True)
+    assert returned.original_order_id == cross.original_order_id
+    assert FactSalesLine.objects.filter(order_id=cross.original_order_id, date__date=DAY).exists()
+
+    # The price change is a second version of the product; each date's facts point at its own version.
+    assert dataset.price_changes == (
+        PriceChange("SKU-10044", Decimal("86.50"), Decimal("95.15"), from_date=NEXT_DAY),
+    )
+    (change,) = dataset.price_changes
+    versions = product_versions(change.sku)
+    (old, *_), (new, *_) = versions
+    assert versions == [
+        (old, DAY, NEXT_DAY, False, change.old_list_price),
+        (new, NEXT_DAY, None, True, change.new_list_price),
+    ]
+    for model in (FactSalesLine, FactDailySales):
+        pointed = set(model.objects.filter(product__sku=change.sku).values_list("date__date", "product_id"))
+        assert pointed == {(DAY, old), (NEXT_DAY, new)}
+    # Nothing else changed: one version per other product and per store.
+    assert DimProduct.objects.count() == DimProduct.objects.values("sku").distinct().count() + 1
+    assert DimStore.objects.filter(is_current=False).count() == 0
+
+    # Running the first date again changes no warehouse row and makes no version, although the version
+    # valid on that date is no longer the current one.
+    products = list(DimProduct.objects.order_by("id").values())
     again = demo_run(data_dir=demo_env / "demo", business_dates=[DAY])
     assert again.runs[0].status == "succeeded"
     assert again.changed_tables == []
     assert again.tables_after == report.tables_after
+    assert list(DimProduct.objects.order_by("id").values()) == products
+    assert product_versions(change.sku) == versions
 
 
 def test_failing_spark_job_fails_the_run_and_publishes_nothing(demo_env, monkeypatch):

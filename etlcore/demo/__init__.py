@@ -13,6 +13,7 @@ from etlcore.demo.generate import (
     Anomaly,
     DemoDataset,
     DemoDay,
+    PriceChange,
     ensure_demo_data,
     generate_demo_data,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "DemoApiServer",
     "DemoDataset",
     "DemoDay",
+    "PriceChange",
     "demo_api_token",
     "ensure_demo_data",
     "generate_demo_data",

@@ -6,10 +6,14 @@ Writes, under `out_dir`:
   business dates, in the API's order (created_at, id). Nested like Shopify: a `customer` object (null for
   guests) and a list of `lines` whose money is a string with two decimals.
 - `exports/products_YYYYMMDD.csv` and `exports/stores_YYYYMMDD.jsonl`: the daily master-data exports.
+- `exports/rates_YYYYMMDD.csv`: the date's exchange rates, `currency,rate` with rate = euros per unit.
 
-Each business date also carries a fixed set of faults (`Anomaly`) so the pipeline has something to
-de-duplicate or quarantine. Everything is drawn from `random.Random` instances seeded from `seed` (and the
-date), never from the global generator or the clock: the same arguments give byte-identical files.
+About a tenth of the orders are paid in GBP or USD (prices converted from the euro list price at the
+date's rate), the rest in euros, the reporting currency. Each business date also carries a fixed set of
+designed cases (`Anomaly`) so the pipeline has something to de-duplicate, quarantine or link: faults, a
+return, and from the second date on a return of the previous date's purchase. Everything is drawn from
+`random.Random` instances seeded from `seed` (and the date), never from the global generator or the
+clock: the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "Anomaly",
     "DemoDataset",
     "DemoDay",
+    "PriceChange",
     "ensure_demo_data",
     "generate_demo_data",
 ]
@@ -44,7 +49,16 @@ DEMO_API_TOKEN_DEFAULT = "demo-token-not-a-secret"
 
 ORDERS_FILENAME = "orders.jsonl"
 PRODUCT_HEADERS = ("SKU", "Product Name", "Category", "List Price")
-CURRENCY = "EUR"
+RATES_HEADERS = ("currency", "rate")
+REPORTING_CURRENCY = "EUR"
+# Euros per unit around which each date's rate moves by up to 1.5 %. Card payments in a visitor's home
+# currency: FOREIGN_SHARE of each date's orders, each in one of these.
+FOREIGN_CURRENCIES: Mapping[str, Decimal] = {"GBP": Decimal("1.15"), "USD": Decimal("0.92")}
+FOREIGN_SHARE = 0.10
+# The currency of the `missing_rate` fault: one order a date is paid in it, the rates file never quotes it.
+UNQUOTED_CURRENCY = "CHF"
+_UNQUOTED_RATE = Decimal("1.06")  # only to give that order plausible prices
+_RATE_PLACES = Decimal("0.000001")
 
 UNKNOWN_SKU = "SKU-99999"
 UNKNOWN_STORE = "ST-099"
@@ -65,6 +79,9 @@ ANOMALY_KINDS: Mapping[str, str] = {
     "unparseable_price": "a line whose unit_price is not a decimal number ('12,50' or 'abc')",
     "return": "an order with one line of negative quantity (a return)",
     "unknown_store": "an order whose store_id is not in the store export",
+    "missing_rate": f"an order paid in {UNQUOTED_CURRENCY}, a currency the date's rates file does not quote",
+    "cross_date_return": "from the second date on: an order returning (negative quantity) one line bought "
+    "on the previous date by the same customer (e-mail) and sku; `original_order_id` names that purchase",
 }
 
 
@@ -74,6 +91,7 @@ class Anomaly:
     order_id: str
     line_number: int | None = None
     detail: str = ""
+    original_order_id: str | None = None  # the purchase a `cross_date_return` returns
 
 
 @dataclass(frozen=True)
@@ -83,15 +101,29 @@ class DemoDay:
     business_date: date
     products_path: Path
     stores_path: Path
+    rates_path: Path
+    rates: tuple[tuple[str, Decimal], ...]  # (currency, euros per unit) as written to rates_path
     orders: int  # distinct order ids created that date
     records: int  # order records the API serves for the date (newer versions and duplicates included)
     lines: int  # lines in those records: the rows the extract stages after exploding `lines`
     unique_lines: int  # distinct (order id, line_number) among them
     guest_orders: int
+    foreign_orders: int  # distinct order ids not in the reporting currency (the missing_rate one included)
     anomalies: tuple[Anomaly, ...] = ()
 
     def anomaly_counts(self) -> dict[str, int]:
         return dict(Counter(a.kind for a in self.anomalies))
+
+
+@dataclass(frozen=True)
+class PriceChange:
+    """A product whose list price in the daily export changes from `from_date` on (a slowly changing
+    dimension: the warehouse should keep both versions)."""
+
+    sku: str
+    old_list_price: Decimal
+    new_list_price: Decimal
+    from_date: date
 
 
 @dataclass(frozen=True)
@@ -104,6 +136,7 @@ class DemoDataset:
     customers: int
     seed: int = DEMO_SEED
     files: tuple[Path, ...] = field(default=())
+    price_changes: tuple[PriceChange, ...] = ()  # none when only one date is generated
 
     def day(self, business_date: date) -> DemoDay:
         for d in self.days:
@@ -331,7 +364,7 @@ def _price_changed(products: list[_Product], rng: random.Random) -> tuple[int, l
     return index, [new if i == index else p for i, p in enumerate(products)]
 
 
-# --- orders -----------------------------------------------------------------------------------------
+# --- rates and orders ---------------------------------------------------------------------------------
 
 
 def _money(value: Decimal) -> str:
@@ -342,14 +375,63 @@ def _iso(ts: datetime) -> str:
     return ts.isoformat()  # tz-aware UTC -> "...+00:00"
 
 
+def _day_rates(rng: random.Random) -> dict[str, Decimal]:
+    """The date's euros per unit of each quoted currency: its base moved by up to 1.5 %, six decimals."""
+    return {
+        currency: (base * (1 + Decimal(rng.randint(-1500, 1500)) / 100000)).quantize(
+            _RATE_PLACES, rounding=ROUND_HALF_UP
+        )
+        for currency, base in FOREIGN_CURRENCIES.items()
+    }
+
+
+def _in_currency(order: dict[str, Any], currency: str, rate: Decimal) -> None:
+    """Pay `order` in `currency`: its euro prices divided by `rate` (euros per unit), to the cent."""
+    order["currency"] = currency
+    for line in order["lines"]:
+        line["unit_price"] = _money(Decimal(line["unit_price"]) / rate)
+
+
+@dataclass(frozen=True)
+class _Purchase:
+    order: dict[str, Any]
+    line: dict[str, Any]
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.order["customer"]["email"], self.line["sku"]
+
+
+def _customer_skus(orders: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
+    return Counter((o["customer"]["email"], ln["sku"]) for o in orders if o["customer"] for ln in o["lines"])
+
+
+def _returnable_purchases(records: list[dict[str, Any]], anomalies: Iterable[Anomaly]) -> list[_Purchase]:
+    """Lines a later date may return: bought by a known customer on an order with no designed case, and the
+    only line of that customer and sku on the date, so the purchase a return goes back to is unambiguous."""
+    touched = {a.order_id for a in anomalies}
+    pairs = _customer_skus(records)
+    purchases = [
+        _Purchase(r, ln) for r in records if r["customer"] and r["id"] not in touched for ln in r["lines"]
+    ]
+    return [p for p in purchases if p.line["quantity"] > 0 and pairs[p.pair] == 1]
+
+
 def _day_orders(
     *,
     rng: random.Random,
+    currency_rng: random.Random,
     business_date: date,
     products: list[_Product],
     customers: list[dict[str, str]],
-) -> tuple[list[dict[str, Any]], list[Anomaly], int]:
-    """The records the API serves for one date, in (created_at, id) order, with their anomalies."""
+    rates: Mapping[str, Decimal],
+    earlier: list[_Purchase],
+) -> tuple[list[dict[str, Any]], list[Anomaly]]:
+    """The records the API serves for one date, in (created_at, id) order, with their anomalies.
+
+    `earlier` holds the previous date's returnable purchases (empty on the first date): one of them is
+    returned today. Currencies come from `currency_rng`, so the rest of the date does not depend on them.
+    """
     count = rng.randint(*ORDERS_PER_DAY)
     day_start = datetime.combine(business_date, time(0), tzinfo=UTC)
     # The first order falls exactly on midnight and the last on 23:59:59, so a window filter that is not
@@ -358,11 +440,9 @@ def _day_orders(
     stamp = business_date.strftime("%Y%m%d")
 
     orders: list[dict[str, Any]] = []
-    guests = 0
     for n, offset in enumerate(offsets, start=1):
         created = day_start + timedelta(seconds=offset)
         customer = None if rng.random() < GUEST_SHARE else dict(rng.choice(customers))
-        guests += customer is None
         lines = []
         for line_number, product in enumerate(rng.sample(products, rng.randint(1, 4)), start=1):
             price = product.list_price
@@ -382,17 +462,30 @@ def _day_orders(
                 "created_at": _iso(created),
                 "updated_at": _iso(created + timedelta(seconds=rng.randint(0, 600))),
                 "store_id": rng.choice(_STORES)[0],
-                "currency": CURRENCY,
+                "currency": REPORTING_CURRENCY,
                 "customer": customer,
                 "lines": lines,
             }
         )
 
-    # Faults land on distinct orders, none of them the duplicated ones, so each is counted once.
+    # Faults land on distinct orders, none of them the duplicated ones, so each is counted once. The last
+    # target is the cross-date return's, used from the second date on.
     newer_index = rng.randrange(EXACT_DUPLICATE_POSITION + 1, count)
     free = [i for i in range(count) if i not in (EXACT_DUPLICATE_POSITION, newer_index)]
-    targets = iter(rng.sample(free, 7))
+    targeted = rng.sample(free, 7)
+    targets = iter(targeted)
     anomalies: list[Anomaly] = []
+
+    # Currencies before the faults, which may make a price unparseable. Any other order may be foreign,
+    # the duplicated ones included; the unquoted one carries no other fault, so missing_rate is its only
+    # reason.
+    unquoted_index = currency_rng.choice([i for i in free if i not in targeted])
+    others = [i for i in range(count) if i != unquoted_index]
+    for index in sorted(currency_rng.sample(others, round(count * FOREIGN_SHARE))):
+        currency = currency_rng.choice(sorted(FOREIGN_CURRENCIES))
+        _in_currency(orders[index], currency, rates[currency])
+    unquoted = orders[unquoted_index]
+    _in_currency(unquoted, UNQUOTED_CURRENCY, _UNQUOTED_RATE)
 
     def line_fault(kind: str, field_name: str, value: Any, detail: str) -> None:
         order = orders[next(targets)]
@@ -418,6 +511,9 @@ def _day_orders(
     stray["store_id"] = UNKNOWN_STORE
     anomalies.append(Anomaly("unknown_store", stray["id"], None, f"store_id {UNKNOWN_STORE}"))
 
+    no_rate = f"currency {UNQUOTED_CURRENCY}, no rate on {business_date}"
+    anomalies.append(Anomaly("missing_rate", unquoted["id"], None, no_rate))
+
     # A later version of one order: a customer changed a quantity after the first export saw it.
     older = orders[newer_index]
     newer = json.loads(json.dumps(older))
@@ -428,11 +524,36 @@ def _day_orders(
     duplicate = orders[EXACT_DUPLICATE_POSITION]
     anomalies.append(Anomaly("exact_duplicate", duplicate["id"], None, "same record twice"))
 
+    if earlier:
+        # A customer brings back some of what they bought on the previous date, at the same store and in the
+        # same currency. They buy that sku on no other order today, so the only purchase the return can go
+        # back to is the previous date's (a same-date link finds nothing).
+        target = orders[next(targets)]
+        today = _customer_skus(o for o in orders if o is not target)
+        bought = rng.choice([p for p in earlier if p.pair not in today])
+        quantity = -rng.randint(1, bought.line["quantity"])
+        target.update(
+            store_id=bought.order["store_id"],
+            currency=bought.order["currency"],
+            customer=dict(bought.order["customer"]),
+            lines=[dict(bought.line, line_number=1, quantity=quantity)],
+        )
+        anomalies.append(
+            Anomaly(
+                "cross_date_return",
+                target["id"],
+                1,
+                f"returns {bought.order['id']} line {bought.line['line_number']} "
+                f"({bought.line['sku']}, quantity {quantity})",
+                original_order_id=bought.order["id"],
+            )
+        )
+
     # Both extra records sort right after their originals (same created_at and id; the sort is stable).
     records = list(orders)
     records.insert(newer_index + 1, newer)
     records.insert(EXACT_DUPLICATE_POSITION + 1, json.loads(json.dumps(duplicate)))
-    return records, anomalies, guests
+    return records, anomalies
 
 
 # --- files --------------------------------------------------------------------------------------------
@@ -444,6 +565,14 @@ def _write_products(path: Path, products: Iterable[_Product]) -> None:
         writer.writerow(PRODUCT_HEADERS)
         for p in products:
             writer.writerow((p.sku, p.name, p.category, _money(p.list_price)))
+
+
+def _write_rates(path: Path, rates: Mapping[str, Decimal]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(RATES_HEADERS)
+        for currency, rate in sorted(rates.items()):
+            writer.writerow((currency, str(rate)))
 
 
 def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -465,8 +594,10 @@ def generate_demo_data(
 ) -> DemoDataset:
     """Write the demo sources for `business_dates` (sorted, de-duplicated) under `out_dir`.
 
-    A date's orders depend only on `seed` and the date, so they are the same whichever other dates are
-    generated with it; the list price change applies from the second date of the list on.
+    A date's orders and rates depend only on `seed` and the date, so they are the same whichever other
+    dates are generated with it, except for what follows from the date's position in the list: from the
+    second date on, one product's list price has changed and one order returns a purchase of the
+    previous date of the list.
     """
     dates = sorted(set(business_dates))
     if not dates:
@@ -479,38 +610,49 @@ def generate_demo_data(
     master_rng = random.Random(f"{seed}:master")
     products = _products(master_rng)
     customers = _customers(master_rng)
-    _, changed_products = _price_changed(products, master_rng)
+    changed_index, changed_products = _price_changed(products, master_rng)
     stores = _store_rows()
 
     days: list[DemoDay] = []
     all_records: list[dict[str, Any]] = []
     files: list[Path] = []
+    purchases: list[_Purchase] = []
     for position, business_date in enumerate(dates):
         day_products = products if position == 0 else changed_products
+        rates = _day_rates(random.Random(f"{seed}:rates:{business_date.isoformat()}"))
         stamp = business_date.strftime("%Y%m%d")
         products_path = exports / f"products_{stamp}.csv"
         stores_path = exports / f"stores_{stamp}.jsonl"
+        rates_path = exports / f"rates_{stamp}.csv"
         _write_products(products_path, day_products)
         _write_jsonl(stores_path, stores)
-        files += [products_path, stores_path]
+        _write_rates(rates_path, rates)
+        files += [products_path, stores_path, rates_path]
 
-        records, anomalies, guests = _day_orders(
+        records, anomalies = _day_orders(
             rng=random.Random(f"{seed}:orders:{business_date.isoformat()}"),
+            currency_rng=random.Random(f"{seed}:currency:{business_date.isoformat()}"),
             business_date=business_date,
             products=day_products,
             customers=customers,
+            rates=rates,
+            earlier=purchases,
         )
+        purchases = _returnable_purchases(records, anomalies)
         all_records += records
         days.append(
             DemoDay(
                 business_date=business_date,
                 products_path=products_path,
                 stores_path=stores_path,
+                rates_path=rates_path,
+                rates=tuple(sorted(rates.items())),
                 orders=len({r["id"] for r in records}),
                 records=len(records),
                 lines=sum(len(r["lines"]) for r in records),
                 unique_lines=len({(r["id"], ln["line_number"]) for r in records for ln in r["lines"]}),
-                guest_orders=guests,
+                guest_orders=len({r["id"] for r in records if r["customer"] is None}),
+                foreign_orders=len({r["id"] for r in records if r["currency"] != REPORTING_CURRENCY}),
                 anomalies=tuple(anomalies),
             )
         )
@@ -518,6 +660,8 @@ def generate_demo_data(
     orders_path = out_dir / ORDERS_FILENAME
     _write_jsonl(orders_path, all_records)
     files.append(orders_path)
+    old, new = products[changed_index], changed_products[changed_index]
+    price_changes = [PriceChange(old.sku, old.list_price, new.list_price, from_date=d) for d in dates[1:2]]
     return DemoDataset(
         out_dir=out_dir,
         orders_path=orders_path,
@@ -527,14 +671,23 @@ def generate_demo_data(
         customers=len(customers),
         seed=seed,
         files=tuple(files),
+        price_changes=tuple(price_changes),
     )
 
 
 def ensure_demo_data(
     *, out_dir: Path, business_dates: Iterable[date] = DEMO_BUSINESS_DATES, seed: int = DEMO_SEED
 ) -> tuple[Path, bool]:
-    """The demo `orders.jsonl` under `out_dir`, generated first if missing. Returns (path, generated)."""
+    """The demo `orders.jsonl` under `out_dir`, generated first if it or a date's export is missing (e.g.
+    data written by an older version without rates). Returns (path, generated)."""
+    business_dates = tuple(business_dates)
     orders_path = Path(out_dir) / ORDERS_FILENAME
-    if orders_path.is_file():
+    exports = Path(out_dir) / "exports"
+    expected = [
+        exports / f"{name}_{d:%Y%m%d}.{ext}"
+        for d in business_dates
+        for name, ext in (("products", "csv"), ("stores", "jsonl"), ("rates", "csv"))
+    ]
+    if orders_path.is_file() and all(p.is_file() for p in expected):
         return orders_path, False
     return generate_demo_data(out_dir=out_dir, business_dates=business_dates, seed=seed).orders_path, True

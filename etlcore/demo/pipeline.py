@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+
+from django.db.models import Count, Sum
 
 from etlcore.config import pipeline_load
 from etlcore.models import PipelineRun
 from etlcore.services import STEPS, pipeline_execute
 from warehouse.checks import warehouse_checksums
+from warehouse.models import FactSalesLine, QuarantinedRow
 
 from .api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from .generate import DEMO_BUSINESS_DATES, generate_demo_data
@@ -32,6 +35,11 @@ class DemoReport:
     tables_before: dict[str, tuple[int, str]]
     tables_after: dict[str, tuple[int, str]]
     defaults_used: list[str]
+    datasets: list[str] = field(default_factory=list)  # the pipeline's datasets, in its file's order
+    # Per business date, what the warehouse holds after the run: quarantined rows per reason code, and
+    # sales lines per currency (the conversion to the reporting currency at work).
+    quarantined: dict[date, dict[str, int]] = field(default_factory=dict)
+    lines_by_currency: dict[date, dict[str, int]] = field(default_factory=dict)
 
     @property
     def changed_tables(self) -> list[str]:
@@ -47,7 +55,8 @@ def demo_run(*, data_dir: Path, business_dates: Sequence[date] = DEMO_BUSINESS_D
         start_demo_api(orders_path=dataset.orders_path, token=token) as api,
         _environ_defaults({**defaults, "ETL_DEMO_API_URL": api.url}),
     ):
-        database = pipeline_load(DEMO_PIPELINE).database
+        config = pipeline_load(DEMO_PIPELINE)
+        database = config.database
         before = warehouse_checksums(using=database)
         runs = [
             pipeline_execute(
@@ -63,7 +72,32 @@ def demo_run(*, data_dir: Path, business_dates: Sequence[date] = DEMO_BUSINESS_D
         tables_before=before,
         tables_after=after,
         defaults_used=defaults_used,
+        datasets=list(config.datasets),
+        quarantined={d: _quarantined(database, d) for d in business_dates},
+        lines_by_currency={d: _lines_by_currency(database, d) for d in business_dates},
     )
+
+
+def _quarantined(database: str, business_date: date) -> dict[str, int]:
+    rows = (
+        QuarantinedRow.objects.using(database)
+        .filter(pipeline=DEMO_PIPELINE, business_date=business_date)
+        .values("reason_code")
+        .annotate(rows=Sum("occurrences"))
+        .order_by("reason_code")
+    )
+    return {r["reason_code"]: r["rows"] for r in rows}
+
+
+def _lines_by_currency(database: str, business_date: date) -> dict[str, int]:
+    rows = (
+        FactSalesLine.objects.using(database)
+        .filter(date__date=business_date)
+        .values("currency")
+        .annotate(lines=Count("id"))
+        .order_by("-lines", "currency")
+    )
+    return {r["currency"]: r["lines"] for r in rows}
 
 
 @contextmanager

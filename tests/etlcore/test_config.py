@@ -35,7 +35,8 @@ def write_pipeline(
 
 def test_demo_pipeline_file_parses_into_typed_datasets():
     config = pipeline_parse(DEMO, environ={})
-    assert set(config.datasets) == {"order_lines", "products", "stores"}
+    assert set(config.datasets) == {"order_lines", "products", "stores", "rates"}
+    assert config.spark.options["rates"] == {"dataset": "rates"}
     lines = config.datasets["order_lines"]
     assert lines.explode == "lines"
     assert lines.key == ("order_id", "line_number")

@@ -5,7 +5,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,10 @@ from etlcore.demo.generate import (
     DEMO_BUSINESS_DATES,
     EXACT_DUPLICATE_POSITION,
     PRODUCT_HEADERS,
+    RATES_HEADERS,
     UNKNOWN_SKU,
     UNKNOWN_STORE,
+    UNQUOTED_CURRENCY,
     Anomaly,
     DemoDataset,
     ensure_demo_data,
@@ -24,6 +26,8 @@ from etlcore.demo.generate import (
 )
 
 MONEY = re.compile(r"^-?\d+\.\d{2}$")
+RATE = re.compile(r"^\d+\.\d{6}$")
+CENT = Decimal("0.01")
 EXPECTED_ANOMALIES = {
     "newer_version": 1,
     "exact_duplicate": 1,
@@ -32,6 +36,7 @@ EXPECTED_ANOMALIES = {
     "unparseable_price": 2,
     "return": 1,
     "unknown_store": 1,
+    "missing_rate": 1,
 }
 
 
@@ -55,6 +60,13 @@ def read_products(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def read_rates(path: Path) -> dict[str, str]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == RATES_HEADERS == ("currency", "rate")
+        return {row["currency"]: row["rate"] for row in reader}
+
+
 def read_stores(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -73,14 +85,27 @@ def test_same_arguments_write_byte_identical_files(tmp_path: Path) -> None:
 
     names = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert names == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert len(names) == 7  # orders.jsonl + a products and a stores export per date
+    assert len(names) == 10  # orders.jsonl + a products, a stores and a rates export per date
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
     def summary(ds: DemoDataset) -> list[tuple]:
-        return [(d.business_date, d.orders, d.records, d.lines, d.guest_orders, d.anomalies) for d in ds.days]
+        return [
+            (
+                d.business_date,
+                d.orders,
+                d.records,
+                d.lines,
+                d.guest_orders,
+                d.foreign_orders,
+                d.rates,
+                d.anomalies,
+            )
+            for d in ds.days
+        ]
 
     assert summary(first) == summary(second)
+    assert first.price_changes == second.price_changes
 
 
 def test_another_seed_gives_other_orders(tmp_path: Path) -> None:
@@ -138,12 +163,38 @@ def test_product_export_has_the_contract_headers_and_quoted_awkward_names(demo: 
     assert '"Single Origin, Limited Edition 200g"' in text
 
 
-def test_one_list_price_changes_from_the_second_date_on(demo: DemoDataset) -> None:
+def test_one_list_price_changes_from_the_second_date_on_and_is_recorded(
+    demo: DemoDataset, records_by_date: dict[date, list[dict[str, Any]]]
+) -> None:
     prices = [{p["SKU"]: p["List Price"] for p in read_products(d.products_path)} for d in demo.days]
     changed = [sku for sku in prices[0] if prices[0][sku] != prices[1][sku]]
     assert len(changed) == 1
     assert Decimal(prices[1][changed[0]]) > Decimal(prices[0][changed[0]])
     assert prices[1] == prices[2]
+    (change,) = demo.price_changes
+    assert change.sku == changed[0] and change.from_date == DEMO_BUSINESS_DATES[1]
+    assert (change.old_list_price, change.new_list_price) == (
+        Decimal(prices[0][change.sku]),
+        Decimal(prices[1][change.sku]),
+    )
+    # The later dates sell it at the new price (in euros: list price, or 20 % off), so the sales reference
+    # the product's new version.
+    for day in demo.days[1:]:
+        euro_prices = {
+            ln["unit_price"]
+            for r in records_by_date[day.business_date]
+            if r["currency"] == "EUR"
+            for ln in r["lines"]
+            if ln["sku"] == change.sku and ln["quantity"] > 0
+        }
+        assert euro_prices and euro_prices <= {
+            str(change.new_list_price),
+            str((change.new_list_price * Decimal("0.8")).quantize(CENT, ROUND_HALF_UP)),
+        }
+
+
+def test_one_date_alone_records_no_price_change(tmp_path: Path) -> None:
+    assert generate_demo_data(out_dir=tmp_path, business_dates=[date(2026, 11, 2)]).price_changes == ()
 
 
 def test_counts_reported_per_date_match_the_orders_file(
@@ -173,7 +224,7 @@ def test_orders_have_the_api_shape_and_lie_inside_their_date(
             assert r["created_at"].endswith("+00:00") and r["updated_at"].endswith("+00:00")
             assert created.date() == business_date and created.tzinfo == UTC
             assert datetime.fromisoformat(r["updated_at"]) >= created
-            assert r["currency"] == "EUR"
+            assert r["currency"] in ("EUR", "GBP", "USD", UNQUOTED_CURRENCY)
             assert r["customer"] is None or set(r["customer"]) == {"email", "name", "country"}
             assert 1 <= len(r["lines"]) <= 4
             assert [ln["line_number"] for ln in r["lines"]] == list(range(1, len(r["lines"]) + 1))
@@ -196,8 +247,11 @@ def test_about_ten_percent_of_orders_are_guests_from_a_pool_of_customers(
 
 
 def test_each_date_carries_the_designed_anomalies(demo: DemoDataset) -> None:
+    first, *later = demo.days
+    assert first.anomaly_counts() == EXPECTED_ANOMALIES  # nothing earlier to return
+    for day in later:
+        assert day.anomaly_counts() == EXPECTED_ANOMALIES | {"cross_date_return": 1}
     for day in demo.days:
-        assert day.anomaly_counts() == EXPECTED_ANOMALIES
         # Each fault sits on its own order, so the counts translate one-to-one into rejected rows.
         assert len({a.order_id for a in day.anomalies}) == len(day.anomalies)
 
@@ -255,6 +309,108 @@ def test_anomalies_are_in_the_records_as_described(
         assert Counter(r["store_id"] for r in records)[UNKNOWN_STORE] == 1
 
 
+def by_kind(anomalies: tuple[Anomaly, ...], kind: str) -> list[Anomaly]:
+    return [a for a in anomalies if a.kind == kind]
+
+
+def test_each_date_has_a_rates_file_of_euros_per_unit_of_gbp_and_usd(demo: DemoDataset) -> None:
+    seen = []
+    for day in demo.days:
+        rates = read_rates(day.rates_path)
+        assert day.rates_path.name == f"rates_{day.business_date:%Y%m%d}.csv"
+        assert sorted(rates) == ["GBP", "USD"]  # no EUR row (the reporting currency), no CHF row
+        assert all(RATE.match(r) for r in rates.values()), rates
+        assert {c: Decimal(r) for c, r in rates.items()} == dict(day.rates)
+        assert Decimal("1.10") < Decimal(rates["GBP"]) < Decimal("1.20")
+        assert Decimal("0.88") < Decimal(rates["USD"]) < Decimal("0.96")
+        seen.append(rates)
+    assert seen[0] != seen[1] != seen[2]  # a rate per date, not one for all
+
+
+def test_about_a_tenth_of_orders_are_paid_in_gbp_or_usd_at_the_dates_rate(
+    demo: DemoDataset, records_by_date: dict[date, list[dict[str, Any]]]
+) -> None:
+    for day in demo.days:
+        records = records_by_date[day.business_date]
+        currencies = {r["id"]: r["currency"] for r in records}
+        assert day.foreign_orders == sum(c != "EUR" for c in currencies.values())
+        assert 0.05 <= day.foreign_orders / day.orders <= 0.15
+        assert set(currencies.values()) == {"EUR", "GBP", "USD", UNQUOTED_CURRENCY}
+
+        # A foreign price is the date's euro price (list price, or 20 % off) divided by the date's rate.
+        list_prices = {p["SKU"]: Decimal(p["List Price"]) for p in read_products(day.products_path)}
+        rates = dict(day.rates)
+        skip = {(a.order_id, a.line_number) for a in day.anomalies} | {
+            (a.order_id, 1)
+            for a in by_kind(day.anomalies, "cross_date_return")  # the earlier date's price
+        }
+        checked = 0
+        for r in records:
+            if r["currency"] not in rates:
+                continue
+            for ln in r["lines"]:
+                if (r["id"], ln["line_number"]) in skip:
+                    continue
+                euros = list_prices[ln["sku"]]
+                expected = {
+                    (euro_price / rates[r["currency"]]).quantize(CENT, ROUND_HALF_UP)
+                    for euro_price in (euros, (euros * Decimal("0.8")).quantize(CENT, ROUND_HALF_UP))
+                }
+                assert Decimal(ln["unit_price"]) in expected, (r["id"], ln)
+                checked += 1
+        assert checked >= 20
+
+
+def test_one_order_a_date_is_paid_in_a_currency_the_rates_file_does_not_quote(
+    demo: DemoDataset, records_by_date: dict[date, list[dict[str, Any]]]
+) -> None:
+    for day in demo.days:
+        (fault,) = by_kind(day.anomalies, "missing_rate")
+        unquoted = [r for r in records_by_date[day.business_date] if r["currency"] == UNQUOTED_CURRENCY]
+        assert [r["id"] for r in unquoted] == [fault.order_id]
+        assert fault.line_number is None and UNQUOTED_CURRENCY in fault.detail
+        assert UNQUOTED_CURRENCY not in read_rates(day.rates_path)
+        # Its only fault: every line would load if the currency had a rate.
+        assert [a.kind for a in day.anomalies if a.order_id == fault.order_id] == ["missing_rate"]
+        assert all(ln["quantity"] > 0 and MONEY.match(ln["unit_price"]) for ln in unquoted[0]["lines"])
+
+
+def test_from_the_second_date_one_order_returns_a_purchase_of_the_previous_date(
+    demo: DemoDataset, records_by_date: dict[date, list[dict[str, Any]]]
+) -> None:
+    assert by_kind(demo.days[0].anomalies, "cross_date_return") == []
+    for previous, day in zip(demo.days, demo.days[1:], strict=False):
+        (anomaly,) = by_kind(day.anomalies, "cross_date_return")
+        (returned,) = [r for r in records_by_date[day.business_date] if r["id"] == anomaly.order_id]
+        (line,) = returned["lines"]
+        assert anomaly.line_number == line["line_number"] == 1 and line["quantity"] < 0
+        assert returned["customer"] is not None
+
+        assert anomaly.original_order_id is not None
+        assert anomaly.original_order_id.startswith(f"SO-{previous.business_date:%Y%m%d}-")
+        assert anomaly.original_order_id in anomaly.detail
+        (original,) = [
+            r for r in records_by_date[previous.business_date] if r["id"] == anomaly.original_order_id
+        ]
+        assert original["customer"]["email"] == returned["customer"]["email"]
+        (bought,) = [ln for ln in original["lines"] if ln["sku"] == line["sku"]]
+        assert 0 < -line["quantity"] <= bought["quantity"]
+        assert (returned["currency"], line["unit_price"]) == (original["currency"], bought["unit_price"])
+        assert returned["store_id"] == original["store_id"]
+        assert original["id"] not in {a.order_id for a in previous.anomalies}  # a clean, loaded purchase
+
+        # Unambiguous: the customer bought that sku once on the previous date and not at all on the
+        # return's date, so linking by customer and sku finds exactly this purchase, and only across dates.
+        def pairs(records: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+            return Counter(
+                (r["customer"]["email"], ln["sku"]) for r in records if r["customer"] for ln in r["lines"]
+            )
+
+        pair = (returned["customer"]["email"], line["sku"])
+        assert pairs(records_by_date[previous.business_date])[pair] == 1
+        assert pairs(records_by_date[day.business_date])[pair] == 1
+
+
 def test_ensure_demo_data_generates_once_and_then_reuses_the_file(tmp_path: Path) -> None:
     path, generated = ensure_demo_data(out_dir=tmp_path, business_dates=[date(2026, 11, 1)])
     assert generated and path == tmp_path / "orders.jsonl" and path.is_file()
@@ -262,3 +418,12 @@ def test_ensure_demo_data_generates_once_and_then_reuses_the_file(tmp_path: Path
     again, generated_again = ensure_demo_data(out_dir=tmp_path, business_dates=[date(2026, 11, 1)])
     assert again == path and not generated_again
     assert path.read_text(encoding="utf-8") == "{}\n"
+
+
+def test_ensure_demo_data_regenerates_data_that_lacks_a_dates_export(tmp_path: Path) -> None:
+    ensure_demo_data(out_dir=tmp_path, business_dates=[date(2026, 11, 1)])
+    (tmp_path / "exports" / "rates_20261101.csv").unlink()  # as written before the demo had rates
+
+    path, generated = ensure_demo_data(out_dir=tmp_path, business_dates=[date(2026, 11, 1)])
+
+    assert generated and path.is_file() and (tmp_path / "exports" / "rates_20261101.csv").is_file()

@@ -33,7 +33,7 @@ class Command(BaseCommand):
             self.stdout.write(f"  ({name} unset: using the demo's published value)")
         self.stdout.write(f"Orders API served at {report.api_url}\n")
         for run in report.runs:
-            self._print_run(run)
+            self._print_run(run, report)
         self._print_tables(report)
         self.stdout.write(
             "\nWhere to look next:\n"
@@ -45,22 +45,36 @@ class Command(BaseCommand):
             f"  {settings.ETL_STAGING_ROOT}                 staging partitions, manifests and Spark logs"
         )
 
-    def _print_run(self, run) -> None:
+    def _print_run(self, run, report) -> None:
         steps = {s.step: s for s in run.steps.all()}
         extract, transform, load = steps["extract"], steps["transform"], steps["load"]
-        extracted = ", ".join(f"{name} {d['rows']}" for name, d in extract.details.items())
-        accounted = ", ".join(
-            f"{name} {d['rows_out']} kept + {d['rejected']} rejected + {d['duplicates']} duplicates"
-            for name, d in transform.details.get("datasets", {}).items()
-        )
+        # Sources are extracted concurrently: list them in the pipeline file's order, not finishing order.
+        order = {name: i for i, name in enumerate(report.datasets)}
+
+        def in_order(names):
+            return sorted(names, key=lambda name: order.get(name, len(order)))
+
+        extracted = ", ".join(f"{name} {extract.details[name]['rows']}" for name in in_order(extract.details))
+        datasets = transform.details.get("datasets", {})
         loaded = load.details.get("loaded", {})
+        currencies = ", ".join(
+            f"{c} {n}" for c, n in report.lines_by_currency.get(run.business_date, {}).items()
+        )
+        reasons = ", ".join(f"{c} {n}" for c, n in report.quarantined.get(run.business_date, {}).items())
         self.stdout.write(self.style.SUCCESS(f"{run.business_date}  run #{run.pk} {run.status}"))
         self.stdout.write(f"  extract   {extract.duration_seconds:6.1f}s  extracted: {extracted}")
-        self.stdout.write(f"  transform {transform.duration_seconds:6.1f}s  {accounted}")
+        self.stdout.write(f"  transform {transform.duration_seconds:6.1f}s  kept + rejected + duplicates:")
+        for name in in_order(datasets):
+            d = datasets[name]
+            self.stdout.write(
+                f"  {'':19}{name:<12} {d['rows_out']:>4} + {d['rejected']:>2} + {d['duplicates']:>2}"
+            )
         self.stdout.write(
             f"  load      {load.duration_seconds:6.1f}s  loaded: {loaded.get('sales_lines', 0)} sales lines, "
             f"{loaded.get('daily_sales', 0)} daily sales rows, {loaded.get('quarantine', 0)} quarantined rows"
         )
+        self.stdout.write(f"  {'':19}sales lines by currency: {currencies or '-'}")
+        self.stdout.write(f"  {'':19}quarantined by reason:   {reasons or '-'}")
 
     def _print_tables(self, report) -> None:
         changed = report.changed_tables
