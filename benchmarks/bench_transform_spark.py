@@ -1,6 +1,8 @@
 """The Spark transform job (spark-submit, local mode) against the same logic in DuckDB.
 
     .venv/bin/python -m benchmarks.bench_transform_spark [--rows 1000000,10000000] [--repeat 1] [--huge]
+    .venv/bin/python -m benchmarks.bench_transform_spark --rows 50000000 --huge   # the 50 M run alone,
+                                                        # added to the last comparison's results file
 
 Data: one business date in the staging format (every value text, the demo pipeline's declared columns for
 order_lines / products / stores, zstd Parquet), generated vectorised with numpy/pyarrow once and cached
@@ -40,10 +42,11 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_result
+from benchmarks.common import RESULTS_DIR, write_result
 
 NAME = "transform_spark"
 ROOT = Path(__file__).resolve().parents[1] / "var" / "bench" / NAME
@@ -618,7 +621,7 @@ def main() -> None:
             if not skip_duckdb:
                 samples["duckdb"].append(run_duckdb(root, work))
                 print(f"{rows:>11,} duckdb  {samples['duckdb'][-1]['seconds']:7.1f} s", file=sys.stderr)
-        entry: dict[str, Any] = {"load_average": _load()}
+        entry: dict[str, Any] = {"load_average": _load(), "measured_at": datetime.now(UTC).isoformat()}
         for side, runs in samples.items():
             if not runs:
                 continue
@@ -648,6 +651,17 @@ def main() -> None:
         print(line, file=sys.stderr)
 
     compared = [r for r in sizes if "ratio" in figures["sizes"][str(r)]]
+    if not compared:
+        # Only sizes without a reference (`--rows 50000000 --huge`): added to the last comparison's figures.
+        previous = RESULTS_DIR / f"{NAME}.json"
+        if not previous.exists():
+            raise SystemExit(f"no {previous} to add to: run the 1M/10M comparison first (the ratio is its)")
+        kept = json.loads(previous.read_text())
+        for key in ("benchmark", "measured_at", "machine"):
+            kept.pop(key, None)
+        kept["sizes"].update(figures["sizes"])
+        write_result(NAME, kept)
+        return
     reference = figures["sizes"][str(max(compared))]
     figures |= {
         "ratio": reference["ratio"],
