@@ -211,13 +211,9 @@ def test_a_backfill_killed_while_rewriting_history_leaves_the_warehouse_as_befor
     )
 
 
-@pytest.mark.postgres
-def test_a_load_changing_history_waits_for_another_load_changing_the_same_dimension(tmp_path):
-    """Two loads that change a product's versions are serialised by the history lock: the second waits
-    for the first's commit, then builds on it, as if they had run one after the other."""
-    _postgres_or_skip()
-    load_here("postgres", tmp_path / "day1", DAY, history_outputs(DAY))
-
+def _assert_day3_waits_for_a_held_day2_price_change(tmp_path, day3_outputs) -> None:
+    """Hold a load of D2 that changes P1's price open just before commit, check that loading D3 waits
+    for it (a 1 s lock timeout fires), then let D2 commit."""
     held = start_child(
         tmp_path,
         load_job(tmp_path / "day2", DAY2, history_outputs(DAY2, price="12.00")),
@@ -229,12 +225,22 @@ def test_a_load_changing_history_waits_for_another_load_changing_the_same_dimens
         with connections["postgres"].cursor() as cursor:
             cursor.execute("SET lock_timeout = '1s'")
         with pytest.raises(LockNotAvailable):
-            load_here("postgres", tmp_path / "day3-waits", DAY3, history_outputs(DAY3, price="15.00"))
+            load_here("postgres", tmp_path / "day3-waits", DAY3, day3_outputs)
     finally:
         with connections["postgres"].cursor() as cursor:
             cursor.execute("RESET lock_timeout")
         (tmp_path / "paused").unlink()
     assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+
+
+@pytest.mark.postgres
+def test_a_load_changing_history_waits_for_another_load_changing_the_same_dimension(tmp_path):
+    """Two loads that change a product's versions are serialised by the history lock: the second waits
+    for the first's commit, then builds on it, as if they had run one after the other."""
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "day1", DAY, history_outputs(DAY))
+
+    _assert_day3_waits_for_a_held_day2_price_change(tmp_path, history_outputs(DAY3, price="15.00"))
 
     load_here("postgres", tmp_path / "day3", DAY3, history_outputs(DAY3, price="15.00"))
     versions = DimProduct.objects.using("postgres").filter(sku="P1").values_list("valid_from", "list_price")
@@ -252,23 +258,7 @@ def test_a_load_reading_history_waits_for_a_load_changing_it_then_sees_the_chang
     _postgres_or_skip()
     load_here("postgres", tmp_path / "day1", DAY, history_outputs(DAY))
 
-    held = start_child(
-        tmp_path,
-        load_job(tmp_path / "day2", DAY2, history_outputs(DAY2, price="12.00")),
-        postgres_url(),
-        "before_commit",
-    )
-    wait_paused(held, tmp_path / "paused")
-    try:
-        with connections["postgres"].cursor() as cursor:
-            cursor.execute("SET lock_timeout = '1s'")
-        with pytest.raises(LockNotAvailable):
-            load_here("postgres", tmp_path / "day3-waits", DAY3, history_outputs(DAY3))
-    finally:
-        with connections["postgres"].cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
-        (tmp_path / "paused").unlink()
-    assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+    _assert_day3_waits_for_a_held_day2_price_change(tmp_path, history_outputs(DAY3))
 
     load_here("postgres", tmp_path / "day3", DAY3, history_outputs(DAY3))
     for day in (DAY, DAY2, DAY3):
