@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -95,3 +96,11 @@ def render_template(template: str, values: Mapping[str, Any], *, source: str, op
         raise ConfigurationError(
             f"source {source!r}: {option} {template!r} is not a valid template: {exc}"
         ) from None
+
+
+def secret_from_env(variable: str | None, *, source: str, option: str) -> str:
+    """The value of the environment variable that a source's `option` names (secrets live only there)."""
+    value = os.environ.get(variable or "")
+    if not value:
+        raise ConfigurationError(f"source {source!r}: environment variable {variable} ({option}) is not set")
+    return value

@@ -191,11 +191,10 @@ class FileConnector(Connector):
         )
 
     def _csv_parse_options(self, path: str) -> pacsv.ParseOptions:
-        default_delimiter = "\t" if _strip_gz(path).lower().endswith(".tsv") else ","
         quote_char = self._csv.get("quote_char", '"')
         escape_char = self._csv.get("escape_char", False)
         return pacsv.ParseOptions(
-            delimiter=str(self._csv.get("delimiter", default_delimiter)),
+            delimiter=str(self._csv.get("delimiter", default_delimiter(path))),
             quote_char=quote_char or False,
             escape_char=escape_char or False,
             # Quoted descriptions may hold line breaks; without this a break would split the row.
@@ -237,13 +236,13 @@ class FileConnector(Connector):
                     f"source {self.name!r}: format {declared!r} is not one of {', '.join(FORMATS)}"
                 )
             return str(declared)
-        _, extension = os.path.splitext(_strip_gz(self._path).lower())
-        if extension not in _EXTENSIONS:
+        fmt = format_from_name(self._path)
+        if fmt is None:
             raise ConfigurationError(
                 f"source {self.name!r}: cannot tell the format of {self._path!r} from its extension; "
                 f"set format = one of {', '.join(FORMATS)}"
             )
-        return _EXTENSIONS[extension]
+        return fmt
 
 
 class _WindowFilter:
@@ -331,6 +330,17 @@ class _WindowFilter:
             f"source {source!r}: {path}: window_filter column {self.column!r} value {value!r} "
             f"is not a timestamp in format {self.format!r}"
         )
+
+
+def format_from_name(name: str) -> str | None:
+    """The format a file or object name's extension implies, looking through `.gz`; None when unknown."""
+    _, extension = os.path.splitext(_strip_gz(name).lower())
+    return _EXTENSIONS.get(extension)
+
+
+def default_delimiter(name: str) -> str:
+    """Tab for a `.tsv` name (gzipped or not), otherwise comma."""
+    return "\t" if _strip_gz(name).lower().endswith(".tsv") else ","
 
 
 def _strip_gz(path: str) -> str:

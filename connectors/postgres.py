@@ -16,7 +16,7 @@ from psycopg2 import sql
 
 from etlcore.errors import ConfigurationError, SourceError
 
-from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options
+from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, secret_from_env
 
 __all__ = ["PostgresConnector", "pg_connect"]
 
@@ -387,12 +387,7 @@ class PostgresConnector(Connector):
     # --- options ----------------------------------------------------------------------------------------
 
     def _dsn(self) -> str:
-        dsn = os.environ.get(self.dsn_env or "")
-        if not dsn:
-            raise ConfigurationError(
-                f"source {self.name!r}: environment variable {self.dsn_env} (dsn_env) is not set"
-            )
-        return dsn
+        return secret_from_env(self.dsn_env, source=self.name, option="dsn_env")
 
     def _what(self) -> str:
         return f"table {'.'.join(self.table)}" if self.table is not None else "the query"

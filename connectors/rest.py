@@ -6,7 +6,6 @@ import base64
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +23,14 @@ from urllib3.util.retry import Retry
 
 from etlcore.errors import ConfigurationError, SourceError
 
-from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from .base import (
+    Connector,
+    ExtractWindow,
+    RawBatch,
+    reject_unknown_options,
+    render_template,
+    secret_from_env,
+)
 from .records import MISSING, resolve_path
 
 __all__ = ["RestConnector"]
@@ -583,13 +589,7 @@ class RestConnector(Connector):
         return None
 
     def _env(self, option: str) -> str:
-        variable = self.auth[option]
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigurationError(
-                f"source {self.name!r}: environment variable {variable} (auth.{option}) is not set"
-            )
-        return value
+        return secret_from_env(self.auth[option], source=self.name, option=f"auth.{option}")
 
     def _scrub(self, text: str) -> str:
         """Text safe to show: known secrets and secret-looking query values replaced by ***."""

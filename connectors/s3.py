@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from etlcore.errors import ConfigurationError, SourceError
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
-from .files import _EXTENSIONS, FORMATS, _strip_gz, jsonl_batches, text_encoding
+from .files import FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
 
 __all__ = ["S3Connector", "s3_client"]
 
@@ -207,7 +207,7 @@ class S3Connector(Connector):
 
     def _read_csv(self, stream: io.BufferedIOBase, key: str, where: str) -> Iterator[pa.RecordBatch]:
         encoding = str(self._csv.get("encoding", self.encoding))
-        delimiter = str(self._csv.get("delimiter", "\t" if _strip_gz(key).lower().endswith(".tsv") else ","))
+        delimiter = str(self._csv.get("delimiter", default_delimiter(key)))
         quote_char = self._csv.get("quote_char", '"') or False
         null_values = self._csv.get("null_values", [""])
         names = self._csv.get("column_names")
@@ -265,13 +265,13 @@ class S3Connector(Connector):
     def _format_of(self, key: str) -> str:
         if self.format:
             return str(self.format)
-        extension = "." + _strip_gz(key).lower().rsplit(".", 1)[-1] if "." in key else ""
-        if extension not in _EXTENSIONS:
+        fmt = format_from_name(key)
+        if fmt is None:
             raise ConfigurationError(
                 f"source {self.name!r}: cannot tell the format of s3://{self.bucket}/{key} from its "
                 f"extension; set format = one of {', '.join(FORMATS)} (or narrow glob)"
             )
-        return _EXTENSIONS[extension]
+        return fmt
 
     def _error(self, exc: Exception, what: str) -> Exception:
         if isinstance(exc, NoCredentialsError):
