@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.bench_transform_spark --rows 50000000 --huge   # the 50 M run alone,
                                                         # added to the last comparison's results file
 
+A size not measured in a run keeps its last figures in the results file (each size has its `measured_at`).
+
 Data: one business date in the staging format (every value text, the demo pipeline's declared columns for
 order_lines / products / stores, zstd Parquet), generated vectorised with numpy/pyarrow once and cached
 under var/bench/transform_spark/: `--rows` order lines, 3 per order, 2,000 products, 50 stores, 200,000
@@ -650,18 +652,24 @@ def main() -> None:
             )
         print(line, file=sys.stderr)
 
+    previous_path = RESULTS_DIR / f"{NAME}.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
     compared = [r for r in sizes if "ratio" in figures["sizes"][str(r)]]
     if not compared:
         # Only sizes without a reference (`--rows 50000000 --huge`): added to the last comparison's figures.
-        previous = RESULTS_DIR / f"{NAME}.json"
-        if not previous.exists():
-            raise SystemExit(f"no {previous} to add to: run the 1M/10M comparison first (the ratio is its)")
-        kept = json.loads(previous.read_text())
+        if previous is None:
+            raise SystemExit(
+                f"no {previous_path} to add to: run the 1M/10M comparison first (the ratio is its)"
+            )
         for key in ("benchmark", "measured_at", "machine"):
-            kept.pop(key, None)
-        kept["sizes"].update(figures["sizes"])
-        write_result(NAME, kept)
+            previous.pop(key, None)
+        previous["sizes"].update(figures["sizes"])
+        write_result(NAME, previous)
         return
+    if previous is not None:
+        # Sizes not measured this time (the 50 M run, usually) keep their last figures; each size's
+        # entry carries its own `measured_at`.
+        figures["sizes"] = previous["sizes"] | figures["sizes"]
     reference = figures["sizes"][str(max(compared))]
     figures |= {
         "ratio": reference["ratio"],
