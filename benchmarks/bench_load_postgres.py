@@ -65,6 +65,7 @@ FACT_COLUMNS = [
     "line_type",
     "amount_reporting",
     "original_order_id",
+    "linked_by_loader",  # set by the loader, not staged: the baseline writes false
 ]
 
 
@@ -430,7 +431,8 @@ def _copy(root: Path, *, with_foreign_keys: bool) -> dict[str, Any]:
                     resolved["store_code"],
                     resolved["sku"],
                     resolved["customer_key"],
-                    *(batch.column(c) for c in FACT_COLUMNS[6:]),
+                    *(batch.column(c) for c in FACT_COLUMNS[6:-1]),
+                    pa.array([False] * batch.num_rows, pa.bool_()),
                 ],
                 names=FACT_COLUMNS,
             )

@@ -137,6 +137,11 @@ class FactSalesLine(models.Model):
         help_text="for a return: the order it returns, when the job or the loader could find it "
         "(docs/retail-semantics.md)",
     )
+    linked_by_loader = models.BooleanField(
+        default=False,
+        help_text="original_order_id was found by the loader in an earlier date's purchases; it follows "
+        "later loads of those dates",
+    )
 
     class Meta:
         constraints = [

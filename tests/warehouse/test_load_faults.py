@@ -211,26 +211,27 @@ def test_a_backfill_killed_while_rewriting_history_leaves_the_warehouse_as_befor
     )
 
 
-def _assert_day3_waits_for_a_held_day2_price_change(tmp_path, day3_outputs) -> None:
-    """Hold a load of D2 that changes P1's price open just before commit, check that loading D3 waits
-    for it (a 1 s lock timeout fires), then let D2 commit."""
-    held = start_child(
-        tmp_path,
-        load_job(tmp_path / "day2", DAY2, history_outputs(DAY2, price="12.00")),
-        postgres_url(),
-        "before_commit",
-    )
+def _assert_waits_for_a_held_load(tmp_path, held_job: dict, day: date, outputs: dict) -> None:
+    """Hold `held_job` open just before commit, check that loading `day` waits for it (a 1 s lock timeout
+    fires), then let the held load commit."""
+    held = start_child(tmp_path, held_job, postgres_url(), "before_commit")
     wait_paused(held, tmp_path / "paused")
     try:
         with connections["postgres"].cursor() as cursor:
             cursor.execute("SET lock_timeout = '1s'")
         with pytest.raises(LockNotAvailable):
-            load_here("postgres", tmp_path / "day3-waits", DAY3, day3_outputs)
+            load_here("postgres", tmp_path / f"{day}-waits", day, outputs)
     finally:
         with connections["postgres"].cursor() as cursor:
             cursor.execute("RESET lock_timeout")
         (tmp_path / "paused").unlink()
     assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+
+
+def _assert_day3_waits_for_a_held_day2_price_change(tmp_path, day3_outputs) -> None:
+    """A load of D2 that changes P1's price, held open just before commit, makes loading D3 wait."""
+    price_change = load_job(tmp_path / "day2", DAY2, history_outputs(DAY2, price="12.00"))
+    _assert_waits_for_a_held_load(tmp_path, price_change, DAY3, day3_outputs)
 
 
 @pytest.mark.postgres
@@ -267,3 +268,36 @@ def test_a_load_reading_history_waits_for_a_load_changing_it_then_sees_the_chang
     assert warehouse_checksums(using="postgres", mode="natural") == warehouse_checksums(
         using="default", mode="natural"
     )
+
+
+def return_links() -> dict[str, str | None]:
+    returns = FactSalesLine.objects.using("postgres").filter(is_return=True)
+    return dict(returns.values_list("order_id", "original_order_id"))
+
+
+@pytest.mark.postgres
+def test_a_load_with_returns_waits_for_a_load_of_an_earlier_date_then_links_to_its_purchase(tmp_path):
+    """Neither load could see the other's rows: without the wait, D3's return would miss D2's purchase."""
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "day1", DAY, default_outputs([sale("O1", 1)]))
+    purchase = load_job(tmp_path / "day2", DAY2, default_outputs([sale("O2", 1, day=DAY2)]))
+    day3 = default_outputs([sale("C3", 1, qty=-1, day=DAY3)])
+
+    _assert_waits_for_a_held_load(tmp_path, purchase, DAY3, day3)
+
+    load_here("postgres", tmp_path / "day3", DAY3, day3)
+    assert return_links() == {"C3": "O2"}
+
+
+@pytest.mark.postgres
+def test_a_load_waits_for_a_load_of_a_later_date_then_revisits_its_returns(tmp_path):
+    _postgres_or_skip()
+    load_here("postgres", tmp_path / "day1", DAY, default_outputs([sale("O1", 1)]))
+    returns = load_job(tmp_path / "day3", DAY3, default_outputs([sale("C3", 1, qty=-1, day=DAY3)]))
+    day2 = default_outputs([sale("O2", 1, day=DAY2)])
+
+    _assert_waits_for_a_held_load(tmp_path, returns, DAY2, day2)
+
+    assert return_links() == {"C3": "O1"}
+    load_here("postgres", tmp_path / "day2", DAY2, day2)
+    assert return_links() == {"C3": "O2"}

@@ -1,5 +1,6 @@
-"""Migration 0003 on a warehouse loaded before dimension history: every store and product becomes one open
-version with its own id, starting on the first date a fact references it."""
+"""Migrations that change rows already loaded. 0003 (dimension history): every store and product becomes one
+open version with its own id, starting on the first date a fact references it. 0004: existing links of
+returns to an earlier date's purchase are marked as the loader's."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
-from warehouse.models import DimProduct, DimStore
+from warehouse.models import DimProduct, DimStore, FactSalesLine
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 
@@ -98,3 +99,23 @@ def test_each_member_becomes_one_open_version_from_its_first_fact_with_its_id(db
         (ids["P2"], "P2", date(2026, 11, 3), None, True),
         (ids["P3"], "P3", date(1900, 1, 1), None, True),
     ]
+
+
+def test_links_to_an_earlier_dates_purchase_are_marked_as_the_loaders(db_alias):
+    latest = MigrationExecutor(connections[db_alias]).loader.graph.leaf_nodes("warehouse")
+    executor = migrate(db_alias, BEFORE)
+    try:
+        fill_before_history(db_alias, executor)
+        Line = executor.loader.project_state(BEFORE).apps.get_model("warehouse", "FactSalesLine")
+        purchase_d3 = Line.objects.using(db_alias).get(order_id="O3")
+        for order, original in (("C-earlier", "O1"), ("C-same-day", "O3"), ("C-named", "O-elsewhere")):
+            purchase_d3.pk = None
+            purchase_d3.order_id, purchase_d3.original_order_id = order, original
+            purchase_d3.quantity, purchase_d3.is_return = -1, True
+            purchase_d3.save(using=db_alias)
+    finally:
+        migrate(db_alias, latest)
+
+    returns = FactSalesLine.objects.using(db_alias).filter(is_return=True)
+    marked = returns.values_list("order_id", "linked_by_loader")
+    assert dict(marked) == {"C-earlier": True, "C-same-day": False, "C-named": False}

@@ -104,10 +104,62 @@ def test_reloading_a_linked_return_rewrites_nothing(db_alias, tmp_path):
     assert links(db_alias)["C2"] == "O1-late"
 
 
-def test_a_return_loaded_before_its_purchase_links_when_its_date_is_loaded_again(db_alias, tmp_path):
-    returns = [at(sale("C3", 1, qty=-1, day=D3), 8)]
-    load(db_alias, tmp_path, D3, returns)
-    load(db_alias, tmp_path, D1, purchases_on_d1())
+def test_loading_a_purchase_date_after_its_returns_links_them(db_alias, tmp_path):
+    load(db_alias, tmp_path, D3, [at(sale("C3", 1, qty=-1, day=D3), 8)])
     assert links(db_alias)["C3"] is None
-    load(db_alias, tmp_path, D3, returns)
+    load(db_alias, tmp_path, D1, purchases_on_d1())
     assert links(db_alias)["C3"] == "O1-late"
+    assert FactSalesLine.objects.using(db_alias).get(order_id="C3").linked_by_loader
+
+
+def test_reloading_a_purchase_date_moves_or_drops_the_links_to_it(db_alias, tmp_path):
+    load(db_alias, tmp_path, D1, [at(sale("O1", 1, day=D1), 9)])
+    load(db_alias, tmp_path, D2, [at(sale("O2", 1, day=D2), 9)])
+    load(db_alias, tmp_path, D3, [at(sale("C3", 1, qty=-1, day=D3), 8)])
+    assert links(db_alias)["C3"] == "O2"
+    load(db_alias, tmp_path, D2, [at(sale("O2", 1, sku="P2", day=D2), 9)])  # corrected: another item
+    assert links(db_alias)["C3"] == "O1"
+    load(db_alias, tmp_path, D1, [at(sale("O1", 1, day=D1), 9, 30)])  # the purchase is still there
+    assert links(db_alias)["C3"] == "O1"
+    load(db_alias, tmp_path, D1, [])
+    assert links(db_alias)["C3"] is None
+    assert not FactSalesLine.objects.using(db_alias).get(order_id="C3").linked_by_loader
+
+
+def test_a_link_from_the_job_or_the_source_is_never_revisited(db_alias, tmp_path):
+    load(db_alias, tmp_path, D3, [at(sale("C3", 1, qty=-1, original="O-named", day=D3), 8)])
+    load(db_alias, tmp_path, D1, purchases_on_d1())
+    load(db_alias, tmp_path, D1, [])
+    assert links(db_alias)["C3"] == "O-named"
+
+
+def dates_with_purchases_and_returns() -> dict[date, list[dict]]:
+    return {
+        D1: [at(sale("O1", 1, day=D1), 9), at(sale("O1b", 1, sku="P2", day=D1), 9)],
+        D2: [at(sale("C2", 1, qty=-1, day=D2), 8), at(sale("O2", 1, day=D2), 12)],
+        D3: [at(sale("C3", 1, qty=-1, day=D3), 8), at(sale("C3b", 1, sku="P2", qty=-1, day=D3), 8)],
+    }
+
+
+@pytest.mark.parametrize("strategy", ["auto", "portable"])
+def test_dates_loaded_in_any_order_end_with_the_links_of_date_order(db_alias, tmp_path, strategy):
+    dates = dates_with_purchases_and_returns()
+    orders = [(D1, D2, D3), (D3, D2, D1), (D2, D3, D1), (D3, D1, D2), (D1, D3, D2, D1, D3)]
+    results = []
+    for order in orders:
+        FactSalesLine.objects.using(db_alias).all().delete()
+        for day in order:
+            load(db_alias, tmp_path, day, dates[day], strategy)
+        results.append(links(db_alias))
+    assert results[0] == {"C2": "O1", "C3": "O2", "C3b": "O1b"}
+    assert all(result == results[0] for result in results), list(zip(orders, results, strict=True))
+
+
+def test_reloading_a_date_before_loaded_returns_rewrites_nothing(db_alias, tmp_path):
+    dates = dates_with_purchases_and_returns()
+    for day in (D1, D2, D3):
+        load(db_alias, tmp_path, day, dates[day])
+    before = warehouse_checksums(using=db_alias)
+    load(db_alias, tmp_path, D1, dates[D1])
+    load(db_alias, tmp_path, D2, dates[D2])
+    assert warehouse_checksums(using=db_alias) == before

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from ..models import DimDate, QuarantinedRow
 from .history import Version, observe, version_on
 from .specs import (
     FACTS,
+    LINKED_BY_LOADER,
     PARTITION_FIELD,
     QUARANTINE_COLUMNS,
     VALIDITY_FIELDS,
@@ -31,6 +32,7 @@ from .specs import (
     dim_date_row,
     fault_point,
     key_date,
+    return_lookahead_end,
     return_lookback_start,
 )
 
@@ -63,6 +65,9 @@ def load_fact(using: str, spec: Fact, day: date, files: Sequence[Path]) -> tuple
     date_attname = meta.get_field(PARTITION_FIELD).attname
     kept: set[tuple] = set()
     rows = 0
+    # A date loaded before later dates' returns may change their links: what it bought before this load.
+    revisit = spec.links_returns and _later_returns(using, spec, day).exists()
+    purchased_before = _purchased_items(using, spec, day) if revisit else None
     for batch in _read_batches(files, spec.staging_columns):
         ids = {
             ref.field: _key_map(
@@ -79,6 +84,7 @@ def load_fact(using: str, spec: Fact, day: date, files: Sequence[Path]) -> tuple
         objs = []
         for r in batch:
             values = {name: _python_value(r[name]) for name in spec.attributes}
+            values.update({name: r.get(name, False) for name in spec.computed})
             for ref in spec.references:
                 key = r[ref.column]
                 values[meta.get_field(ref.field).attname] = None if key is None else ids[ref.field][key]
@@ -88,7 +94,10 @@ def load_fact(using: str, spec: Fact, day: date, files: Sequence[Path]) -> tuple
         rows += len(objs)
         fault_point("portable_after_fact_batch")
     partition = spec.model.objects.using(using).filter(**{date_attname: dk})
-    return rows, _delete_not_kept(using, partition, tuple(key_attnames), kept)
+    deleted = _delete_not_kept(using, partition, tuple(key_attnames), kept)
+    if purchased_before is not None:
+        _relink_later_returns(using, spec, day, purchased_before | _purchased_items(using, spec, day))
+    return rows, deleted
 
 
 def load_quarantine(
@@ -321,44 +330,112 @@ def _chunked_update(queryset: models.QuerySet, pks: list[int], **values: Any) ->
         queryset.filter(pk__in=pks[start : start + LOOKUP_CHUNK]).update(**values)
 
 
+@dataclass(frozen=True)
+class _Return:
+    customer_id: int
+    stock_code: str
+    ordered_at: datetime
+    order_id: str
+    day: date
+
+
 def _link_returns(
     using: str, spec: Fact, day: date, batch: list[dict[str, Any]], customer_ids: dict[Any, int]
 ) -> None:
-    """Set `original_order_id` of the batch's unlinked returns of known customers to the latest purchase
-    (ordered_at, then order id) of the same customer and item on an earlier date within the look-back,
-    at or before the return (docs/retail-semantics.md). Done on the staged rows, before the merge, so a
-    re-load computes the same link and leaves an unchanged row unchanged."""
+    """Set `original_order_id` of the batch's unlinked returns of known customers to their latest purchase
+    on an earlier date (:func:`_latest_purchases`), and mark it the loader's. Done on the staged rows,
+    before the merge, so a re-load computes the same link and leaves an unchanged row unchanged."""
     returns = [
         r
         for r in batch
         if r["is_return"] and r["original_order_id"] is None and r["customer_key"] is not None
     ]
+    found = _latest_purchases(
+        using,
+        spec,
+        [
+            _Return(
+                customer_ids[r["customer_key"]],
+                r["stock_code"],
+                _python_value(r["ordered_at"]),
+                r["order_id"],
+                day,
+            )
+            for r in returns
+        ],
+    )
+    for r, order_id in zip(returns, found, strict=True):
+        if order_id is not None:
+            r["original_order_id"] = order_id
+            r[LINKED_BY_LOADER] = True
+
+
+def _latest_purchases(using: str, spec: Fact, returns: Sequence[_Return]) -> list[str | None]:
+    """For each return, the order id of its latest purchase (ordered_at, then order id in code-point
+    order) of the same customer and item on an earlier date within the look-back, at or before the
+    return (docs/retail-semantics.md); None where there is none."""
+    found: list[str | None] = []
     chunk_size = LOOKUP_CHUNK // 2  # two IN lists per query
     for start in range(0, len(returns), chunk_size):
         chunk = returns[start : start + chunk_size]
-        purchases: dict[tuple[int, str], list[tuple[datetime, str]]] = defaultdict(list)
+        purchases: dict[tuple[int, str], list[tuple[datetime, str, int]]] = defaultdict(list)
         rows = (
             spec.model.objects.using(using)
             .filter(
-                customer_id__in={customer_ids[r["customer_key"]] for r in chunk},
-                stock_code__in={r["stock_code"] for r in chunk},
+                customer_id__in={r.customer_id for r in chunk},
+                stock_code__in={r.stock_code for r in chunk},
                 is_return=False,
-                date_id__gte=return_lookback_start(day),
-                date_id__lt=date_key(day),
+                date_id__gte=min(return_lookback_start(r.day) for r in chunk),
+                date_id__lt=max(date_key(r.day) for r in chunk),
             )
-            .values_list("customer_id", "stock_code", "ordered_at", "order_id")
+            .values_list("customer_id", "stock_code", "ordered_at", "order_id", "date_id")
         )
-        for customer, stock_code, ordered_at, order_id in rows:
-            purchases[customer, stock_code].append((ordered_at, order_id))
+        for customer, stock_code, ordered_at, order_id, day_key in rows:
+            purchases[customer, stock_code].append((ordered_at, order_id, day_key))
         for r in chunk:
-            at = _python_value(r["ordered_at"])
             earlier = [
-                p
-                for p in purchases[customer_ids[r["customer_key"]], r["stock_code"]]
-                if p[0] <= at and p[1] != r["order_id"]
+                (ordered_at, order_id)
+                for ordered_at, order_id, day_key in purchases[r.customer_id, r.stock_code]
+                if return_lookback_start(r.day) <= day_key < date_key(r.day)
+                and ordered_at <= r.ordered_at
+                and order_id != r.order_id
             ]
-            if earlier:
-                r["original_order_id"] = max(earlier)[1]  # latest, ties: greatest order id (code points)
+            found.append(max(earlier)[1] if earlier else None)  # latest, ties: greatest order id
+    return found
+
+
+def _later_returns(using: str, spec: Fact, day: date) -> models.QuerySet:
+    """The returns of the look-ahead after `day`: those a purchase of `day` may be linked from."""
+    return spec.model.objects.using(using).filter(
+        date_id__gt=date_key(day), date_id__lte=return_lookahead_end(day), is_return=True
+    )
+
+
+def _purchased_items(using: str, spec: Fact, day: date) -> set[tuple[int, str]]:
+    """The (customer, stock_code) pairs of the date's purchases by known customers."""
+    purchases = spec.model.objects.using(using).filter(
+        date_id=date_key(day), is_return=False, customer_id__isnull=False
+    )
+    return set(purchases.values_list("customer_id", "stock_code").distinct())
+
+
+def _relink_later_returns(using: str, spec: Fact, day: date, items: set[tuple[int, str]]) -> None:
+    """Recompute the loader's links of returns in the look-ahead after `day` whose customer and item the
+    date bought, before or after this load, so that loading `day` out of date order ends with the links a
+    load in date order makes. Links from the job or a source are not touched."""
+    candidates = (
+        _later_returns(using, spec, day)
+        .filter(models.Q(linked_by_loader=True) | models.Q(original_order_id__isnull=True))
+        .exclude(customer_id__isnull=True)
+    )
+    fields = ("pk", "original_order_id", "customer_id", "stock_code", "ordered_at", "order_id", "date_id")
+    rows = [row for row in candidates.values_list(*fields) if (row[2], row[3]) in items]
+    found = _latest_purchases(using, spec, [_Return(*row[2:6], key_date(row[6])) for row in rows])
+    for (pk, linked, *_), order_id in zip(rows, found, strict=True):
+        if order_id != linked:
+            spec.model.objects.using(using).filter(pk=pk).update(
+                original_order_id=order_id, **{LINKED_BY_LOADER: order_id is not None}
+            )
 
 
 class MissingDimensionError(ValueError):

@@ -29,14 +29,17 @@ from ..models import DimCustomer, DimDate, QuarantinedRow
 from .portable import MissingDimensionError
 from .specs import (
     FACTS,
+    LINKED_BY_LOADER,
     PARTITION_FIELD,
     QUARANTINE_COLUMNS,
+    RETURN_LOOKBACK_DAYS,
     Dimension,
     Fact,
     Reference,
     date_key,
     dim_date_row,
     fault_point,
+    return_lookahead_end,
     return_lookback_start,
 )
 
@@ -48,6 +51,9 @@ ADVISORY_LOCK_CLASS = 0x45544C  # "ETL"
 # Transaction-level advisory lock per dimension with history: shared by loads that only read its versions,
 # exclusive for a load that changes them (docs/loading.md#locking).
 HISTORY_LOCK_CLASS = 0x455448  # "ETH"
+# Transaction-level advisory lock on return links: shared by a sales-line load that cannot miss a link to
+# or from a load in flight, exclusive for one that can (docs/loading.md#locking).
+LINKS_LOCK_CLASS = 0x45524C  # "ERL"
 MISSING_SAMPLE = 5
 
 
@@ -56,11 +62,15 @@ def lock_partition(cursor, day: date) -> None:
 
 
 def lock_history(cursor, spec: Dimension, *, exclusive: bool) -> None:
-    """The dimension's history lock, keyed by a stable 31-bit hash of its table name."""
+    """The dimension's history lock."""
+    _lock_table(cursor, HISTORY_LOCK_CLASS, spec.model, exclusive=exclusive)
+
+
+def _lock_table(cursor, lock_class: int, model: type[models.Model], *, exclusive: bool) -> None:
+    """A transaction-level advisory lock keyed by `lock_class` and a stable 31-bit hash of the table name."""
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     cursor.execute(
-        f"SELECT {function}(%s, %s)",
-        [HISTORY_LOCK_CLASS, zlib.crc32(spec.model._meta.db_table.encode()) & 0x7FFFFFFF],
+        f"SELECT {function}(%s, %s)", [lock_class, zlib.crc32(model._meta.db_table.encode()) & 0x7FFFFFFF]
     )
 
 
@@ -351,43 +361,170 @@ def _repoint_facts(cursor, spec: Dimension, names: dict[str, sql.Composable], da
             )
 
 
-def _link_returns(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
-    """Set `original_order_id` of the staged returns the job left unlinked (customer known) to the latest
-    purchase (ordered_at, then order id in code-point order) of the same customer and item on an earlier
-    date within the look-back, at or before the return (docs/retail-semantics.md). Done in staging, before
-    the merge, so a re-load computes the same link and leaves an unchanged row unchanged. One statement;
-    each return is one probe of the (customer, stock_code) index."""
+def _latest_purchase(spec: Fact, lookback_start: sql.Composable) -> sql.Composable:
+    """The LATERAL probe for return `r` (columns customer id `r_customer`, `stock_code`, `ordered_at`,
+    `order_id`): its latest purchase (ordered_at, then order id in code-point order) of the same customer
+    and item, on a date from `lookback_start` to the day before `r_date`, at or before the return
+    (docs/retail-semantics.md). One probe of the (customer, stock_code) index."""
     meta = spec.model._meta
-    customers = DimCustomer._meta
     column = lambda name: sql.Identifier(meta.get_field(name).column)  # noqa: E731
+    return sql.SQL(
+        "LATERAL (SELECT f.{order_id} AS order_id FROM {fact} f"
+        " WHERE f.{customer} = r_customer AND f.{stock_code} = r.stock_code AND NOT f.{is_return}"
+        "   AND f.{date} >= {lookback_start} AND f.{date} < r_date AND f.{ordered_at} <= r.ordered_at"
+        "   AND f.{order_id} <> r.order_id"
+        ' ORDER BY f.{ordered_at} DESC, f.{order_id} COLLATE "C" DESC LIMIT 1) p'
+    ).format(
+        fact=sql.Identifier(meta.db_table),
+        order_id=column("order_id"),
+        customer=column("customer"),
+        stock_code=column("stock_code"),
+        is_return=column("is_return"),
+        date=column(PARTITION_FIELD),
+        ordered_at=column("ordered_at"),
+        lookback_start=lookback_start,
+    )
+
+
+def _link_returns(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
+    """Set `original_order_id` of the staged returns the job left unlinked (customer known) to their latest
+    purchase on an earlier date (:func:`_latest_purchase`), and mark it the loader's. Done in staging,
+    before the merge, so a re-load computes the same link and leaves an unchanged row unchanged."""
+    customers = DimCustomer._meta
+    cursor.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
+            staging, sql.Identifier(LINKED_BY_LOADER)
+        )
+    )
     cursor.execute(
         sql.SQL(
-            "UPDATE {staging} s SET original_order_id = l.order_id FROM ("
+            "UPDATE {staging} s SET original_order_id = l.order_id, {linked} = true FROM ("
             "  SELECT r.order_id AS return_order, r.line_number AS return_line, p.order_id"
             "  FROM {staging} r JOIN {customers} c ON c.{customer_key} = r.customer_key"
-            "  CROSS JOIN LATERAL ("
-            "    SELECT f.{order_id} AS order_id FROM {fact} f"
-            "    WHERE f.{customer} = c.{customer_pk} AND f.{stock_code} = r.stock_code AND NOT f.{is_return}"
-            "      AND f.{date} >= %s AND f.{date} < %s AND f.{ordered_at} <= r.ordered_at"
-            "      AND f.{order_id} <> r.order_id"
-            '    ORDER BY f.{ordered_at} DESC, f.{order_id} COLLATE "C" DESC LIMIT 1'
-            "  ) p"
+            "  CROSS JOIN LATERAL (SELECT c.{customer_pk} AS r_customer, %s AS r_date) k"
+            "  CROSS JOIN {probe}"
             "  WHERE r.is_return AND r.original_order_id IS NULL"
             ") l WHERE s.order_id = l.return_order AND s.line_number = l.return_line"
         ).format(
             staging=staging,
+            linked=sql.Identifier(LINKED_BY_LOADER),
             customers=sql.Identifier(customers.db_table),
             customer_key=sql.Identifier(customers.get_field("customer_key").column),
             customer_pk=sql.Identifier(customers.pk.column),
+            probe=_latest_purchase(spec, sql.Placeholder()),
+        ),
+        [date_key(day), return_lookback_start(day)],
+    )
+
+
+def _lock_return_links(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
+    """Take the return-links lock before linking. A load in flight cannot see this one's rows, nor this
+    one its, so two loads that could link to each other are serialised, the second seeing the first: this
+    load waits (exclusive) when a load of a later date in the look-ahead is in flight (its returns may link
+    to this date's purchases), or when this date has returns to link and a load of an earlier date in the
+    look-back is in flight. In flight: holding its date's lock (`lock_partition`, taken first)."""
+    cursor.execute(
+        "SELECT coalesce(bool_or(objid::bigint > %(day)s), false),"
+        " coalesce(bool_or(objid::bigint < %(day)s), false)"
+        " FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = %(class)s AND objsubid = 2"
+        " AND objid::bigint BETWEEN %(start)s AND %(end)s AND pid <> pg_backend_pid()",
+        {
+            "class": ADVISORY_LOCK_CLASS,
+            "day": date_key(day),
+            "start": return_lookback_start(day),
+            "end": return_lookahead_end(day),
+        },
+    )
+    later_in_flight, earlier_in_flight = cursor.fetchone()
+    exclusive = later_in_flight
+    if earlier_in_flight and not exclusive:
+        cursor.execute(
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE is_return AND original_order_id IS NULL"
+                " AND customer_key IS NOT NULL)"
+            ).format(staging)
+        )
+        exclusive = cursor.fetchone()[0]
+    _lock_table(cursor, LINKS_LOCK_CLASS, spec.model, exclusive=exclusive)
+
+
+def _later_returns_exist(cursor, spec: Fact, day: date) -> bool:
+    """Whether a return of the look-ahead after `day` is loaded: the nightly load (the latest date) finds
+    none, and skips revisiting links."""
+    meta = spec.model._meta
+    cursor.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {date} > %s AND {date} <= %s AND {is_return})").format(
+            sql.Identifier(meta.db_table),
+            date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
+            is_return=sql.Identifier(meta.get_field("is_return").column),
+        ),
+        [date_key(day), return_lookahead_end(day)],
+    )
+    return cursor.fetchone()[0]
+
+
+def _note_purchased_items(cursor, spec: Fact, day: date, pairs: sql.Composable, *, create: bool) -> None:
+    """Add the (customer, stock_code) pairs of the date's purchases to the temporary table `pairs`: called
+    before the merge (what the date held) and after it (what it holds now)."""
+    meta = spec.model._meta
+    select = sql.SQL(
+        "SELECT DISTINCT {customer} AS customer, {stock_code} AS stock_code FROM {fact}"
+        " WHERE {date} = %s AND NOT {is_return} AND {customer} IS NOT NULL"
+    ).format(
+        fact=sql.Identifier(meta.db_table),
+        customer=sql.Identifier(meta.get_field("customer").column),
+        stock_code=sql.Identifier(meta.get_field("stock_code").column),
+        date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
+        is_return=sql.Identifier(meta.get_field("is_return").column),
+    )
+    if create:
+        statement = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(pairs) + select
+    else:
+        statement = sql.SQL("INSERT INTO {} ").format(pairs) + select
+    cursor.execute(statement, [date_key(day)])
+
+
+def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) -> None:
+    """Recompute the loader's links of returns in the look-ahead after `day` whose customer and item the
+    date bought, before or after this load: a purchase added, changed or removed by loading `day` out of
+    date order moves them to the link a load in date order would have made. Links from the job or a
+    source are not touched."""
+    meta = spec.model._meta
+    dates = DimDate._meta
+    column = lambda name: sql.Identifier(meta.get_field(name).column)  # noqa: E731
+    cursor.execute(
+        sql.SQL(
+            "UPDATE {fact} t SET {original} = l.order_id, {linked} = l.order_id IS NOT NULL FROM ("
+            "  SELECT r.{pk} AS id, p.order_id"
+            "  FROM {fact} r"
+            "  JOIN (SELECT DISTINCT customer, stock_code FROM {pairs}) i"
+            "    ON i.customer = r.{customer} AND i.stock_code = r.{stock_code}"
+            "  JOIN {dates} d ON d.{date_key} = r.{date}"
+            "  CROSS JOIN LATERAL (SELECT r.{customer} AS r_customer, r.{date} AS r_date) k"
+            "  LEFT JOIN {probe} ON true"
+            "  WHERE r.{date} > %s AND r.{date} <= %s AND r.{is_return}"
+            "    AND (r.{linked} OR r.{original} IS NULL)"
+            ") l WHERE t.{pk} = l.id AND t.{original} IS DISTINCT FROM l.order_id"
+        ).format(
             fact=sql.Identifier(meta.db_table),
-            order_id=column("order_id"),
+            linked=column(LINKED_BY_LOADER),
+            pk=sql.Identifier(meta.pk.column),
+            pairs=pairs,
             customer=column("customer"),
             stock_code=column("stock_code"),
-            is_return=column("is_return"),
+            dates=sql.Identifier(dates.db_table),
+            date_key=sql.Identifier(dates.get_field("date_key").column),
             date=column(PARTITION_FIELD),
-            ordered_at=column("ordered_at"),
+            probe=_latest_purchase(
+                spec,
+                sql.SQL("to_char(d.{} - %s, 'YYYYMMDD')::integer").format(
+                    sql.Identifier(dates.get_field("date").column)
+                ),
+            ),
+            is_return=column("is_return"),
+            original=column("original_order_id"),
         ),
-        [return_lookback_start(day), date_key(day)],
+        [RETURN_LOOKBACK_DAYS, date_key(day), return_lookahead_end(day)],
     )
 
 
@@ -400,8 +537,13 @@ def load_fact(cursor, connection, spec: Fact, day: date, files: Sequence[Path]) 
     staging = _stage(cursor, connection, spec.output, staged_fields, files)
     fault_point("after_copy")
     _check_references(cursor, spec, staging, day)
+    relink_pairs = None
     if spec.links_returns:
+        _lock_return_links(cursor, spec, staging, day)
         _link_returns(cursor, spec, staging, day)
+        if _later_returns_exist(cursor, spec, day):
+            relink_pairs = sql.Identifier("pg_temp", "relink_pairs")
+            _note_purchased_items(cursor, spec, day, relink_pairs, create=True)
 
     # Joins that turn staged natural keys into surrogate keys, aliased r0, r1, ...
     joins = []
@@ -451,7 +593,7 @@ def load_fact(cursor, connection, spec: Fact, day: date, files: Sequence[Path]) 
     for i, ref in enumerate(spec.references):
         columns.append(sql.Identifier(meta.get_field(ref.field).column))
         values.append(sql.SQL("{}.{}").format(sql.Identifier(f"r{i}"), _pk(ref, spec)))
-    for name in spec.attributes:
+    for name in [*spec.attributes, *spec.computed]:
         columns.append(sql.Identifier(meta.get_field(name).column))
         values.append(sql.SQL("s.{}").format(sql.Identifier(name)))
     conflict = [sql.Identifier(meta.get_field(f).column) for f in spec.unique_fields]
@@ -466,6 +608,10 @@ def load_fact(cursor, connection, spec: Fact, day: date, files: Sequence[Path]) 
         + _on_conflict(conflict, [c for c in columns if c not in conflict]),
         [dk],
     )
+    if relink_pairs is not None:
+        _note_purchased_items(cursor, spec, day, relink_pairs, create=False)
+        _relink_later_returns(cursor, spec, day, relink_pairs)
+        _drop(cursor, relink_pairs)
     fault_point("after_merge")
     rows = _staged_rows(cursor, staging)
     _drop(cursor, staging)

@@ -24,6 +24,8 @@ VALIDITY_FIELDS = ("valid_from", "valid_to", "is_current")
 # How far back the loader looks for the purchase a return line returns (docs/retail-semantics.md): a year
 # covers any return policy, and bounds the look-up to the dates an index scan has to visit.
 RETURN_LOOKBACK_DAYS = 365
+# Marks a return's original_order_id as the loader's look-up, which later loads of earlier dates revisit.
+LINKED_BY_LOADER = "linked_by_loader"
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,19 @@ class Fact:
     unique_fields: tuple[str, ...]
     references: tuple[Reference, ...]
     # Sales lines: a return the job left unlinked is linked to its purchase on an earlier date, looked up
-    # in the warehouse before the merge (docs/retail-semantics.md#returns-and-cancellations).
+    # in the warehouse before the merge; a later load of an earlier date revisits such links
+    # (docs/retail-semantics.md#returns-and-cancellations).
     links_returns: bool = False
+
+    @property
+    def computed(self) -> list[str]:
+        """Columns the loader sets, not in staging (merged with the attributes)."""
+        return [LINKED_BY_LOADER] if self.links_returns else []
 
     @property
     def attributes(self) -> list[str]:
         """Columns copied as they are from staging to the fact table."""
-        skip = {PARTITION_FIELD, *(r.field for r in self.references)}
+        skip = {PARTITION_FIELD, *(r.field for r in self.references), *self.computed}
         return [f.name for f in self.model._meta.concrete_fields if not f.primary_key and f.name not in skip]
 
     @property
@@ -142,6 +150,11 @@ def key_date(key: int) -> date:
 def return_lookback_start(day: date) -> int:
     """Date key of the earliest date whose purchases a return of `day` may link to."""
     return date_key(day - timedelta(days=RETURN_LOOKBACK_DAYS))
+
+
+def return_lookahead_end(day: date) -> int:
+    """Date key of the last date whose returns may link to a purchase of `day`."""
+    return date_key(day + timedelta(days=RETURN_LOOKBACK_DAYS))
 
 
 def dim_date_row(day: date) -> DimDate:
