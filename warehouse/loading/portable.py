@@ -425,7 +425,7 @@ def _relink_later_returns(using: str, spec: Fact, day: date, items: set[tuple[in
     load in date order makes. Links from the job or a source are not touched."""
     candidates = (
         _later_returns(using, spec, day)
-        .filter(models.Q(linked_by_loader=True) | models.Q(original_order_id__isnull=True))
+        .filter(models.Q(**{LINKED_BY_LOADER: True}) | models.Q(original_order_id__isnull=True))
         .exclude(customer_id__isnull=True)
     )
     fields = ("pk", "original_order_id", "customer_id", "stock_code", "ordered_at", "order_id", "date_id")
