@@ -276,17 +276,6 @@ def cast_and_validate(
     )
 
 
-def with_typed_columns(
-    columns_spec: ColumnsSpec, dataset: str = "", rules: Sequence[Rule] = ()
-) -> Callable[[DataFrame], DataFrame]:
-    """:func:`cast_and_validate` as a closure for ``df.transform``."""
-
-    def _transform(df: DataFrame) -> DataFrame:
-        return cast_and_validate(df, columns_spec, dataset, rules)
-
-    return _transform
-
-
 def pii_masks(
     columns_spec: ColumnsSpec, mask: Callable[[Column], Column]
 ) -> dict[str, Callable[[Column], Column]]:

@@ -497,8 +497,10 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
 
     reporting_currency = spec.get("reporting_currency")
     rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
-    masks = {name: quarantine_masks(input_spec, key) for name, input_spec in inputs.items()}
-    masks["order_lines"] = quarantine_masks(inputs["order_lines"], key, options.customer_key_from)
+    masks = {
+        name: quarantine_masks(input_spec, key, options.customer_key_from if name == "order_lines" else None)
+        for name, input_spec in inputs.items()
+    }
     lines_prep = prepare_order_lines(
         _read_input(spark, inputs["order_lines"]), inputs["order_lines"], options, reporting_currency
     )

@@ -67,6 +67,13 @@ def test_strings_are_trimmed_and_collapsed_other_types_trimmed_raw_layer_untouch
     assert out["_reasons"] == []
 
 
+def test_ascii_only_text_is_collapsed_too(spark):
+    rows = [_ok(name="Big\tRed"), _ok(name=" Big   Red ")]
+    names = [r["name"] for r in cast_and_validate(_staged(spark, rows), TYPED, "t").collect()]
+
+    assert names == ["Big Red", "Big Red"]
+
+
 def test_blank_text_is_null_missing_when_required_and_silently_null_when_optional(spark):
     out = cast_and_validate(
         _staged(spark, [_ok(name="   ", qty="", flag=" ", price=None)]), TYPED, "t"

@@ -379,6 +379,17 @@ def test_customers_take_the_country_of_the_latest_order_ties_to_the_smallest(spa
     assert_df_equality(build_customers(accepted), expected, ignore_nullable=True, ignore_row_order=True)
 
 
+def test_the_customer_key_source_is_masked_in_quarantine_even_when_not_declared_pii(spark):
+    columns = {name: {k: v for k, v in c.items() if k != "pii"} for name, c in LINE_SPEC["columns"].items()}
+    spec = {**LINE_SPEC, "columns": columns}
+    emails = spark.createDataFrame([(" Ann@Example.com ",)], "customer_email string")
+
+    mask = quarantine_masks(spec, KEY, "customer_email")["customer_email"]
+
+    assert emails.select(mask(emails["customer_email"])).first()[0] == py_key("ann@example.com")
+    assert "customer_email" not in quarantine_masks(spec, KEY)
+
+
 def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_email(spark):
     products = [*PRODUCTS, {"sku": "P3", "name": " ", "list_price": "cheap"}]
     stores = [*STORES, {"store_code": None, "name": "Ghost"}]

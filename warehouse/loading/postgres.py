@@ -366,8 +366,7 @@ def _latest_purchase(spec: Fact, lookback_start: sql.Composable) -> sql.Composab
     `order_id`): its latest purchase (ordered_at, then order id in code-point order) of the same customer
     and item, on a date from `lookback_start` to the day before `r_date`, at or before the return
     (docs/retail-semantics.md). One probe of the (customer, stock_code) index."""
-    meta = spec.model._meta
-    column = lambda name: sql.Identifier(meta.get_field(name).column)  # noqa: E731
+    column = lambda name: _column(spec.model, name)  # noqa: E731
     return sql.SQL(
         "LATERAL (SELECT f.{order_id} AS order_id FROM {fact} f"
         " WHERE f.{customer} = r_customer AND f.{stock_code} = r.stock_code AND NOT f.{is_return}"
@@ -375,7 +374,7 @@ def _latest_purchase(spec: Fact, lookback_start: sql.Composable) -> sql.Composab
         "   AND f.{order_id} <> r.order_id"
         ' ORDER BY f.{ordered_at} DESC, f.{order_id} COLLATE "C" DESC LIMIT 1) p'
     ).format(
-        fact=sql.Identifier(meta.db_table),
+        fact=sql.Identifier(spec.model._meta.db_table),
         order_id=column("order_id"),
         customer=column("customer"),
         stock_code=column("stock_code"),
@@ -451,12 +450,11 @@ def _lock_return_links(cursor, spec: Fact, staging: sql.Composable, day: date) -
 def _later_returns_exist(cursor, spec: Fact, day: date) -> bool:
     """Whether a return of the look-ahead after `day` is loaded: the nightly load (the latest date) finds
     none, and skips revisiting links."""
-    meta = spec.model._meta
     cursor.execute(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {date} > %s AND {date} <= %s AND {is_return})").format(
-            sql.Identifier(meta.db_table),
-            date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
-            is_return=sql.Identifier(meta.get_field("is_return").column),
+            sql.Identifier(spec.model._meta.db_table),
+            date=_column(spec.model, PARTITION_FIELD),
+            is_return=_column(spec.model, "is_return"),
         ),
         [date_key(day), return_lookahead_end(day)],
     )
@@ -466,22 +464,22 @@ def _later_returns_exist(cursor, spec: Fact, day: date) -> bool:
 def _note_purchased_items(cursor, spec: Fact, day: date, pairs: sql.Composable, *, create: bool) -> None:
     """Add the (customer, stock_code) pairs of the date's purchases to the temporary table `pairs`: called
     before the merge (what the date held) and after it (what it holds now)."""
-    meta = spec.model._meta
+    column = lambda name: _column(spec.model, name)  # noqa: E731
     select = sql.SQL(
         "SELECT DISTINCT {customer} AS customer, {stock_code} AS stock_code FROM {fact}"
-        " WHERE {date} = %s AND NOT {is_return} AND {customer} IS NOT NULL"
+        " WHERE {date} = {day} AND NOT {is_return} AND {customer} IS NOT NULL"
     ).format(
-        fact=sql.Identifier(meta.db_table),
-        customer=sql.Identifier(meta.get_field("customer").column),
-        stock_code=sql.Identifier(meta.get_field("stock_code").column),
-        date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
-        is_return=sql.Identifier(meta.get_field("is_return").column),
+        fact=sql.Identifier(spec.model._meta.db_table),
+        customer=column("customer"),
+        stock_code=column("stock_code"),
+        date=column(PARTITION_FIELD),
+        day=sql.Literal(date_key(day)),
+        is_return=column("is_return"),
     )
     if create:
-        statement = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(pairs) + select
+        _create_as(cursor, pairs, select)
     else:
-        statement = sql.SQL("INSERT INTO {} ").format(pairs) + select
-    cursor.execute(statement, [date_key(day)])
+        cursor.execute(sql.SQL("INSERT INTO {} ").format(pairs) + select)
 
 
 def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) -> None:
@@ -491,7 +489,7 @@ def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) 
     source are not touched."""
     meta = spec.model._meta
     dates = DimDate._meta
-    column = lambda name: sql.Identifier(meta.get_field(name).column)  # noqa: E731
+    column = lambda name: _column(spec.model, name)  # noqa: E731
     cursor.execute(
         sql.SQL(
             "UPDATE {fact} t SET {original} = l.order_id, {linked} = l.order_id IS NOT NULL FROM ("
@@ -513,13 +511,10 @@ def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) 
             customer=column("customer"),
             stock_code=column("stock_code"),
             dates=sql.Identifier(dates.db_table),
-            date_key=sql.Identifier(dates.get_field("date_key").column),
+            date_key=_column(DimDate, "date_key"),
             date=column(PARTITION_FIELD),
             probe=_latest_purchase(
-                spec,
-                sql.SQL("to_char(d.{} - %s, 'YYYYMMDD')::integer").format(
-                    sql.Identifier(dates.get_field("date").column)
-                ),
+                spec, sql.SQL("to_char(d.{} - %s, 'YYYYMMDD')::integer").format(_column(DimDate, "date"))
             ),
             is_return=column("is_return"),
             original=column("original_order_id"),
@@ -757,6 +752,11 @@ def _create_as(cursor, table: sql.Composable, query: sql.Composable) -> int:
     cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
     cursor.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(table, query))
     return cursor.rowcount
+
+
+def _column(model: type[models.Model], name: str) -> sql.Identifier:
+    """The database column of a model field."""
+    return sql.Identifier(model._meta.get_field(name).column)
 
 
 def _pk(ref, spec: Fact) -> sql.Identifier:
