@@ -4,8 +4,10 @@ Everything for one (pipeline, business date) happens in one `transaction.atomic(
 dimensions with history (stores, products) gain a version where the date's snapshot differs from the
 version valid on that date, the others are upserted on their natural keys; facts of the date join the
 version valid on the date, are upserted on their natural keys, and the date's rows that the new partition
-no longer holds are deleted; the partition's quarantined records replace the previous ones. Loading a date
-twice leaves the warehouse exactly as it was, and dates load in any order (docs/loading.md).
+no longer holds are deleted; the partition's quarantined records replace the previous ones. A date loaded
+before later ones may also update those dates' facts: the dimension version they point to, and the return
+links the loader made. Loading a date twice leaves the warehouse exactly as it was, and dates load in any
+order (docs/loading.md).
 
 On PostgreSQL the load streams each output through COPY into a temporary table and merges it set-wise
 (`warehouse.loading.postgres`); elsewhere it uses the ORM's bulk_create (`warehouse.loading.portable`).

@@ -22,5 +22,6 @@ def test_product_admin_shows_versions_and_filters_the_current_ones(admin_client,
         )
     every = admin_client.get("/admin/warehouse/dimproduct/").content.decode()
     assert "9.99" in every and "12.34" in every and "Valid from" in every
+    assert 'id="changelist-filter"' in every and "By is current" in every
     current = admin_client.get("/admin/warehouse/dimproduct/?is_current__exact=1").content.decode()
     assert "12.34" in current and "9.99" not in current

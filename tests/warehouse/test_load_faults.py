@@ -185,8 +185,8 @@ def test_loads_of_two_dates_do_not_wait_for_each_other_beyond_the_merge(tmp_path
 @pytest.mark.postgres
 @pytest.mark.parametrize("strategy", ["copy", "portable"])
 def test_a_backfill_killed_while_rewriting_history_leaves_the_warehouse_as_before(tmp_path, strategy):
-    """Killed after the versions were split and the later date's facts re-pointed, before the rows no
-    version keeps were deleted."""
+    """Killed after the versions were split and the later date's facts re-pointed (this backfill leaves
+    no row to delete)."""
     _postgres_or_skip()
     for day in (DAY, DAY3):
         load_here("postgres", tmp_path / f"{day}", day, history_outputs(day), strategy)

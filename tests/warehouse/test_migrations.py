@@ -108,14 +108,20 @@ def test_links_to_an_earlier_dates_purchase_are_marked_as_the_loaders(db_alias):
         fill_before_history(db_alias, executor)
         Line = executor.loader.project_state(BEFORE).apps.get_model("warehouse", "FactSalesLine")
         purchase_d3 = Line.objects.using(db_alias).get(order_id="O3")
-        for order, original in (("C-earlier", "O1"), ("C-same-day", "O3"), ("C-named", "O-elsewhere")):
+        returns = (
+            ("C-earlier", "O1", "P1"),
+            ("C-same-day", "O3", "P1"),
+            ("C-named", "O-elsewhere", "P1"),
+            ("C-other-item", "O1", "P2"),
+        )
+        for order, original, stock_code in returns:
             purchase_d3.pk = None
             purchase_d3.order_id, purchase_d3.original_order_id = order, original
-            purchase_d3.quantity, purchase_d3.is_return = -1, True
+            purchase_d3.quantity, purchase_d3.is_return, purchase_d3.stock_code = -1, True, stock_code
             purchase_d3.save(using=db_alias)
     finally:
         migrate(db_alias, latest)
 
-    returns = FactSalesLine.objects.using(db_alias).filter(is_return=True)
-    marked = returns.values_list("order_id", "linked_by_loader")
-    assert dict(marked) == {"C-earlier": True, "C-same-day": False, "C-named": False}
+    loaded = FactSalesLine.objects.using(db_alias).filter(is_return=True)
+    marked = loaded.values_list("order_id", "linked_by_loader")
+    assert dict(marked) == {"C-earlier": True, "C-same-day": False, "C-named": False, "C-other-item": False}

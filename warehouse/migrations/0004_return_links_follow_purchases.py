@@ -3,7 +3,8 @@
 #
 # Existing links did not record who made them. A link to a purchase on an earlier date by the same
 # customer of the same item is what the loader makes (the job links within one date only), so those are
-# marked; the rest (the job's, a source's) stay as they were.
+# marked; the job's stay unmarked. A source's declared link of that same shape cannot be told apart and is
+# marked too: a later load of the purchase's date may then re-link it by the loader's rule.
 
 from django.db import migrations, models
 
