@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -73,6 +73,9 @@ class DatasetConfig:
     explode: str | None = None
     key: tuple[str, ...] = ()
     version_column: str | None = None
+    # The column whose date (in the pipeline's time zone) is a record's business date; None: the job's own
+    # default (ordered_at for the sales job). Not the partition's date (docs/loading.md).
+    business_date_column: str | None = None
     drift: str = "warn"  # what a source delivering other fields than declared does: warn (and record) or fail
     rules: tuple[RuleConfig, ...] = ()
     pii: frozenset[str] = frozenset()  # columns shown as their pseudonym in quarantined raw records
@@ -238,6 +241,16 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     if version_column is not None and version_column not in column_names:
         raise ConfigurationError(f"{where}: version_column {version_column!r} is not declared in [columns]")
 
+    business_date_column = doc.get("business_date_column")
+    if business_date_column is not None and types_of(columns).get(business_date_column) not in (
+        "timestamp",
+        "date",
+    ):
+        raise ConfigurationError(
+            f"{where}: business_date_column {business_date_column!r} must be a declared timestamp or "
+            "date column"
+        )
+
     drift = doc.get("drift", "warn")
     if drift not in DRIFT_POLICIES:
         raise ConfigurationError(f"{where}: drift {drift!r} is not one of {', '.join(DRIFT_POLICIES)}")
@@ -269,10 +282,15 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
         explode=doc.get("explode"),
         key=key,
         version_column=version_column,
+        business_date_column=business_date_column,
         drift=drift,
         rules=rules,
         pii=frozenset(pii),
     )
+
+
+def types_of(columns: Sequence[ColumnSpec]) -> dict[str, str]:
+    return {c.name: c.type for c in columns}
 
 
 def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 STEPS = ("extract", "transform", "load")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Outputs every transformed partition must hold: the loader's contract (docs/architecture.md).
-TRANSFORM_OUTPUTS = ("sales_lines", "daily_sales", "products", "stores", "customers", "quarantine")
+TRANSFORM_OUTPUTS = ("sales_lines", "products", "stores", "customers", "quarantine")
 
 
 @dataclass
@@ -334,6 +334,7 @@ def job_spec(
             "rules": dataset.spark_rules(),
             "key": list(dataset.key),
             "version_column": dataset.version_column,
+            "business_date_column": dataset.business_date_column,
             "rows": staged[dataset.name][1],
         }
         for dataset in config.datasets.values()
@@ -341,6 +342,7 @@ def job_spec(
     return {
         "pipeline": config.name,
         "business_date": business_date.isoformat(),
+        "timezone": config.timezone.key,
         "inputs": inputs,
         "output_dir": str(output_dir),
         "pseudonym_key_env": config.spark.pseudonym_key_env,
@@ -413,6 +415,9 @@ def load_partition(*, config: PipelineConfig, business_date: date, step: StepRun
         details={
             "loaded": result.rows_loaded,
             "deleted_stale": result.rows_deleted,
+            # Reconciliation across partitions: which staged lines were new, which replaced a version another
+            # partition supplied (per business date), which the warehouse holds newer; dates recomputed.
+            "lines": {output: asdict(load) for output, load in result.facts.items()},
             "partition": str(ref.dir),
             "checksum": manifest.checksum,
         },

@@ -239,24 +239,27 @@ def with_reporting_amount(
 
 
 def link_returns(lines: DataFrame) -> DataFrame:
-    """``original_order_id`` of each return: the latest earlier purchase, in this date's accepted lines,
-    of the same customer and item (ties: the greatest order id); null when there is none, for a guest,
-    or when the original was bought on an earlier date (docs/retail-semantics.md).
+    """``original_order_id`` of each return: the latest earlier purchase, among the accepted lines of the
+    same business date (a partition may carry several), of the same customer and item (ties: the greatest
+    order id); null when there is none, for a guest, or when the original was bought on an earlier date:
+    the loader links those (docs/retail-semantics.md).
 
     A source that names the original order (a declared ``original_order_id`` column) wins.
     """
+    same_date = ["business_date"] if "business_date" in lines.columns else []
     returns = lines.filter(F.col("is_return") & F.col("customer_key").isNotNull()).select(
-        "order_id", "line_number", "customer_key", "stock_code", "ordered_at"
+        "order_id", "line_number", "customer_key", "stock_code", "ordered_at", *same_date
     )
     purchases = lines.filter(~F.col("is_return") & F.col("customer_key").isNotNull()).select(
         "customer_key",
         "stock_code",
+        *same_date,
         F.col("order_id").alias("_orig_order"),
         F.col("ordered_at").alias("_orig_at"),
     )
     # Returns are a small share of the lines: broadcast them, so the purchases (and below, the lines)
     # are never shuffled for the sake of a few links.
-    candidates = purchases.join(F.broadcast(returns), ["customer_key", "stock_code"]).filter(
+    candidates = purchases.join(F.broadcast(returns), ["customer_key", "stock_code", *same_date]).filter(
         (F.col("_orig_at") <= F.col("ordered_at")) & (F.col("_orig_order") != F.col("order_id"))
     )
     latest = Window.partitionBy("order_id", "line_number").orderBy(

@@ -51,7 +51,6 @@ from spark_jobs.quality import (
     secret_fragments,
 )
 from spark_jobs.retail import (
-    PRODUCT,
     RetailOptions,
     derived_products,
     derived_stores,
@@ -85,17 +84,7 @@ SALES_LINES_SCHEMA = StructType(
         StructField("line_type", StringType()),
         StructField("amount_reporting", DecimalType(18, 2)),
         StructField("original_order_id", StringType()),
-    ]
-)
-DAILY_SALES_SCHEMA = StructType(
-    [
-        StructField("business_date", DateType()),
-        StructField("store_code", StringType()),
-        StructField("sku", StringType()),
-        StructField("quantity", LongType()),
-        StructField("revenue", DecimalType(18, 2)),
-        StructField("line_count", LongType()),
-        StructField("order_count", LongType()),
+        StructField("source_version", LongType()),
     ]
 )
 PRODUCTS_SCHEMA = StructType(
@@ -123,7 +112,6 @@ CUSTOMERS_SCHEMA = StructType(
 )
 OUTPUT_SCHEMAS: dict[str, StructType] = {
     "sales_lines": SALES_LINES_SCHEMA,
-    "daily_sales": DAILY_SALES_SCHEMA,
     "products": PRODUCTS_SCHEMA,
     "stores": STORES_SCHEMA,
     "customers": CUSTOMERS_SCHEMA,
@@ -155,6 +143,12 @@ LINE_REASON_COLUMNS = {
     "missing_rate": "currency",
     "amount_out_of_range": "unit_price",
 }
+# The order lines' column holding their business date, unless the spec's input names another
+# (``business_date_column``): its date in the pipeline's time zone (spec ``timezone``).
+BUSINESS_DATE_FROM = "ordered_at"
+MISSING_BUSINESS_DATE = "missing_business_date"
+# Column types whose values order a line's versions as a long (see with_source_version).
+VERSION_TYPES = ("timestamp", "date", "int", "long")
 
 _AMOUNT_TYPE = DecimalType(18, 2)
 
@@ -315,33 +309,52 @@ def with_customer_key(
     return _transform
 
 
-def build_sales_lines(lines: DataFrame, business_date: dt.date | str) -> DataFrame:
-    """Accepted lines (with ``customer_key``) in the sales_lines schema; the e-mail is dropped here."""
-    day = dt.date.fromisoformat(business_date) if isinstance(business_date, str) else business_date
+def with_business_date(column: str, timezone: str) -> Callable[[DataFrame], DataFrame]:
+    """``business_date``: the date of ``column`` (a timestamp: in ``timezone``) — the record's own date,
+    not the partition's, so a line re-sent or updated in a later partition keeps its date. A line without
+    one is rejected (``missing_business_date``)."""
+
+    def _transform(lines: DataFrame) -> DataFrame:
+        value = F.col(column)
+        if isinstance(lines.schema[column].dataType, TimestampType):
+            value = F.to_date(F.from_utc_timestamp(value, timezone))
+        dated = lines.withColumn("business_date", value.cast(DateType()))
+        return add_reasons(dated, [(MISSING_BUSINESS_DATE, F.col("business_date").isNull())])
+
+    return _transform
+
+
+def with_source_version(
+    version_column: str | None, partition_date: dt.date
+) -> Callable[[DataFrame], DataFrame]:
+    """``source_version``: the line's version as a long that orders versions across partitions —
+    microseconds of a timestamp, days of a date, an integer as it is — or, with no version column, the
+    partition date's midnight in microseconds (a later extraction is the newer one)."""
+
+    def _transform(lines: DataFrame) -> DataFrame:
+        if version_column is None:
+            midnight = dt.datetime.combine(partition_date, dt.time.min, tzinfo=dt.UTC)
+            return lines.withColumn("source_version", F.lit(int(midnight.timestamp()) * 1_000_000))
+        value = F.col(version_column)
+        kind = lines.schema[version_column].dataType
+        if isinstance(kind, TimestampType):
+            value = F.unix_micros(value)
+        elif isinstance(kind, DateType):
+            value = F.unix_date(value)
+        return lines.withColumn("source_version", value.cast(LongType()))
+
+    return _transform
+
+
+def build_sales_lines(lines: DataFrame) -> DataFrame:
+    """Accepted lines (with ``customer_key``, ``business_date`` and ``source_version``) in the sales_lines
+    schema; the e-mail is dropped here."""
     # Lines that went through no conversion or return linking: reporting amount = amount, no original.
     if "amount_reporting" not in lines.columns:
         lines = lines.withColumn("amount_reporting", F.col("amount"))
     if "original_order_id" not in lines.columns:
         lines = lines.withColumn("original_order_id", F.lit(None).cast(StringType()))
-    return (
-        lines.withColumn("business_date", F.lit(day))
-        .select(*SALES_LINES_SCHEMA.fieldNames())
-        .to(SALES_LINES_SCHEMA)
-    )
-
-
-def build_daily_sales(sales_lines: DataFrame) -> DataFrame:
-    """Store x product x day of the product lines (postage, fees... are in sales_lines only), revenue in
-    the reporting currency."""
-    products_only = sales_lines.filter(F.col("line_type") == PRODUCT)
-    aggregated = products_only.groupBy("business_date", "store_code", "sku").agg(
-        F.sum(F.col("quantity").cast(LongType())).alias("quantity"),
-        # Exact decimal sum; past decimal(18,2) the ANSI cast fails the run rather than store a wrong total.
-        F.sum("amount_reporting").cast(_AMOUNT_TYPE).alias("revenue"),
-        F.count(F.lit(1)).alias("line_count"),
-        F.countDistinct("order_id").alias("order_count"),
-    )
-    return aggregated.to(DAILY_SALES_SCHEMA)
+    return lines.select(*SALES_LINES_SCHEMA.fieldNames()).to(SALES_LINES_SCHEMA)
 
 
 def build_customers(lines: DataFrame) -> DataFrame:
@@ -372,6 +385,7 @@ def build_quarantine(
     stores: DataFrame,
     masks: Mapping[str, Mapping[str, Callable[[Column], Column]]],
     rules: Mapping[str, Sequence[Rule]] | None = None,
+    reason_columns: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """Rejected rows of the three (classified / prepared) inputs in one quarantine frame.
 
@@ -382,7 +396,11 @@ def build_quarantine(
     rules = rules or {}
     line_rules = [*rules.get("order_lines", ()), *line_reference_rules(rules.get("order_lines"))]
     quarantined = quarantine_rows(
-        rejected_rows(order_lines), "order_lines", LINE_REASON_COLUMNS, line_rules, masks.get("order_lines")
+        rejected_rows(order_lines),
+        "order_lines",
+        {**LINE_REASON_COLUMNS, **(reason_columns or {})},
+        line_rules,
+        masks.get("order_lines"),
     )
     for name, prepared in (("products", products), ("stores", stores)):
         rejected = rejected_rows(prepared)
@@ -452,6 +470,19 @@ def _check_spec(spec: Mapping[str, Any], options: RetailOptions | None = None) -
             raise ValueError(f"job spec input {dataset!r} has no key")
         if dataset != "order_lines" and any(r["check"] == "reference" for r in input_spec.get("rules") or ()):
             raise ValueError(f"{JOB_NAME} applies reference rules to order_lines only, not to {dataset!r}")
+    lines_spec = spec["inputs"]["order_lines"]
+    date_column = lines_spec.get("business_date_column") or BUSINESS_DATE_FROM
+    date_type = lines_spec["columns"].get(date_column, {}).get("type")
+    if date_type not in ("timestamp", "date"):
+        raise ValueError(
+            f"order_lines' business date column {date_column!r} must be a declared timestamp or date"
+        )
+    version = lines_spec.get("version_column")
+    if version and lines_spec["columns"][version]["type"] not in VERSION_TYPES:
+        raise ValueError(
+            f"order_lines' version_column {version!r} must be one of {', '.join(VERSION_TYPES)} "
+            "to order versions across partitions"
+        )
     for rule in line_reference_rules(spec["inputs"]["order_lines"].get("rules")):
         # The facts reference the product and store dimensions: an unknown one cannot be loaded.
         if rule["column"] in ("sku", "store_code") and rule.get("severity", "reject") != "reject":
@@ -496,6 +527,7 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
 
     reporting_currency = spec.get("reporting_currency")
+    date_column = inputs["order_lines"].get("business_date_column") or BUSINESS_DATE_FROM
     rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
     masks = {
         name: quarantine_masks(input_spec, key, options.customer_key_from if name == "order_lines" else None)
@@ -554,6 +586,8 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
         .transform(lambda lines: with_reporting_amount(lines, reporting_currency, rates))
         # Here, once per line, rather than in each output that needs it (an HMAC is two SHA-256s).
         .transform(with_customer_key(key, options.customer_key_from))
+        .transform(with_business_date(date_column, spec.get("timezone") or "UTC"))
+        .transform(with_source_version(inputs["order_lines"].get("version_column"), business_date))
     )
     # Only a quarantined row needs its staged text again: the cached frame holds it for those alone.
     classified = classified.withColumn(RAW_COL, F.when(is_quarantined(), F.col(RAW_COL)))
@@ -565,7 +599,9 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
             products = derived_products(accepted, options.product_name_from)
         if options.stores_from_lines:
             stores = derived_stores(accepted, options.store_country_from)
-        quarantine = build_quarantine(classified, products_prep, stores_prep, masks, rules)
+        quarantine = build_quarantine(
+            classified, products_prep, stores_prep, masks, rules, {MISSING_BUSINESS_DATE: date_column}
+        )
         if rates_prep is not None:
             rates_rules = list(inputs[options.rates_dataset].get("rules") or ())
             quarantine = quarantine.unionByName(
@@ -590,10 +626,9 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
             return path
 
         outputs: dict[str, int] = {}
-        sales_lines = write("sales_lines", build_sales_lines(link_returns(accepted), business_date))
-        # From the written lines: the return links are not computed twice, and the aggregate is by
-        # construction the sum of what the warehouse loads.
-        write("daily_sales", build_daily_sales(spark.read.schema(SALES_LINES_SCHEMA).parquet(sales_lines)))
+        # No daily aggregate: a partition may carry lines of other dates, and hold versions the warehouse
+        # already has newer; the loader recomputes it from the line fact (docs/loading.md).
+        write("sales_lines", build_sales_lines(link_returns(accepted)))
         write("products", products.to(PRODUCTS_SCHEMA))
         write("stores", stores.to(STORES_SCHEMA))
         write("customers", build_customers(accepted))

@@ -1,13 +1,16 @@
 """Load one transformed partition into the star schema, atomically and idempotently.
 
-Everything for one (pipeline, business date) happens in one `transaction.atomic(using=alias)`:
+Everything for one (pipeline, partition date) happens in one `transaction.atomic(using=alias)`:
 dimensions with history (stores, products) gain a version where the date's snapshot differs from the
-version valid on that date, the others are upserted on their natural keys; facts of the date join the
-version valid on the date, are upserted on their natural keys, and the date's rows that the new partition
-no longer holds are deleted; the partition's quarantined records replace the previous ones. A date loaded
-before later ones may also update those dates' facts: the dimension version they point to, and the return
-links the loader made. Loading a date twice leaves the warehouse exactly as it was, and dates load in any
-order (docs/loading.md).
+version valid on that date, the others are upserted on their natural keys. A sales line lands on its own
+business date (the record's, not the partition's), joins the dimension versions valid on it, and is held
+once per pipeline in the newest version any partition carried: a line seen again in another partition
+replaces the stored one only when its version is newer (or equal, from an earlier partition). The lines
+this partition supplied before and no longer holds are deleted, the daily aggregate is recomputed for every
+business date the load touched, and the partition's quarantined records replace the previous ones. A load
+changes only its own pipeline's facts. A date loaded before later ones may also update those dates' facts:
+the dimension version they point to, and the return links the loader made. Loading a partition twice
+leaves the warehouse exactly as it was, and partitions load in any order (docs/loading.md).
 
 On PostgreSQL the load streams each output through COPY into a temporary table and merges it set-wise
 (`warehouse.loading.postgres`); elsewhere it uses the ORM's bulk_create (`warehouse.loading.portable`).
@@ -26,7 +29,15 @@ from django.db import connections, transaction
 
 from .loading import portable, postgres
 from .loading.portable import MissingDimensionError
-from .loading.specs import DIMENSIONS, FACTS, date_key, dim_date_row, fault_point
+from .loading.specs import (
+    DIMENSIONS,
+    FACTS,
+    FactLoad,
+    business_dates,
+    date_key,
+    dim_date_row,
+    fault_point,
+)
 
 __all__ = ["LoadResult", "MissingDimensionError", "date_key", "dim_date_row", "partition_load"]
 
@@ -38,6 +49,12 @@ class LoadResult:
     rows_loaded: dict[str, int] = field(default_factory=dict)
     rows_deleted: dict[str, int] = field(default_factory=dict)
     strategy: str = ""
+    facts: dict[str, FactLoad] = field(default_factory=dict)
+
+    def record_fact(self, output: str, load: FactLoad) -> None:
+        self.facts[output] = load
+        self.rows_loaded[output] = load.rows
+        self.rows_deleted[output] = load.deleted
 
     @property
     def fact_rows(self) -> int:
@@ -75,16 +92,18 @@ def _load_copy(connection, outputs, pipeline: str, business_date: date, run_id: 
     result = LoadResult(strategy="copy")
     with connection.cursor() as wrapper:
         cursor = wrapper.cursor  # psycopg2's own cursor: COPY and psycopg2.sql compositions
-        postgres.lock_partition(cursor, business_date)
-        postgres.load_date_row(cursor, connection, business_date)
+        postgres.lock_partition(cursor, pipeline, business_date)
+        for day in _dates_to_hold(outputs, business_date):
+            postgres.load_date_row(cursor, connection, day)
         for dim in DIMENSIONS:
             result.rows_loaded[dim.output] = postgres.load_dimension(
                 cursor, connection, dim, outputs[dim.output], business_date
             )
         fault_point("after_dimensions")
         for fact in FACTS:
-            result.rows_loaded[fact.output], result.rows_deleted[fact.output] = postgres.load_fact(
-                cursor, connection, fact, business_date, outputs[fact.output]
+            result.record_fact(
+                fact.output,
+                postgres.load_fact(cursor, connection, fact, pipeline, business_date, outputs[fact.output]),
             )
         result.rows_loaded["quarantine"], result.rows_deleted["quarantine"] = postgres.load_quarantine(
             cursor, connection, pipeline, business_date, run_id, outputs["quarantine"]
@@ -94,18 +113,27 @@ def _load_copy(connection, outputs, pipeline: str, business_date: date, run_id: 
 
 def _load_portable(using: str, outputs, pipeline: str, business_date: date, run_id: int | None) -> LoadResult:
     result = LoadResult(strategy="portable")
-    portable.load_date_row(using, business_date)
+    for day in _dates_to_hold(outputs, business_date):
+        portable.load_date_row(using, day)
     for dim in DIMENSIONS:
         result.rows_loaded[dim.output] = portable.load_dimension(
             using, dim, outputs[dim.output], business_date
         )
     fault_point("after_dimensions")
     for fact in FACTS:
-        result.rows_loaded[fact.output], result.rows_deleted[fact.output] = portable.load_fact(
-            using, fact, business_date, outputs[fact.output]
+        result.record_fact(
+            fact.output, portable.load_fact(using, fact, pipeline, business_date, outputs[fact.output])
         )
         fault_point("after_merge")
     result.rows_loaded["quarantine"], result.rows_deleted["quarantine"] = portable.load_quarantine(
         using, pipeline, business_date, run_id, outputs["quarantine"]
     )
     return result
+
+
+def _dates_to_hold(outputs: dict[str, Sequence[Path]], partition_date: date) -> list[date]:
+    """DimDate rows the load needs: the partition's date (its dimension snapshot) and its lines' dates."""
+    days = {partition_date}
+    for fact in FACTS:
+        days.update(business_dates(outputs[fact.output]))
+    return sorted(days)

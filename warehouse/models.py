@@ -100,6 +100,12 @@ class DimCustomer(models.Model):
 
 
 class FactSalesLine(models.Model):
+    """One order line, once per pipeline: the newest version any loaded partition carried, on the business
+    date of the record itself (docs/loading.md#exactly-once-across-partitions)."""
+
+    pipeline = models.CharField(
+        max_length=100, help_text="the pipeline that loaded the line; only it changes it"
+    )
     order_id = models.CharField(max_length=64)
     line_number = models.IntegerField()
     date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
@@ -142,13 +148,22 @@ class FactSalesLine(models.Model):
         help_text="original_order_id was found by the loader in an earlier date's purchases; it follows "
         "later loads of those dates",
     )
+    source_date = models.DateField(help_text="the extraction partition whose version of the line this is")
+    source_version = models.BigIntegerField(
+        help_text="the record's version (version_column as microseconds or an integer; without one, the "
+        "partition date): the greatest wins, and on a tie the earliest partition"
+    )
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["order_id", "line_number"], name="uniq_sales_line_natural_key")
+            models.UniqueConstraint(
+                fields=["pipeline", "order_id", "line_number"], name="uniq_sales_line_natural_key"
+            )
         ]
         indexes = [
-            models.Index(fields=["date"]),
+            models.Index(fields=["pipeline", "date"], name="sales_line_pipeline_date"),
+            # A re-load finds the lines its partition supplied, to drop those it no longer holds.
+            models.Index(fields=["pipeline", "source_date"], name="sales_line_pipeline_source"),
             # The loader's look-up of a return's purchase on an earlier date (docs/retail-semantics.md).
             models.Index(fields=["customer", "stock_code"], name="sales_line_customer_item"),
         ]
@@ -158,6 +173,10 @@ class FactSalesLine(models.Model):
 
 
 class FactDailySales(models.Model):
+    """Store x product x business date of a pipeline's product lines, recomputed from FactSalesLine for
+    every date a load touches, in the same transaction."""
+
+    pipeline = models.CharField(max_length=100)
     date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
     store = models.ForeignKey(DimStore, on_delete=models.PROTECT)
     product = models.ForeignKey(DimProduct, on_delete=models.PROTECT)
@@ -169,7 +188,9 @@ class FactDailySales(models.Model):
     class Meta:
         verbose_name_plural = "fact daily sales"
         constraints = [
-            models.UniqueConstraint(fields=["date", "store", "product"], name="uniq_daily_sales_grain")
+            models.UniqueConstraint(
+                fields=["pipeline", "date", "store", "product"], name="uniq_daily_sales_grain"
+            )
         ]
 
     def __str__(self) -> str:

@@ -12,15 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
 from spark_jobs import sales_daily as job
 from spark_jobs.sales_daily import (
     CUSTOMERS_SCHEMA,
-    DAILY_SALES_SCHEMA,
     SALES_LINES_SCHEMA,
     accepted_rows,
     build_customers,
-    build_daily_sales,
     build_products,
     build_quarantine,
     build_sales_lines,
@@ -32,7 +31,9 @@ from spark_jobs.sales_daily import (
     quarantine_masks,
     rejected_rows,
     run_job,
+    with_business_date,
     with_customer_key,
+    with_source_version,
 )
 
 KEY = b"test-pseudonym-key"
@@ -130,8 +131,13 @@ def classify(spark, lines: list[dict], products=PRODUCTS, stores=STORES, currenc
 
 
 def sales_lines_of(spark, lines: list[dict], **kwargs):
-    accepted = accepted_rows(classify(spark, lines, **kwargs)).transform(with_customer_key(KEY))
-    return build_sales_lines(accepted, DAY)
+    accepted = (
+        accepted_rows(classify(spark, lines, **kwargs))
+        .transform(with_customer_key(KEY))
+        .transform(with_business_date("ordered_at", "UTC"))
+        .transform(with_source_version(None, dt.date.fromisoformat(DAY)))
+    )
+    return build_sales_lines(accepted)
 
 
 def reasons_by_line(classified) -> dict[int, list[str]]:
@@ -163,15 +169,7 @@ def test_output_schemas_are_the_loader_contract_of_docs_architecture():
         ("line_type", "string"),
         ("amount_reporting", "decimal(18,2)"),
         ("original_order_id", "string"),
-    ]
-    assert spec(DAILY_SALES_SCHEMA) == [
-        ("business_date", "date"),
-        ("store_code", "string"),
-        ("sku", "string"),
-        ("quantity", "bigint"),
-        ("revenue", "decimal(18,2)"),
-        ("line_count", "bigint"),
-        ("order_count", "bigint"),
+        ("source_version", "bigint"),
     ]
     assert spec(CUSTOMERS_SCHEMA) == [("customer_key", "string"), ("country", "string")]
     assert spec(job.PRODUCTS_SCHEMA) == [
@@ -218,6 +216,7 @@ def test_sales_line_is_typed_dated_pseudonymised_and_priced(spark):
                 "product",
                 Decimal("5.00"),
                 None,
+                1_793_491_200_000_000,  # no version column: the partition date's midnight
             )
         ],
         SALES_LINES_SCHEMA,
@@ -312,26 +311,28 @@ def test_latest_version_of_an_order_line_wins_before_rules_apply(spark):
     assert classified.filter("_dup").count() == 2
 
 
-def test_daily_sales_sums_quantity_revenue_lines_and_distinct_orders_per_store_and_sku(spark):
-    sales = sales_lines_of(
-        spark,
-        [
-            line(order_id="O1", line_number="1", sku="P1", quantity="2", unit_price="1.005"),  # 2.01
-            line(order_id="O1", line_number="2", sku="P1", quantity="1", unit_price="0.3333"),  # 0.33
-            line(
-                order_id="O2", line_number="1", sku="P1", quantity="-1", unit_price="1.005"
-            ),  # -1.01 (return)
-            line(order_id="O2", line_number="2", sku="P2", quantity="4", unit_price="4.5"),  # 18.00
-        ],
-    )
-    out = build_daily_sales(sales)
+def test_a_lines_business_date_is_its_own_time_in_the_pipelines_zone_not_the_partitions(spark):
+    lines = spark.createDataFrame(
+        [("A", dt.datetime(2026, 11, 1, 23, 30)), ("B", dt.datetime(2026, 10, 28, 12, 0)), ("C", None)],
+        "order_id string, ordered_at timestamp",
+    ).withColumn("_reasons", F.array().cast("array<string>"))
+    dated = lines.transform(with_business_date("ordered_at", "Europe/Paris"))
+    rows = {r["order_id"]: (r["business_date"], r["_reasons"]) for r in dated.collect()}
+    assert rows == {
+        "A": (dt.date(2026, 11, 2), []),  # 23:30 UTC is past midnight in Paris
+        "B": (dt.date(2026, 10, 28), []),
+        "C": (None, ["missing_business_date"]),
+    }
 
-    day = dt.date(2026, 11, 1)
-    expected = spark.createDataFrame(
-        [(day, "S1", "P1", 2, Decimal("1.33"), 3, 2), (day, "S1", "P2", 4, Decimal("18.00"), 1, 1)],
-        DAILY_SALES_SCHEMA,
+
+def test_source_version_orders_timestamps_and_falls_back_to_the_partition_date(spark):
+    lines = spark.createDataFrame(
+        [(dt.datetime(2026, 11, 1, 0, 0, 0, 1), 7)], "updated_at timestamp, revision int"
     )
-    assert_df_equality(out, expected, ignore_nullable=True, ignore_row_order=True)
+    by_time = lines.transform(with_source_version("updated_at", DAY)).first()["source_version"]
+    by_revision = lines.transform(with_source_version("revision", DAY)).first()["source_version"]
+    by_partition = lines.transform(with_source_version(None, dt.date(2026, 11, 2))).first()["source_version"]
+    assert (by_time, by_revision, by_partition) == (1_793_491_200_000_001, 7, 1_793_577_600_000_000)
 
 
 def test_customer_key_is_the_hmac_of_the_normalised_email_never_the_email_and_null_for_guests(spark):
@@ -488,7 +489,6 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
         },
         "outputs": {
             "sales_lines": 2,
-            "daily_sales": 1,
             "products": 2,
             "stores": 1,
             "customers": 1,

@@ -28,17 +28,7 @@ SCHEMAS = {
             ("line_type", pa.string()),
             ("amount_reporting", pa.decimal128(18, 2)),
             ("original_order_id", pa.string()),
-        ]
-    ),
-    "daily_sales": pa.schema(
-        [
-            ("business_date", pa.date32()),
-            ("store_code", pa.string()),
-            ("sku", pa.string()),
-            ("quantity", pa.int64()),
-            ("revenue", pa.decimal128(18, 2)),
-            ("line_count", pa.int64()),
-            ("order_count", pa.int64()),
+            ("source_version", pa.int64()),
         ]
     ),
     "products": pa.schema(
@@ -86,6 +76,7 @@ def sale(
     original: str | None = None,
     currency: str = "EUR",
     rate: str = "1",
+    version: int = 1,
 ) -> dict:
     """One sales line; a non-product line has no product (``sku`` None) and keeps its code."""
     unit = Decimal(price)
@@ -107,6 +98,7 @@ def sale(
         "line_type": line_type,
         "amount_reporting": (amount * Decimal(rate)).quantize(Decimal("0.01"), ROUND_HALF_UP),
         "original_order_id": original,
+        "source_version": version,
     }
 
 
@@ -140,7 +132,6 @@ def daily_from(lines: list[dict]) -> list[dict]:
 def default_outputs(lines: list[dict]) -> dict[str, list[dict]]:
     return {
         "sales_lines": lines,
-        "daily_sales": daily_from(lines),
         "products": [
             {"sku": "P1", "name": "Mug", "category": "Kitchen", "list_price": Decimal("9.99")},
             {"sku": "P2", "name": "Tea, green", "category": None, "list_price": None},
@@ -184,7 +175,7 @@ def without(outputs: dict[str, list[dict]], sku: str) -> dict[str, list[dict]]:
     """The outputs of a date on which product `sku` was neither exported nor sold."""
     return {
         name: [r for r in rows if r.get("sku") != sku]
-        if name in ("products", "sales_lines", "daily_sales")
+        if name in ("products", "sales_lines")
         else rows
         for name, rows in outputs.items()
     }

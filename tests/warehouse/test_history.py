@@ -247,8 +247,19 @@ def test_members_missing_from_a_snapshot_are_left_alone(db_alias, tmp_path):
     assert DimProduct.objects.using(db_alias).get(sku="P2").valid_to is None
 
 
-def test_a_fact_dated_before_its_member_first_version_fails_with_the_key(db_alias, tmp_path):
+def test_a_fact_dated_before_its_member_first_version_joins_that_first_version(db_alias, tmp_path):
+    """A partition's lines may predate the first snapshot of their product (a look-back, a late update):
+    they join the member's first version instead of failing the load."""
     load(db_alias, tmp_path, [(D2, history_outputs(D2))])
+    early = history_outputs(D1)
+    early["products"] = [p for p in early["products"] if p["sku"] != "P2"]
+    load(db_alias, tmp_path, [(D1, early)])
+    p2 = DimProduct.objects.using(db_alias).get(sku="P2")
+    line = FactSalesLine.objects.using(db_alias).get(order_id=f"O{D1:%m%d}", line_number=2)
+    assert (line.product_id, line.date_id, p2.valid_from) == (p2.pk, int(f"{D1:%Y%m%d}"), D2)
+
+
+def test_a_product_never_exported_still_fails_the_load_with_its_key(db_alias, tmp_path):
     early = history_outputs(D1)
     early["products"] = [p for p in early["products"] if p["sku"] != "P2"]
     with pytest.raises(ValueError, match="warehouse.DimProduct: no row for sku P2"):

@@ -14,7 +14,7 @@ from warehouse.checks import warehouse_checksums
 from warehouse.loaders import partition_load
 from warehouse.models import DimProduct, DimStore, FactSalesLine, QuarantinedRow
 
-from .partitions import DAY, daily_from, default_outputs, history_outputs, sale, without, write_outputs
+from .partitions import DAY, default_outputs, history_outputs, sale, without, write_outputs
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -76,7 +76,7 @@ def history_scenario() -> list[tuple[date, dict]]:
 
 def with_lines(outputs: dict, *lines: dict) -> dict:
     sales_lines = [*outputs["sales_lines"], *lines]
-    return outputs | {"sales_lines": sales_lines, "daily_sales": daily_from(sales_lines)}
+    return outputs | {"sales_lines": sales_lines}
 
 
 def run(alias: str, tmp_path, loads, strategy: str = "auto") -> None:

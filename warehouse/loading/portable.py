@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,21 @@ from django.db import models
 from ..models import DimDate, QuarantinedRow
 from .history import Version, observe, version_on
 from .specs import (
-    FACTS,
+    DAILY_SALES,
+    DATE_COLUMN,
     LINKED_BY_LOADER,
     PARTITION_FIELD,
+    PIPELINE_FIELD,
     QUARANTINE_COLUMNS,
+    SOURCE_DATE_FIELD,
+    SOURCE_VERSION_FIELD,
     VALIDITY_FIELDS,
     Dimension,
     Fact,
+    FactLoad,
     date_key,
     dim_date_row,
+    dimension_references,
     fault_point,
     key_date,
     return_lookahead_end,
@@ -57,47 +64,152 @@ def load_dimension(using: str, spec: Dimension, files: Sequence[Path], day: date
     return rows
 
 
-def load_fact(using: str, spec: Fact, day: date, files: Sequence[Path]) -> tuple[int, int]:
-    """Upsert the date's rows on their natural key, then delete the date's rows no longer produced."""
+def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[Path]) -> FactLoad:
+    """Merge partition `day`'s lines into the pipeline's fact: each line once, holding the newest version
+    any partition carried (`_wins`), on its own business date; delete the lines the partition supplied
+    before and no longer holds; recompute the daily aggregate of every business date the load touched."""
     meta = spec.model._meta
-    dk = date_key(day)
-    key_attnames = [meta.get_field(f).attname for f in spec.partition_key]
+    facts = spec.model.objects.using(using).filter(**{PIPELINE_FIELD: pipeline})
+    key_names = list(spec.row_key)
     date_attname = meta.get_field(PARTITION_FIELD).attname
-    kept: set[tuple] = set()
-    rows = 0
-    # A date loaded before later dates' returns may change their links: what it bought before this load.
-    revisit = spec.links_returns and _later_returns(using, spec, day).exists()
-    purchased_before = _purchased_items(using, spec, day) if revisit else None
+    staged: dict[tuple, date] = {}
+    for batch in _read_batches(files, [*key_names, DATE_COLUMN]):
+        staged.update((tuple(r[k] for k in key_names), r[DATE_COLUMN]) for r in batch)
+    held = _held_versions(facts, key_names, date_attname, staged)
+    touched = {date_key(d) for d in staged.values()} | {h.date_id for h in held.values()}
+    touched |= set(facts.filter(**{SOURCE_DATE_FIELD: day}).values_list(date_attname, flat=True).distinct())
+    result = FactLoad(rows=len(staged), dates=[key_date(k).isoformat() for k in sorted(touched)])
+    # Dates loaded before later dates' returns may change their links: what they bought before this load.
+    revisit = spec.links_returns and bool(touched) and _later_returns(facts, touched).exists()
+    purchased_before = _purchased_items(facts, touched) if revisit else None
     for batch in _read_batches(files, spec.staging_columns):
         ids = {
             ref.field: _key_map(
                 using,
                 ref.dimension(spec.model),
                 ref.column,
-                {r[ref.column] for r in batch if r[ref.column] is not None or not ref.nullable(spec.model)},
-                day if ref.history(spec.model) else None,
+                {
+                    (r[ref.column], r[DATE_COLUMN] if ref.history(spec.model) else None)
+                    for r in batch
+                    if r[ref.column] is not None or not ref.nullable(spec.model)
+                },
             )
             for ref in spec.references
         }
         if spec.links_returns:
-            _link_returns(using, spec, day, batch, ids["customer"])
+            _link_returns(facts, batch, ids["customer"])
         objs = []
         for r in batch:
+            key = tuple(r[k] for k in key_names)
+            before = held.get(key)
+            if before is None:
+                result.inserted += 1
+            elif not _wins((r[SOURCE_VERSION_FIELD], day), (before.version, before.source_date)):
+                result.superseded += 1
+                continue
+            elif before.source_date != day:
+                staged_day = r[DATE_COLUMN].isoformat()
+                result.updated[staged_day] = result.updated.get(staged_day, 0) + 1
             values = {name: _python_value(r[name]) for name in spec.attributes}
-            values.update({name: r.get(name, False) for name in spec.computed})
+            values.update({LINKED_BY_LOADER: r.get(LINKED_BY_LOADER, False)} if spec.links_returns else {})
             for ref in spec.references:
-                key = r[ref.column]
-                values[meta.get_field(ref.field).attname] = None if key is None else ids[ref.field][key]
-            objs.append(spec.model(**{date_attname: dk}, **values))
+                member = r[ref.column]
+                values[meta.get_field(ref.field).attname] = (
+                    None
+                    if member is None
+                    else ids[ref.field][member, r[DATE_COLUMN] if ref.history(spec.model) else None]
+                )
+            objs.append(
+                spec.model(
+                    **{
+                        date_attname: date_key(r[DATE_COLUMN]),
+                        PIPELINE_FIELD: pipeline,
+                        SOURCE_DATE_FIELD: day,
+                    },
+                    **values,
+                )
+            )
         _upsert(using, spec.model, objs, list(spec.unique_fields))
-        kept.update(tuple(getattr(o, a) for a in key_attnames) for o in objs)
-        rows += len(objs)
         fault_point("portable_after_fact_batch")
-    partition = spec.model.objects.using(using).filter(**{date_attname: dk})
-    deleted = _delete_not_kept(using, partition, tuple(key_attnames), kept)
+    result.deleted = _delete_not_kept(
+        using, facts.filter(**{SOURCE_DATE_FIELD: day}), tuple(key_names), staged.keys()
+    )
     if purchased_before is not None:
-        _relink_later_returns(using, spec, day, purchased_before | _purchased_items(using, spec, day))
-    return rows, deleted
+        _relink_later_returns(facts, touched, purchased_before | _purchased_items(facts, touched))
+    _recompute_daily(using, facts, pipeline, touched)
+    return result
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A line the warehouse holds: where, and which version from which partition."""
+
+    date_id: int
+    version: int
+    source_date: date
+
+
+def _held_versions(
+    facts: models.QuerySet, key_names: list[str], date_attname: str, staged: dict[tuple, date]
+) -> dict[tuple, _Held]:
+    """The stored version of each staged line the pipeline already holds (orders chunked by order id)."""
+    held: dict[tuple, _Held] = {}
+    orders = sorted({key[0] for key in staged})
+    names = [*key_names, date_attname, SOURCE_VERSION_FIELD, SOURCE_DATE_FIELD]
+    for start in range(0, len(orders), LOOKUP_CHUNK):
+        rows = facts.filter(**{f"{key_names[0]}__in": orders[start : start + LOOKUP_CHUNK]}).values_list(
+            *names
+        )
+        for *key, date_id, version, source_date in rows:
+            if tuple(key) in staged:
+                held[tuple(key)] = _Held(date_id, version, source_date)
+    return held
+
+
+def _wins(new: tuple[int, date], old: tuple[int, date]) -> bool:
+    """A greater version replaces the stored one; the same version from an earlier (or the same) partition
+    too, so the line keeps the partition, and rates, of its first extraction."""
+    (new_version, new_source), (old_version, old_source) = new, old
+    return new_version > old_version or (new_version == old_version and new_source <= old_source)
+
+
+def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
+    """FactDailySales of the touched dates from the line fact, summed exactly in Decimal (SQLite's own
+    sum of a decimal column is a float): rows no group produces are deleted, the others upserted."""
+    daily = DAILY_SALES.model
+    groups: dict[tuple, dict[str, Any]] = {}
+    order_sets: dict[tuple, set[str]] = defaultdict(set)
+    dates = sorted(touched)
+    for start in range(0, len(dates), LOOKUP_CHUNK):
+        rows = facts.filter(
+            date_id__in=dates[start : start + LOOKUP_CHUNK], line_type=DAILY_SALES.line_type
+        ).values_list("date_id", "store_id", "product_id", "quantity", "amount_reporting", "order_id")
+        for date_id, store_id, product_id, quantity, amount, order_id in rows:
+            g = groups.setdefault(
+                (date_id, store_id, product_id),
+                {"quantity": 0, "revenue": Decimal("0.00"), "line_count": 0},
+            )
+            g["quantity"] += quantity
+            g["revenue"] += amount
+            g["line_count"] += 1
+            order_sets[date_id, store_id, product_id].add(order_id)
+    objs = [
+        daily(
+            pipeline=pipeline,
+            date_id=date_id,
+            store_id=store_id,
+            product_id=product_id,
+            order_count=len(order_sets[date_id, store_id, product_id]),
+            **g,
+        )
+        for (date_id, store_id, product_id), g in groups.items()
+    ]
+    _upsert(using, daily, objs, list(DAILY_SALES.group_by))
+    for start in range(0, len(dates), LOOKUP_CHUNK):
+        stale = daily.objects.using(using).filter(
+            pipeline=pipeline, date_id__in=dates[start : start + LOOKUP_CHUNK]
+        )
+        _delete_not_kept(using, stale, ("date_id", "store_id", "product_id"), groups.keys())
 
 
 def load_quarantine(
@@ -164,26 +276,33 @@ def _upsert(
 
 
 def _key_map(
-    using: str, model: type[models.Model], natural_key: str, values: set[Any], day: date | None
-) -> dict[Any, int]:
-    """Natural key -> surrogate key; with `day`, of the version valid on that date."""
-    members = model.objects.using(using)
-    if day is not None:
-        members = members.filter(_valid_on(day))
-    found: dict[Any, int] = {}
-    ordered = sorted(v for v in values if v is not None)
-    for start in range(0, len(ordered), LOOKUP_CHUNK):
-        chunk = ordered[start : start + LOOKUP_CHUNK]
-        found.update(members.filter(**{f"{natural_key}__in": chunk}).values_list(natural_key, "pk"))
-    missing = values - found.keys()
+    using: str, model: type[models.Model], natural_key: str, wanted: set[tuple[Any, date | None]]
+) -> dict[tuple[Any, date | None], int]:
+    """(natural key, date) -> surrogate key; with a date, of the version valid on it, or of the member's
+    first version for a date before it (as the PostgreSQL path's `_member_on`)."""
+    values = sorted({value for value, _ in wanted if value is not None})
+    versions: dict[Any, list[tuple[date | None, date | None, int]]] = defaultdict(list)
+    names = [natural_key, "pk", *(["valid_from", "valid_to"] if any(d for _, d in wanted) else [])]
+    for start in range(0, len(values), LOOKUP_CHUNK):
+        rows = model.objects.using(using).filter(
+            **{f"{natural_key}__in": values[start : start + LOOKUP_CHUNK]}
+        )
+        for member, pk, *validity in rows.values_list(*names):
+            versions[member].append((*validity, pk) if validity else (None, None, pk))
+    found: dict[tuple[Any, date | None], int] = {}
+    for value, day in wanted:
+        held = sorted(versions.get(value, ()), key=lambda v: (v[0] is not None, v[0]))
+        if day is None:
+            match = held[0] if held else None
+        else:
+            match = next((v for v in held if v[1] is None or v[1] > day), None)
+        if match is not None:
+            found[value, day] = match[2]
+    missing = {value for value, day in wanted} - {value for value, day in found}
     if missing:
         # The transform only emits facts whose dimensions it also emitted; this means a broken partition.
         raise MissingDimensionError(model, natural_key, missing)
     return found
-
-
-def _valid_on(day: date) -> models.Q:
-    return models.Q(valid_from__lte=day) & (models.Q(valid_to__isnull=True) | models.Q(valid_to__gt=day))
 
 
 def _observe_members(using: str, spec: Dimension, batch: list[dict[str, Any]], day: date) -> None:
@@ -297,32 +416,29 @@ def _with_ids(
 def _repoint_facts(
     using: str, spec: Dimension, day: date, old: dict[Any, list[Version]], new: dict[Any, list[Version]]
 ) -> None:
-    """Facts referencing a changed member's old versions point to the version valid on their date.
-
-    Only dates from `day` on can move: the versions before it are unchanged (neighbours always differ, so
-    no earlier point is absorbed), and the date's own facts are merged again after this anyway."""
+    """Facts referencing a changed member's old versions point to the version valid on their date, or to
+    its first version for a date before it (as `_key_map` resolves them); every date can move."""
     member_of = {v.id: member for member, versions in old.items() for v in versions}
     old_ids = sorted(member_of)
-    for fact in FACTS:
-        for ref in fact.references:
-            if ref.dimension(fact.model) is not spec.model:
-                continue
-            meta = fact.model._meta
-            ref_attname = meta.get_field(ref.field).attname
-            date_attname = meta.get_field(PARTITION_FIELD).attname
-            facts = fact.model.objects.using(using)
-            moves: dict[int, list[int]] = defaultdict(list)
-            for start in range(0, len(old_ids), LOOKUP_CHUNK):
-                rows = facts.filter(
-                    **{f"{ref_attname}__in": old_ids[start : start + LOOKUP_CHUNK]},
-                    **{f"{date_attname}__gte": date_key(day)},
-                ).values_list("pk", date_attname, ref_attname)
-                for pk, dk, ref_id in rows:
-                    target = version_on(new[member_of[ref_id]], key_date(dk))
-                    if target.id != ref_id:
-                        moves[target.id].append(pk)
-            for target, pks in moves.items():
-                _chunked_update(facts, pks, **{ref_attname: target})
+    for model, field in dimension_references():
+        meta = model._meta
+        if meta.get_field(field).related_model is not spec.model:
+            continue
+        ref_attname = meta.get_field(field).attname
+        date_attname = meta.get_field(PARTITION_FIELD).attname
+        facts = model.objects.using(using)
+        moves: dict[int, list[int]] = defaultdict(list)
+        for start in range(0, len(old_ids), LOOKUP_CHUNK):
+            rows = facts.filter(**{f"{ref_attname}__in": old_ids[start : start + LOOKUP_CHUNK]}).values_list(
+                "pk", date_attname, ref_attname
+            )
+            for pk, dk, ref_id in rows:
+                versions = new[member_of[ref_id]]
+                target = version_on(versions, key_date(dk)) or versions[0]
+                if target.id != ref_id:
+                    moves[target.id].append(pk)
+        for target, pks in moves.items():
+            _chunked_update(facts, pks, **{ref_attname: target})
 
 
 def _chunked_update(queryset: models.QuerySet, pks: list[int], **values: Any) -> None:
@@ -339,27 +455,25 @@ class _Return:
     day: date
 
 
-def _link_returns(
-    using: str, spec: Fact, day: date, batch: list[dict[str, Any]], customer_ids: dict[Any, int]
-) -> None:
+def _link_returns(facts: models.QuerySet, batch: list[dict[str, Any]], customer_ids: dict[Any, int]) -> None:
     """Set `original_order_id` of the batch's unlinked returns of known customers to their latest purchase
-    on an earlier date (:func:`_latest_purchases`), and mark it the loader's. Done on the staged rows,
-    before the merge, so a re-load computes the same link and leaves an unchanged row unchanged."""
+    on an earlier date than their own (:func:`_latest_purchases`), and mark it the loader's. Done on the
+    staged rows, before the merge, so a re-load computes the same link and leaves an unchanged row
+    unchanged."""
     returns = [
         r
         for r in batch
         if r["is_return"] and r["original_order_id"] is None and r["customer_key"] is not None
     ]
     found = _latest_purchases(
-        using,
-        spec,
+        facts,
         [
             _Return(
-                customer_ids[r["customer_key"]],
+                customer_ids[r["customer_key"], None],
                 r["stock_code"],
                 _python_value(r["ordered_at"]),
                 r["order_id"],
-                day,
+                r[DATE_COLUMN],
             )
             for r in returns
         ],
@@ -370,7 +484,7 @@ def _link_returns(
             r[LINKED_BY_LOADER] = True
 
 
-def _latest_purchases(using: str, spec: Fact, returns: Sequence[_Return]) -> list[str | None]:
+def _latest_purchases(facts: models.QuerySet, returns: Sequence[_Return]) -> list[str | None]:
     """For each return, the order id of its latest purchase (ordered_at, then order id in code-point
     order) of the same customer and item on an earlier date within the look-back, at or before the
     return (docs/retail-semantics.md); None where there is none."""
@@ -379,17 +493,13 @@ def _latest_purchases(using: str, spec: Fact, returns: Sequence[_Return]) -> lis
     for start in range(0, len(returns), chunk_size):
         chunk = returns[start : start + chunk_size]
         purchases: dict[tuple[int, str], list[tuple[datetime, str, int]]] = defaultdict(list)
-        rows = (
-            spec.model.objects.using(using)
-            .filter(
-                customer_id__in={r.customer_id for r in chunk},
-                stock_code__in={r.stock_code for r in chunk},
-                is_return=False,
-                date_id__gte=min(return_lookback_start(r.day) for r in chunk),
-                date_id__lt=max(date_key(r.day) for r in chunk),
-            )
-            .values_list("customer_id", "stock_code", "ordered_at", "order_id", "date_id")
-        )
+        rows = facts.filter(
+            customer_id__in={r.customer_id for r in chunk},
+            stock_code__in={r.stock_code for r in chunk},
+            is_return=False,
+            date_id__gte=min(return_lookback_start(r.day) for r in chunk),
+            date_id__lt=max(date_key(r.day) for r in chunk),
+        ).values_list("customer_id", "stock_code", "ordered_at", "order_id", "date_id")
         for customer, stock_code, ordered_at, order_id, day_key in rows:
             purchases[customer, stock_code].append((ordered_at, order_id, day_key))
         for r in chunk:
@@ -404,38 +514,34 @@ def _latest_purchases(using: str, spec: Fact, returns: Sequence[_Return]) -> lis
     return found
 
 
-def _later_returns(using: str, spec: Fact, day: date) -> models.QuerySet:
-    """The returns of the look-ahead after `day`: those a purchase of `day` may be linked from."""
-    return spec.model.objects.using(using).filter(
-        date_id__gt=date_key(day), date_id__lte=return_lookahead_end(day), is_return=True
+def _later_returns(facts: models.QuerySet, touched: set[int]) -> models.QuerySet:
+    """The returns of the look-ahead after the first touched date: those its purchases may be linked from."""
+    return facts.filter(
+        date_id__gt=min(touched), date_id__lte=return_lookahead_end(key_date(max(touched))), is_return=True
     )
 
 
-def _purchased_items(using: str, spec: Fact, day: date) -> set[tuple[int, str]]:
-    """The (customer, stock_code) pairs of the date's purchases by known customers."""
-    purchases = spec.model.objects.using(using).filter(
-        date_id=date_key(day), is_return=False, customer_id__isnull=False
-    )
+def _purchased_items(facts: models.QuerySet, touched: set[int]) -> set[tuple[int, str]]:
+    """The (customer, stock_code) pairs of the touched dates' purchases by known customers."""
+    purchases = facts.filter(date_id__in=sorted(touched), is_return=False, customer_id__isnull=False)
     return set(purchases.values_list("customer_id", "stock_code").distinct())
 
 
-def _relink_later_returns(using: str, spec: Fact, day: date, items: set[tuple[int, str]]) -> None:
-    """Recompute the loader's links of returns in the look-ahead after `day` whose customer and item the
-    date bought, before or after this load, so that loading `day` out of date order ends with the links a
-    load in date order makes. Links from the job or a source are not touched."""
+def _relink_later_returns(facts: models.QuerySet, touched: set[int], items: set[tuple[int, str]]) -> None:
+    """Recompute the loader's links of returns in the look-ahead after the first touched date whose
+    customer and item those dates bought, before or after this load, so that loading dates out of order
+    ends with the links a load in date order makes. Links from the job or a source are not touched."""
     candidates = (
-        _later_returns(using, spec, day)
+        _later_returns(facts, touched)
         .filter(models.Q(**{LINKED_BY_LOADER: True}) | models.Q(original_order_id__isnull=True))
         .exclude(customer_id__isnull=True)
     )
     fields = ("pk", "original_order_id", "customer_id", "stock_code", "ordered_at", "order_id", "date_id")
     rows = [row for row in candidates.values_list(*fields) if (row[2], row[3]) in items]
-    found = _latest_purchases(using, spec, [_Return(*row[2:6], key_date(row[6])) for row in rows])
+    found = _latest_purchases(facts, [_Return(*row[2:6], key_date(row[6])) for row in rows])
     for (pk, linked, *_), order_id in zip(rows, found, strict=True):
         if order_id != linked:
-            spec.model.objects.using(using).filter(pk=pk).update(
-                original_order_id=order_id, **{LINKED_BY_LOADER: order_id is not None}
-            )
+            facts.filter(pk=pk).update(original_order_id=order_id, **{LINKED_BY_LOADER: order_id is not None})
 
 
 class MissingDimensionError(ValueError):

@@ -28,17 +28,23 @@ from psycopg2 import sql
 from ..models import DimCustomer, DimDate, QuarantinedRow
 from .portable import MissingDimensionError
 from .specs import (
-    FACTS,
+    DAILY_SALES,
+    DATE_COLUMN,
     LINKED_BY_LOADER,
     PARTITION_FIELD,
+    PIPELINE_FIELD,
     QUARANTINE_COLUMNS,
     RETURN_LOOKBACK_DAYS,
+    SOURCE_DATE_FIELD,
     Dimension,
     Fact,
+    FactLoad,
     Reference,
     date_key,
     dim_date_row,
+    dimension_references,
     fault_point,
+    key_date,
     return_lookahead_end,
     return_lookback_start,
 )
@@ -46,8 +52,11 @@ from .specs import (
 COPY_BATCH_ROWS = 65_536
 COPY_CHUNK_BYTES = 1 << 20
 CSV_OPTIONS = pacsv.WriteOptions(include_header=False)
-# Transaction-level advisory lock per date: loads of one date queue up, other dates never wait on it.
-ADVISORY_LOCK_CLASS = 0x45544C  # "ETL"
+# Transaction-level advisory locks keyed by (a class of the pipeline, a date key): per partition, loads of
+# one pipeline's partition queue up; per business date, loads writing lines of one date queue up before its
+# daily aggregate is recomputed. Other pipelines and other dates never wait on them.
+PARTITION_LOCK = "partition"
+DATE_LOCK = "date"
 # Transaction-level advisory lock per dimension with history: shared by loads that only read its versions,
 # exclusive for a load that changes them (docs/loading.md#locking).
 HISTORY_LOCK_CLASS = 0x455448  # "ETH"
@@ -57,8 +66,21 @@ LINKS_LOCK_CLASS = 0x45524C  # "ERL"
 MISSING_SAMPLE = 5
 
 
-def lock_partition(cursor, day: date) -> None:
-    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_CLASS, date_key(day)])
+def lock_class(kind: str, pipeline: str) -> int:
+    """The first key of a pipeline's advisory locks of one kind (a stable 31-bit hash)."""
+    return zlib.crc32(f"{kind}:{pipeline}".encode()) & 0x7FFFFFFF
+
+
+def lock_partition(cursor, pipeline: str, day: date) -> None:
+    cursor.execute(
+        "SELECT pg_advisory_xact_lock(%s, %s)", [lock_class(PARTITION_LOCK, pipeline), date_key(day)]
+    )
+
+
+def _lock_dates(cursor, pipeline: str, keys: Sequence[int]) -> None:
+    """The business-date locks, in date order (two loads never wait on each other in a cycle)."""
+    for key in sorted(keys):
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [lock_class(DATE_LOCK, pipeline), key])
 
 
 def lock_history(cursor, spec: Dimension, *, exclusive: bool) -> None:
@@ -328,50 +350,55 @@ def _plan_history(
 
 
 def _repoint_facts(cursor, spec: Dimension, names: dict[str, sql.Composable], day: date) -> None:
-    """Facts referencing a changed member's versions point to the version valid on their date.
+    """Facts referencing a changed member's versions point to the version valid on their date, or to its
+    first version for a date before it (as `_member_on` joins them).
 
-    Only dates from `day` on can move: the versions before it are unchanged (neighbours always differ, so
-    no earlier point is absorbed), and the date's own facts are merged again after this anyway."""
+    Every date can move, not only those from `day` on: a fact dated before the member's first version
+    follows the first version when a backfill adds an earlier one."""
     dates = DimDate._meta
-    for fact in FACTS:
-        for ref in fact.references:
-            if ref.dimension(fact.model) is not spec.model:
-                continue
-            meta = fact.model._meta
-            cursor.execute(
-                sql.SQL(
-                    "UPDATE {fact} f SET {ref} = v.{pk} FROM {table} o, {dates} dd, {table} v "
-                    "WHERE f.{fact_date} >= %s AND f.{ref} = o.{pk} "
-                    "AND o.{key} IN (SELECT c.{vkey} FROM {versions} c) "
-                    "AND dd.{date_key} = f.{fact_date} AND v.{key} = o.{key} AND {valid} "
-                    "AND v.{pk} NOT IN (SELECT id FROM {obsolete}) AND v.{pk} <> f.{ref}"
-                ).format(
-                    fact=sql.Identifier(meta.db_table),
-                    ref=sql.Identifier(meta.get_field(ref.field).column),
-                    fact_date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
-                    dates=sql.Identifier(dates.db_table),
-                    date_key=sql.Identifier(dates.pk.column),
-                    valid=_valid_on(
-                        sql.Identifier("v"),
-                        sql.SQL("dd.{}").format(sql.Identifier(dates.get_field("date").column)),
-                    ),
-                    **names,
-                ),
-                [date_key(day)],
+    for model, field in dimension_references():
+        meta = model._meta
+        if meta.get_field(field).related_model is not spec.model:
+            continue
+        when = sql.SQL("dd.{}").format(sql.Identifier(dates.get_field("date").column))
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {fact} f SET {ref} = v.{pk} FROM {table} o, {dates} dd, {table} v "
+                "WHERE f.{ref} = o.{pk} "
+                "AND o.{key} IN (SELECT c.{vkey} FROM {versions} c) "
+                "AND dd.{date_key} = f.{fact_date} AND v.{key} = o.{key} "
+                "AND (v.valid_to IS NULL OR v.valid_to > {when}) AND (v.valid_from <= {when} OR NOT EXISTS "
+                "(SELECT 1 FROM {table} e WHERE e.{key} = v.{key} AND e.valid_from < v.valid_from "
+                "AND e.{pk} NOT IN (SELECT id FROM {obsolete}))) "
+                "AND v.{pk} NOT IN (SELECT id FROM {obsolete}) AND v.{pk} <> f.{ref}"
+            ).format(
+                fact=sql.Identifier(meta.db_table),
+                ref=sql.Identifier(meta.get_field(field).column),
+                fact_date=sql.Identifier(meta.get_field(PARTITION_FIELD).column),
+                dates=sql.Identifier(dates.db_table),
+                date_key=sql.Identifier(dates.pk.column),
+                when=when,
+                **names,
             )
+        )
 
 
-def _latest_purchase(spec: Fact, lookback_start: sql.Composable) -> sql.Composable:
+def _day_key(expression: sql.Composable) -> sql.Composable:
+    """The DimDate key (YYYYMMDD) of a date expression."""
+    return sql.SQL("to_char({}, 'YYYYMMDD')::integer").format(expression)
+
+
+def _latest_purchase(spec: Fact, pipeline: str, lookback_start: sql.Composable) -> sql.Composable:
     """The LATERAL probe for return `r` (columns customer id `r_customer`, `stock_code`, `ordered_at`,
-    `order_id`): its latest purchase (ordered_at, then order id in code-point order) of the same customer
-    and item, on a date from `lookback_start` to the day before `r_date`, at or before the return
-    (docs/retail-semantics.md). One probe of the (customer, stock_code) index."""
+    `order_id`): its latest purchase (ordered_at, then order id in code-point order) in the pipeline's lines
+    of the same customer and item, on a date from `lookback_start` to the day before `r_date`, at or before
+    the return (docs/retail-semantics.md). One probe of the (customer, stock_code) index."""
     column = lambda name: _column(spec.model, name)  # noqa: E731
     return sql.SQL(
         "LATERAL (SELECT f.{order_id} AS order_id FROM {fact} f"
         " WHERE f.{customer} = r_customer AND f.{stock_code} = r.stock_code AND NOT f.{is_return}"
         "   AND f.{date} >= {lookback_start} AND f.{date} < r_date AND f.{ordered_at} <= r.ordered_at"
-        "   AND f.{order_id} <> r.order_id"
+        "   AND f.{order_id} <> r.order_id AND f.{pipeline} = {name}"
         ' ORDER BY f.{ordered_at} DESC, f.{order_id} COLLATE "C" DESC LIMIT 1) p'
     ).format(
         fact=sql.Identifier(spec.model._meta.db_table),
@@ -381,26 +408,29 @@ def _latest_purchase(spec: Fact, lookback_start: sql.Composable) -> sql.Composab
         is_return=column("is_return"),
         date=column(PARTITION_FIELD),
         ordered_at=column("ordered_at"),
+        pipeline=column(PIPELINE_FIELD),
+        name=sql.Literal(pipeline),
         lookback_start=lookback_start,
     )
 
 
-def _link_returns(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
+def _link_returns(cursor, spec: Fact, staging: sql.Composable, pipeline: str) -> None:
     """Set `original_order_id` of the staged returns the job left unlinked (customer known) to their latest
-    purchase on an earlier date (:func:`_latest_purchase`), and mark it the loader's. Done in staging,
-    before the merge, so a re-load computes the same link and leaves an unchanged row unchanged."""
+    purchase on an earlier date than their own (:func:`_latest_purchase`), and mark it the loader's. Done in
+    staging, before the merge, so a re-load computes the same link and leaves an unchanged row unchanged."""
     customers = DimCustomer._meta
     cursor.execute(
         sql.SQL("ALTER TABLE {} ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
             staging, sql.Identifier(LINKED_BY_LOADER)
         )
     )
+    business_date = sql.SQL("r.{}").format(sql.Identifier(DATE_COLUMN))
     cursor.execute(
         sql.SQL(
             "UPDATE {staging} s SET original_order_id = l.order_id, {linked} = true FROM ("
             "  SELECT r.order_id AS return_order, r.line_number AS return_line, p.order_id"
             "  FROM {staging} r JOIN {customers} c ON c.{customer_key} = r.customer_key"
-            "  CROSS JOIN LATERAL (SELECT c.{customer_pk} AS r_customer, %s AS r_date) k"
+            "  CROSS JOIN LATERAL (SELECT c.{customer_pk} AS r_customer, {r_date} AS r_date) k"
             "  CROSS JOIN {probe}"
             "  WHERE r.is_return AND r.original_order_id IS NULL"
             ") l WHERE s.order_id = l.return_order AND s.line_number = l.return_line"
@@ -410,28 +440,34 @@ def _link_returns(cursor, spec: Fact, staging: sql.Composable, day: date) -> Non
             customers=sql.Identifier(customers.db_table),
             customer_key=sql.Identifier(customers.get_field("customer_key").column),
             customer_pk=sql.Identifier(customers.pk.column),
-            probe=_latest_purchase(spec, sql.Placeholder()),
-        ),
-        [date_key(day), return_lookback_start(day)],
+            r_date=_day_key(business_date),
+            probe=_latest_purchase(
+                spec,
+                pipeline,
+                _day_key(sql.SQL("{} - {}").format(business_date, sql.Literal(RETURN_LOOKBACK_DAYS))),
+            ),
+        )
     )
 
 
-def _lock_return_links(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
-    """Take the return-links lock before linking. A load in flight cannot see this one's rows, nor this
-    one its, so two loads that could link to each other are serialised, the second seeing the first: this
-    load waits (exclusive) when a load of a later date in the look-ahead is in flight (its returns may link
-    to this date's purchases), or when this date has returns to link and a load of an earlier date in the
-    look-back is in flight. In flight: holding its date's lock (`lock_partition`, taken first)."""
+def _lock_return_links(cursor, staging: sql.Composable, pipeline: str, keys: Sequence[int]) -> None:
+    """Take the pipeline's return-links lock before linking. A load in flight cannot see this one's rows,
+    nor this one its, so two loads that could link to each other are serialised, the second seeing the
+    first: this load waits (exclusive) when a load writing a later date in the look-ahead is in flight (its
+    returns may link to this load's purchases), or when this load has returns to link and a load writing an
+    earlier date in the look-back is in flight. In flight: holding a business-date lock (`_lock_dates`)."""
+    first, last = key_date(min(keys)), key_date(max(keys))
     cursor.execute(
-        "SELECT coalesce(bool_or(objid::bigint > %(day)s), false),"
-        " coalesce(bool_or(objid::bigint < %(day)s), false)"
+        "SELECT coalesce(bool_or(objid::bigint > %(first)s), false),"
+        " coalesce(bool_or(objid::bigint < %(last)s), false)"
         " FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = %(class)s AND objsubid = 2"
         " AND objid::bigint BETWEEN %(start)s AND %(end)s AND pid <> pg_backend_pid()",
         {
-            "class": ADVISORY_LOCK_CLASS,
-            "day": date_key(day),
-            "start": return_lookback_start(day),
-            "end": return_lookahead_end(day),
+            "class": lock_class(DATE_LOCK, pipeline),
+            "first": date_key(first),
+            "last": date_key(last),
+            "start": return_lookback_start(first),
+            "end": return_lookahead_end(last),
         },
     )
     later_in_flight, earlier_in_flight = cursor.fetchone()
@@ -444,36 +480,46 @@ def _lock_return_links(cursor, spec: Fact, staging: sql.Composable, day: date) -
             ).format(staging)
         )
         exclusive = cursor.fetchone()[0]
-    _lock_table(cursor, LINKS_LOCK_CLASS, spec.model, exclusive=exclusive)
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    cursor.execute(f"SELECT {function}(%s, %s)", [LINKS_LOCK_CLASS, lock_class("links", pipeline)])
 
 
-def _later_returns_exist(cursor, spec: Fact, day: date) -> bool:
-    """Whether a return of the look-ahead after `day` is loaded: the nightly load (the latest date) finds
-    none, and skips revisiting links."""
+def _later_returns_exist(cursor, spec: Fact, pipeline: str, keys: Sequence[int]) -> bool:
+    """Whether a return of the look-ahead after the first touched date is loaded: the nightly load (the
+    latest dates) finds none, and skips revisiting links."""
     cursor.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {date} > %s AND {date} <= %s AND {is_return})").format(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {pipeline} = %s AND {date} > %s AND {date} <= %s"
+            " AND {is_return})"
+        ).format(
             sql.Identifier(spec.model._meta.db_table),
+            pipeline=_column(spec.model, PIPELINE_FIELD),
             date=_column(spec.model, PARTITION_FIELD),
             is_return=_column(spec.model, "is_return"),
         ),
-        [date_key(day), return_lookahead_end(day)],
+        [pipeline, min(keys), return_lookahead_end(key_date(max(keys)))],
     )
     return cursor.fetchone()[0]
 
 
-def _note_purchased_items(cursor, spec: Fact, day: date, pairs: sql.Composable, *, create: bool) -> None:
-    """Add the (customer, stock_code) pairs of the date's purchases to the temporary table `pairs`: called
-    before the merge (what the date held) and after it (what it holds now)."""
+def _note_purchased_items(
+    cursor, spec: Fact, pipeline: str, touched: sql.Composable, pairs: sql.Composable, *, create: bool
+) -> None:
+    """Add the (customer, stock_code) pairs of the touched dates' purchases to the temporary table `pairs`:
+    called before the merge (what the dates held) and after it (what they hold now)."""
     column = lambda name: _column(spec.model, name)  # noqa: E731
     select = sql.SQL(
         "SELECT DISTINCT {customer} AS customer, {stock_code} AS stock_code FROM {fact}"
-        " WHERE {date} = {day} AND NOT {is_return} AND {customer} IS NOT NULL"
+        " WHERE {pipeline} = {name} AND {date} IN (SELECT date_key FROM {touched}) AND NOT {is_return}"
+        " AND {customer} IS NOT NULL"
     ).format(
         fact=sql.Identifier(spec.model._meta.db_table),
         customer=column("customer"),
         stock_code=column("stock_code"),
+        pipeline=column(PIPELINE_FIELD),
+        name=sql.Literal(pipeline),
         date=column(PARTITION_FIELD),
-        day=sql.Literal(date_key(day)),
+        touched=touched,
         is_return=column("is_return"),
     )
     if create:
@@ -482,11 +528,13 @@ def _note_purchased_items(cursor, spec: Fact, day: date, pairs: sql.Composable, 
         cursor.execute(sql.SQL("INSERT INTO {} ").format(pairs) + select)
 
 
-def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) -> None:
-    """Recompute the loader's links of returns in the look-ahead after `day` whose customer and item the
-    date bought, before or after this load: a purchase added, changed or removed by loading `day` out of
-    date order moves them to the link a load in date order would have made. Links from the job or a
-    source are not touched."""
+def _relink_later_returns(
+    cursor, spec: Fact, pipeline: str, keys: Sequence[int], pairs: sql.Composable
+) -> None:
+    """Recompute the loader's links of returns in the look-ahead after the first touched date whose
+    customer and item those dates bought, before or after this load: a purchase added, changed or removed
+    by loading dates out of order moves them to the link a load in date order would have made. Links from
+    the job or a source are not touched."""
     meta = spec.model._meta
     dates = DimDate._meta
     column = lambda name: _column(spec.model, name)  # noqa: E731
@@ -500,7 +548,7 @@ def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) 
             "  JOIN {dates} d ON d.{date_key} = r.{date}"
             "  CROSS JOIN LATERAL (SELECT r.{customer} AS r_customer, r.{date} AS r_date) k"
             "  LEFT JOIN {probe} ON true"
-            "  WHERE r.{date} > %s AND r.{date} <= %s AND r.{is_return}"
+            "  WHERE r.{pipeline} = %s AND r.{date} > %s AND r.{date} <= %s AND r.{is_return}"
             "    AND (r.{linked} OR r.{original} IS NULL)"
             ") l WHERE t.{pk} = l.id AND t.{original} IS DISTINCT FROM l.order_id"
         ).format(
@@ -513,32 +561,131 @@ def _relink_later_returns(cursor, spec: Fact, day: date, pairs: sql.Composable) 
             dates=sql.Identifier(dates.db_table),
             date_key=_column(DimDate, "date_key"),
             date=column(PARTITION_FIELD),
+            pipeline=column(PIPELINE_FIELD),
             probe=_latest_purchase(
-                spec, sql.SQL("to_char(d.{} - %s, 'YYYYMMDD')::integer").format(_column(DimDate, "date"))
+                spec,
+                pipeline,
+                _day_key(
+                    sql.SQL("d.{} - {}").format(_column(DimDate, "date"), sql.Literal(RETURN_LOOKBACK_DAYS))
+                ),
             ),
             is_return=column("is_return"),
             original=column("original_order_id"),
         ),
-        [RETURN_LOOKBACK_DAYS, date_key(day), return_lookahead_end(day)],
+        [pipeline, min(keys), return_lookahead_end(key_date(max(keys)))],
     )
 
 
-def load_fact(cursor, connection, spec: Fact, day: date, files: Sequence[Path]) -> tuple[int, int]:
+def _wins(new: str, old: str) -> sql.Composable:
+    """Whether the version of row `new` replaces that of row `old`: a greater version, or the same one
+    from an earlier (or the same) partition."""
+    return sql.SQL("({n}.{v} > {o}.{v} OR ({n}.{v} = {o}.{v} AND {n}.{d} <= {o}.{d}))").format(
+        n=sql.SQL(new),
+        o=sql.SQL(old),
+        v=sql.Identifier("source_version"),
+        d=sql.Identifier(SOURCE_DATE_FIELD),
+    )
+
+
+def _touched_dates(
+    cursor, spec: Fact, pipeline: str, day: date, staging: sql.Composable, touched: sql.Composable
+) -> list[int]:
+    """The business dates this load may change: its lines' own, those where the lines it carries are
+    held now, and those of the lines its partition supplied before (which it may drop)."""
     meta = spec.model._meta
-    dk = date_key(day)
-    staged_fields = [meta.get_field(a) for a in spec.attributes] + [
-        ref.dimension(spec.model)._meta.get_field(ref.column) for ref in spec.references
-    ]
+    _create_as(
+        cursor,
+        touched,
+        sql.SQL(
+            "SELECT DISTINCT {staged_day} AS date_key FROM {staging} s"
+            " UNION SELECT t.{date} FROM {fact} t JOIN {staging} s"
+            "   ON t.{pipeline} = {name} AND t.order_id = s.order_id AND t.line_number = s.line_number"
+            " UNION SELECT t.{date} FROM {fact} t WHERE t.{pipeline} = {name} AND t.{source} = {day}"
+        ).format(
+            staged_day=_day_key(sql.SQL("s.{}").format(sql.Identifier(DATE_COLUMN))),
+            staging=staging,
+            fact=sql.Identifier(meta.db_table),
+            date=_column(spec.model, PARTITION_FIELD),
+            pipeline=_column(spec.model, PIPELINE_FIELD),
+            source=_column(spec.model, SOURCE_DATE_FIELD),
+            name=sql.Literal(pipeline),
+            day=sql.Literal(day),
+        ),
+    )
+    cursor.execute(sql.SQL("SELECT date_key FROM {} ORDER BY 1").format(touched))
+    return [row[0] for row in cursor.fetchall()]
+
+
+def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: Sequence[Path]) -> FactLoad:
+    """Merge partition `day`'s lines into the pipeline's fact: each line once, holding the newest version
+    any partition carried (`_wins`), on its own business date; then recompute the daily aggregate of every
+    business date the load touched."""
+    meta = spec.model._meta
+    business_date = models.DateField()
+    business_date.set_attributes_from_name(DATE_COLUMN)
+    staged_fields = (
+        [meta.get_field(a) for a in spec.attributes]
+        + [business_date]
+        + [ref.dimension(spec.model)._meta.get_field(ref.column) for ref in spec.references]
+    )
     staging = _stage(cursor, connection, spec.output, staged_fields, files)
     fault_point("after_copy")
-    _check_references(cursor, spec, staging, day)
+    _check_references(cursor, spec, staging)
+    touched = sql.Identifier("pg_temp", "touched_dates")
+    keys = _touched_dates(cursor, spec, pipeline, day, staging, touched)
+    _lock_dates(cursor, pipeline, keys)
+    # Under the locks, a load that committed meanwhile may have moved a line this one carries elsewhere.
+    locked, keys = set(keys), _touched_dates(cursor, spec, pipeline, day, staging, touched)
+    _lock_dates(cursor, pipeline, [k for k in keys if k not in locked])
+    result = FactLoad(rows=_staged_rows(cursor, staging), dates=[key_date(k).isoformat() for k in keys])
+    if not keys:
+        _drop(cursor, staging)
+        _drop(cursor, touched)
+        return result
+
     relink_pairs = None
     if spec.links_returns:
-        _lock_return_links(cursor, spec, staging, day)
-        _link_returns(cursor, spec, staging, day)
-        if _later_returns_exist(cursor, spec, day):
+        _lock_return_links(cursor, staging, pipeline, keys)
+        _link_returns(cursor, spec, staging, pipeline)
+        if _later_returns_exist(cursor, spec, pipeline, keys):
             relink_pairs = sql.Identifier("pg_temp", "relink_pairs")
-            _note_purchased_items(cursor, spec, day, relink_pairs, create=True)
+            _note_purchased_items(cursor, spec, pipeline, touched, relink_pairs, create=True)
+
+    table = sql.Identifier(meta.db_table)
+    names = dict(
+        table=table,
+        staging=staging,
+        pipeline=_column(spec.model, PIPELINE_FIELD),
+        source=_column(spec.model, SOURCE_DATE_FIELD),
+        day=sql.Literal(day),
+        name=sql.Literal(pipeline),
+        staged_day=sql.Identifier(DATE_COLUMN),
+    )
+    # What the partition's lines are to the warehouse, per business date, before the merge.
+    cursor.execute(
+        sql.SQL(
+            "SELECT s.{staged_day}, count(*) FILTER (WHERE t.id IS NULL),"
+            " count(*) FILTER (WHERE t.id IS NOT NULL AND t.{source} <> {day} AND {wins}),"
+            " count(*) FILTER (WHERE t.id IS NOT NULL AND NOT {wins})"
+            " FROM (SELECT *, {day} AS {source} FROM {staging}) s LEFT JOIN {table} t"
+            " ON t.{pipeline} = {name} AND t.order_id = s.order_id AND t.line_number = s.line_number"
+            " GROUP BY 1 ORDER BY 1"
+        ).format(wins=_wins("s", "t"), **names)
+    )
+    for staged_day, inserted, updated, superseded in cursor.fetchall():
+        result.inserted += inserted
+        result.superseded += superseded
+        if updated:
+            result.updated[staged_day.isoformat()] = updated
+
+    # Lines this partition supplied and no longer holds: a corrected re-extraction, a line now quarantined.
+    cursor.execute(
+        sql.SQL(
+            "DELETE FROM {table} t WHERE t.{pipeline} = {name} AND t.{source} = {day} AND NOT EXISTS "
+            "(SELECT 1 FROM {staging} s WHERE s.order_id = t.order_id AND s.line_number = t.line_number)"
+        ).format(**names)
+    )
+    result.deleted = cursor.rowcount
 
     # Joins that turn staged natural keys into surrogate keys, aliased r0, r1, ...
     joins = []
@@ -549,68 +696,153 @@ def load_fact(cursor, connection, spec: Fact, day: date, files: Sequence[Path]) 
                 kind=sql.SQL("LEFT" if ref.nullable(spec.model) else ""),
                 dim=sql.Identifier(ref.dimension(spec.model)._meta.db_table),
                 alias=alias,
-                member=_member_on(spec, ref, alias, day),
+                member=_member_on(spec, ref, alias),
             )
         )
-    date_column = sql.Identifier(meta.get_field(PARTITION_FIELD).column)
-    table = sql.Identifier(meta.db_table)
-
-    # Stale rows first, while the date holds only the previous load: the anti-join then scans no new rows.
-    key_matches, key_joins = [], []
-    for name in spec.partition_key:
-        ref = spec.reference(name)
-        column = sql.Identifier(meta.get_field(name).column)
-        if ref is None:
-            key_matches.append(sql.SQL("t.{c} = s.{c}").format(c=column))
-        else:
-            i = spec.references.index(ref)
-            key_joins.append(joins[i])
-            key_matches.append(
-                sql.SQL("t.{} = {}.{}").format(column, sql.Identifier(f"r{i}"), _pk(ref, spec))
-            )
+    columns = [_column(spec.model, PARTITION_FIELD), _column(spec.model, PIPELINE_FIELD)]
+    values: list[sql.Composable] = [
+        _day_key(sql.SQL("s.{}").format(sql.Identifier(DATE_COLUMN))),
+        sql.Literal(pipeline),
+    ]
+    for i, ref in enumerate(spec.references):
+        columns.append(_column(spec.model, ref.field))
+        values.append(sql.SQL("{}.{}").format(sql.Identifier(f"r{i}"), _pk(ref, spec)))
+    for name in spec.attributes:
+        columns.append(_column(spec.model, name))
+        values.append(sql.SQL("s.{}").format(sql.Identifier(name)))
+    columns.append(_column(spec.model, SOURCE_DATE_FIELD))
+    values.append(sql.Literal(day))
+    if spec.links_returns:
+        columns.append(_column(spec.model, LINKED_BY_LOADER))
+        values.append(sql.SQL("s.{}").format(sql.Identifier(LINKED_BY_LOADER)))
+    conflict = [_column(spec.model, f) for f in spec.unique_fields]
+    update = [c for c in columns if c not in conflict]
     cursor.execute(
         sql.SQL(
-            "DELETE FROM {table} t WHERE t.{date} = %s AND NOT EXISTS "
-            "(SELECT 1 FROM {staging} s {joins} WHERE {matches})"
+            "INSERT INTO {table} AS t ({columns}) SELECT {values} FROM {staging} s {joins} "
+            "ON CONFLICT ({conflict}) DO UPDATE SET {sets} "
+            "WHERE {wins} AND ROW({old}) IS DISTINCT FROM ROW({new})"
         ).format(
-            table=table,
-            date=date_column,
-            staging=staging,
-            joins=sql.SQL(" ").join(key_joins),
-            matches=sql.SQL(" AND ").join(key_matches),
-        ),
-        [dk],
-    )
-    deleted = cursor.rowcount
-
-    columns = [date_column]
-    values: list[sql.Composable] = [sql.Placeholder()]
-    for i, ref in enumerate(spec.references):
-        columns.append(sql.Identifier(meta.get_field(ref.field).column))
-        values.append(sql.SQL("{}.{}").format(sql.Identifier(f"r{i}"), _pk(ref, spec)))
-    for name in [*spec.attributes, *spec.computed]:
-        columns.append(sql.Identifier(meta.get_field(name).column))
-        values.append(sql.SQL("s.{}").format(sql.Identifier(name)))
-    conflict = [sql.Identifier(meta.get_field(f).column) for f in spec.unique_fields]
-    cursor.execute(
-        sql.SQL("INSERT INTO {table} AS t ({columns}) SELECT {values} FROM {staging} s {joins} ").format(
             table=table,
             columns=sql.SQL(", ").join(columns),
             values=sql.SQL(", ").join(values),
             staging=staging,
             joins=sql.SQL(" ").join(joins),
+            conflict=sql.SQL(", ").join(conflict),
+            sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=c) for c in update),
+            wins=_wins("EXCLUDED", "t"),
+            old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in update),
+            new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in update),
         )
-        + _on_conflict(conflict, [c for c in columns if c not in conflict]),
-        [dk],
     )
     if relink_pairs is not None:
-        _note_purchased_items(cursor, spec, day, relink_pairs, create=False)
-        _relink_later_returns(cursor, spec, day, relink_pairs)
+        _note_purchased_items(cursor, spec, pipeline, touched, relink_pairs, create=False)
+        _relink_later_returns(cursor, spec, pipeline, keys, relink_pairs)
         _drop(cursor, relink_pairs)
     fault_point("after_merge")
-    rows = _staged_rows(cursor, staging)
+    _recompute_daily(cursor, spec, pipeline, touched)
+    _check_daily(cursor, spec, pipeline, touched)
     _drop(cursor, staging)
-    return rows, deleted
+    _drop(cursor, touched)
+    return result
+
+
+def _daily_query(spec: Fact, pipeline: str, touched: sql.Composable) -> sql.Composable:
+    """The daily aggregate of the touched dates, from the line fact as it is now."""
+    column = lambda name: _column(spec.model, name)  # noqa: E731
+    return sql.SQL(
+        "SELECT {pipeline} AS pipeline, {date} AS date_key, {store} AS store_id, {product} AS product_id,"
+        " sum({quantity})::bigint AS quantity, sum({amount}) AS revenue, count(*) AS line_count,"
+        " count(DISTINCT {order_id}) AS order_count"
+        " FROM {fact} WHERE {pipeline} = {name} AND {date} IN (SELECT date_key FROM {touched})"
+        " AND {line_type} = {product_type} GROUP BY 1, 2, 3, 4"
+    ).format(
+        fact=sql.Identifier(spec.model._meta.db_table),
+        pipeline=column(PIPELINE_FIELD),
+        date=column(PARTITION_FIELD),
+        store=column("store"),
+        product=column("product"),
+        quantity=column("quantity"),
+        amount=column("amount_reporting"),
+        order_id=column("order_id"),
+        line_type=column("line_type"),
+        product_type=sql.Literal(DAILY_SALES.line_type),
+        name=sql.Literal(pipeline),
+        touched=touched,
+    )
+
+
+def _recompute_daily(cursor, spec: Fact, pipeline: str, touched: sql.Composable) -> None:
+    """FactDailySales of the touched dates from the line fact: rows no group produces are deleted, the
+    others upserted, writing only those that differ."""
+    daily = DAILY_SALES.model
+    fresh = sql.Identifier("pg_temp", "daily_fresh")
+    _create_as(cursor, fresh, _daily_query(spec, pipeline, touched))
+    keys = [_column(daily, f) for f in DAILY_SALES.group_by]
+    fresh_keys = [sql.Identifier(n) for n in ("pipeline", "date_key", "store_id", "product_id")]
+    cursor.execute(
+        sql.SQL(
+            "DELETE FROM {daily} t WHERE t.{pipeline} = %s AND t.{date} IN (SELECT date_key FROM {touched})"
+            " AND NOT EXISTS (SELECT 1 FROM {fresh} f WHERE {matches})"
+        ).format(
+            daily=sql.Identifier(daily._meta.db_table),
+            pipeline=_column(daily, PIPELINE_FIELD),
+            date=_column(daily, PARTITION_FIELD),
+            touched=touched,
+            fresh=fresh,
+            matches=sql.SQL(" AND ").join(
+                sql.SQL("t.{} = f.{}").format(k, f) for k, f in zip(keys, fresh_keys, strict=True)
+            ),
+        ),
+        [pipeline],
+    )
+    measures = ("quantity", "revenue", "line_count", "order_count")
+    columns = keys + [_column(daily, m) for m in measures]
+    cursor.execute(
+        sql.SQL("INSERT INTO {daily} AS t ({columns}) SELECT {values} FROM {fresh} ").format(
+            daily=sql.Identifier(daily._meta.db_table),
+            columns=sql.SQL(", ").join(columns),
+            values=sql.SQL(", ").join([*fresh_keys, *map(sql.Identifier, measures)]),
+            fresh=fresh,
+        )
+        + _on_conflict(keys, columns[len(keys) :])
+    )
+    _drop(cursor, fresh)
+
+
+def _check_daily(cursor, spec: Fact, pipeline: str, touched: sql.Composable) -> None:
+    """The line and daily facts agree on every touched date (quantity, revenue, lines), or the load fails."""
+    daily = DAILY_SALES.model
+    cursor.execute(
+        sql.SQL(
+            "SELECT coalesce(l.date_key, d.date_key) FROM"
+            " (SELECT date_key, sum(quantity) q, sum(revenue) r, sum(line_count) c"
+            "   FROM ({lines}) x GROUP BY 1) l"
+            " FULL JOIN (SELECT {date} AS date_key, sum({q}) q, sum({r}) r, sum({c}) c FROM {daily}"
+            "   WHERE {pipeline} = %s AND {date} IN (SELECT date_key FROM {touched}) GROUP BY 1) d"
+            " ON l.date_key = d.date_key"
+            " WHERE ROW(l.q, l.r, l.c) IS DISTINCT FROM ROW(d.q, d.r, d.c) ORDER BY 1 LIMIT 5"
+        ).format(
+            lines=_daily_query(spec, pipeline, touched),
+            daily=sql.Identifier(daily._meta.db_table),
+            date=_column(daily, PARTITION_FIELD),
+            pipeline=_column(daily, PIPELINE_FIELD),
+            q=_column(daily, "quantity"),
+            r=_column(daily, "revenue"),
+            c=_column(daily, "line_count"),
+            touched=touched,
+        ),
+        [pipeline],
+    )
+    wrong = [key_date(row[0]).isoformat() for row in cursor.fetchall()]
+    if wrong:
+        raise DailyMismatchError(
+            f"daily sales disagree with the sales lines of {pipeline} on {', '.join(wrong)}"
+        )
+
+
+class DailyMismatchError(RuntimeError):
+    """The daily aggregate does not add up to the line fact: the load is rolled back."""
 
 
 def load_quarantine(
@@ -701,15 +933,23 @@ def _upsert_values(cursor, model, columns: list[str], values: list, conflict: li
     )
 
 
-def _member_on(spec: Fact, ref: Reference, alias: sql.Identifier, day: date) -> sql.Composable:
+def _member_on(spec: Fact, ref: Reference, alias: sql.Identifier) -> sql.Composable:
     """The join condition of a staged natural key and its dimension row: for a dimension with history,
-    the version valid on the date. The (natural key, valid_from) unique index serves it."""
+    the version valid on the line's business date, or the member's first version for a date before it (a
+    partition's lines may predate the first snapshot of their product: docs/loading.md). The (natural key,
+    valid_from) unique index serves it."""
     dim = ref.dimension(spec.model)._meta
+    key = sql.Identifier(dim.get_field(ref.column).column)
     condition = sql.SQL("{alias}.{key} = s.{column}").format(
-        alias=alias, key=sql.Identifier(dim.get_field(ref.column).column), column=sql.Identifier(ref.column)
+        alias=alias, key=key, column=sql.Identifier(ref.column)
     )
     if ref.history(spec.model):
-        condition = sql.SQL("{} AND {}").format(condition, _valid_on(alias, day))
+        day = sql.SQL("s.{}").format(sql.Identifier(DATE_COLUMN))
+        condition = sql.SQL(
+            "{condition} AND ({a}.valid_to IS NULL OR {a}.valid_to > {day}) AND ({a}.valid_from <= {day}"
+            " OR NOT EXISTS (SELECT 1 FROM {table} e"
+            "   WHERE e.{key} = {a}.{key} AND e.valid_from < {a}.valid_from))"
+        ).format(condition=condition, a=alias, day=day, table=sql.Identifier(dim.db_table), key=key)
     return condition
 
 
@@ -721,12 +961,12 @@ def _valid_on(alias: sql.Identifier, day: date | sql.Composable) -> sql.Composab
     )
 
 
-def _check_references(cursor, spec: Fact, staging: sql.Composable, day: date) -> None:
+def _check_references(cursor, spec: Fact, staging: sql.Composable) -> None:
     """Fail with the missing natural keys rather than let an inner join drop fact rows silently."""
     for ref in spec.references:
         dim = ref.dimension(spec.model)
         condition = sql.SQL("NOT EXISTS (SELECT 1 FROM {dim} d WHERE {member})").format(
-            dim=sql.Identifier(dim._meta.db_table), member=_member_on(spec, ref, sql.Identifier("d"), day)
+            dim=sql.Identifier(dim._meta.db_table), member=_member_on(spec, ref, sql.Identifier("d"))
         )
         if ref.nullable(spec.model):
             condition = sql.SQL("s.{} IS NOT NULL AND ").format(sql.Identifier(ref.column)) + condition

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from django.db import models
 
 from ..models import DimCustomer, DimDate, DimProduct, DimStore, FactDailySales, FactSalesLine
 
-# The fact column that scopes a partition: every fact row belongs to the partition's DimDate row.
+# A fact's business date (DimDate), from its staging column `DATE_COLUMN`: the record's own date, which
+# need not be the partition's (docs/loading.md#exactly-once-across-partitions).
 PARTITION_FIELD = "date"
+DATE_COLUMN = "business_date"
+# Every fact row belongs to one pipeline: a load changes and deletes only its own pipeline's rows.
+PIPELINE_FIELD = "pipeline"
+# The partition that supplied a line's version, and that version: the greatest version wins, on a tie the
+# earliest partition (a re-sent unchanged record keeps the partition, and rates, of its first extraction).
+SOURCE_DATE_FIELD = "source_date"
+SOURCE_VERSION_FIELD = "source_version"
 # The validity of a dimension version (warehouse.models.Versioned): kept by the loader, not staged.
 VALIDITY_FIELDS = ("valid_from", "valid_to", "is_current")
 # How far back the loader looks for the purchase a return line returns (docs/retail-semantics.md): a year
@@ -84,23 +95,23 @@ class Fact:
 
     @property
     def computed(self) -> list[str]:
-        """Columns the loader sets, not in staging (merged with the attributes)."""
-        return [LINKED_BY_LOADER] if self.links_returns else []
+        """Columns the loader sets, not in staging (merged with the attributes); the pipeline is set too."""
+        return [SOURCE_DATE_FIELD, *([LINKED_BY_LOADER] if self.links_returns else [])]
 
     @property
     def attributes(self) -> list[str]:
         """Columns copied as they are from staging to the fact table."""
-        skip = {PARTITION_FIELD, *(r.field for r in self.references), *self.computed}
+        skip = {PARTITION_FIELD, PIPELINE_FIELD, *(r.field for r in self.references), *self.computed}
         return [f.name for f in self.model._meta.concrete_fields if not f.primary_key and f.name not in skip]
 
     @property
     def staging_columns(self) -> list[str]:
-        return [*self.attributes, *(r.column for r in self.references)]
+        return [*self.attributes, DATE_COLUMN, *(r.column for r in self.references)]
 
     @property
-    def partition_key(self) -> tuple[str, ...]:
-        """The natural key within one date partition (the unique fields, minus the date)."""
-        return tuple(f for f in self.unique_fields if f != PARTITION_FIELD)
+    def row_key(self) -> tuple[str, ...]:
+        """The natural key within the pipeline (the unique fields, minus the pipeline)."""
+        return tuple(f for f in self.unique_fields if f != PIPELINE_FIELD)
 
     def reference(self, field: str) -> Reference | None:
         return next((r for r in self.references if r.field == field), None)
@@ -111,25 +122,43 @@ DIMENSIONS = (
     Dimension("products", DimProduct, "sku", history=True),
     Dimension("customers", DimCustomer, "customer_key"),
 )
-FACTS = (
-    Fact(
-        "sales_lines",
-        FactSalesLine,
-        unique_fields=("order_id", "line_number"),
-        references=(
-            Reference("store", "store_code"),
-            Reference("product", "sku"),
-            Reference("customer", "customer_key"),
-        ),
-        links_returns=True,
+SALES_LINES = Fact(
+    "sales_lines",
+    FactSalesLine,
+    unique_fields=(PIPELINE_FIELD, "order_id", "line_number"),
+    references=(
+        Reference("store", "store_code"),
+        Reference("product", "sku"),
+        Reference("customer", "customer_key"),
     ),
-    Fact(
-        "daily_sales",
-        FactDailySales,
-        unique_fields=(PARTITION_FIELD, "store", "product"),
-        references=(Reference("store", "store_code"), Reference("product", "sku")),
-    ),
+    links_returns=True,
 )
+FACTS = (SALES_LINES,)
+
+
+@dataclass(frozen=True)
+class DailyAggregate:
+    """FactDailySales: the product lines of SALES_LINES per pipeline, business date, store and product,
+    recomputed by the loader for every date a load touches (never staged, so never out of step)."""
+
+    model: type[models.Model] = FactDailySales
+    group_by: tuple[str, ...] = (PIPELINE_FIELD, PARTITION_FIELD, "store", "product")
+    line_type: str = "product"
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return ("store", "product")
+
+
+DAILY_SALES = DailyAggregate()
+
+
+def dimension_references() -> list[tuple[type[models.Model], str]]:
+    """(fact model, foreign key field) of every fact row that points at a dimension version."""
+    refs = [(fact.model, ref.field) for fact in FACTS for ref in fact.references]
+    return refs + [(DAILY_SALES.model, field) for field in DAILY_SALES.references]
+
+
 QUARANTINE_OUTPUT = "quarantine"
 # Columns of the quarantine output; identical records (same dataset and fingerprint) become one row.
 QUARANTINE_COLUMNS = ("dataset", "record_fingerprint", "reason_code", "message", "raw_record")
@@ -155,6 +184,30 @@ def return_lookback_start(day: date) -> int:
 def return_lookahead_end(day: date) -> int:
     """Date key of the last date whose returns may link to a purchase of `day`."""
     return date_key(day + timedelta(days=RETURN_LOOKBACK_DAYS))
+
+
+def business_dates(files: Sequence[Path]) -> list[date]:
+    """The distinct business dates of a fact output's Parquet files, in order."""
+    days: set[date] = set()
+    for path in files:
+        column = pq.read_table(path, columns=[DATE_COLUMN]).column(DATE_COLUMN)
+        days.update(d for d in pc.unique(column).to_pylist() if d is not None)
+    return sorted(days)
+
+
+@dataclass
+class FactLoad:
+    """What a partition's load did to a fact: rows staged, the lines it supplied that were new, that
+    replaced a version from another partition (per business date), that the warehouse already holds in a
+    newer version (or the same from an earlier partition: `superseded`), and the stale ones it deleted;
+    `dates`, every business date whose daily aggregate it recomputed."""
+
+    rows: int = 0
+    inserted: int = 0
+    updated: dict[str, int] = field(default_factory=dict)
+    superseded: int = 0
+    deleted: int = 0
+    dates: list[str] = field(default_factory=list)
 
 
 def dim_date_row(day: date) -> DimDate:

@@ -71,7 +71,8 @@ class Command(BaseCommand):
             )
         self.stdout.write(
             f"  load      {load.duration_seconds:6.1f}s  loaded: {loaded.get('sales_lines', 0)} sales lines, "
-            f"{loaded.get('daily_sales', 0)} daily sales rows, {loaded.get('quarantine', 0)} quarantined rows"
+            f"daily sales of {len(load.details.get('lines', {}).get('sales_lines', {}).get('dates', []))} "
+            f"date(s) recomputed, {loaded.get('quarantine', 0)} quarantined rows"
         )
         self.stdout.write(f"  {'':19}sales lines by currency: {currencies or '-'}")
         self.stdout.write(f"  {'':19}quarantined by reason:   {reasons or '-'}")
