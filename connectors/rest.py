@@ -32,6 +32,7 @@ from .base import (
     secret_from_env,
 )
 from .records import MISSING, resolve_path
+from .watermarks import Ties, fingerprint
 
 __all__ = ["RestConnector"]
 
@@ -40,6 +41,10 @@ logger = logging.getLogger(__name__)
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 PAGINATION_STYLES = ("link_header", "page_number", "cursor", "offset", "none")
 WATERMARK_FORMATS = ("iso", "epoch")
+BOUNDS = ("inclusive", "exclusive")
+# An exclusive filter is sent this much early, so records stamped later within the watermark's own second
+# (the precision most APIs keep) are still read; what the step adds is dropped on arrival.
+EXCLUSIVE_STEP = timedelta(seconds=1)
 # A 200 whose body is cut short or not JSON is usually transient (a dropped connection, a proxy's error
 # page); it is fetched again this many times in all before the run fails.
 BODY_ATTEMPTS = 3
@@ -92,7 +97,7 @@ _PAGINATION_OPTIONS = frozenset(
     }
 )
 _INCREMENTAL_OPTIONS = frozenset(
-    {"param", "cursor_field", "lookback_seconds", "initial", "format", "end_param"}
+    {"param", "cursor_field", "lookback_seconds", "initial", "format", "end_param", "bound", "id_field"}
 )
 # Query parameters and header names whose values are masked in messages.
 _SECRET_NAME = re.compile(r"(?i)token|secret|passw|pwd|key|signature|sig|auth|credential|session")
@@ -139,7 +144,9 @@ class _Page:
 
 @dataclass(frozen=True)
 class Incremental:
-    """Filter by the saved watermark: `param` = watermark - lookback; `end_param` = the window's end."""
+    """Filter by the saved watermark: `param` = watermark - lookback; `end_param` = the window's end.
+
+    `bound` is how the API compares `param`: "inclusive" (>=) or "exclusive" (>)."""
 
     param: str
     cursor_field: str
@@ -147,6 +154,67 @@ class Incremental:
     initial: Any
     format: str
     end_param: str | None
+    bound: str
+    id_field: str
+
+    def step_back(self, instant: Any, delta: timedelta) -> Any:
+        return instant - (delta if self.format == "iso" else Decimal(delta.total_seconds()))
+
+
+class WatermarkFilter:
+    """Which records of a run are new, and the state to save after it.
+
+    The request reads from `floor` = saved watermark - lookback inclusively (an exclusive API is asked one
+    step early and the step's records dropped here). The records at exactly the saved watermark that the
+    previous run delivered (same key, same content) are dropped; a new one, or one updated again within
+    that instant, is kept. The state saved is the greatest instant seen and what was seen at it.
+    """
+
+    def __init__(self, incremental: Incremental, saved: Ties, floor: Any, *, source: str) -> None:
+        self.incremental = incremental
+        self.saved = saved
+        self.floor = floor
+        self.source = source
+        # An inclusive re-read returns everything now at the saved instant, so what this run sees there
+        # is the whole set, even when the saved state did not record one.
+        self.seen = Ties(saved.instant) if saved.instant is not None else Ties()
+
+    def admit(self, records: list[dict[str, Any]], shown: str) -> list[dict[str, Any]]:
+        incremental = self.incremental
+        kept = []
+        for index, record in enumerate(records):
+            value = resolve_path(record, incremental.cursor_field)
+            if value is MISSING or value is None or value == "":
+                kept.append(record)
+                continue
+            instant = _instant(value, incremental.format)
+            if instant is None:
+                raise SourceError(
+                    f"source {self.source!r}: GET {shown}: record {index} (id {record.get('id', '?')!r}) has "
+                    f"{incremental.cursor_field} = {value!r}, not {_FORMAT_WORDS[incremental.format]}"
+                )
+            key, print_ = self._identity(record)
+            self.seen.observe(instant, key, print_, source=self.source)
+            if incremental.bound == "exclusive" and self.floor is not None and instant < self.floor:
+                continue  # asked for only because the exclusive bound was sent a step early
+            if self.saved.delivered(instant, key, print_):
+                continue
+            kept.append(record)
+        return kept
+
+    def state(self) -> dict[str, Any] | None:
+        ties = self.seen
+        if ties.instant is None:
+            return None
+        state: dict[str, Any] = {"watermark": _watermark_text(ties.instant, self.incremental.format)}
+        if ties.complete:
+            state["at_watermark"] = dict(sorted(ties.seen.items()))
+        return state
+
+    def _identity(self, record: dict[str, Any]) -> tuple[str, str]:
+        print_ = fingerprint(record)
+        key = resolve_path(record, self.incremental.id_field)
+        return (print_ if key is MISSING or key is None else str(key)), print_
 
 
 class TokenBucket:
@@ -244,8 +312,14 @@ class RestConnector(Connector):
 
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
         buffer: list[dict[str, Any]] = []
-        for records in self._pages(window):
-            buffer.extend(records)
+        params = self._render_params(window)
+        progress = self._watermark_filter()
+        for page in self._pages(params):
+            if progress is None:
+                buffer.extend(page.records)
+            else:
+                buffer.extend(progress.admit(page.records, page.shown))
+                self.next_state = progress.state() or self.state
             while len(buffer) >= self.batch_size:
                 yield buffer[: self.batch_size]
                 buffer = buffer[self.batch_size :]
@@ -259,19 +333,18 @@ class RestConnector(Connector):
 
     # --- pagination -------------------------------------------------------------------------------------
 
-    def _pages(self, window: ExtractWindow) -> Iterator[list[dict[str, Any]]]:
-        params = self._render_params(window)
+    def _pages(self, params: dict[str, Any]) -> Iterator[_Page]:
         style = self.pagination["style"]
         max_pages = self.pagination["max_pages"]
         if style == "none":
-            yield self._get(self.url, params).records
+            yield self._get(self.url, params)
         elif style == "link_header":
             url: str = self.url
             query: dict[str, Any] | None = params
             seen = {self.url}
             for _ in range(max_pages):
                 page = self._get(url, query)
-                yield page.records
+                yield page
                 next_url = page.response.links.get("next", {}).get("url")
                 if not next_url:
                     return
@@ -285,7 +358,7 @@ class RestConnector(Connector):
         else:
             yield from self._offset_pages(params, max_pages)
 
-    def _page_number_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+    def _page_number_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[_Page]:
         page_param = self.pagination["page_param"]
         start = self.pagination["start"]
         total_header = self.pagination["total_pages_header"]
@@ -293,13 +366,13 @@ class RestConnector(Connector):
             page = self._get(self.url, {**params, page_param: number})
             if not page.records:
                 return
-            yield page.records
+            yield page
             total = self._header_count(page, total_header)
             if total is not None and number - start + 1 >= total:
                 return
         self._too_many_pages(max_pages)
 
-    def _cursor_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+    def _cursor_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[_Page]:
         """Square: resend the query with the body's next cursor until none comes back. Stripe: while
         `has_more`, resend it with `starting_after` = the id of the page's last record."""
         options = self.pagination
@@ -308,7 +381,7 @@ class RestConnector(Connector):
         for _ in range(max_pages):
             page = self._get(self.url, query)
             if page.records:
-                yield page.records
+                yield page
             if options["has_more_path"]:
                 has_more = resolve_path(page.body, options["has_more_path"])
                 if has_more is MISSING:
@@ -339,7 +412,7 @@ class RestConnector(Connector):
             query = {**params, param: cursor}
         self._too_many_pages(max_pages)
 
-    def _offset_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+    def _offset_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[_Page]:
         """offset/limit: stop on a short page, or once the total the body or a header gives is reached."""
         options = self.pagination
         limit = options["limit"]
@@ -349,7 +422,7 @@ class RestConnector(Connector):
                 self.url, {**params, options["offset_param"]: offset, options["limit_param"]: limit}
             )
             if page.records:
-                yield page.records
+                yield page
             offset += len(page.records)
             if len(page.records) < limit:
                 return
@@ -435,8 +508,6 @@ class RestConnector(Connector):
                 problem = f"HTTP {response.status_code} with malformed JSON ({exc}); body starts: {excerpt!r}"
                 continue
             records = self._records(body, shown)
-            if self.incremental is not None:
-                self._advance_watermark(records, shown)
             return _Page(response, body, records, shown)
         raise SourceError(f"source {self.name!r}: GET {shown} failed {BODY_ATTEMPTS} times: {problem}")
 
@@ -490,58 +561,48 @@ class RestConnector(Connector):
 
     # --- incremental ----------------------------------------------------------------------------------
 
-    def _advance_watermark(self, records: list[dict[str, Any]], shown: str) -> None:
-        """Raise next_state to the greatest cursor_field of the page; it never goes down."""
-        incremental = self.incremental
-        assert incremental is not None
-        best = self._saved_watermark() if self.next_state is None else self._watermark_of(self.next_state)
-        advanced = False
-        for index, record in enumerate(records):
-            value = resolve_path(record, incremental.cursor_field)
-            if value is MISSING or value is None or value == "":
-                continue
-            instant = _instant(value, incremental.format)
-            if instant is None:
-                raise SourceError(
-                    f"source {self.name!r}: GET {shown}: record {index} (id {record.get('id', '?')!r}) has "
-                    f"{incremental.cursor_field} = {value!r}, not {_FORMAT_WORDS[incremental.format]}"
-                )
-            if best is None or instant > best:
-                best, advanced = instant, True
-        if advanced:
-            self.next_state = {"watermark": _watermark_text(best, incremental.format)}
-
-    def _saved_watermark(self) -> Any:
-        return self._watermark_of(self.state) if self.state else None
-
-    def _watermark_of(self, state: Mapping[str, Any]) -> Any:
+    def _saved_ties(self) -> Ties:
+        """The saved watermark and the records at it; a state saved before those were recorded has only
+        {"watermark": ...}, so nothing at it can be told apart as delivered."""
+        state = self.state or {}
         value = state.get("watermark")
         if value is None:
-            return None
+            return Ties()
         assert self.incremental is not None
         instant = _instant(value, self.incremental.format)
-        if instant is None:
+        seen = state.get("at_watermark")
+        if instant is None or (seen is not None and not isinstance(seen, Mapping)):
             raise SourceError(
-                f"source {self.name!r}: the saved watermark {value!r} is not "
-                f"{_FORMAT_WORDS[self.incremental.format]} (incremental.format changed?)"
+                f"source {self.name!r}: the saved state {state!r} is not "
+                f'{{"watermark": {_FORMAT_WORDS[self.incremental.format]}, "at_watermark": {{id: digest}}}} '
+                "(incremental.format changed?)"
             )
-        return instant
+        return Ties(instant, seen, complete=seen is not None)
+
+    def _floor(self) -> Any:
+        """The earliest instant this run reads: saved watermark - lookback, else `initial`, else None."""
+        incremental = self.incremental
+        assert incremental is not None
+        saved = self._saved_ties().instant
+        if saved is not None:
+            return incremental.step_back(saved, incremental.lookback)
+        return incremental.initial
+
+    def _watermark_filter(self) -> WatermarkFilter | None:
+        if self.incremental is None:
+            return None
+        return WatermarkFilter(self.incremental, self._saved_ties(), self._floor(), source=self.name)
 
     def _incremental_params(self, window: ExtractWindow) -> dict[str, Any]:
         incremental = self.incremental
         if incremental is None:
             return {}
         params: dict[str, Any] = {}
-        saved = self._saved_watermark()
-        if saved is not None:
-            since = saved - (
-                incremental.lookback
-                if incremental.format == "iso"
-                else Decimal(incremental.lookback.total_seconds())
-            )
+        since = self._floor()
+        if since is not None:
+            if incremental.bound == "exclusive":
+                since = incremental.step_back(since, EXCLUSIVE_STEP)
             params[incremental.param] = _watermark_text(since, incremental.format)
-        elif incremental.initial is not None:
-            params[incremental.param] = _watermark_text(incremental.initial, incremental.format)
         if incremental.end_param:
             end = window.end if incremental.format == "iso" else Decimal(int(window.end.timestamp()))
             params[incremental.end_param] = _watermark_text(end, incremental.format)
@@ -686,6 +747,23 @@ class RestConnector(Connector):
         end_param = table.get("end_param")
         if end_param is not None and (not isinstance(end_param, str) or not end_param):
             raise ConfigurationError(f"source {self.name!r}: incremental.end_param must be a parameter name")
+        bound = table.get("bound", "inclusive")
+        if bound not in BOUNDS:
+            raise ConfigurationError(
+                f"source {self.name!r}: incremental.bound {bound!r} is not one of {', '.join(BOUNDS)} "
+                "(how the API compares incremental.param: >= or >)"
+            )
+        id_field = table.get("id_field", "id")
+        if not isinstance(id_field, str) or not id_field:
+            raise ConfigurationError(f"source {self.name!r}: incremental.id_field must be a field name")
+        for option in ("param", "end_param"):
+            name = table.get(option)
+            if name is not None and name in self.params:
+                # Both would set the same query parameter; one of them would be silently ignored.
+                raise ConfigurationError(
+                    f"source {self.name!r}: params.{name} is also incremental.{option}; remove it from "
+                    "params (the incremental filter sets it from the saved watermark)"
+                )
         return Incremental(
             param=table["param"],
             cursor_field=table["cursor_field"],
@@ -693,6 +771,8 @@ class RestConnector(Connector):
             initial=parsed_initial,
             format=fmt,
             end_param=end_param,
+            bound=bound,
+            id_field=id_field,
         )
 
     def _render(self, key: str, value: Any, values: Mapping[str, Any]) -> Any:
