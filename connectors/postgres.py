@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from psycopg2 import sql
 from etlcore.errors import ConfigurationError, SourceError
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, secret_from_env
+from .watermarks import Ties, fingerprint
 
 __all__ = ["PostgresConnector", "pg_connect"]
 
@@ -147,6 +149,8 @@ class PostgresConnector(Connector):
         watermark = opts.get("watermark_column")
         tiebreaker = opts.get("tiebreaker_column")
         self.watermark_column: str | None = None
+        self._saved = Ties()  # the rows delivered at the saved watermark
+        self._ties = Ties()  # the rows seen at this run's latest watermark
         self.tiebreakers: list[str] = []
         self.initial_watermark = opts.get("initial_watermark")
         if self.mode == "incremental":
@@ -199,7 +203,9 @@ class PostgresConnector(Connector):
                 for batch in batches:
                     if self.mode == "incremental":
                         self.next_state = self._state_of_last_row(batch)
-                    yield batch
+                        batch = self._new_rows(batch)
+                    if batch.num_rows:
+                        yield batch
         finally:
             conn.close()
 
@@ -255,7 +261,12 @@ class PostgresConnector(Connector):
         )
         # Values are inlined as literals quoted by the driver: COPY takes no bind parameters.
         conditions = [sql.SQL("{} < {}").format(watermark, sql.Literal(window.end))]
-        if self.state:
+        if self._saved.complete and self._saved.instant is not None:
+            # Every row at the saved watermark is read again and the delivered ones dropped on arrival
+            # (_new_rows): `(wm, key) > saved` would skip a row committed later with a lower key, or
+            # updated again within the same timestamp.
+            conditions.append(sql.SQL("{} >= {}").format(watermark, sql.Literal(self._saved.instant)))
+        elif self.state:
             conditions.append(
                 sql.SQL("({}) > ({})").format(
                     key, sql.SQL(", ").join(sql.Literal(v) for v in self.state["watermark"])
@@ -362,6 +373,7 @@ class PostgresConnector(Connector):
     # --- state ------------------------------------------------------------------------------------------
 
     def _state_of_last_row(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        """The last row's (watermark, key) and every row seen at that watermark, by key and content."""
         if not batch.num_rows:
             return self.next_state or {}
         key = [batch.column(c)[-1].as_py() for c in [self.watermark_column or "", *self.tiebreakers]]
@@ -370,19 +382,54 @@ class PostgresConnector(Connector):
                 f"source {self.name!r}: tie-breaker {', '.join(self.tiebreakers)} is null in a row of "
                 f"{self._what()}; it must be a non-null unique key"
             )
-        return {"watermark": key}
+        # Rows arrive in watermark order: the ones sharing the last row's watermark end the batch.
+        if key[0] != self._ties.instant:
+            self._ties = Ties(key[0])
+        marks = batch.column(self.watermark_column or "").to_pylist()
+        first = len(marks)
+        while first and marks[first - 1] == key[0]:
+            first -= 1
+        for row in batch.slice(first).to_pylist():
+            self._ties.observe(key[0], *self._identity(row), source=self.name)
+        state: dict[str, Any] = {"watermark": key}
+        if self._ties.complete:
+            state["at_watermark"] = dict(sorted(self._ties.seen.items()))
+        return state
+
+    def _new_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch without the rows the previous run delivered at exactly its watermark."""
+        saved = self._saved
+        if not saved.complete or saved.instant is None or not saved.seen:
+            return batch
+        marks = batch.column(self.watermark_column or "").to_pylist()
+        if saved.instant not in marks:
+            return batch
+        keep = [
+            mark != saved.instant or not saved.delivered(mark, *self._identity(row))
+            for mark, row in zip(marks, batch.to_pylist(), strict=True)
+        ]
+        return batch.filter(pa.array(keep))
+
+    def _identity(self, row: Mapping[str, Any]) -> tuple[str, str]:
+        values = [row[c] for c in self.tiebreakers]
+        key = str(values[0]) if len(values) == 1 else json.dumps(values)
+        return key, fingerprint(row)
 
     def _check_state(self) -> None:
         if not self.state:
             return
         saved = self.state.get("watermark")
+        seen = self.state.get("at_watermark")
         expected = 1 + len(self.tiebreakers)
-        if not isinstance(saved, list) or len(saved) != expected:
+        if not isinstance(saved, list) or len(saved) != expected or not isinstance(seen, Mapping | None):
             raise ConfigurationError(
                 f"source {self.name!r}: saved state {self.state!r} does not match this source's "
                 f"watermark ({self.watermark_column}, {', '.join(self.tiebreakers)}); expected "
-                f'{{"watermark": [<{expected} values>]}}'
+                f'{{"watermark": [<{expected} values>], "at_watermark": {{key: digest}}}}'
             )
+        # A state saved before the rows at the watermark were recorded resumes after its last key.
+        self._saved = Ties(saved[0], seen, complete=seen is not None)
+        self._ties = Ties(saved[0], complete=seen is not None)
 
     # --- options ----------------------------------------------------------------------------------------
 

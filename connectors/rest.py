@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -31,7 +31,9 @@ from .base import (
     render_template,
     secret_from_env,
 )
+from .presets import with_preset
 from .records import MISSING, resolve_path
+from .watermarks import Ties, fingerprint
 
 __all__ = ["RestConnector"]
 
@@ -39,7 +41,12 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 PAGINATION_STYLES = ("link_header", "page_number", "cursor", "offset", "none")
+METHODS = ("GET", "POST")  # POST for read-only search endpoints (Square), paged through the JSON body
 WATERMARK_FORMATS = ("iso", "epoch")
+BOUNDS = ("inclusive", "exclusive")
+# An exclusive filter is sent this much early, so records stamped later within the watermark's own second
+# (the precision most APIs keep) are still read; what the step adds is dropped on arrival.
+EXCLUSIVE_STEP = timedelta(seconds=1)
 # A 200 whose body is cut short or not JSON is usually transient (a dropped connection, a proxy's error
 # page); it is fetched again this many times in all before the run fails.
 BODY_ATTEMPTS = 3
@@ -48,6 +55,10 @@ DEFAULT_MAX_PAGES = 100_000
 _OPTIONS = frozenset(
     {
         "kind",
+        "preset",
+        "method",
+        "body",
+        "records_optional",
         "base_url",
         "path",
         "params",
@@ -77,6 +88,7 @@ _PAGINATION_OPTIONS = frozenset(
         "page_param",
         "start",
         "total_pages_header",
+        "end_statuses",
         # cursor: a next cursor in the body (Square), or has_more + the last record's id (Stripe)
         "cursor_path",
         "cursor_param",
@@ -92,7 +104,7 @@ _PAGINATION_OPTIONS = frozenset(
     }
 )
 _INCREMENTAL_OPTIONS = frozenset(
-    {"param", "cursor_field", "lookback_seconds", "initial", "format", "end_param"}
+    {"param", "cursor_field", "lookback_seconds", "initial", "format", "end_param", "bound", "id_field"}
 )
 # Query parameters and header names whose values are masked in messages.
 _SECRET_NAME = re.compile(r"(?i)token|secret|passw|pwd|key|signature|sig|auth|credential|session")
@@ -139,7 +151,9 @@ class _Page:
 
 @dataclass(frozen=True)
 class Incremental:
-    """Filter by the saved watermark: `param` = watermark - lookback; `end_param` = the window's end."""
+    """Filter by the saved watermark: `param` = watermark - lookback; `end_param` = the window's end.
+
+    `bound` is how the API compares `param`: "inclusive" (>=) or "exclusive" (>)."""
 
     param: str
     cursor_field: str
@@ -147,6 +161,67 @@ class Incremental:
     initial: Any
     format: str
     end_param: str | None
+    bound: str
+    id_field: str
+
+    def step_back(self, instant: Any, delta: timedelta) -> Any:
+        return instant - (delta if self.format == "iso" else Decimal(delta.total_seconds()))
+
+
+class WatermarkFilter:
+    """Which records of a run are new, and the state to save after it.
+
+    The request reads from `floor` = saved watermark - lookback inclusively (an exclusive API is asked one
+    step early and the step's records dropped here). The records at exactly the saved watermark that the
+    previous run delivered (same key, same content) are dropped; a new one, or one updated again within
+    that instant, is kept. The state saved is the greatest instant seen and what was seen at it.
+    """
+
+    def __init__(self, incremental: Incremental, saved: Ties, floor: Any, *, source: str) -> None:
+        self.incremental = incremental
+        self.saved = saved
+        self.floor = floor
+        self.source = source
+        # An inclusive re-read returns everything now at the saved instant, so what this run sees there
+        # is the whole set, even when the saved state did not record one.
+        self.seen = Ties(saved.instant) if saved.instant is not None else Ties()
+
+    def admit(self, records: list[dict[str, Any]], shown: str) -> list[dict[str, Any]]:
+        incremental = self.incremental
+        kept = []
+        for index, record in enumerate(records):
+            value = resolve_path(record, incremental.cursor_field)
+            if value is MISSING or value is None or value == "":
+                kept.append(record)
+                continue
+            instant = _instant(value, incremental.format)
+            if instant is None:
+                raise SourceError(
+                    f"source {self.source!r}: {shown}: record {index} (id {record.get('id', '?')!r}) has "
+                    f"{incremental.cursor_field} = {value!r}, not {_FORMAT_WORDS[incremental.format]}"
+                )
+            key, print_ = self._identity(record)
+            self.seen.observe(instant, key, print_, source=self.source)
+            if incremental.bound == "exclusive" and self.floor is not None and instant < self.floor:
+                continue  # asked for only because the exclusive bound was sent a step early
+            if self.saved.delivered(instant, key, print_):
+                continue
+            kept.append(record)
+        return kept
+
+    def state(self) -> dict[str, Any] | None:
+        ties = self.seen
+        if ties.instant is None:
+            return None
+        state: dict[str, Any] = {"watermark": _watermark_text(ties.instant, self.incremental.format)}
+        if ties.complete:
+            state["at_watermark"] = dict(sorted(ties.seen.items()))
+        return state
+
+    def _identity(self, record: dict[str, Any]) -> tuple[str, str]:
+        print_ = fingerprint(record)
+        key = resolve_path(record, self.incremental.id_field)
+        return (print_ if key is MISSING or key is None else str(key)), print_
 
 
 class TokenBucket:
@@ -180,19 +255,22 @@ class TokenBucket:
 
 
 class RestConnector(Connector):
-    """GET a JSON API page by page and yield its records in batches of `batch_size`.
+    """GET (or POST a search to) a JSON API page by page and yield its records in batches of `batch_size`.
 
-    Options: `base_url`, `path`, `params` (values may use `{window_start}`-style placeholders), `headers`
-    (static, non-secret), `records_path` (dotted path to the list in the body; empty: the body is the
-    list), `auth` ({type = "bearer", token_env} | {type = "header", header, value_env} |
-    {type = "basic", username_env, password_env}), `pagination` ({style = "link_header" | "page_number" |
-    "cursor" | "offset" | "none", ...}, see docs/configuration.md), `incremental` ({param, cursor_field,
-    lookback_seconds, initial, format = "iso" | "epoch", end_param}), `rate_limit_per_second`,
-    `timeout_seconds`, `max_retries`, `backoff_factor`, `backoff_jitter`, `batch_size`.
+    Options: `preset` (connectors/presets.py: settings of a known API, under the source's own keys),
+    `base_url`, `path`, `method` ("GET" | "POST"), `body` (POST's JSON; placeholders allowed), `params`
+    (query; values may use `{window_start}`-style placeholders), `headers` (static, non-secret),
+    `records_path` (dotted path to the list in the body; empty: the body is the list), `records_optional`,
+    `auth`, `pagination`, `incremental` ({param, cursor_field, lookback_seconds, initial, format = "iso" |
+    "epoch", end_param, bound = "inclusive" | "exclusive", id_field}), `rate_limit_per_second`,
+    `timeout_seconds`, `max_retries`, `backoff_factor`, `backoff_jitter`, `batch_size`; see
+    docs/configuration.md. With POST, the values the connector sets (incremental bounds, page cursors) go
+    into the body at their dotted paths.
 
-    Incremental: the request carries `param` = saved watermark - lookback (or `initial` on the first run)
-    and, with `end_param`, the window's end, so re-running a date re-reads the same range. `next_state`
-    is `{"watermark": greatest cursor_field seen}`, never below the saved one.
+    Incremental: the request reads from the saved watermark - lookback (or `initial`) and, with
+    `end_param`, up to the window's end, so re-running a date re-reads the same range. `next_state` is
+    `{"watermark": greatest cursor_field seen, "at_watermark": {id: digest}}`; the records at exactly the
+    saved watermark that were delivered before are dropped (WatermarkFilter).
 
     One `requests.Session` per connector retries connection errors, 429 (honouring Retry-After) and 5xx
     with exponential backoff. Secrets are read from the environment when the first request is made and
@@ -204,7 +282,7 @@ class RestConnector(Connector):
     def __init__(
         self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
     ) -> None:
-        super().__init__(name=name, options=options, state=state)
+        super().__init__(name=name, options=with_preset(name, options), state=state)
         opts = self.options
         reject_unknown_options(name, opts, _OPTIONS)
         base_url = opts.get("base_url")
@@ -231,7 +309,12 @@ class RestConnector(Connector):
             raise ConfigurationError(f"source {name!r}: max_retries must be >= 0")
         self.backoff_factor = _positive(name, "backoff_factor", opts.get("backoff_factor", 0.5), zero=True)
         self.backoff_jitter = _positive(name, "backoff_jitter", opts.get("backoff_jitter", 0.25), zero=True)
+        self.method, self._body_template = self._method_options(opts.get("method", "GET"), opts.get("body"))
+        self.records_optional = opts.get("records_optional", False)
+        if not isinstance(self.records_optional, bool):
+            raise ConfigurationError(f"source {name!r}: records_optional must be true or false")
         self.incremental = self._incremental_options(_table(name, "incremental", opts.get("incremental")))
+        self._body: dict[str, Any] = {}
         rate = opts.get("rate_limit_per_second")
         self._bucket = TokenBucket(_positive(name, "rate_limit_per_second", rate)) if rate else None
         self._http: requests.Session | None = None
@@ -240,12 +323,18 @@ class RestConnector(Connector):
     # --- public -----------------------------------------------------------------------------------------
 
     def describe(self) -> str:
-        return f"rest:GET {self._mask(self.url)}"
+        return f"rest:{self.method} {self._mask(self.url)}"
 
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
         buffer: list[dict[str, Any]] = []
-        for records in self._pages(window):
-            buffer.extend(records)
+        params = self._render_params(window)
+        progress = self._watermark_filter()
+        for page in self._pages(params):
+            if progress is None:
+                buffer.extend(page.records)
+            else:
+                buffer.extend(progress.admit(page.records, page.shown))
+                self.next_state = progress.state() or self.state
             while len(buffer) >= self.batch_size:
                 yield buffer[: self.batch_size]
                 buffer = buffer[self.batch_size :]
@@ -259,19 +348,18 @@ class RestConnector(Connector):
 
     # --- pagination -------------------------------------------------------------------------------------
 
-    def _pages(self, window: ExtractWindow) -> Iterator[list[dict[str, Any]]]:
-        params = self._render_params(window)
+    def _pages(self, params: dict[str, Any]) -> Iterator[_Page]:
         style = self.pagination["style"]
         max_pages = self.pagination["max_pages"]
         if style == "none":
-            yield self._get(self.url, params).records
+            yield self._get(self.url, params)
         elif style == "link_header":
             url: str = self.url
             query: dict[str, Any] | None = params
             seen = {self.url}
             for _ in range(max_pages):
                 page = self._get(url, query)
-                yield page.records
+                yield page
                 next_url = page.response.links.get("next", {}).get("url")
                 if not next_url:
                     return
@@ -285,21 +373,22 @@ class RestConnector(Connector):
         else:
             yield from self._offset_pages(params, max_pages)
 
-    def _page_number_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+    def _page_number_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[_Page]:
         page_param = self.pagination["page_param"]
         start = self.pagination["start"]
         total_header = self.pagination["total_pages_header"]
         for number in range(start, start + max_pages):
-            page = self._get(self.url, {**params, page_param: number})
+            ends = self.pagination["end_statuses"] if number > start else ()
+            page = self._get(self.url, {**params, page_param: number}, ends=ends)
             if not page.records:
                 return
-            yield page.records
+            yield page
             total = self._header_count(page, total_header)
             if total is not None and number - start + 1 >= total:
                 return
         self._too_many_pages(max_pages)
 
-    def _cursor_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+    def _cursor_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[_Page]:
         """Square: resend the query with the body's next cursor until none comes back. Stripe: while
         `has_more`, resend it with `starting_after` = the id of the page's last record."""
         options = self.pagination
@@ -308,12 +397,12 @@ class RestConnector(Connector):
         for _ in range(max_pages):
             page = self._get(self.url, query)
             if page.records:
-                yield page.records
+                yield page
             if options["has_more_path"]:
                 has_more = resolve_path(page.body, options["has_more_path"])
                 if has_more is MISSING:
                     raise SourceError(
-                        f"source {self.name!r}: GET {page.shown}: pagination.has_more_path "
+                        f"source {self.name!r}: {page.shown}: pagination.has_more_path "
                         f"{options['has_more_path']!r} is absent from the body"
                     )
                 if not _truthy(has_more) or not page.records:
@@ -321,7 +410,7 @@ class RestConnector(Connector):
                 cursor = resolve_path(page.records[-1], options["id_path"])
                 if cursor is MISSING or cursor is None or cursor == "":
                     raise SourceError(
-                        f"source {self.name!r}: GET {page.shown}: the last record has no "
+                        f"source {self.name!r}: {page.shown}: the last record has no "
                         f"{options['id_path']!r} (pagination.id_path) to continue after"
                     )
                 param = options["starting_after_param"]
@@ -332,14 +421,14 @@ class RestConnector(Connector):
                 param = options["cursor_param"]
             if str(cursor) in seen:
                 raise SourceError(
-                    f"source {self.name!r}: GET {page.shown}: the next cursor {self._scrub(str(cursor))!r} "
+                    f"source {self.name!r}: {page.shown}: the next cursor {self._scrub(str(cursor))!r} "
                     "was already used (a loop)"
                 )
             seen.add(str(cursor))
             query = {**params, param: cursor}
         self._too_many_pages(max_pages)
 
-    def _offset_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[list[dict[str, Any]]]:
+    def _offset_pages(self, params: dict[str, Any], max_pages: int) -> Iterator[_Page]:
         """offset/limit: stop on a short page, or once the total the body or a header gives is reached."""
         options = self.pagination
         limit = options["limit"]
@@ -349,7 +438,7 @@ class RestConnector(Connector):
                 self.url, {**params, options["offset_param"]: offset, options["limit_param"]: limit}
             )
             if page.records:
-                yield page.records
+                yield page
             offset += len(page.records)
             if len(page.records) < limit:
                 return
@@ -359,7 +448,7 @@ class RestConnector(Connector):
                 total = None if found is MISSING or found is None else _count(found)
                 if total is None and found is not MISSING and found is not None:
                     raise SourceError(
-                        f"source {self.name!r}: GET {page.shown}: pagination.total_path "
+                        f"source {self.name!r}: {page.shown}: pagination.total_path "
                         f"{options['total_path']!r} is {found!r}, not a count"
                     )
             if total is not None and offset - options["start"] >= total:
@@ -372,7 +461,7 @@ class RestConnector(Connector):
         total = _int_header(page.response.headers[header])
         if total is None:
             raise SourceError(
-                f"source {self.name!r}: GET {page.shown}: header {header} is "
+                f"source {self.name!r}: {page.shown}: header {header} is "
                 f"{page.response.headers[header]!r}, not a count"
             )
         return total
@@ -402,9 +491,13 @@ class RestConnector(Connector):
 
     # --- one page ---------------------------------------------------------------------------------------
 
-    def _get(self, url: str, params: Mapping[str, Any] | None) -> _Page:
+    def _get(self, url: str, params: Mapping[str, Any] | None, *, ends: Collection[int] = ()) -> _Page:
+        """One page. A status in `ends` is an empty page: the API's way of saying there are no more."""
         session = self._session()
-        shown = self._mask(requests.Request("GET", url, params=params).prepare().url or url)
+        query, body = self._split(params)
+        shown = (
+            self.method + " " + self._mask(requests.Request("GET", url, params=query).prepare().url or url)
+        )
         problem = ""
         for attempt in range(1, BODY_ATTEMPTS + 1):
             if attempt > 1:
@@ -412,7 +505,9 @@ class RestConnector(Connector):
             if self._bucket is not None:
                 self._bucket.acquire()
             try:
-                response = session.get(url, params=params, timeout=self.timeout, allow_redirects=False)
+                response = session.request(
+                    self.method, url, params=query, json=body, timeout=self.timeout, allow_redirects=False
+                )
             except (
                 requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError,
@@ -421,10 +516,12 @@ class RestConnector(Connector):
                 continue
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 raise SourceError(
-                    f"source {self.name!r}: GET {shown} failed (retried up to {self.max_retries} times): "
+                    f"source {self.name!r}: {shown} failed (retried up to {self.max_retries} times): "
                     f"{self._scrub(_reason(exc))}"
                 ) from None
-            logger.debug("source %s: GET %s -> %s", self.name, shown, response.status_code)
+            logger.debug("source %s: %s -> %s", self.name, shown, response.status_code)
+            if response.status_code in ends:
+                return _Page(response, None, [], shown)
             self._check_status(response, shown)
             if response.status_code == 204:
                 return _Page(response, None, [], shown)
@@ -435,10 +532,8 @@ class RestConnector(Connector):
                 problem = f"HTTP {response.status_code} with malformed JSON ({exc}); body starts: {excerpt!r}"
                 continue
             records = self._records(body, shown)
-            if self.incremental is not None:
-                self._advance_watermark(records, shown)
             return _Page(response, body, records, shown)
-        raise SourceError(f"source {self.name!r}: GET {shown} failed {BODY_ATTEMPTS} times: {problem}")
+        raise SourceError(f"source {self.name!r}: {shown} failed {BODY_ATTEMPTS} times: {problem}")
 
     def _check_status(self, response: requests.Response, shown: str) -> None:
         status = response.status_code
@@ -447,19 +542,32 @@ class RestConnector(Connector):
         if 300 <= status < 400:
             location = self._mask(response.headers.get("Location", "?"))
             raise SourceError(
-                f"source {self.name!r}: GET {shown} answered HTTP {status}, a redirect to {location}; "
+                f"source {self.name!r}: {shown} answered HTTP {status}, a redirect to {location}; "
                 "set base_url to the final address"
             )
         body = self._scrub(response.text[:200])
         retried = f" (after {self.max_retries} retries)" if status in RETRY_STATUSES else ""
         raise SourceError(
-            f"source {self.name!r}: GET {shown} answered HTTP {status} {response.reason or ''}".rstrip()
+            f"source {self.name!r}: {shown} answered HTTP {status} {response.reason or ''}".rstrip()
             + f"{retried}: {body}"
         )
+
+    def _split(self, params: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] | None, Any]:
+        """GET: everything in the query string. POST: `params` in the query string, and the values the
+        connector sets (incremental bounds, page cursors) into a copy of `body` at their dotted paths."""
+        if self.method == "GET" or params is None:
+            return params, None
+        body = json.loads(json.dumps(self._body))
+        for path, value in params.items():
+            if path not in self.params:
+                _set_path(body, path, value)
+        return {k: v for k, v in params.items() if k in self.params}, body
 
     def _records(self, body: Any, shown: str) -> list[dict[str, Any]]:
         if self.records_path:
             records = resolve_path(body, self.records_path)
+            if records is MISSING and self.records_optional:
+                records = []  # Square leaves an empty list out of the answer
             if not isinstance(records, list):
                 found = (
                     "absent"
@@ -470,78 +578,68 @@ class RestConnector(Connector):
                 )
                 keys = f" (top-level keys: {', '.join(map(repr, body))})" if isinstance(body, dict) else ""
                 raise SourceError(
-                    f"source {self.name!r}: GET {shown}: records_path {self.records_path!r} is {found}, "
+                    f"source {self.name!r}: {shown}: records_path {self.records_path!r} is {found}, "
                     f"not a list{keys}"
                 )
         elif isinstance(body, list):
             records = body
         else:
             raise SourceError(
-                f"source {self.name!r}: GET {shown}: the body is a {type(body).__name__}, not a list "
+                f"source {self.name!r}: {shown}: the body is a {type(body).__name__}, not a list "
                 "(set records_path to the field that holds the records)"
             )
         for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise SourceError(
-                    f"source {self.name!r}: GET {shown}: record {index} is a {type(record).__name__}, "
+                    f"source {self.name!r}: {shown}: record {index} is a {type(record).__name__}, "
                     "not an object"
                 )
         return records
 
     # --- incremental ----------------------------------------------------------------------------------
 
-    def _advance_watermark(self, records: list[dict[str, Any]], shown: str) -> None:
-        """Raise next_state to the greatest cursor_field of the page; it never goes down."""
-        incremental = self.incremental
-        assert incremental is not None
-        best = self._saved_watermark() if self.next_state is None else self._watermark_of(self.next_state)
-        advanced = False
-        for index, record in enumerate(records):
-            value = resolve_path(record, incremental.cursor_field)
-            if value is MISSING or value is None or value == "":
-                continue
-            instant = _instant(value, incremental.format)
-            if instant is None:
-                raise SourceError(
-                    f"source {self.name!r}: GET {shown}: record {index} (id {record.get('id', '?')!r}) has "
-                    f"{incremental.cursor_field} = {value!r}, not {_FORMAT_WORDS[incremental.format]}"
-                )
-            if best is None or instant > best:
-                best, advanced = instant, True
-        if advanced:
-            self.next_state = {"watermark": _watermark_text(best, incremental.format)}
-
-    def _saved_watermark(self) -> Any:
-        return self._watermark_of(self.state) if self.state else None
-
-    def _watermark_of(self, state: Mapping[str, Any]) -> Any:
+    def _saved_ties(self) -> Ties:
+        """The saved watermark and the records at it; a state saved before those were recorded has only
+        {"watermark": ...}, so nothing at it can be told apart as delivered."""
+        state = self.state or {}
         value = state.get("watermark")
         if value is None:
-            return None
+            return Ties()
         assert self.incremental is not None
         instant = _instant(value, self.incremental.format)
-        if instant is None:
+        seen = state.get("at_watermark")
+        if instant is None or (seen is not None and not isinstance(seen, Mapping)):
             raise SourceError(
-                f"source {self.name!r}: the saved watermark {value!r} is not "
-                f"{_FORMAT_WORDS[self.incremental.format]} (incremental.format changed?)"
+                f"source {self.name!r}: the saved state {state!r} is not "
+                f'{{"watermark": {_FORMAT_WORDS[self.incremental.format]}, "at_watermark": {{id: digest}}}} '
+                "(incremental.format changed?)"
             )
-        return instant
+        return Ties(instant, seen, complete=seen is not None)
+
+    def _floor(self) -> Any:
+        """The earliest instant this run reads: saved watermark - lookback, else `initial`, else None."""
+        incremental = self.incremental
+        assert incremental is not None
+        saved = self._saved_ties().instant
+        if saved is not None:
+            return incremental.step_back(saved, incremental.lookback)
+        return incremental.initial
+
+    def _watermark_filter(self) -> WatermarkFilter | None:
+        if self.incremental is None:
+            return None
+        return WatermarkFilter(self.incremental, self._saved_ties(), self._floor(), source=self.name)
 
     def _incremental_params(self, window: ExtractWindow) -> dict[str, Any]:
         incremental = self.incremental
         if incremental is None:
             return {}
         params: dict[str, Any] = {}
-        saved = self._saved_watermark()
-        if saved is not None:
-            since = saved - (
-                incremental.lookback
-                if incremental.format == "iso"
-                else Decimal(incremental.lookback.total_seconds())
-            )
+        since = self._floor()
+        if since is not None:
+            if incremental.bound == "exclusive":
+                since = incremental.step_back(since, EXCLUSIVE_STEP)
             params[incremental.param] = _watermark_text(since, incremental.format)
-        elif incremental.initial is not None:
-            params[incremental.param] = _watermark_text(incremental.initial, incremental.format)
         if incremental.end_param:
             end = window.end if incremental.format == "iso" else Decimal(int(window.end.timestamp()))
             params[incremental.end_param] = _watermark_text(end, incremental.format)
@@ -558,7 +656,7 @@ class RestConnector(Connector):
                 backoff_factor=self.backoff_factor,
                 backoff_jitter=self.backoff_jitter,
                 respect_retry_after_header=True,
-                allowed_methods=None,  # only GETs are sent; retry them on read errors too
+                allowed_methods=None,  # GETs and read-only searches: retry them on read errors too
                 raise_on_status=False,  # hand back the last answer, so its status and body can be reported
             )
             adapter = HTTPAdapter(max_retries=retry)
@@ -641,6 +739,7 @@ class RestConnector(Connector):
             "page_param": str(pagination.get("page_param", "page")),
             "start": int(pagination.get("start", 0 if style == "offset" else 1)),
             "total_pages_header": pagination.get("total_pages_header"),
+            "end_statuses": self._end_statuses(pagination.get("end_statuses", [])),
             "max_pages": max_pages,
             "cursor_path": str(pagination.get("cursor_path", "cursor")),
             "cursor_param": str(pagination.get("cursor_param", "cursor")),
@@ -654,9 +753,36 @@ class RestConnector(Connector):
             "total_header": pagination.get("total_header"),
         }
 
+    def _end_statuses(self, value: Any) -> frozenset[int]:
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 400 <= v < 500 for v in value
+        ):
+            raise ConfigurationError(
+                f"source {self.name!r}: pagination.end_statuses must be a list of 4xx statuses, got {value!r}"
+            )
+        return frozenset(value)
+
+    def _method_options(self, method: Any, body: Any) -> tuple[str, dict[str, Any]]:
+        if method not in METHODS:
+            raise ConfigurationError(
+                f"source {self.name!r}: method {method!r} is not one of {', '.join(METHODS)}"
+            )
+        table = _table(self.name, "body", body)
+        if table and method != "POST":
+            raise ConfigurationError(f'source {self.name!r}: body is sent with method = "POST" only')
+        if method == "POST" and self.pagination["style"] == "link_header":
+            raise ConfigurationError(
+                f"source {self.name!r}: pagination.style 'link_header' follows next links with GET; "
+                "it cannot page a POST search"
+            )
+        return method, table
+
     def _render_params(self, window: ExtractWindow) -> dict[str, Any]:
         values = window.template_values()
         rendered = {key: self._render(key, value, values) for key, value in self.params.items()}
+        self._body = {
+            key: self._render(f"body.{key}", value, values) for key, value in self._body_template.items()
+        }
         return {**rendered, **self._incremental_params(window)}
 
     def _incremental_options(self, table: dict[str, Any]) -> Incremental | None:
@@ -686,6 +812,25 @@ class RestConnector(Connector):
         end_param = table.get("end_param")
         if end_param is not None and (not isinstance(end_param, str) or not end_param):
             raise ConfigurationError(f"source {self.name!r}: incremental.end_param must be a parameter name")
+        bound = table.get("bound", "inclusive")
+        if bound not in BOUNDS:
+            raise ConfigurationError(
+                f"source {self.name!r}: incremental.bound {bound!r} is not one of {', '.join(BOUNDS)} "
+                "(how the API compares incremental.param: >= or >)"
+            )
+        id_field = table.get("id_field", "id")
+        if not isinstance(id_field, str) or not id_field:
+            raise ConfigurationError(f"source {self.name!r}: incremental.id_field must be a field name")
+        for option in ("param", "end_param"):
+            name = table.get(option)
+            in_body = self.method == "POST" and resolve_path(self._body_template, name or "") is not MISSING
+            if name is not None and (name in self.params or in_body):
+                # Both would set the same query parameter; one of them would be silently ignored.
+                where = "body" if in_body else "params"
+                raise ConfigurationError(
+                    f"source {self.name!r}: {where}.{name} is also incremental.{option}; remove it from "
+                    f"{where} (the incremental filter sets it from the saved watermark)"
+                )
         return Incremental(
             param=table["param"],
             cursor_field=table["cursor_field"],
@@ -693,16 +838,23 @@ class RestConnector(Connector):
             initial=parsed_initial,
             format=fmt,
             end_param=end_param,
+            bound=bound,
+            id_field=id_field,
         )
 
     def _render(self, key: str, value: Any, values: Mapping[str, Any]) -> Any:
         if isinstance(value, list | tuple):
             return [self._render(key, item, values) for item in value]
+        if isinstance(value, Mapping):  # a JSON body's nested objects
+            return {k: self._render(f"{key}.{k}", v, values) for k, v in value.items()}
         if isinstance(value, bool):
-            return "true" if value else "false"  # not requests' "True"
+            return (
+                value if key.startswith("body.") else ("true" if value else "false")
+            )  # not requests' "True"
         if not isinstance(value, str):
             return value
-        return render_template(value, values, source=self.name, option=f"params.{key}")
+        option = key if key.startswith("body.") else f"params.{key}"
+        return render_template(value, values, source=self.name, option=option)
 
 
 def _table(name: str, option: str, value: Any) -> dict[str, Any]:
@@ -752,6 +904,14 @@ def _watermark_text(instant: Any, fmt: str) -> Any:
     if fmt == "epoch":
         return int(instant) if instant == int(instant) else float(instant)
     return instant.astimezone(UTC).isoformat()
+
+
+def _set_path(body: dict[str, Any], path: str, value: Any) -> None:
+    """Set `a.b.c` in a JSON body, creating the objects on the way."""
+    *parents, last = path.split(".")
+    for part in parents:
+        body = body.setdefault(part, {})
+    body[last] = value
 
 
 def _truthy(value: Any) -> bool:

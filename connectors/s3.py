@@ -9,7 +9,7 @@ import io
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from etlcore.errors import ConfigurationError, SourceError
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
 from .files import FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
+from .watermarks import Ties
 
 __all__ = ["S3Connector", "s3_client"]
 
@@ -75,6 +76,7 @@ class S3Object:
     last_modified: datetime
     key: str
     size: int = 0
+    etag: str = field(default="", compare=False)  # a re-write within the same second changes it
 
 
 class S3Connector(Connector):
@@ -88,9 +90,11 @@ class S3Connector(Connector):
     `endpoint_url` (S3-compatible stores), `region`, `profile`, `batch_size`. Credentials come from
     boto3's standard chain, never from the pipeline file.
 
-    Incremental runs read the objects with (LastModified, key) greater than the saved state and
-    LastModified before the window's end; `next_state` is {"last_modified": ISO text, "key": key} of the
-    last object read. A re-written object has a new LastModified, so it is read again.
+    Incremental runs read the objects with LastModified before the window's end and after the saved
+    one, or at exactly the saved one and not read before (by key and ETag: S3 times objects to the
+    second, so an object written or re-written later within that second is still read). `next_state` is
+    {"last_modified": ISO text, "key": key of the last object read, "at_watermark": {key: ETag} of the
+    objects read at that LastModified}.
     """
 
     kind = "s3"
@@ -129,6 +133,13 @@ class S3Connector(Connector):
         self.region = opts.get("region")
         self.profile = opts.get("profile")
         self._after = self._state_position()
+        seen = (self.state or {}).get("at_watermark")
+        if seen is not None and not isinstance(seen, Mapping):
+            raise ConfigurationError(
+                f"source {name!r}: saved state {self.state!r}: at_watermark is not a table"
+            )
+        self._saved = Ties(self._after[0] if self._after else None, seen, complete=seen is not None)
+        self._ties = Ties()
         self._last_prefix: str | None = None
 
     # --- public -----------------------------------------------------------------------------------------
@@ -154,7 +165,10 @@ class S3Connector(Connector):
             if obj.size:
                 yield from self._read_object(client, obj)
             if self.mode == "incremental":
+                self._ties.observe(obj.last_modified, obj.key, obj.etag, source=self.name)
                 self.next_state = {"last_modified": obj.last_modified.isoformat(), "key": obj.key}
+                if self._ties.complete:
+                    self.next_state["at_watermark"] = dict(sorted(self._ties.seen.items()))
 
     def objects_to_read(
         self, client: Any, *, prefix: str, pattern: str | None, window: ExtractWindow
@@ -167,18 +181,35 @@ class S3Connector(Connector):
                     key = item["Key"]
                     if key.endswith("/") or (pattern and not fnmatch.fnmatchcase(key, pattern)):
                         continue
-                    found.append(S3Object(item["LastModified"].astimezone(UTC), key, int(item["Size"])))
+                    found.append(
+                        S3Object(item["LastModified"].astimezone(UTC), key, int(item["Size"]), item["ETag"])
+                    )
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, f"cannot list s3://{self.bucket}/{prefix}") from None
         found.sort()
         if self.mode == "full":
             return found
-        return [
-            o
-            for o in found
-            if o.last_modified < window.end
-            and (self._after is None or (o.last_modified, o.key) > self._after)
-        ]
+        found = [o for o in found if o.last_modified < window.end]
+        if self._after is None:
+            return found
+        saved_at = self._after[0]
+        saved = self._saved
+
+        def unread(o: S3Object) -> bool:
+            if not saved.complete:  # a state saved before the ETags at it were recorded
+                return (o.last_modified, o.key) > self._after
+            return o.last_modified > saved_at or (
+                o.last_modified == saved_at and not saved.delivered(saved_at, o.key, o.etag)
+            )
+
+        new = [o for o in found if unread(o)]
+        # What was read at the saved second, from this listing: the next state lists it whole, also
+        # when the saved state did not.
+        self._ties = Ties(saved_at)
+        for o in found:
+            if o.last_modified == saved_at and not unread(o):
+                self._ties.observe(o.last_modified, o.key, o.etag, source=self.name)
+        return new
 
     # --- readers ----------------------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ def test_incremental_reads_rows_sharing_a_timestamp_across_batches_once_in_order
     got = rows(source, day(1))
 
     assert [r["id"] for r in got] == ["1", "2", "3", "4", "5", "6", "7", "8"]
-    assert source.next_state == {"watermark": ["2026-11-01 23:59:59.999999+00", "8"]}
+    assert source.next_state["watermark"] == ["2026-11-01 23:59:59.999999+00", "8"]
 
 
 @FETCHES
@@ -109,7 +109,46 @@ def test_incremental_next_window_continues_after_saved_state_without_skip_or_dup
 
     assert second_ids == ["12", "9", "10", "13", "11"]
     assert sorted(map(int, first_ids + second_ids)) == list(range(1, 14))
-    assert second.next_state == {"watermark": ["2026-11-02 05:00:00+00", "11"]}
+    assert second.next_state["watermark"] == ["2026-11-02 05:00:00+00", "11"]
+
+
+@FETCHES
+def test_row_committed_later_at_the_saved_watermark_with_a_lower_id_is_still_read(source_db, fetch):
+    # updated_at = now() is the transaction's start: a transaction holding id 1 can commit after a run
+    # has read id 2 stamped the same instant.
+    source_db.execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL, note text)"
+    )
+    source_db.execute("INSERT INTO orders VALUES (2, '2026-11-01 18:00:00+00', 'b')")
+    first = incremental(fetch=fetch)
+    first_ids = [r["id"] for r in rows(first, day(1))]
+    source_db.execute("INSERT INTO orders VALUES (1, '2026-11-01 18:00:00+00', 'a')")
+
+    second = incremental(first.next_state, fetch=fetch)
+    second_ids = [r["id"] for r in rows(second, day(2))]
+    third = incremental(second.next_state, fetch=fetch)
+
+    assert first_ids == ["2"] and second_ids == ["1"]
+    assert rows(third, day(3)) == []
+
+
+@FETCHES
+def test_row_at_the_saved_watermark_updated_again_with_the_same_timestamp_is_read_again(source_db, fetch):
+    # An application stamping updated_at to the second (timestamp(0)) updates a row twice within one.
+    source_db.execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL, note text)"
+    )
+    source_db.execute(
+        "INSERT INTO orders VALUES (1, '2026-11-01 18:00:00+00', 'a'), (2, '2026-11-01 18:00:00+00', 'b')"
+    )
+    first = incremental(fetch=fetch)
+    rows(first, day(1))
+    source_db.execute("UPDATE orders SET note = 'b2' WHERE id = 2")
+
+    second = incremental(first.next_state, fetch=fetch)
+
+    assert [(r["id"], r["note"]) for r in rows(second, day(2))] == [("2", "b2")]
+    assert rows(incremental(second.next_state, fetch=fetch), day(2)) == []
 
 
 def test_incremental_with_nothing_new_keeps_the_state(orders):
@@ -160,7 +199,7 @@ def test_composite_tiebreaker_orders_and_resumes_on_every_key_column(source_db):
     got = [(r["order_id"], r["line"]) for r in rows(source, day(1))]
 
     assert got == [("2", "2"), ("3", "1"), ("3", "2")]
-    assert source.next_state == {"watermark": ["2026-11-01 10:00:00+00", "3", "2"]}
+    assert source.next_state["watermark"] == ["2026-11-01 10:00:00+00", "3", "2"]
 
 
 # --- full refresh ---------------------------------------------------------------------------------------
@@ -275,7 +314,7 @@ def test_odd_identifiers_are_quoted_not_interpolated(source_db, fetch):
         ("1", "2.50", "v"),
         ("2", "3.00", "w"),
     ]
-    assert source.next_state == {"watermark": ["2026-11-01 10:00:00+00", "2"]}
+    assert source.next_state["watermark"] == ["2026-11-01 10:00:00+00", "2"]
     with pytest.raises(
         SourceError, match=r'column src\.x"; drop table keep; -- does not exist|does not exist'
     ):

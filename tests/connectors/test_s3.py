@@ -186,6 +186,67 @@ def test_incremental_state_orders_objects_of_the_same_second_by_key(s3_bucket):
     ]
 
 
+def modified(bucket, key: str) -> datetime:
+    return bucket.client.head_object(Bucket=bucket.name, Key=key)["LastModified"]
+
+
+def within_one_second(bucket, scenario) -> tuple:
+    """Run `scenario(prefix)` until its writes share one LastModified second (S3's resolution); it returns
+    (keys that must share the second, result)."""
+    for attempt in range(5):
+        keys, result = scenario(f"s{attempt}/")
+        if len({modified(bucket, k) for k in keys}) == 1:
+            return result
+    pytest.skip("could not write the objects within one second")
+
+
+def test_object_written_later_in_the_saved_second_with_a_lower_key_is_still_read(s3_bucket):
+    def scenario(prefix):
+        s3_bucket.put(f"{prefix}b.csv", b"sku\nB\n")
+        first = connector(s3_bucket, prefix=prefix)
+        read = [r["sku"] for r in staged(first, tomorrow())]
+        s3_bucket.put(f"{prefix}a.csv", b"sku\nA\n")  # same second, after the run listed the prefix
+        return [f"{prefix}a.csv", f"{prefix}b.csv"], (prefix, read, first.next_state)
+
+    prefix, first_read, state = within_one_second(s3_bucket, scenario)
+    second = connector(s3_bucket, state, prefix=prefix)
+    second_read = [r["sku"] for r in staged(second, tomorrow())]
+    third = connector(s3_bucket, second.next_state, prefix=prefix)
+
+    assert (first_read, second_read) == (["B"], ["A"])
+    assert staged(third, tomorrow()) == []
+
+
+def test_object_rewritten_within_the_saved_second_is_read_again(s3_bucket):
+    def scenario(prefix):
+        s3_bucket.put(f"{prefix}a.csv", b"sku\nA\n")
+        first = connector(s3_bucket, prefix=prefix)
+        staged(first, tomorrow())
+        before = modified(s3_bucket, f"{prefix}a.csv")
+        s3_bucket.put(f"{prefix}a.csv", b"sku\nA2\n")
+        same = modified(s3_bucket, f"{prefix}a.csv") == before
+        return [f"{prefix}a.csv"] if same else [], (prefix, first.next_state)
+
+    prefix, state = within_one_second(s3_bucket, scenario)
+    second = connector(s3_bucket, state, prefix=prefix)
+
+    assert [r["sku"] for r in staged(second, tomorrow())] == ["A2"]
+    assert staged(connector(s3_bucket, second.next_state, prefix=prefix), tomorrow()) == []
+
+
+def test_state_saved_before_the_objects_at_it_were_recorded_resumes_after_its_key(s3_bucket):
+    s3_bucket.put("old/a.csv", b"sku\nA\n")
+    s3_bucket.put("old/b.csv", b"sku\nB\n")
+    listed = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="old/")["Contents"]
+    newest = max(listed, key=lambda o: (o["LastModified"], o["Key"]))
+    old_state = {"last_modified": newest["LastModified"].astimezone(UTC).isoformat(), "key": newest["Key"]}
+
+    source = connector(s3_bucket, old_state, prefix="old/")
+
+    assert staged(source, tomorrow()) == []
+    assert staged(connector(s3_bucket, source.next_state, prefix="old/"), tomorrow()) == []
+
+
 def test_objects_modified_at_or_after_the_window_end_wait_for_a_later_window(s3_bucket):
     s3_bucket.put("late/a.csv", b"sku\nA\n")
     source = connector(s3_bucket, prefix="late/")
