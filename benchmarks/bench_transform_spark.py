@@ -483,11 +483,6 @@ def duckdb_step(root: Path, out: Path) -> None:
                    {customer_key} AS customer_key, quantity,
                    unit_price, amount, currency, is_return, amount_reporting
             FROM lines_c WHERE {accepted}""",
-        "daily_sales": f"""
-            SELECT DATE '{DAY}' AS business_date, store_code, sku, sum(quantity::BIGINT) AS quantity,
-                   sum(amount_reporting)::DECIMAL(18,2) AS revenue, count(*) AS line_count,
-                   count(DISTINCT order_id) AS order_count
-            FROM lines_c WHERE {accepted} GROUP BY ALL""",
         "products": f"SELECT sku, name, category, list_price FROM products_p WHERE {accepted}",
         "stores": f"SELECT store_code, name, city, region, country FROM stores_p WHERE {accepted}",
         "customers": f"""
