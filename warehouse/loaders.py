@@ -38,6 +38,7 @@ from .loading.specs import (
     dim_date_row,
     fault_point,
 )
+from .models import LoadedPartition
 
 __all__ = ["LoadResult", "MissingDimensionError", "date_key", "dim_date_row", "partition_load"]
 
@@ -81,6 +82,10 @@ def partition_load(
         raise ValueError(f"the COPY load path needs PostgreSQL, not {connection.vendor}")
     with transaction.atomic(using=using):
         if strategy == "copy":
+            with connection.cursor() as cursor:  # before the partition's rows, as every load of it
+                postgres.lock_partition(cursor.cursor, pipeline, business_date)
+        _record_partition(using, pipeline, business_date)
+        if strategy == "copy":
             result = _load_copy(connection, outputs, pipeline, business_date, run_id)
         else:
             result = _load_portable(using, outputs, pipeline, business_date, run_id)
@@ -92,12 +97,11 @@ def _load_copy(connection, outputs, pipeline: str, business_date: date, run_id: 
     result = LoadResult(strategy="copy")
     with connection.cursor() as wrapper:
         cursor = wrapper.cursor  # psycopg2's own cursor: COPY and psycopg2.sql compositions
-        postgres.lock_partition(cursor, pipeline, business_date)
         for day in _dates_to_hold(outputs, business_date):
             postgres.load_date_row(cursor, connection, day)
         for dim in DIMENSIONS:
             result.rows_loaded[dim.output] = postgres.load_dimension(
-                cursor, connection, dim, outputs[dim.output], business_date
+                cursor, connection, dim, pipeline, outputs[dim.output], business_date
             )
         fault_point("after_dimensions")
         for fact in FACTS:
@@ -117,7 +121,7 @@ def _load_portable(using: str, outputs, pipeline: str, business_date: date, run_
         portable.load_date_row(using, day)
     for dim in DIMENSIONS:
         result.rows_loaded[dim.output] = portable.load_dimension(
-            using, dim, outputs[dim.output], business_date
+            using, dim, pipeline, outputs[dim.output], business_date
         )
     fault_point("after_dimensions")
     for fact in FACTS:
@@ -137,3 +141,8 @@ def _dates_to_hold(outputs: dict[str, Sequence[Path]], partition_date: date) -> 
     for fact in FACTS:
         days.update(business_dates(outputs[fact.output]))
     return sorted(days)
+
+
+def _record_partition(using: str, pipeline: str, partition_date: date) -> None:
+    """The pipeline has loaded this partition: its dimension snapshots bound later backfills' versions."""
+    LoadedPartition.objects.using(using).get_or_create(pipeline=pipeline, date=partition_date)

@@ -25,7 +25,17 @@ class DimDate(models.Model):
         return self.date.isoformat()
 
 
-class Versioned(models.Model):
+class PipelineOwned(models.Model):
+    """A row that belongs to the pipeline that loaded it: another pipeline's loads never change it, so two
+    pipelines whose masters disagree about a member keep one history each."""
+
+    pipeline = models.CharField(max_length=100, help_text="the pipeline that loaded it; only it changes it")
+
+    class Meta:
+        abstract = True
+
+
+class Versioned(PipelineOwned):
     """A version of a slowly changing dimension member (type 2): its attributes held over [valid_from,
     valid_to). The versions of one member are contiguous; the last is open-ended and the current one.
     The loaders maintain them (docs/loading.md#dimension-history)."""
@@ -36,17 +46,19 @@ class Versioned(models.Model):
     )
     is_current = models.BooleanField(help_text="the open-ended version, as of the latest loaded date")
 
-    class Meta:
+    class Meta(PipelineOwned.Meta):
         abstract = True
 
 
 def history_constraints(name: str, natural_key: str) -> list[models.BaseConstraint]:
-    """One version per member and start date (its index serves the loaders' range joins), at most one
-    current version per member, and no empty range."""
+    """One version per member of a pipeline and start date (its index serves the loaders' range joins), at
+    most one current version per member, and no empty range."""
     return [
-        models.UniqueConstraint(fields=[natural_key, "valid_from"], name=f"uniq_{name}_version"),
+        models.UniqueConstraint(fields=["pipeline", natural_key, "valid_from"], name=f"uniq_{name}_version"),
         models.UniqueConstraint(
-            fields=[natural_key], condition=models.Q(is_current=True), name=f"uniq_{name}_current"
+            fields=["pipeline", natural_key],
+            condition=models.Q(is_current=True),
+            name=f"uniq_{name}_current",
         ),
         models.CheckConstraint(
             condition=models.Q(valid_to__isnull=True) | models.Q(valid_to__gt=models.F("valid_from")),
@@ -63,7 +75,7 @@ class DimStore(Versioned):
     country = models.CharField(max_length=100, blank=True, null=True)
 
     class Meta:
-        ordering = ["store_code", "valid_from"]
+        ordering = ["pipeline", "store_code", "valid_from"]
         constraints = history_constraints("dimstore", "store_code")
 
     def __str__(self) -> str:
@@ -77,35 +89,47 @@ class DimProduct(Versioned):
     list_price = models.DecimalField(**MONEY, null=True, blank=True)
 
     class Meta:
-        ordering = ["sku", "valid_from"]
+        ordering = ["pipeline", "sku", "valid_from"]
         constraints = history_constraints("dimproduct", "sku")
 
     def __str__(self) -> str:
         return f"{self.sku} {self.name} (from {self.valid_from})"
 
 
-class DimCustomer(models.Model):
+class DimCustomer(PipelineOwned):
     customer_key = models.CharField(
-        max_length=64,
-        unique=True,
-        help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored",
+        max_length=64, help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored"
     )
     country = models.CharField(max_length=100, blank=True, null=True)
 
     class Meta:
-        ordering = ["customer_key"]
+        ordering = ["pipeline", "customer_key"]
+        constraints = [
+            models.UniqueConstraint(fields=["pipeline", "customer_key"], name="uniq_dimcustomer_member")
+        ]
 
     def __str__(self) -> str:
         return self.customer_key[:12]
 
 
-class FactSalesLine(models.Model):
+class LoadedPartition(PipelineOwned):
+    """A partition date a pipeline has loaded: its dimension snapshots bound the versions a backfill may
+    change (the next loaded date, docs/loading.md#dimension-history)."""
+
+    date = models.DateField()
+
+    class Meta:
+        ordering = ["pipeline", "date"]
+        constraints = [models.UniqueConstraint(fields=["pipeline", "date"], name="uniq_loaded_partition")]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} {self.date}"
+
+
+class FactSalesLine(PipelineOwned):
     """One order line, once per pipeline: the newest version any loaded partition carried, on the business
     date of the record itself (docs/loading.md#exactly-once-across-partitions)."""
 
-    pipeline = models.CharField(
-        max_length=100, help_text="the pipeline that loaded the line; only it changes it"
-    )
     order_id = models.CharField(max_length=64)
     line_number = models.IntegerField()
     date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
@@ -172,11 +196,10 @@ class FactSalesLine(models.Model):
         return f"{self.order_id}/{self.line_number}"
 
 
-class FactDailySales(models.Model):
+class FactDailySales(PipelineOwned):
     """Store x product x business date of a pipeline's product lines, recomputed from FactSalesLine for
     every date a load touches, in the same transaction."""
 
-    pipeline = models.CharField(max_length=100)
     date = models.ForeignKey(DimDate, on_delete=models.PROTECT, db_column="date_key")
     store = models.ForeignKey(DimStore, on_delete=models.PROTECT)
     product = models.ForeignKey(DimProduct, on_delete=models.PROTECT)

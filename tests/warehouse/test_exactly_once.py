@@ -15,9 +15,9 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from warehouse.loaders import partition_load
-from warehouse.models import FactDailySales, FactSalesLine
+from warehouse.models import DimCustomer, DimProduct, DimStore, FactDailySales, FactSalesLine
 
-from .partitions import default_outputs, sale, write_outputs
+from .partitions import default_outputs, history_outputs, sale, write_outputs
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -202,3 +202,45 @@ def test_two_pipelines_loading_the_same_dates_keep_exactly_what_each_loads_alone
     web_lines = FactSalesLine.objects.using(db_alias).filter(pipeline="web")
     assert web_lines.exists() and not web_lines.filter(source_date=DAYS[2]).exists()
     assert daily_by_date_and_store(db_alias, "web") == lines_by_date_and_store(db_alias, "web")
+
+
+def test_two_pipelines_whose_masters_disagree_keep_one_history_each(db_alias, tmp_path):
+    """The same sku and store code name other members in another pipeline's masters: neither pipeline's
+    loads version, re-point or delete the other's dimension rows."""
+
+    def load(pipeline, day, outputs, name):
+        partition_load(
+            outputs=write_outputs(tmp_path / name, outputs),
+            pipeline=pipeline,
+            business_date=day,
+            run_id=None,
+            using=db_alias,
+        )
+
+    load("shop", DAYS[1], history_outputs(DAYS[1], name="Mug", region="West"), "shop-1")
+    load("web", DAYS[0], history_outputs(DAYS[0], name="Tasse", price="3.00", region="Nord"), "web-0")
+    load("web", DAYS[2], history_outputs(DAYS[2], name="Tasse", price="4.00", region="Nord"), "web-2")
+    load("shop", DAYS[1], history_outputs(DAYS[1], name="Mug", region="West"), "shop-1-again")
+
+    def versions(model, pipeline, key):
+        rows = model.objects.using(db_alias).filter(pipeline=pipeline).order_by(key, "valid_from")
+        return [(getattr(r, key), r.valid_from, r.valid_to) for r in rows]
+
+    assert versions(DimProduct, "shop", "sku") == [("P1", DAYS[1], None), ("P2", DAYS[1], None)]
+    assert versions(DimProduct, "web", "sku") == [
+        ("P1", DAYS[0], DAYS[2]),
+        ("P1", DAYS[2], None),
+        ("P2", DAYS[0], None),
+    ]
+    assert set(DimStore.objects.using(db_alias).filter(pipeline="shop").values_list("region", flat=True)) == {
+        "West",
+        "South",
+    }
+    assert DimCustomer.objects.using(db_alias).filter(pipeline="shop").count() == 1
+    for pipeline in ("shop", "web"):
+        lines = FactSalesLine.objects.using(db_alias).filter(pipeline=pipeline)
+        assert set(lines.values_list("product__pipeline", "store__pipeline", "customer__pipeline")) == {
+            (pipeline, pipeline, pipeline)
+        }
+    shop_mug = FactSalesLine.objects.using(db_alias).get(pipeline="shop", line_number=1)
+    assert (shop_mug.product.name, shop_mug.store.region) == ("Mug", "West")

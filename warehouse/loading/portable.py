@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from django.db import models
 
-from ..models import DimDate, QuarantinedRow
+from ..models import DimDate, LoadedPartition, QuarantinedRow
 from .history import Version, observe, version_on
 from .specs import (
     DAILY_SALES,
@@ -52,14 +52,17 @@ def load_date_row(using: str, day: date) -> None:
     _upsert(using, DimDate, [dim_date_row(day)], ["date_key"])
 
 
-def load_dimension(using: str, spec: Dimension, files: Sequence[Path], day: date) -> int:
+def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[Path], day: date) -> int:
     rows = 0
     for batch in _read_batches(files, spec.columns):
         if spec.history:
-            _observe_members(using, spec, batch, day)
+            _observe_members(using, spec, pipeline, batch, day)
         else:
-            objs = [spec.model(**{name: rec[name] for name in spec.columns}) for rec in batch]
-            _upsert(using, spec.model, objs, [spec.natural_key])
+            objs = [
+                spec.model(**{PIPELINE_FIELD: pipeline}, **{name: rec[name] for name in spec.columns})
+                for rec in batch
+            ]
+            _upsert(using, spec.model, objs, [PIPELINE_FIELD, spec.natural_key])
         rows += len(batch)
     return rows
 
@@ -85,8 +88,7 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
     for batch in _read_batches(files, spec.staging_columns):
         ids = {
             ref.field: _key_map(
-                using,
-                ref.dimension(spec.model),
+                _members(using, ref.dimension(spec.model), pipeline),
                 ref.column,
                 {
                     (r[ref.column], r[DATE_COLUMN] if ref.history(spec.model) else None)
@@ -276,7 +278,7 @@ def _upsert(
 
 
 def _key_map(
-    using: str, model: type[models.Model], natural_key: str, wanted: set[tuple[Any, date | None]]
+    members: models.QuerySet, natural_key: str, wanted: set[tuple[Any, date | None]]
 ) -> dict[tuple[Any, date | None], int]:
     """(natural key, date) -> surrogate key; with a date, of the version valid on it, or of the member's
     first version for a date before it (as the PostgreSQL path's `_member_on`)."""
@@ -284,9 +286,7 @@ def _key_map(
     versions: dict[Any, list[tuple[date | None, date | None, int]]] = defaultdict(list)
     names = [natural_key, "pk", *(["valid_from", "valid_to"] if any(d for _, d in wanted) else [])]
     for start in range(0, len(values), LOOKUP_CHUNK):
-        rows = model.objects.using(using).filter(
-            **{f"{natural_key}__in": values[start : start + LOOKUP_CHUNK]}
-        )
+        rows = members.filter(**{f"{natural_key}__in": values[start : start + LOOKUP_CHUNK]})
         for member, pk, *validity in rows.values_list(*names):
             versions[member].append((*validity, pk) if validity else (None, None, pk))
     found: dict[tuple[Any, date | None], int] = {}
@@ -301,28 +301,34 @@ def _key_map(
     missing = {value for value, day in wanted} - {value for value, day in found}
     if missing:
         # The transform only emits facts whose dimensions it also emitted; this means a broken partition.
-        raise MissingDimensionError(model, natural_key, missing)
+        raise MissingDimensionError(members.model, natural_key, missing)
     return found
 
 
-def _observe_members(using: str, spec: Dimension, batch: list[dict[str, Any]], day: date) -> None:
-    """Apply `history.observe` to the batch's members, then write what changed (docs/loading.md)."""
-    model, key = spec.model, spec.natural_key
+def _members(using: str, model: type[models.Model], pipeline: str) -> models.QuerySet:
+    """The pipeline's rows of a dimension: the only ones its loads read or change."""
+    return model.objects.using(using).filter(**{PIPELINE_FIELD: pipeline})
+
+
+def _observe_members(
+    using: str, spec: Dimension, pipeline: str, batch: list[dict[str, Any]], day: date
+) -> None:
+    """Apply `history.observe` to the batch's members, then write what changed (docs/loading.md). The
+    next loaded date is the pipeline's: another pipeline's snapshots say nothing about this one's."""
+    members = _members(using, spec.model, pipeline)
+    key = spec.natural_key
     old: dict[Any, list[Version]] = defaultdict(list)
     names = ["pk", key, "valid_from", "valid_to", *spec.attributes]
     keys = sorted(r[key] for r in batch)
     for start in range(0, len(keys), LOOKUP_CHUNK):
         chunk = keys[start : start + LOOKUP_CHUNK]
         for pk, member, valid_from, valid_to, *attrs in (
-            model.objects.using(using)
-            .filter(**{f"{key}__in": chunk})
-            .order_by("valid_from")
-            .values_list(*names)
+            members.filter(**{f"{key}__in": chunk}).order_by("valid_from").values_list(*names)
         ):
             old[member].append(Version(pk, valid_from, valid_to, tuple(attrs)))
     next_loaded = (
-        DimDate.objects.using(using)
-        .filter(date__gt=day)
+        LoadedPartition.objects.using(using)
+        .filter(pipeline=pipeline, date__gt=day)
         .order_by("date")
         .values_list("date", flat=True)
         .first()
@@ -335,12 +341,13 @@ def _observe_members(using: str, spec: Dimension, batch: list[dict[str, Any]], d
         if new is not None:
             plans[r[key]] = new
     if plans:
-        _write_history(using, spec, day, {member: old[member] for member in plans}, plans)
+        _write_history(using, spec, pipeline, day, {member: old[member] for member in plans}, plans)
 
 
 def _write_history(
     using: str,
     spec: Dimension,
+    pipeline: str,
     day: date,
     old: dict[Any, list[Version]],
     new: dict[Any, list[Version]],
@@ -349,7 +356,7 @@ def _write_history(
     after each statement: the old current version is cleared before another becomes current, kept rows are
     updated, new ones inserted, facts re-pointed, and only then are the rows no version keeps deleted."""
     model, key = spec.model, spec.natural_key
-    members = model.objects.using(using)
+    members = _members(using, model, pipeline)
     losing = [
         v.id
         for member, versions in old.items()
@@ -369,7 +376,7 @@ def _write_history(
     members.bulk_update(changed, fields, batch_size=BATCH_ROWS)
     members.bulk_create(
         [
-            model(**{key: member}, **_version_values(spec, v))
+            model(**{PIPELINE_FIELD: pipeline, key: member}, **_version_values(spec, v))
             for member, versions in new.items()
             for v in versions
             if v.id is None
@@ -378,7 +385,7 @@ def _write_history(
     )
     kept = {v.id for versions in new.values() for v in versions}
     obsolete = [pk for pk in before if pk not in kept]
-    _repoint_facts(using, spec, day, old, _with_ids(using, spec, new, obsolete))
+    _repoint_facts(using, spec, day, old, _with_ids(members, spec, new, obsolete))
     fault_point(f"history:{spec.output}")
     for start in range(0, len(obsolete), LOOKUP_CHUNK):
         members.filter(pk__in=obsolete[start : start + LOOKUP_CHUNK]).delete()
@@ -394,17 +401,15 @@ def _version_values(spec: Dimension, version: Version) -> dict[str, Any]:
 
 
 def _with_ids(
-    using: str, spec: Dimension, new: dict[Any, list[Version]], obsolete: Container[int]
+    members: models.QuerySet, spec: Dimension, new: dict[Any, list[Version]], obsolete: Container[int]
 ) -> dict[Any, list[Version]]:
     """The new versions with the ids the database gave the inserted ones."""
     key = spec.natural_key
     ids: dict[tuple[Any, date], int] = {}
-    members = sorted(new)
-    for start in range(0, len(members), LOOKUP_CHUNK):
-        rows = (
-            spec.model.objects.using(using)
-            .filter(**{f"{key}__in": members[start : start + LOOKUP_CHUNK]})
-            .values_list(key, "valid_from", "pk")
+    keys = sorted(new)
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        rows = members.filter(**{f"{key}__in": keys[start : start + LOOKUP_CHUNK]}).values_list(
+            key, "valid_from", "pk"
         )
         ids.update({(member, valid_from): pk for member, valid_from, pk in rows if pk not in obsolete})
     return {

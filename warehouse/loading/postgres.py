@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from django.db import models
 from psycopg2 import sql
 
-from ..models import DimCustomer, DimDate, QuarantinedRow
+from ..models import DimCustomer, DimDate, LoadedPartition, QuarantinedRow
 from .portable import MissingDimensionError
 from .specs import (
     DAILY_SALES,
@@ -83,16 +83,11 @@ def _lock_dates(cursor, pipeline: str, keys: Sequence[int]) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [lock_class(DATE_LOCK, pipeline), key])
 
 
-def lock_history(cursor, spec: Dimension, *, exclusive: bool) -> None:
-    """The dimension's history lock."""
-    _lock_table(cursor, HISTORY_LOCK_CLASS, spec.model, exclusive=exclusive)
-
-
-def _lock_table(cursor, lock_class: int, model: type[models.Model], *, exclusive: bool) -> None:
-    """A transaction-level advisory lock keyed by `lock_class` and a stable 31-bit hash of the table name."""
+def lock_history(cursor, spec: Dimension, pipeline: str, *, exclusive: bool) -> None:
+    """The pipeline's history lock of the dimension."""
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     cursor.execute(
-        f"SELECT {function}(%s, %s)", [lock_class, zlib.crc32(model._meta.db_table.encode()) & 0x7FFFFFFF]
+        f"SELECT {function}(%s, %s)", [HISTORY_LOCK_CLASS, lock_class(spec.model._meta.db_table, pipeline)]
     )
 
 
@@ -108,19 +103,21 @@ def load_date_row(cursor, connection, day: date) -> None:
     )
 
 
-def load_dimension(cursor, connection, spec: Dimension, files: Sequence[Path], day: date) -> int:
+def load_dimension(
+    cursor, connection, spec: Dimension, pipeline: str, files: Sequence[Path], day: date
+) -> int:
     meta = spec.model._meta
     staging = _stage(cursor, connection, spec.output, [meta.get_field(c) for c in spec.columns], files)
     if spec.history:
-        _merge_history(cursor, spec, staging, day)
+        _merge_history(cursor, spec, pipeline, staging, day)
     else:
-        _merge_latest(cursor, spec, staging)
+        _merge_latest(cursor, spec, pipeline, staging)
     rows = _staged_rows(cursor, staging)
     _drop(cursor, staging)
     return rows
 
 
-def _merge_latest(cursor, spec: Dimension, staging: sql.Composable) -> None:
+def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composable) -> None:
     """Type 1: insert new members, then update members whose attributes changed; unchanged rows are not
     touched.
 
@@ -133,11 +130,13 @@ def _merge_latest(cursor, spec: Dimension, staging: sql.Composable) -> None:
     staged = [sql.Identifier(c) for c in spec.columns]
     cursor.execute(
         sql.SQL(
-            "INSERT INTO {table} ({columns}) SELECT {staged} FROM {staging} s "
-            "WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE d.{key} = s.{skey}) "
-            "ON CONFLICT ({key}) DO NOTHING"
+            "INSERT INTO {table} ({pipeline}, {columns}) SELECT {name}, {staged} FROM {staging} s "
+            "WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE d.{pipeline} = {name} AND d.{key} = s.{skey}) "
+            "ON CONFLICT ({pipeline}, {key}) DO NOTHING"
         ).format(
             table=table,
+            pipeline=_column(spec.model, PIPELINE_FIELD),
+            name=sql.Literal(pipeline),
             columns=sql.SQL(", ").join(columns),
             staged=sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in staged),
             staging=staging,
@@ -150,10 +149,12 @@ def _merge_latest(cursor, spec: Dimension, staging: sql.Composable) -> None:
         sources = [sql.SQL("s.{}").format(sql.Identifier(a)) for a in spec.attributes]
         cursor.execute(
             sql.SQL(
-                "UPDATE {table} d SET {sets} FROM {staging} s WHERE d.{key} = s.{skey} "
-                "AND ROW({old}) IS DISTINCT FROM ROW({new})"
+                "UPDATE {table} d SET {sets} FROM {staging} s WHERE d.{pipeline} = {name} "
+                "AND d.{key} = s.{skey} AND ROW({old}) IS DISTINCT FROM ROW({new})"
             ).format(
                 table=table,
+                pipeline=_column(spec.model, PIPELINE_FIELD),
+                name=sql.Literal(pipeline),
                 sets=sql.SQL(", ").join(
                     sql.SQL("{} = {}").format(t, s) for t, s in zip(targets, sources, strict=True)
                 ),
@@ -166,7 +167,7 @@ def _merge_latest(cursor, spec: Dimension, staging: sql.Composable) -> None:
         )
 
 
-def _merge_history(cursor, spec: Dimension, staging: sql.Composable, day: date) -> None:
+def _merge_history(cursor, spec: Dimension, pipeline: str, staging: sql.Composable, day: date) -> None:
     """Type 2: apply `history.observe` set-wise to the members whose snapshot differs from their version
     valid on the date; a snapshot with no change writes and row-locks nothing.
 
@@ -174,27 +175,30 @@ def _merge_history(cursor, spec: Dimension, staging: sql.Composable, day: date) 
     that change nothing never wait for each other). Changes are then found again under the lock, since a
     load holding it exclusively may have committed meanwhile; one found only then takes it exclusively too."""
     changes = sql.Identifier("pg_temp", f"changes_{spec.output}")
-    query = _changes(spec, staging, day)
+    query = _changes(spec, pipeline, staging, day)
     cursor.execute(sql.SQL("SELECT EXISTS ({})").format(query))
     exclusive = cursor.fetchone()[0]
-    lock_history(cursor, spec, exclusive=exclusive)
+    lock_history(cursor, spec, pipeline, exclusive=exclusive)
     changed = _create_as(cursor, changes, query)
     if changed and not exclusive:
-        lock_history(cursor, spec, exclusive=True)
+        lock_history(cursor, spec, pipeline, exclusive=True)
         changed = _create_as(cursor, changes, query)
     if changed:
-        _write_history(cursor, spec, changes, day)
+        _write_history(cursor, spec, pipeline, changes, day)
     _drop(cursor, changes)
 
 
-def _changes(spec: Dimension, staging: sql.Composable, day: date) -> sql.Composable:
-    """Staged members with no version valid on the date holding the same attributes (NULL-safe)."""
+def _changes(spec: Dimension, pipeline: str, staging: sql.Composable, day: date) -> sql.Composable:
+    """Staged members with no version of the pipeline valid on the date holding the same attributes
+    (NULL-safe)."""
     meta = spec.model._meta
     return sql.SQL(
-        "SELECT s.* FROM {staging} s WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE d.{key} = s.{skey} "
-        "AND {valid} AND ROW({old}) IS NOT DISTINCT FROM ROW({new}))"
+        "SELECT s.* FROM {staging} s WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE d.{pipeline} = {name} "
+        "AND d.{key} = s.{skey} AND {valid} AND ROW({old}) IS NOT DISTINCT FROM ROW({new}))"
     ).format(
         staging=staging,
+        pipeline=_column(spec.model, PIPELINE_FIELD),
+        name=sql.Literal(pipeline),
         table=sql.Identifier(meta.db_table),
         key=sql.Identifier(meta.get_field(spec.natural_key).column),
         skey=sql.Identifier(spec.natural_key),
@@ -204,7 +208,7 @@ def _changes(spec: Dimension, staging: sql.Composable, day: date) -> sql.Composa
     )
 
 
-def _write_history(cursor, spec: Dimension, changes: sql.Composable, day: date) -> None:
+def _write_history(cursor, spec: Dimension, pipeline: str, changes: sql.Composable, day: date) -> None:
     """The changed members' new versions (`_plan_history`), written in an order that keeps every constraint
     true after each statement: the old current version is cleared before another becomes current, kept rows
     are updated, new ones inserted, facts re-pointed, and only then are the rows no version keeps deleted."""
@@ -221,19 +225,22 @@ def _write_history(cursor, spec: Dimension, changes: sql.Composable, day: date) 
         vkey=sql.Identifier(spec.natural_key),
         versions=versions,
         obsolete=obsolete,
+        pipeline=_column(spec.model, PIPELINE_FIELD),
+        name=sql.Literal(pipeline),
     )
-    _plan_history(cursor, spec, changes, versions, day)
+    _plan_history(cursor, spec, pipeline, changes, versions, day)
     _create_as(
         cursor,
         obsolete,
         sql.SQL(
-            "SELECT d.{pk} AS id FROM {table} d WHERE d.{key} IN (SELECT v.{vkey} FROM {versions} v) "
+            "SELECT d.{pk} AS id FROM {table} d WHERE d.{pipeline} = {name} "
+            "AND d.{key} IN (SELECT v.{vkey} FROM {versions} v) "
             "AND NOT EXISTS (SELECT 1 FROM {versions} v WHERE v.id = d.{pk})"
         ).format(**names),
     )
     cursor.execute(
         sql.SQL(
-            "UPDATE {table} d SET is_current = false WHERE d.is_current "
+            "UPDATE {table} d SET is_current = false WHERE d.is_current AND d.{pipeline} = {name} "
             "AND d.{key} IN (SELECT v.{vkey} FROM {versions} v) "
             "AND NOT EXISTS (SELECT 1 FROM {versions} v WHERE v.id = d.{pk} AND v.valid_to IS NULL)"
         ).format(**names)
@@ -257,9 +264,9 @@ def _write_history(cursor, spec: Dimension, changes: sql.Composable, day: date) 
     )
     cursor.execute(
         sql.SQL(
-            "INSERT INTO {table} ({key}, valid_from, valid_to, is_current, {columns}) "
-            "SELECT v.{vkey}, v.valid_from, v.valid_to, v.valid_to IS NULL, {values} FROM {versions} v "
-            "WHERE v.id IS NULL"
+            "INSERT INTO {table} ({pipeline}, {key}, valid_from, valid_to, is_current, {columns}) "
+            "SELECT {name}, v.{vkey}, v.valid_from, v.valid_to, v.valid_to IS NULL, {values} "
+            "FROM {versions} v WHERE v.id IS NULL"
         ).format(
             columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
             values=_columns("v", spec.attributes),
@@ -274,7 +281,7 @@ def _write_history(cursor, spec: Dimension, changes: sql.Composable, day: date) 
 
 
 def _plan_history(
-    cursor, spec: Dimension, changes: sql.Composable, versions: sql.Composable, day: date
+    cursor, spec: Dimension, pipeline: str, changes: sql.Composable, versions: sql.Composable, day: date
 ) -> None:
     """`history.observe` for every changed member at once, into a temporary table of the new versions
     (id NULL: to insert). Points: the old versions but the one on the date, (date, staged attributes) with
@@ -283,11 +290,12 @@ def _plan_history(
     keeps the first row id in date order; each run lasts until the next one."""
     meta = spec.model._meta
     cursor.execute(
-        sql.SQL("SELECT min({date}) FROM {dates} WHERE {date} > %s").format(
-            date=sql.Identifier(DimDate._meta.get_field("date").column),
-            dates=sql.Identifier(DimDate._meta.db_table),
+        sql.SQL("SELECT min({date}) FROM {loaded} WHERE {pipeline} = %s AND {date} > %s").format(
+            date=_column(LoadedPartition, "date"),
+            loaded=sql.Identifier(LoadedPartition._meta.db_table),
+            pipeline=_column(LoadedPartition, PIPELINE_FIELD),
         ),
-        [day],
+        [pipeline, day],
     )
     next_loaded = cursor.fetchone()[0]
     member = sql.Identifier(spec.natural_key)
@@ -305,7 +313,8 @@ def _plan_history(
         sql.SQL(
             "CREATE TEMP TABLE {versions} ON COMMIT DROP AS "
             "WITH old AS ("
-            "  SELECT {old_columns} FROM {table} d WHERE d.{key} IN (SELECT c.{member} FROM {changes} c)"
+            "  SELECT {old_columns} FROM {table} d"
+            "  WHERE d.{pipeline} = {name} AND d.{key} IN (SELECT c.{member} FROM {changes} c)"
             "), points AS ("
             "  SELECT o.{member}, o.valid_from, {o_attrs}, o.id FROM old o WHERE o.valid_from <> {day}"
             "  UNION ALL"
@@ -333,6 +342,8 @@ def _plan_history(
             old_columns=sql.SQL(", ").join(old_columns),
             table=sql.Identifier(meta.db_table),
             key=sql.Identifier(meta.get_field(spec.natural_key).column),
+            pipeline=_column(spec.model, PIPELINE_FIELD),
+            name=sql.Literal(pipeline),
             member=member,
             changes=changes,
             day=sql.Literal(day),
@@ -364,11 +375,12 @@ def _repoint_facts(cursor, spec: Dimension, names: dict[str, sql.Composable], da
         cursor.execute(
             sql.SQL(
                 "UPDATE {fact} f SET {ref} = v.{pk} FROM {table} o, {dates} dd, {table} v "
-                "WHERE f.{ref} = o.{pk} "
+                "WHERE f.{ref} = o.{pk} AND o.{pipeline} = {name} "
                 "AND o.{key} IN (SELECT c.{vkey} FROM {versions} c) "
-                "AND dd.{date_key} = f.{fact_date} AND v.{key} = o.{key} "
+                "AND dd.{date_key} = f.{fact_date} AND v.{pipeline} = {name} AND v.{key} = o.{key} "
                 "AND (v.valid_to IS NULL OR v.valid_to > {when}) AND (v.valid_from <= {when} OR NOT EXISTS "
-                "(SELECT 1 FROM {table} e WHERE e.{key} = v.{key} AND e.valid_from < v.valid_from "
+                "(SELECT 1 FROM {table} e WHERE e.{pipeline} = {name} AND e.{key} = v.{key} "
+                "AND e.valid_from < v.valid_from "
                 "AND e.{pk} NOT IN (SELECT id FROM {obsolete}))) "
                 "AND v.{pk} NOT IN (SELECT id FROM {obsolete}) AND v.{pk} <> f.{ref}"
             ).format(
@@ -429,7 +441,8 @@ def _link_returns(cursor, spec: Fact, staging: sql.Composable, pipeline: str) ->
         sql.SQL(
             "UPDATE {staging} s SET original_order_id = l.order_id, {linked} = true FROM ("
             "  SELECT r.order_id AS return_order, r.line_number AS return_line, p.order_id"
-            "  FROM {staging} r JOIN {customers} c ON c.{customer_key} = r.customer_key"
+            "  FROM {staging} r JOIN {customers} c"
+            "    ON c.{customer_pipeline} = {name} AND c.{customer_key} = r.customer_key"
             "  CROSS JOIN LATERAL (SELECT c.{customer_pk} AS r_customer, {r_date} AS r_date) k"
             "  CROSS JOIN {probe}"
             "  WHERE r.is_return AND r.original_order_id IS NULL"
@@ -440,6 +453,8 @@ def _link_returns(cursor, spec: Fact, staging: sql.Composable, pipeline: str) ->
             customers=sql.Identifier(customers.db_table),
             customer_key=sql.Identifier(customers.get_field("customer_key").column),
             customer_pk=sql.Identifier(customers.pk.column),
+            customer_pipeline=_column(DimCustomer, PIPELINE_FIELD),
+            name=sql.Literal(pipeline),
             r_date=_day_key(business_date),
             probe=_latest_purchase(
                 spec,
@@ -630,7 +645,7 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
     )
     staging = _stage(cursor, connection, spec.output, staged_fields, files)
     fault_point("after_copy")
-    _check_references(cursor, spec, staging)
+    _check_references(cursor, spec, staging, pipeline)
     touched = sql.Identifier("pg_temp", "touched_dates")
     keys = _touched_dates(cursor, spec, pipeline, day, staging, touched)
     _lock_dates(cursor, pipeline, keys)
@@ -696,7 +711,7 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
                 kind=sql.SQL("LEFT" if ref.nullable(spec.model) else ""),
                 dim=sql.Identifier(ref.dimension(spec.model)._meta.db_table),
                 alias=alias,
-                member=_member_on(spec, ref, alias),
+                member=_member_on(spec, ref, alias, pipeline),
             )
         )
     columns = [_column(spec.model, PARTITION_FIELD), _column(spec.model, PIPELINE_FIELD)]
@@ -933,23 +948,35 @@ def _upsert_values(cursor, model, columns: list[str], values: list, conflict: li
     )
 
 
-def _member_on(spec: Fact, ref: Reference, alias: sql.Identifier) -> sql.Composable:
+def _member_on(spec: Fact, ref: Reference, alias: sql.Identifier, pipeline: str) -> sql.Composable:
     """The join condition of a staged natural key and its dimension row: for a dimension with history,
     the version valid on the line's business date, or the member's first version for a date before it (a
     partition's lines may predate the first snapshot of their product: docs/loading.md). The (natural key,
     valid_from) unique index serves it."""
     dim = ref.dimension(spec.model)._meta
     key = sql.Identifier(dim.get_field(ref.column).column)
-    condition = sql.SQL("{alias}.{key} = s.{column}").format(
-        alias=alias, key=key, column=sql.Identifier(ref.column)
+    condition = sql.SQL("{alias}.{pipeline} = {name} AND {alias}.{key} = s.{column}").format(
+        alias=alias,
+        pipeline=sql.Identifier(dim.get_field(PIPELINE_FIELD).column),
+        name=sql.Literal(pipeline),
+        key=key,
+        column=sql.Identifier(ref.column),
     )
     if ref.history(spec.model):
         day = sql.SQL("s.{}").format(sql.Identifier(DATE_COLUMN))
         condition = sql.SQL(
             "{condition} AND ({a}.valid_to IS NULL OR {a}.valid_to > {day}) AND ({a}.valid_from <= {day}"
             " OR NOT EXISTS (SELECT 1 FROM {table} e"
-            "   WHERE e.{key} = {a}.{key} AND e.valid_from < {a}.valid_from))"
-        ).format(condition=condition, a=alias, day=day, table=sql.Identifier(dim.db_table), key=key)
+            "   WHERE e.{pipeline} = {a}.{pipeline} AND e.{key} = {a}.{key}"
+            "   AND e.valid_from < {a}.valid_from))"
+        ).format(
+            condition=condition,
+            a=alias,
+            day=day,
+            table=sql.Identifier(dim.db_table),
+            key=key,
+            pipeline=sql.Identifier(dim.get_field(PIPELINE_FIELD).column),
+        )
     return condition
 
 
@@ -961,12 +988,13 @@ def _valid_on(alias: sql.Identifier, day: date | sql.Composable) -> sql.Composab
     )
 
 
-def _check_references(cursor, spec: Fact, staging: sql.Composable) -> None:
+def _check_references(cursor, spec: Fact, staging: sql.Composable, pipeline: str) -> None:
     """Fail with the missing natural keys rather than let an inner join drop fact rows silently."""
     for ref in spec.references:
         dim = ref.dimension(spec.model)
         condition = sql.SQL("NOT EXISTS (SELECT 1 FROM {dim} d WHERE {member})").format(
-            dim=sql.Identifier(dim._meta.db_table), member=_member_on(spec, ref, sql.Identifier("d"))
+            dim=sql.Identifier(dim._meta.db_table),
+            member=_member_on(spec, ref, sql.Identifier("d"), pipeline),
         )
         if ref.nullable(spec.model):
             condition = sql.SQL("s.{} IS NOT NULL AND ").format(sql.Identifier(ref.column)) + condition

@@ -50,12 +50,12 @@ class Dimension:
 
     @property
     def columns(self) -> list[str]:
-        """Staging columns: every concrete field but the surrogate key and the validity, named as in the
-        model."""
+        """Staging columns: every concrete field but the surrogate key, the pipeline and the validity, named
+        as in the model."""
         return [
             f.name
             for f in self.model._meta.concrete_fields
-            if not f.primary_key and f.name not in VALIDITY_FIELDS
+            if not f.primary_key and f.name not in (*VALIDITY_FIELDS, PIPELINE_FIELD)
         ]
 
     @property
