@@ -23,26 +23,47 @@ class DimDateAdmin(ReadOnlyAdmin):
 
 @admin.register(models.DimStore)
 class DimStoreAdmin(ReadOnlyAdmin):
-    list_display = ("store_code", "name", "city", "region", "country", "valid_from", "valid_to", "is_current")
-    list_filter = ("is_current",)
+    list_display = (
+        "pipeline",
+        "store_code",
+        "name",
+        "city",
+        "region",
+        "country",
+        "valid_from",
+        "valid_to",
+        "is_current",
+    )
+    list_filter = ("pipeline", "is_current")
     search_fields = ("store_code", "name")
 
 
 @admin.register(models.DimProduct)
 class DimProductAdmin(ReadOnlyAdmin):
-    list_display = ("sku", "name", "category", "list_price", "valid_from", "valid_to", "is_current")
-    list_filter = ("is_current",)
+    list_display = (
+        "pipeline",
+        "sku",
+        "name",
+        "category",
+        "list_price",
+        "valid_from",
+        "valid_to",
+        "is_current",
+    )
+    list_filter = ("pipeline", "is_current")
     search_fields = ("sku", "name")
 
 
 @admin.register(models.DimCustomer)
 class DimCustomerAdmin(ReadOnlyAdmin):
-    list_display = ("customer_key", "country")
+    list_display = ("pipeline", "customer_key", "country")
+    list_filter = ("pipeline",)
 
 
 @admin.register(models.FactSalesLine)
 class FactSalesLineAdmin(ReadOnlyAdmin):
     list_display = (
+        "pipeline",
         "order_id",
         "line_number",
         "date",
@@ -55,17 +76,34 @@ class FactSalesLineAdmin(ReadOnlyAdmin):
         "amount_reporting",
         "is_return",
         "original_order_id",
+        "source_date",
+        "source_version",
     )
-    list_filter = ("date", "line_type", "is_return", "currency")
+    list_filter = ("pipeline", "date", "source_date", "line_type", "is_return", "currency")
     search_fields = ("order_id", "stock_code", "original_order_id")
     list_select_related = ("date", "store", "product")
 
 
 @admin.register(models.FactDailySales)
 class FactDailySalesAdmin(ReadOnlyAdmin):
-    list_display = ("date", "store", "product", "quantity", "revenue", "line_count", "order_count")
-    list_filter = ("date",)
+    list_display = (
+        "pipeline",
+        "date",
+        "store",
+        "product",
+        "quantity",
+        "revenue",
+        "line_count",
+        "order_count",
+    )
+    list_filter = ("pipeline", "date")
     list_select_related = ("date", "store", "product")
+
+
+@admin.register(models.LoadedPartition)
+class LoadedPartitionAdmin(ReadOnlyAdmin):
+    list_display = ("pipeline", "date")
+    list_filter = ("pipeline",)
 
 
 @admin.register(models.QuarantinedRow)
