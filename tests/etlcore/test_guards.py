@@ -201,8 +201,14 @@ on_breach = "fail"
         GuardConfig("max_filtered_share", Decimal(1), "fail"),
         GuardConfig("max_drop", Decimal("0.3"), "warn"),
     )
-    default_warn = parse(tmp_path, '[datasets.products.guards]\nmin_rows = 0\non_breach = "warn"\n')
-    assert default_warn.datasets["products"].guards == (GuardConfig("min_rows", Decimal(0), "warn"),)
+    default_warn = parse(
+        tmp_path,
+        '[datasets.products.guards]\nmin_rows = 0\nmax_drop = { value = 0.5 }\non_breach = "warn"\n',
+    )
+    assert default_warn.datasets["products"].guards == (
+        GuardConfig("min_rows", Decimal(0), "warn"),
+        GuardConfig("max_drop", Decimal("0.5"), "warn"),  # a guard's table inherits the dataset's action
+    )
     assert parse(tmp_path, "").datasets["products"].guards == ()
 
 
