@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -36,6 +37,21 @@ RULE_CHECKS: dict[str, tuple[str, ...]] = {
 RULE_SEVERITIES = ("reject", "warn", "filter")
 _RULE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 _RANGE_TYPES = re.compile(r"^(int|long|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
+# Volume guards ([datasets.<name>.guards], docs/configuration.md "Volume guards"): the bounds a dataset's
+# transform accounting must keep, each failing the run or warning.
+GUARD_NAMES = ("min_rows", "max_quarantined_share", "max_filtered_share", "max_drop")
+GUARD_ACTIONS = ("fail", "warn")
+DATASET_KEYS = (
+    "source",
+    "columns",
+    "explode",
+    "key",
+    "version_column",
+    "business_date_column",
+    "drift",
+    "rules",
+    "guards",
+)
 DEFAULT_EXTRACT_WORKERS = 4
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -66,6 +82,16 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """One declared volume guard: ``name`` is one of GUARD_NAMES, ``bound`` exact (a whole number of
+    rows for min_rows, a share in [0, 1] for the others)."""
+
+    name: str
+    bound: Decimal
+    on_breach: str = "fail"
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     name: str
     source: Mapping[str, Any]
@@ -79,6 +105,7 @@ class DatasetConfig:
     drift: str = "warn"  # what a source delivering other fields than declared does: warn (and record) or fail
     rules: tuple[RuleConfig, ...] = ()
     pii: frozenset[str] = frozenset()  # columns shown as their pseudonym in quarantined raw records
+    guards: tuple[GuardConfig, ...] = ()
 
     def spark_columns(self) -> dict[str, dict[str, Any]]:
         columns: dict[str, dict[str, Any]] = {}
@@ -202,6 +229,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
 
 
 def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConfig:
+    _reject_unknown(doc, DATASET_KEYS, where)
     source = doc.get("source")
     if not isinstance(source, dict) or "kind" not in source:
         raise ConfigurationError(f"{where}: a [source] table with a `kind` is required")
@@ -286,11 +314,63 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
         drift=drift,
         rules=rules,
         pii=frozenset(pii),
+        guards=_parse_guards(doc.get("guards", {}), f"{where.removesuffix(']')}.guards]"),
     )
 
 
 def types_of(columns: Sequence[ColumnSpec]) -> dict[str, str]:
     return {c.name: c.type for c in columns}
+
+
+def _parse_guards(doc: Any, where: str) -> tuple[GuardConfig, ...]:
+    """[datasets.<name>.guards]: `min_rows = 1`, `max_drop = 0.5`, ..., `on_breach = "fail"` for all of
+    them; one guard may take its own action: `max_drop = { value = 0.8, on_breach = "warn" }`."""
+    if not isinstance(doc, dict):
+        raise ConfigurationError(f"{where}: expected a table of guards")
+    _reject_unknown(doc, (*GUARD_NAMES, "on_breach"), where)
+    default = _guard_action(doc.get("on_breach", "fail"), f"{where} on_breach")
+    guards = []
+    for name in GUARD_NAMES:
+        if name not in doc:
+            continue
+        value, action = doc[name], default
+        if isinstance(value, dict):
+            _reject_unknown(value, ("value", "on_breach"), f"{where} {name}")
+            if "value" not in value:
+                raise ConfigurationError(f"{where} {name}: the table needs a `value`")
+            action = _guard_action(value.get("on_breach", default), f"{where} {name}.on_breach")
+            value = value["value"]
+        bound = _guard_bound(name, value, f"{where} {name}")
+        guards.append(GuardConfig(name=name, bound=bound, on_breach=action))
+    return tuple(guards)
+
+
+def _guard_bound(name: str, value: Any, where: str) -> Decimal:
+    if name == "min_rows":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigurationError(f"{where}: must be a whole number of rows, 0 or more, got {value!r}")
+        return Decimal(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{where}: must be a share between 0 and 1 (0.05 = 5 %), got {value!r}")
+    bound = Decimal(str(value))  # the number as written: 0.3 stays exactly 3/10
+    if not bound.is_finite() or not 0 <= bound <= 1:
+        raise ConfigurationError(f"{where}: must be a share between 0 and 1 (0.05 = 5 %), got {value!r}")
+    return bound
+
+
+def _guard_action(value: Any, where: str) -> str:
+    if value not in GUARD_ACTIONS:
+        raise ConfigurationError(f"{where}: {value!r} is not one of {', '.join(GUARD_ACTIONS)}")
+    return value
+
+
+def _reject_unknown(doc: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """An unknown key is an error, never ignored: a misspelt guard would otherwise guard nothing."""
+    for key in doc:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigurationError(f"{where}: unknown key {key!r} ({hint}known: {', '.join(known)})")
 
 
 def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:

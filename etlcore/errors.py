@@ -29,3 +29,8 @@ class SparkJobError(EtlError):
 
 class ReconciliationError(EtlError):
     """Row counts of a step do not balance: some rows would be unaccounted for."""
+
+
+class VolumeGuardError(EtlError):
+    """A dataset's figures broke a volume guard declared `on_breach = "fail"` (an empty or truncated
+    export, most rows quarantined): the message names the pipeline, dataset, date, figure and bound."""

@@ -42,6 +42,7 @@ from .errors import (
     SourceError,
     SparkJobError,
 )
+from .guards import guards_enforce
 from .models import PipelineRun, StagedPartition, StepRun
 from .runs import error_text, run_finish, run_start, step_tracked
 from .spark import job_submit
@@ -380,6 +381,9 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
         step.details |= submitted.facts()
         result = _read_job_result(attempt, log_path)
         _reconcile(result, inputs)
+        # Volume guards (etlcore/guards.py) before publishing: a failing guard leaves no partition to load.
+        step.details["datasets"] = result["datasets"]
+        guards_enforce(config=config, business_date=business_date, counts=result["datasets"], step=step)
         manifest = _transformed_manifest(ref, attempt, result, step.run_id)
         staging.partition_publish(ref, manifest, attempt)
 

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from etlcore.errors import EtlError
+from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
 from etlcore.services import pipeline_execute
 
@@ -34,6 +35,10 @@ class PipelineStepCommand(BaseCommand):
         except EtlError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(run_summary(run)))
+        for step in run.steps.all():
+            for kind, line in guard_lines(step.details or {}):
+                if kind == "warn":
+                    self.stdout.write(self.style.WARNING(line))
 
     @property
     def command_name(self) -> str:

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from etlcore.guards import guard_lines
 from etlcore.services import runs_latest
 
 
@@ -33,6 +34,9 @@ class Command(BaseCommand):
                 )
                 for line in step_detail_lines(step.details or {}):
                     self.stdout.write(f"          {line}")
+                for kind, line in guard_lines(step.details or {}):
+                    style = {"fail": self.style.ERROR, "warn": self.style.WARNING}.get(kind, str)
+                    self.stdout.write(style(f"          {line}"))
                 if step.error:
                     self.stdout.write(self.style.ERROR(f"        error: {step.error}"))
             if run.error and not any(s.error for s in run.steps.all()):
