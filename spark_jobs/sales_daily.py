@@ -298,7 +298,7 @@ def _limit(constraints: Mapping[str, Any], fill: Fill) -> dict[str, Any]:
         limit = dict(constraints[fill.output][fill.column])
     except KeyError:
         raise ValueError(f"job spec constraints say nothing of {fill.output}.{fill.column}") from None
-    return limit | {"nullable": True} if fill.null_ok else limit
+    return (limit | {"nullable": True}) if fill.null_ok else limit
 
 
 def implicit_rules(
