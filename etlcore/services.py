@@ -327,7 +327,10 @@ def job_spec(
     output_dir: Path,
 ) -> dict[str, Any]:
     """The Spark job's spec (docs/architecture.md) from the pipeline and each dataset's staged files and
-    row count. The transform step and the transform benchmark both build it here."""
+    row count. The transform step and the transform benchmark both build it here. ``constraints`` are
+    the warehouse's limits on each output column, from the models: the job checks them row by row."""
+    from warehouse.loading.specs import output_constraints
+
     inputs = {
         dataset.name: {
             "files": [str(p) for p in staged[dataset.name][0]],
@@ -349,6 +352,7 @@ def job_spec(
         "pseudonym_key_env": config.spark.pseudonym_key_env,
         "reporting_currency": config.spark.reporting_currency,
         "options": dict(config.spark.options),
+        "constraints": output_constraints(),
     }
 
 

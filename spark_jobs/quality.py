@@ -11,7 +11,8 @@ frame carries, next to its typed columns:
 
 Reason codes: ``missing_<col>`` (a required value is empty), ``invalid_<col>`` (text that does not parse
 as the declared type), the codes of the dataset's declared rules (docs/configuration.md, "Quality
-rules"), plus whatever a job adds with :func:`add_reasons`.
+rules"), the implicit rules of the warehouse's limits (:func:`constraint_rules`: ``too_long_<col>``,
+``too_many_digits_<col>``, ``out_of_range_<col>``), plus whatever a job adds with :func:`add_reasons`.
 
 A row is, in this order of precedence: a duplicate (``_dup``), filtered, rejected, or accepted, so
 ``rows_in = rows_out + rejected + duplicates + sum(filtered)`` holds by construction (:func:`row_counts`).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
@@ -68,8 +70,14 @@ Rule = Mapping[str, Any]
 
 # Where a broken rule's code goes, by severity.
 SEVERITY_COLUMNS = {"reject": REASONS_COL, "warn": WARNINGS_COL, "filter": FILTERED_COL}
-# Checks evaluated on each row alone, inside the casting projection.
-ROW_CHECKS = ("required", "range", "allowed", "not_allowed", "pattern")
+# Checks evaluated on each row alone, inside the casting projection. ``max_length`` and ``digits`` are
+# the implicit rules of the warehouse's limits (constraint_rules), not declared in a pipeline.
+ROW_CHECKS = ("required", "range", "allowed", "not_allowed", "pattern", "max_length", "digits")
+# What a job does to a cleaned text before writing it (the rule's ``as_loaded``): the warehouse counts the
+# characters of that. Upper-casing can lengthen a text ("ß" is "SS").
+LOADED_FORMS: dict[str, Callable[[Column], Column]] = {"upper": F.upper}
+# The values of the integer spec types.
+_INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 _DECIMAL_RE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _SIMPLE_TYPES: dict[str, DataType] = {
@@ -196,7 +204,102 @@ def rule_failed(rule: Rule, cleaned: Column, typed: Column, type_name: str) -> C
     if check in ("allowed", "not_allowed"):
         listed = typed.isin(*[F.lit(str(v)).cast(target) for v in rule["values"]])
         return typed.isNotNull() & (~listed if check == "allowed" else listed)
+    if check == "max_length":
+        return cleaned.isNotNull() & (F.length(loaded_text(rule, cleaned)) > F.lit(rule["max_length"]))
+    if check == "digits":
+        # As the decimal(max_digits, decimal_places) column will store it: rounded to its places first.
+        places = rule["decimal_places"]
+        limit = Decimal(10) ** (rule["max_digits"] - places)
+        return typed.isNotNull() & (F.abs(F.round(typed, places)) >= F.lit(limit))
     raise ValueError(f"rule {rule.get('code')!r}: {check!r} is not a row-level check")
+
+
+def loaded_text(rule: Rule, cleaned: Column) -> Column:
+    """The cleaned text as the job will write it (the rule's ``as_loaded`` form, if any)."""
+    form = rule.get("as_loaded")
+    return LOADED_FORMS[form](cleaned) if form else cleaned
+
+
+def _tightest(limits: Sequence[Mapping[str, Any]], key: str, size: Callable[[Mapping[str, Any]], Any]):
+    """The limit of the smallest ``size`` among those that have ``key`` (the first on a tie), or None."""
+    having = [c for c in limits if c.get(key) is not None]
+    return min(having, key=size) if having else None
+
+
+def _fits(type_name: str, digits: int, places: int) -> bool:
+    """Whether every value of the spec type fits decimal(digits + places, places) as it is."""
+    target = spark_type(type_name)
+    if isinstance(target, DecimalType):
+        return target.precision - target.scale <= digits and target.scale <= places
+    return type_name in _INT_RANGES and len(str(_INT_RANGES[type_name][0])) - 1 <= digits
+
+
+def constraint_rules(
+    columns_spec: ColumnsSpec,
+    limits: Mapping[str, Sequence[Mapping[str, Any]]],
+    loaded_forms: Mapping[str, str] | None = None,
+) -> list[Rule]:
+    """Implicit reject rules that stop, in the validation pass, every row the warehouse would refuse.
+
+    ``limits`` maps a declared column to what the warehouse accepts in each column it fills (a
+    ``constraints`` entry of the job spec: ``column`` (the warehouse's name), ``nullable``,
+    ``max_length``, ``max_digits`` + ``decimal_places``, ``min`` / ``max``); the tightest applies:
+
+    - ``missing_<col>`` (``required``) where a column that takes no NULL is filled by a column not
+      declared required (a declared one is already checked under that code);
+    - ``too_long_<col>``: more characters than ``max_length``, counted on the cleaned text as loaded
+      (``loaded_forms``: column -> a :data:`LOADED_FORMS` name);
+    - ``too_many_digits_<col>``: a number that, rounded to the decimal places, has more integer digits
+      than the decimal column holds (only where the declared type can have one);
+    - ``out_of_range_<col>``: an integer outside the column's range (only where the declared type can
+      hold one).
+    """
+    loaded_forms = loaded_forms or {}
+    rules: list[Rule] = []
+    for name, col_spec in columns_spec.items():
+        columns = limits.get(name) or ()
+        type_name = str(col_spec.get("type", "string")).strip().lower()
+        is_text = isinstance(spark_type(type_name), StringType)
+        not_null = next((c for c in columns if not c.get("nullable", True)), None)
+        if not_null and not col_spec.get("required"):
+            rules.append(
+                _implicit("missing", name, "required", not_null, "the warehouse holds no empty value")
+            )
+        text = _tightest(columns, "max_length", lambda c: c["max_length"])
+        if text and is_text:
+            most = text["max_length"]
+            form = {"as_loaded": loaded_forms[name]} if name in loaded_forms else {}
+            message = f"the warehouse holds at most {most}"
+            rules.append(_implicit("too_long", name, "max_length", text, message, max_length=most, **form))
+        number = _tightest(columns, "max_digits", lambda c: (c["max_digits"] - c["decimal_places"], 0))
+        if number and not is_text:
+            size, places = number["max_digits"], number["decimal_places"]
+            if not _fits(type_name, size - places, places):
+                message = (
+                    f"the warehouse holds at most {size - places} digits before the point, rounded to "
+                    f"{places} places (decimal({size},{places}))"
+                )
+                rules.append(
+                    _implicit("too_many_digits", name, "digits", number, message,
+                              max_digits=size, decimal_places=places)
+                )  # fmt: skip
+        integer = _tightest(columns, "min", lambda c: c["max"] - c["min"])
+        if integer and type_name in _INT_RANGES:
+            low, high = _INT_RANGES[type_name]
+            if integer["min"] > low or integer["max"] < high:
+                message = f"the warehouse holds {integer['min']} to {integer['max']}"
+                bounds = {"min": str(integer["min"]), "max": str(integer["max"])}
+                rules.append(_implicit("out_of_range", name, "range", integer, message, **bounds))
+    return rules
+
+
+def _implicit(
+    kind: str, column: str, check: str, limit: Mapping[str, Any], message: str, **params: Any
+) -> Rule:
+    """An implicit rule: code ``<kind>_<column>``, its message naming the warehouse column."""
+    note = f"{message}: warehouse column {limit['column']}"
+    return {"code": f"{kind}_{column}", "check": check, "severity": "reject", "column": column,
+            "message": note, **params}  # fmt: skip
 
 
 def _rule_arrays(results: Sequence[tuple[Rule, Column]]) -> dict[str, list[Column]]:
@@ -476,8 +579,8 @@ def quarantine_rows(
     ``message`` lists every code with the staged (masked) value that caused it, e.g.
     ``invalid_unit_price: unit_price='abc'; unknown_product: sku='X9'``: for ``missing_``/``invalid_``
     codes the column is in the code, others are looked up in ``reason_columns`` (code -> column) and the
-    declared ``rules``, whose ``message`` follows in parentheses. ``reason_code`` is the first code; the
-    schema stays the loader's contract.
+    declared ``rules``, whose ``message`` follows in parentheses (a ``max_length`` rule's starts with the
+    length it found). ``reason_code`` is the first code; the schema stays the loader's contract.
     """
     reason_columns = {**(reason_columns or {}), **rule_reason_columns(rules)}
     notes = {r["code"]: r["message"] for r in rules if r.get("message")}
@@ -485,8 +588,18 @@ def quarantine_rows(
     raw_fields = df.schema[RAW_COL].dataType.fieldNames()  # type: ignore[attr-defined]
     staged = F.col(RAW_COL)
     shown_fields = [(masks[c](staged[c]) if c in masks else staged[c]).alias(c) for c in raw_fields]
+    # Lengths as the max_length rules count them, from the unmasked text.
+    lengths = {
+        r["code"]: F.length(loaded_text(r, clean_text(staged[r["column"]], collapse=True)))
+        for r in rules
+        if r["check"] == "max_length" and r["column"] in raw_fields
+    }
     # The masked record in a projection of its own, so the masks run once per row.
-    shown = df.select(REASONS_COL, F.struct(*shown_fields).alias(RAW_COL))
+    shown = df.select(
+        REASONS_COL,
+        F.struct(*shown_fields).alias(RAW_COL),
+        *[length.alias(f"_length_{code}") for code, length in lengths.items()],
+    )
     raw_map = (
         F.create_map(*[part for name in raw_fields for part in (F.lit(name), staged.getField(name))])
         if raw_fields
@@ -502,7 +615,11 @@ def quarantine_rows(
     def note_of(code: Column) -> Column:
         note = F.lit(None).cast("string")
         for reason, text in notes.items():
-            note = F.when(code == F.lit(reason), F.lit(f" ({text})")).otherwise(note)
+            parts = [F.lit(" (")]
+            if reason in lengths:
+                found = F.col(f"_length_{reason}").cast("string")
+                parts += [F.lit(f"{reason_columns[reason]} is "), found, F.lit(" characters, ")]
+            note = F.when(code == F.lit(reason), F.concat(*parts, F.lit(f"{text})"))).otherwise(note)
         return F.coalesce(note, F.lit(""))
 
     def describe(code: Column) -> Column:

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -41,6 +41,7 @@ from spark_jobs.quality import (
     apply_unique_rules,
     cast_and_validate,
     clean_text,
+    constraint_rules,
     hmac_sha256_hex,
     is_accepted,
     is_quarantined,
@@ -152,6 +153,38 @@ VERSION_TYPES = ("timestamp", "date", "int", "long")
 
 _AMOUNT_TYPE = DecimalType(18, 2)
 
+
+class Fill(NamedTuple):
+    """An output column that a staged column fills."""
+
+    output: str
+    column: str
+    # The job replaces a null (a derived product without a name is named by its sku).
+    null_ok: bool = False
+
+
+# The output columns each staged column fills, declared once: the warehouse's limits on them (the spec's
+# "constraints", read from the models) become implicit rules on the staged column, checked in the
+# validation pass (quality.constraint_rules). input_fills() adds the columns derived dimensions use.
+INPUT_FILLS: dict[str, dict[str, tuple[Fill, ...]]] = {
+    "order_lines": {
+        "order_id": (Fill("sales_lines", "order_id"),),
+        "line_number": (Fill("sales_lines", "line_number"),),
+        "ordered_at": (Fill("sales_lines", "ordered_at"),),
+        "store_code": (Fill("sales_lines", "store_code"),),
+        "sku": (Fill("sales_lines", "stock_code"), Fill("sales_lines", "sku")),
+        "quantity": (Fill("sales_lines", "quantity"),),
+        "unit_price": (Fill("sales_lines", "unit_price"),),
+        "currency": (Fill("sales_lines", "currency"),),
+        "customer_country": (Fill("customers", "country"),),
+        "original_order_id": (Fill("sales_lines", "original_order_id"),),
+    },
+    "products": {c: (Fill("products", c),) for c in PRODUCTS_SCHEMA.fieldNames()},
+    "stores": {c: (Fill("stores", c),) for c in STORES_SCHEMA.fieldNames()},
+}
+# Staged text the job changes before writing it: its length is counted as written (quality.LOADED_FORMS).
+LOADED_FORMS = {"order_lines": {"currency": "upper"}}
+
 # A line's product and store must be in the warehouse (the facts reference them): these reference rules
 # apply unless the order_lines declare their own reference rule on that column (code and message).
 LINE_REFERENCES: tuple[Rule, ...] = (
@@ -232,6 +265,74 @@ def build_products(prepared: DataFrame) -> DataFrame:
 
 def build_stores(prepared: DataFrame) -> DataFrame:
     return accepted_rows(prepared).select(*STORES_SCHEMA.fieldNames()).to(STORES_SCHEMA)
+
+
+def input_fills(dataset: str, options: RetailOptions) -> dict[str, tuple[Fill, ...]]:
+    """:data:`INPUT_FILLS` of ``dataset``, plus the order-line columns of the dimensions derived from them."""
+    fills = dict(INPUT_FILLS.get(dataset, {}))
+    if dataset != "order_lines":
+        return fills
+    derived: list[tuple[str, Fill]] = []
+    if options.products_from_lines:
+        derived += [
+            ("sku", Fill("products", "sku")),
+            (options.product_name_from, Fill("products", "name", True)),
+        ]
+    if options.stores_from_lines:
+        derived += [("store_code", Fill("stores", "store_code")), ("store_code", Fill("stores", "name"))]
+        if options.store_country_from:
+            derived.append((options.store_country_from, Fill("stores", "country")))
+    for column, fill in derived:
+        fills[column] = (*fills.get(column, ()), fill)
+    return fills
+
+
+def _limit(constraints: Mapping[str, Any], fill: Fill) -> dict[str, Any]:
+    try:
+        limit = dict(constraints[fill.output][fill.column])
+    except KeyError:
+        raise ValueError(f"job spec constraints say nothing of {fill.output}.{fill.column}") from None
+    return (limit | {"nullable": True}) if fill.null_ok else limit
+
+
+def implicit_rules(
+    dataset: str, input_spec: Mapping[str, Any], constraints: Mapping[str, Any], options: RetailOptions
+) -> list[Rule]:
+    """The reject rules that keep a row the warehouse would refuse out of the outputs: the limits of the
+    output columns each declared column fills (docs/configuration.md, "Implicit rules")."""
+    columns = input_spec["columns"]
+    limits = {
+        column: [_limit(constraints, fill) for fill in fills]
+        for column, fills in input_fills(dataset, options).items()
+        if column in columns
+    }
+    rules = constraint_rules(columns, limits, LOADED_FORMS.get(dataset))
+    if dataset == "order_lines":
+        # Computed, so no row check: only the quarantine message's note (apply_line_rules rejects it, at
+        # the output type, which _check_constraints holds to the model's).
+        amount = _limit(constraints, Fill("sales_lines", "amount"))
+        note = (
+            f"the amount does not fit decimal({amount['max_digits']},{amount['decimal_places']}): "
+            f"warehouse column {amount['column']}"
+        )
+        rules.append(
+            {"code": "amount_out_of_range", "check": "computed", "severity": "reject",
+             "column": LINE_REASON_COLUMNS["amount_out_of_range"], "message": note}
+        )  # fmt: skip
+    return rules
+
+
+def inputs_with_implicit_rules(spec: Mapping[str, Any], options: RetailOptions) -> dict[str, dict[str, Any]]:
+    """The spec's inputs, each with its :func:`implicit_rules` after the declared ones."""
+    inputs = {}
+    for name, input_spec in spec["inputs"].items():
+        declared = list(input_spec.get("rules") or ())
+        implicit = implicit_rules(name, input_spec, spec["constraints"], options)
+        clash = sorted({r["code"] for r in declared} & {r["code"] for r in implicit})
+        if clash:
+            raise ValueError(f"input {name!r}: rule codes {clash} are the job's implicit rules")
+        inputs[name] = {**input_spec, "rules": declared + implicit}
+    return inputs
 
 
 # --- order line rules ------------------------------------------------------------------------------------
@@ -487,6 +588,36 @@ def _check_spec(spec: Mapping[str, Any], options: RetailOptions | None = None) -
         # The facts reference the product and store dimensions: an unknown one cannot be loaded.
         if rule["column"] in ("sku", "store_code") and rule.get("severity", "reject") != "reject":
             raise ValueError(f"reference rule {rule['code']!r} on order_lines.{rule['column']} must reject")
+    _check_constraints(spec, options)
+
+
+def _check_constraints(spec: Mapping[str, Any], options: RetailOptions) -> None:
+    """The warehouse's limits (spec ``constraints``) on what no staged row is to blame for: a computed
+    decimal (an amount) is checked at its output type, which must be the model's; a configured text
+    (line type, constant currency) must fit its column."""
+    constraints = spec.get("constraints")
+    if not constraints:
+        raise ValueError("job spec has no constraints (the warehouse's limits, etlcore.services.job_spec)")
+    for output, schema in OUTPUT_SCHEMAS.items():
+        for field in schema.fields:
+            limit = constraints.get(output, {}).get(field.name, {})
+            if isinstance(field.dataType, DecimalType) and "max_digits" in limit:
+                model = DecimalType(limit["max_digits"], limit["decimal_places"])
+                if field.dataType != model:
+                    raise ValueError(
+                        f"{JOB_NAME} writes {output}.{field.name} as {field.dataType.simpleString()}, the "
+                        f"warehouse column {limit['column']} is {model.simpleString()}: update the job"
+                    )
+    texts = [("line_type", f"line type {t.type!r}", t.type) for t in options.line_types]
+    if options.currency:
+        texts.append(("currency", f"currency {options.currency!r}", options.currency.upper()))
+    for column, what, value in texts:
+        limit = constraints.get("sales_lines", {}).get(column, {})
+        if len(value) > limit.get("max_length", len(value)):
+            raise ValueError(
+                f"{what} is {len(value)} characters, the warehouse holds at most {limit['max_length']}: "
+                f"warehouse column {limit['column']}"
+            )
 
 
 def _write_json_atomically(path: str, payload: Mapping[str, Any]) -> None:
@@ -517,7 +648,7 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     options = RetailOptions.from_spec(spec.get("options"))
     _check_spec(spec, options)
     key = pseudonym_key if pseudonym_key is not None else _pseudonym_key_from_env(spec)
-    inputs = spec["inputs"]
+    inputs = inputs_with_implicit_rules(spec, options)
     output_dir = spec["output_dir"]
     business_date = dt.date.fromisoformat(spec["business_date"])
     # Timestamps as Parquet TIMESTAMP_MICROS (UTC-adjusted), not the legacy INT96 other readers mistype.

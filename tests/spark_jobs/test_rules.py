@@ -24,6 +24,7 @@ from spark_jobs.quality import (
     quarantine_rows,
     row_counts,
 )
+from warehouse.loading.specs import output_constraints
 
 COLUMNS = {
     "id": {"type": "string", "required": True},
@@ -281,6 +282,7 @@ def test_job_applies_declared_rules_and_its_result_accounts_for_filtered_and_war
         },
         "output_dir": str(tmp_path / "out"),
         "reporting_currency": "EUR",
+        "constraints": output_constraints(),
     }
 
     result = job.run_job(spark, spec, pseudonym_key=KEY)

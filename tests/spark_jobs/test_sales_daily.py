@@ -35,6 +35,7 @@ from spark_jobs.sales_daily import (
     with_customer_key,
     with_source_version,
 )
+from warehouse.loading.specs import output_constraints
 
 KEY = b"test-pseudonym-key"
 DAY = "2026-11-01"
@@ -477,6 +478,7 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
         "output_dir": str(tmp_path / "out"),
         "pseudonym_key_env": "ETL_PSEUDONYM_KEY_TEST_UNUSED",
         "reporting_currency": "EUR",
+        "constraints": output_constraints(),
     }
 
     result = run_job(spark, spec, pseudonym_key=KEY)

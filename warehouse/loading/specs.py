@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from django.db import models
+from django.db.backends.base.operations import BaseDatabaseOperations
 
-from ..models import DimCustomer, DimDate, DimProduct, DimStore, FactDailySales, FactSalesLine
+from ..models import (
+    DimCustomer,
+    DimDate,
+    DimProduct,
+    DimStore,
+    FactDailySales,
+    FactSalesLine,
+    QuarantinedRow,
+)
 
 # A fact's business date (DimDate), from its staging column `DATE_COLUMN`: the record's own date, which
 # need not be the partition's (docs/loading.md#exactly-once-across-partitions).
@@ -162,6 +172,45 @@ def dimension_references() -> list[tuple[type[models.Model], str]]:
 QUARANTINE_OUTPUT = "quarantine"
 # Columns of the quarantine output; identical records (same dataset and fingerprint) become one row.
 QUARANTINE_COLUMNS = ("dataset", "record_fingerprint", "reason_code", "message", "raw_record")
+
+
+# The values an integer field holds, by field class (Django's own table; every backend agrees on these).
+INTEGER_RANGES: Mapping[str, tuple[int, int]] = BaseDatabaseOperations.integer_field_ranges
+
+
+def field_constraint(field: models.Field) -> dict[str, Any]:
+    """What a model field accepts, as the Spark job's spec carries it: the warehouse column's name, whether
+    it takes NULL, and the limit of its type (text length in characters, decimal digits, integer range)."""
+    constraint: dict[str, Any] = {
+        "column": f"{field.model._meta.model_name}.{field.column}",
+        "nullable": field.null,
+    }
+    if isinstance(field, models.DecimalField):
+        constraint |= {"max_digits": field.max_digits, "decimal_places": field.decimal_places}
+    elif isinstance(field, models.CharField) and field.max_length is not None:
+        constraint["max_length"] = field.max_length
+    elif field.get_internal_type() in INTEGER_RANGES:
+        constraint["min"], constraint["max"] = INTEGER_RANGES[field.get_internal_type()]
+    return constraint
+
+
+def output_constraints() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per transform output and column, what the warehouse accepts (:func:`field_constraint`), read from
+    the models: the job rejects a row that could not be loaded instead of failing the load with it
+    (docs/configuration.md, "Implicit rules"). A fact's dimension reference (store_code...) is limited by
+    the dimension's natural key, and may be null when the foreign key may."""
+    outputs: dict[str, dict[str, dict[str, Any]]] = {}
+    for dim in DIMENSIONS:
+        outputs[dim.output] = {c: field_constraint(dim.model._meta.get_field(c)) for c in dim.columns}
+    for fact in FACTS:
+        columns = {a: field_constraint(fact.model._meta.get_field(a)) for a in fact.attributes}
+        for ref in fact.references:
+            key = ref.dimension(fact.model)._meta.get_field(ref.column)
+            columns[ref.column] = {**field_constraint(key), "nullable": ref.nullable(fact.model)}
+        outputs[fact.output] = columns
+    meta = QuarantinedRow._meta
+    outputs[QUARANTINE_OUTPUT] = {c: field_constraint(meta.get_field(c)) for c in QUARANTINE_COLUMNS}
+    return outputs
 
 
 def dimension_spec(model: type[models.Model]) -> Dimension:
