@@ -177,7 +177,7 @@ def _transform_counts(**order_lines) -> dict:
     }
 
 
-def test_pipeline_status_shows_per_dataset_accounting_with_filtered_and_warnings_and_replays(db_alias):
+def test_pipeline_status_shows_dataset_accounting_warnings_replays_and_what_loads_did_to_lines(db_alias):
     from django.utils import timezone
 
     now = timezone.now()
@@ -198,6 +198,17 @@ def test_pipeline_status_shows_per_dataset_accounting_with_filtered_and_warnings
     StepRun.objects.using(db_alias).create(
         run=run, step="replay", status="succeeded", started_at=now, details=replay
     )
+    load = {
+        "rows": 7,
+        "inserted": 4,
+        "updated": {"2026-10-31": 1, "2026-11-01": 1},
+        "superseded": 1,
+        "deleted": 2,
+        "dates": ["2026-10-31", "2026-11-01"],
+    }
+    StepRun.objects.using(db_alias).create(
+        run=run, step="load", status="succeeded", started_at=now, details={"lines": {"sales_lines": load}}
+    )
 
     lines = run_command("pipeline_status", "--database", db_alias).splitlines()
 
@@ -211,6 +222,10 @@ def test_pipeline_status_shows_per_dataset_accounting_with_filtered_and_warnings
     assert any(
         "replayed 4 quarantined record(s): released=3 still_quarantined=1 quarantine 9 -> 6" in line
         for line in lines
+    )
+    assert (
+        "sales_lines    staged=7 new=4 updated=2 (2026-10-31:1,2026-11-01:1) superseded=1 deleted=2 "
+        "daily recomputed for 2 date(s)" in [line.strip() for line in lines]
     )
 
 

@@ -48,8 +48,9 @@ def _codes(counts: dict) -> str:
 
 
 def step_detail_lines(details: dict) -> list[str]:
-    """Per-dataset accounting of a transform (in = out + rejected + duplicates + filtered, and warnings)
-    and the outcome of a quarantine replay."""
+    """Per-dataset accounting of a transform (in = out + rejected + duplicates + filtered, and warnings),
+    what a load's lines were to the warehouse (new, updating another partition's version per business
+    date, superseded by a newer one, deleted), and the outcome of a quarantine replay."""
     lines = []
     for name, c in (details.get("datasets") or {}).items():
         if not isinstance(c, dict) or "rows_in" not in c:
@@ -60,6 +61,15 @@ def step_detail_lines(details: dict) -> list[str]:
             f"duplicates={c['duplicates']} filtered={sum(filtered.values())}"
             + (f" ({_codes(filtered)})" if filtered else "")
             + f" warnings={_codes(c.get('warnings') or {})}"
+        )
+    for output, load in (details.get("lines") or {}).items():
+        updated = load.get("updated") or {}
+        lines.append(
+            f"{output:<14} staged={load['rows']} new={load['inserted']} "
+            f"updated={sum(updated.values())}"
+            + (f" ({_codes(updated)})" if updated else "")
+            + f" superseded={load['superseded']} deleted={load['deleted']} "
+            f"daily recomputed for {len(load['dates'])} date(s)"
         )
     if "released" in details:
         lines.append(
