@@ -42,6 +42,7 @@ COMPUTED = {
         "amount_reporting",  # the same
         "is_return",  # never null (mark_returns)
         "line_type",  # "product" or a configured type (_check_constraints)
+        "source_version",  # a long by construction (with_source_version), the model's BigIntegerField
     },
     "customers": {"customer_key"},
 }

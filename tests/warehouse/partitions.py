@@ -174,9 +174,7 @@ def history_outputs(
 def without(outputs: dict[str, list[dict]], sku: str) -> dict[str, list[dict]]:
     """The outputs of a date on which product `sku` was neither exported nor sold."""
     return {
-        name: [r for r in rows if r.get("sku") != sku]
-        if name in ("products", "sales_lines")
-        else rows
+        name: [r for r in rows if r.get("sku") != sku] if name in ("products", "sales_lines") else rows
         for name, rows in outputs.items()
     }
 

@@ -160,6 +160,17 @@ def test_an_older_version_arriving_after_a_newer_one_changes_nothing(db_alias, t
     assert FactDailySales.objects.using(db_alias).get().quantity == 5
 
 
+@pytest.mark.parametrize("newer_first", [False, True], ids=["in_order", "newer_first"])
+def test_a_line_a_newer_version_of_its_order_dropped_leaves_the_warehouse(db_alias, tmp_path, newer_first):
+    older = (DAYS[0], [sale("A", 1, qty=2, day=DAYS[0]), sale("A", 2, sku="P2", day=DAYS[0])], "older")
+    newer = (DAYS[3], [sale("A", 1, qty=3, day=DAYS[0], version=2)], "newer")
+    for day, lines, name in [newer, older] if newer_first else [older, newer]:
+        load_partition(db_alias, tmp_path, "shop", day, lines, name)
+    stored = FactSalesLine.objects.using(db_alias).values_list("line_number", "quantity", "source_date")
+    assert list(stored) == [(1, 3, DAYS[3])]
+    assert list(FactDailySales.objects.using(db_alias).values_list("product__sku", "quantity")) == [("P1", 3)]
+
+
 def test_a_line_moved_to_another_date_by_a_newer_version_leaves_no_daily_row_behind(db_alias, tmp_path):
     load_partition(db_alias, tmp_path, "shop", DAYS[0], [sale("A", 1, qty=2, day=DAYS[0])], "first")
     load_partition(

@@ -68,20 +68,41 @@ def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[P
 
 
 def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[Path]) -> FactLoad:
-    """Merge partition `day`'s lines into the pipeline's fact: each line once, holding the newest version
-    any partition carried (`_wins`), on its own business date; delete the lines the partition supplied
-    before and no longer holds; recompute the daily aggregate of every business date the load touched."""
+    """Merge partition `day`'s lines into the pipeline's fact: each order's lines as in the newest version
+    of the order any partition carried, each line once on its own business date; delete the lines the
+    partition supplied before and no longer holds; recompute the daily aggregate of every business date
+    the load touched."""
     meta = spec.model._meta
     facts = spec.model.objects.using(using).filter(**{PIPELINE_FIELD: pipeline})
     key_names = list(spec.row_key)
     date_attname = meta.get_field(PARTITION_FIELD).attname
+    order = key_names.index(spec.versioned_by)
     staged: dict[tuple, date] = {}
-    for batch in _read_batches(files, [*key_names, DATE_COLUMN]):
-        staged.update((tuple(r[k] for k in key_names), r[DATE_COLUMN]) for r in batch)
-    held = _held_versions(facts, key_names, date_attname, staged)
-    touched = {date_key(d) for d in staged.values()} | {h.date_id for h in held.values()}
+    staged_orders: dict[Any, int] = {}
+    for batch in _read_batches(files, [*key_names, DATE_COLUMN, SOURCE_VERSION_FIELD]):
+        for r in batch:
+            key = tuple(r[k] for k in key_names)
+            staged[key] = r[DATE_COLUMN]
+            version = r[SOURCE_VERSION_FIELD]
+            staged_orders[key[order]] = max(staged_orders.get(key[order], version), version)
+    held = _held_lines(facts, key_names, spec.versioned_by, date_attname, staged_orders)
+    held_orders: dict[Any, tuple[int, date]] = {}
+    for key, line in held.items():
+        version, source = held_orders.get(key[order], (line.version, line.source_date))
+        held_orders[key[order]] = (max(version, line.version), min(source, line.source_date))
+    # An order's version replaces the stored one when greater, or equal from an earlier or the same
+    # partition; then it replaces every line of the order, so a line a newer version dropped goes too.
+    won = {o for o, v in staged_orders.items() if o not in held_orders or _wins((v, day), held_orders[o])}
+    touched = {date_key(d) for d in staged.values()} | {line.date_id for line in held.values()}
     touched |= set(facts.filter(**{SOURCE_DATE_FIELD: day}).values_list(date_attname, flat=True).distinct())
     result = FactLoad(rows=len(staged), dates=[key_date(k).isoformat() for k in sorted(touched)])
+    for key, staged_day in staged.items():
+        if key[order] not in won:
+            result.superseded += 1
+        elif key[order] not in held_orders:
+            result.inserted += 1
+        elif held_orders[key[order]][1] != day:
+            result.updated[staged_day.isoformat()] = result.updated.get(staged_day.isoformat(), 0) + 1
     # Dates loaded before later dates' returns may change their links: what they bought before this load.
     revisit = spec.links_returns and bool(touched) and _later_returns(facts, touched).exists()
     purchased_before = _purchased_items(facts, touched) if revisit else None
@@ -102,16 +123,8 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
             _link_returns(facts, batch, ids["customer"])
         objs = []
         for r in batch:
-            key = tuple(r[k] for k in key_names)
-            before = held.get(key)
-            if before is None:
-                result.inserted += 1
-            elif not _wins((r[SOURCE_VERSION_FIELD], day), (before.version, before.source_date)):
-                result.superseded += 1
+            if r[spec.versioned_by] not in won:
                 continue
-            elif before.source_date != day:
-                staged_day = r[DATE_COLUMN].isoformat()
-                result.updated[staged_day] = result.updated.get(staged_day, 0) + 1
             values = {name: _python_value(r[name]) for name in spec.attributes}
             values.update({LINKED_BY_LOADER: r.get(LINKED_BY_LOADER, False)} if spec.links_returns else {})
             for ref in spec.references:
@@ -133,8 +146,11 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
             )
         _upsert(using, spec.model, objs, list(spec.unique_fields))
         fault_point("portable_after_fact_batch")
-    result.deleted = _delete_not_kept(
-        using, facts.filter(**{SOURCE_DATE_FIELD: day}), tuple(key_names), staged.keys()
+    # Lines of an order this partition wins that its version does not hold; lines this partition supplied
+    # of orders it no longer carries (a corrected re-extraction, an order now quarantined).
+    dropped = [key for key in held if key[order] in won and key not in staged]
+    result.deleted = _delete_keys(facts, key_names, dropped) + _delete_not_kept(
+        using, facts.filter(**{SOURCE_DATE_FIELD: day}), (spec.versioned_by,), {(o,) for o in staged_orders}
     )
     if purchased_before is not None:
         _relink_later_returns(facts, touched, purchased_before | _purchased_items(facts, touched))
@@ -144,33 +160,37 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
 
 @dataclass(frozen=True)
 class _Held:
-    """A line the warehouse holds: where, and which version from which partition."""
+    """A stored line: its date, and which version from which partition."""
 
     date_id: int
     version: int
     source_date: date
 
 
-def _held_versions(
-    facts: models.QuerySet, key_names: list[str], date_attname: str, staged: dict[tuple, date]
+def _held_lines(
+    facts: models.QuerySet, key_names: list[str], order: str, date_attname: str, orders: Container[Any]
 ) -> dict[tuple, _Held]:
-    """The stored version of each staged line the pipeline already holds (orders chunked by order id)."""
+    """The pipeline's stored lines of the given orders: their date, version and partition."""
     held: dict[tuple, _Held] = {}
-    orders = sorted({key[0] for key in staged})
+    wanted = sorted(orders)
     names = [*key_names, date_attname, SOURCE_VERSION_FIELD, SOURCE_DATE_FIELD]
-    for start in range(0, len(orders), LOOKUP_CHUNK):
-        rows = facts.filter(**{f"{key_names[0]}__in": orders[start : start + LOOKUP_CHUNK]}).values_list(
-            *names
-        )
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        rows = facts.filter(**{f"{order}__in": wanted[start : start + LOOKUP_CHUNK]}).values_list(*names)
         for *key, date_id, version, source_date in rows:
-            if tuple(key) in staged:
-                held[tuple(key)] = _Held(date_id, version, source_date)
+            held[tuple(key)] = _Held(date_id, version, source_date)
     return held
+
+
+def _delete_keys(facts: models.QuerySet, key_names: list[str], keys: list[tuple]) -> int:
+    deleted = 0
+    for key in keys:
+        deleted += facts.filter(**dict(zip(key_names, key, strict=True))).delete()[0]
+    return deleted
 
 
 def _wins(new: tuple[int, date], old: tuple[int, date]) -> bool:
     """A greater version replaces the stored one; the same version from an earlier (or the same) partition
-    too, so the line keeps the partition, and rates, of its first extraction."""
+    too, so the order keeps the partition, and rates, of its first extraction."""
     (new_version, new_source), (old_version, old_source) = new, old
     return new_version > old_version or (new_version == old_version and new_source <= old_source)
 

@@ -102,6 +102,9 @@ class Fact:
     # in the warehouse before the merge; a later load of an earlier date revisits such links
     # (docs/retail-semantics.md#returns-and-cancellations).
     links_returns: bool = False
+    # The column whose rows are versioned together: a partition's version of an order replaces every line
+    # of the order, so a line a newer version dropped leaves the warehouse (docs/loading.md).
+    versioned_by: str = "order_id"
 
     @property
     def computed(self) -> list[str]:
