@@ -255,3 +255,25 @@ def test_two_pipelines_whose_masters_disagree_keep_one_history_each(db_alias, tm
         }
     shop_mug = FactSalesLine.objects.using(db_alias).get(pipeline="shop", line_number=1)
     assert (shop_mug.product.name, shop_mug.store.region) == ("Mug", "West")
+
+
+def test_the_loaders_agreement_check_names_the_dates_where_daily_sales_and_lines_disagree(db_alias, tmp_path):
+    from django.db import connections
+    from psycopg2 import sql
+
+    from warehouse.loading import portable, postgres
+    from warehouse.loading.specs import SALES_LINES, DailyMismatchError
+
+    load_partition(db_alias, tmp_path, "shop", DAYS[0], [sale("A", 1, day=DAYS[0])], "a")
+    FactDailySales.objects.using(db_alias).update(revenue=Decimal("0.01"))
+    touched = {20261102}
+    with pytest.raises(DailyMismatchError, match="pipeline 'shop' on 2026-11-02"):
+        lines = FactSalesLine.objects.using(db_alias).filter(pipeline="shop")
+        portable._check_daily(db_alias, lines, "shop", touched)
+    if db_alias == "postgres":
+        with connections[db_alias].cursor() as wrapper, pytest.raises(DailyMismatchError, match="2026-11-02"):
+            table = sql.Identifier("pg_temp", "touched_check")
+            wrapper.cursor.execute(
+                sql.SQL("CREATE TEMP TABLE {} AS SELECT 20261102 AS date_key").format(table)
+            )
+            postgres._check_daily(wrapper.cursor, SALES_LINES, "shop", table)

@@ -31,6 +31,7 @@ from .specs import (
     SOURCE_DATE_FIELD,
     SOURCE_VERSION_FIELD,
     VALIDITY_FIELDS,
+    DailyMismatchError,
     Dimension,
     Fact,
     FactLoad,
@@ -155,6 +156,7 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
     if purchased_before is not None:
         _relink_later_returns(facts, touched, purchased_before | _purchased_items(facts, touched))
     _recompute_daily(using, facts, pipeline, touched)
+    _check_daily(using, facts, pipeline, touched)
     return result
 
 
@@ -195,13 +197,11 @@ def _wins(new: tuple[int, date], old: tuple[int, date]) -> bool:
     return new_version > old_version or (new_version == old_version and new_source <= old_source)
 
 
-def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
-    """FactDailySales of the touched dates from the line fact, summed exactly in Decimal (SQLite's own
-    sum of a decimal column is a float): rows no group produces are deleted, the others upserted."""
-    daily = DAILY_SALES.model
+def _daily_groups(facts: models.QuerySet, dates: list[int]) -> dict[tuple, dict[str, Any]]:
+    """The daily aggregate of `dates` from the line fact as it is now, keyed by (date, store, product),
+    summed exactly in Decimal (SQLite's own sum of a decimal column is a float)."""
     groups: dict[tuple, dict[str, Any]] = {}
-    order_sets: dict[tuple, set[str]] = defaultdict(set)
-    dates = sorted(touched)
+    orders: dict[tuple, set[str]] = defaultdict(set)
     for start in range(0, len(dates), LOOKUP_CHUNK):
         rows = facts.filter(
             date_id__in=dates[start : start + LOOKUP_CHUNK], line_type=DAILY_SALES.line_type
@@ -209,21 +209,25 @@ def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched:
         for date_id, store_id, product_id, quantity, amount, order_id in rows:
             g = groups.setdefault(
                 (date_id, store_id, product_id),
-                {"quantity": 0, "revenue": Decimal("0.00"), "line_count": 0},
+                {"quantity": 0, "revenue": Decimal("0.00"), "line_count": 0, "order_count": 0},
             )
             g["quantity"] += quantity
             g["revenue"] += amount
             g["line_count"] += 1
-            order_sets[date_id, store_id, product_id].add(order_id)
+            orders[date_id, store_id, product_id].add(order_id)
+    for group, ids in orders.items():
+        groups[group]["order_count"] = len(ids)
+    return groups
+
+
+def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
+    """FactDailySales of the touched dates from the line fact: rows no group produces are deleted, the
+    others upserted."""
+    daily = DAILY_SALES.model
+    dates = sorted(touched)
+    groups = _daily_groups(facts, dates)
     objs = [
-        daily(
-            pipeline=pipeline,
-            date_id=date_id,
-            store_id=store_id,
-            product_id=product_id,
-            order_count=len(order_sets[date_id, store_id, product_id]),
-            **g,
-        )
+        daily(pipeline=pipeline, date_id=date_id, store_id=store_id, product_id=product_id, **g)
         for (date_id, store_id, product_id), g in groups.items()
     ]
     _upsert(using, daily, objs, list(DAILY_SALES.group_by))
@@ -232,6 +236,28 @@ def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched:
             pipeline=pipeline, date_id__in=dates[start : start + LOOKUP_CHUNK]
         )
         _delete_not_kept(using, stale, ("date_id", "store_id", "product_id"), groups.keys())
+
+
+def _check_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
+    """The line and daily facts agree on every touched date (quantity, revenue, lines), or the load fails."""
+    dates = sorted(touched)
+    from_lines: dict[int, tuple] = defaultdict(lambda: (0, Decimal("0.00"), 0))
+    for (date_id, _, _), g in _daily_groups(facts, dates).items():
+        q, r, c = from_lines[date_id]
+        from_lines[date_id] = (q + g["quantity"], r + g["revenue"], c + g["line_count"])
+    stored: dict[int, tuple] = defaultdict(lambda: (0, Decimal("0.00"), 0))
+    for start in range(0, len(dates), LOOKUP_CHUNK):
+        rows = DAILY_SALES.model.objects.using(using).filter(
+            pipeline=pipeline, date_id__in=dates[start : start + LOOKUP_CHUNK]
+        )
+        for date_id, quantity, revenue, lines in rows.values_list(
+            "date_id", "quantity", "revenue", "line_count"
+        ):
+            q, r, c = stored[date_id]
+            stored[date_id] = (q + quantity, r + revenue, c + lines)
+    wrong = sorted(d for d in set(from_lines) | set(stored) if from_lines[d] != stored[d])
+    if wrong:
+        raise DailyMismatchError(pipeline, [key_date(d) for d in wrong])
 
 
 def load_quarantine(

@@ -37,6 +37,7 @@ from .specs import (
     RETURN_LOOKBACK_DAYS,
     SOURCE_DATE_FIELD,
     SOURCE_VERSION_FIELD,
+    DailyMismatchError,
     Dimension,
     Fact,
     FactLoad,
@@ -894,15 +895,9 @@ def _check_daily(cursor, spec: Fact, pipeline: str, touched: sql.Composable) -> 
         ),
         [pipeline],
     )
-    wrong = [key_date(row[0]).isoformat() for row in cursor.fetchall()]
+    wrong = [key_date(row[0]) for row in cursor.fetchall()]
     if wrong:
-        raise DailyMismatchError(
-            f"daily sales disagree with the sales lines of {pipeline} on {', '.join(wrong)}"
-        )
-
-
-class DailyMismatchError(RuntimeError):
-    """The daily aggregate does not add up to the line fact: the load is rolled back."""
+        raise DailyMismatchError(pipeline, wrong)
 
 
 def load_quarantine(
