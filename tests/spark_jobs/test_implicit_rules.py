@@ -44,7 +44,7 @@ COMPUTED = {
         "line_type",  # "product" or a configured type (_check_constraints)
         "source_version",  # a long by construction (with_source_version), the model's BigIntegerField
     },
-    "customers": {"customer_key"},
+    "customers": {"customer_key", "country_seen_at"},  # an HMAC; an order's time, as its ordered_at
 }
 
 

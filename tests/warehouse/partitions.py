@@ -48,7 +48,13 @@ SCHEMAS = {
             ("country", pa.string()),
         ]
     ),
-    "customers": pa.schema([("customer_key", pa.string()), ("country", pa.string())]),
+    "customers": pa.schema(
+        [
+            ("customer_key", pa.string()),
+            ("country", pa.string()),
+            ("country_seen_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
     "quarantine": pa.schema(
         [
             ("dataset", pa.string()),

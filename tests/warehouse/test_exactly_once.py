@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -277,3 +277,27 @@ def test_the_loaders_agreement_check_names_the_dates_where_daily_sales_and_lines
                 sql.SQL("CREATE TEMP TABLE {} AS SELECT 20261102 AS date_key").format(table)
             )
             postgres._check_daily(wrapper.cursor, SALES_LINES, "shop", table)
+
+
+@pytest.mark.parametrize("later_first", [False, True], ids=["in_order", "later_first"])
+def test_a_customers_country_is_that_of_the_latest_order_whatever_the_load_order(
+    db_alias, tmp_path, later_first
+):
+    def customer(country, hour):
+        seen = None if country is None else datetime(2026, 11, 2, hour, tzinfo=UTC)
+        return [{"customer_key": "c" * 64, "country": country, "country_seen_at": seen}]
+
+    loads = [(DAYS[0], customer("DE", 9)), (DAYS[1], customer("FR", 18)), (DAYS[2], customer(None, 0))]
+    for day, customers in loads[::-1] if later_first else loads:
+        outputs = default_outputs([sale(f"O{day:%d}", 1, day=day)]) | {
+            "customers": customers,
+            "quarantine": [],
+        }
+        partition_load(
+            outputs=write_outputs(tmp_path / f"{day}", outputs),
+            pipeline="shop",
+            business_date=day,
+            run_id=None,
+            using=db_alias,
+        )
+    assert list(DimCustomer.objects.using(db_alias).values_list("country", flat=True)) == ["FR"]

@@ -60,8 +60,10 @@ def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[P
             _observe_members(using, spec, pipeline, batch, day)
         else:
             objs = [
-                spec.model(**{PIPELINE_FIELD: pipeline}, **{name: rec[name] for name in spec.columns})
-                for rec in batch
+                spec.model(
+                    **{PIPELINE_FIELD: pipeline}, **{name: _python_value(rec[name]) for name in spec.columns}
+                )
+                for rec in _later_than_stored(using, spec, pipeline, batch)
             ]
             _upsert(using, spec.model, objs, [PIPELINE_FIELD, spec.natural_key])
         rows += len(batch)
@@ -349,6 +351,34 @@ def _key_map(
         # The transform only emits facts whose dimensions it also emitted; this means a broken partition.
         raise MissingDimensionError(members.model, natural_key, missing)
     return found
+
+
+def _later_than_stored(
+    using: str, spec: Dimension, pipeline: str, batch: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The staged rows of a type 1 dimension that replace (or add) a member: with `latest_by`, only a later
+    one, or an equally late one with smaller other attributes, so any load order keeps the same values."""
+    if spec.latest_by is None:
+        return batch
+    others = [a for a in spec.attributes if a != spec.latest_by]
+    stored: dict[Any, tuple] = {}
+    keys = sorted(r[spec.natural_key] for r in batch)
+    names = [spec.natural_key, spec.latest_by, *others]
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        members = _members(using, spec.model, pipeline).filter(**{f"{spec.natural_key}__in": chunk})
+        stored.update((key, (latest, tuple(rest))) for key, latest, *rest in members.values_list(*names))
+
+    def replaces(r: dict[str, Any]) -> bool:
+        if r[spec.natural_key] not in stored:
+            return True
+        latest, rest = _python_value(r[spec.latest_by]), tuple(r[a] for a in others)
+        old_latest, old_rest = stored[r[spec.natural_key]]
+        if latest is None:
+            return False
+        return old_latest is None or latest > old_latest or (latest == old_latest and rest < old_rest)
+
+    return [r for r in batch if replaces(r)]
 
 
 def _members(using: str, model: type[models.Model], pipeline: str) -> models.QuerySet:

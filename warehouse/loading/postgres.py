@@ -152,8 +152,9 @@ def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composabl
         cursor.execute(
             sql.SQL(
                 "UPDATE {table} d SET {sets} FROM {staging} s WHERE d.{pipeline} = {name} "
-                "AND d.{key} = s.{skey} AND ROW({old}) IS DISTINCT FROM ROW({new})"
+                "AND d.{key} = s.{skey} AND ROW({old}) IS DISTINCT FROM ROW({new}) AND {later}"
             ).format(
+                later=_later_than_stored(spec),
                 table=table,
                 pipeline=_column(spec.model, PIPELINE_FIELD),
                 name=sql.Literal(pipeline),
@@ -167,6 +168,24 @@ def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composabl
                 new=sql.SQL(", ").join(sources),
             )
         )
+
+
+def _later_than_stored(spec: Dimension) -> sql.Composable:
+    """With `latest_by`: the staged row `s` replaces the stored `d` only when its `latest_by` is later, or
+    equal with smaller other attributes, so any load order keeps the same values."""
+    if spec.latest_by is None:
+        return sql.SQL("true")
+    meta = spec.model._meta
+    others = [a for a in spec.attributes if a != spec.latest_by]
+    return sql.SQL(
+        "s.{latest} IS NOT NULL AND (d.{stored} IS NULL OR s.{latest} > d.{stored}"
+        " OR (s.{latest} = d.{stored} AND ROW({new}) < ROW({old})))"
+    ).format(
+        latest=sql.Identifier(spec.latest_by),
+        stored=sql.Identifier(meta.get_field(spec.latest_by).column),
+        new=_columns("s", others),
+        old=_columns("d", [meta.get_field(a).column for a in others]),
+    )
 
 
 def _merge_history(cursor, spec: Dimension, pipeline: str, staging: sql.Composable, day: date) -> None:

@@ -55,8 +55,11 @@ class Dimension:
     model: type[models.Model]
     natural_key: str
     # Type 2: every attribute is tracked, a change starts a new version (docs/loading.md#dimension-history).
-    # False: type 1, the member's one row takes the latest values.
+    # False: type 1, the member's one row takes the latest values: with `latest_by`, those of the staged
+    # row whose `latest_by` is greatest (ties: the smaller attributes), across partitions in any load
+    # order; a staged row without one never replaces a stored row.
     history: bool = False
+    latest_by: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -133,7 +136,7 @@ class Fact:
 DIMENSIONS = (
     Dimension("stores", DimStore, "store_code", history=True),
     Dimension("products", DimProduct, "sku", history=True),
-    Dimension("customers", DimCustomer, "customer_key"),
+    Dimension("customers", DimCustomer, "customer_key", latest_by="country_seen_at"),
 )
 SALES_LINES = Fact(
     "sales_lines",
