@@ -153,7 +153,10 @@ def generate(rows: int) -> Path:
             "sales_lines": lines,
             "products": products,
             "stores": stores,
-            "customers": pa.table({"customer_key": seen, "country": ["FR"] * len(seen)}),
+            "customers": pa.table(
+                {"customer_key": seen, "country": ["FR"] * len(seen), "country_seen_at": [start] * len(seen)},
+                schema=SCHEMAS["customers"],
+            ),
             "quarantine": SCHEMAS["quarantine"].empty_table(),
         }
         for name, table in outputs.items():

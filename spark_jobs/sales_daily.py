@@ -109,6 +109,7 @@ CUSTOMERS_SCHEMA = StructType(
     [
         StructField("customer_key", StringType()),
         StructField("country", StringType()),
+        StructField("country_seen_at", TimestampType()),
     ]
 )
 OUTPUT_SCHEMAS: dict[str, StructType] = {
@@ -459,7 +460,8 @@ def build_sales_lines(lines: DataFrame) -> DataFrame:
 
 
 def build_customers(lines: DataFrame) -> DataFrame:
-    """One row per customer_key: the country of the latest order that has one (ties: smallest).
+    """One row per customer_key: the country of the latest order that has one (ties: smallest), and that
+    order's time (null with no country), by which the loader keeps the latest across partitions.
 
     Aggregations, not a window over the lines: the latest order per (customer, country) first, a hash
     aggregation combined on the map side, so only a row per pair and task is shuffled; then the choice
@@ -473,11 +475,16 @@ def build_customers(lines: DataFrame) -> DataFrame:
     preference = F.struct(
         F.col("customer_country").isNull(), -F.unix_micros("_latest"), F.col("customer_country")
     )
-    return (
-        latest.groupBy("customer_key")
-        .agg(F.min_by("customer_country", preference).alias("country"))
-        .to(CUSTOMERS_SCHEMA)
+    chosen = latest.groupBy("customer_key").agg(
+        F.min_by(F.struct("customer_country", "_latest"), preference).alias("_chosen")
     )
+    return chosen.select(
+        "customer_key",
+        F.col("_chosen.customer_country").alias("country"),
+        F.when(F.col("_chosen.customer_country").isNotNull(), F.col("_chosen._latest")).alias(
+            "country_seen_at"
+        ),
+    ).to(CUSTOMERS_SCHEMA)
 
 
 def build_quarantine(

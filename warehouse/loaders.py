@@ -2,13 +2,15 @@
 
 Everything for one (pipeline, partition date) happens in one `transaction.atomic(using=alias)`:
 dimensions with history (stores, products) gain a version where the date's snapshot differs from the
-version valid on that date, the others are upserted on their natural keys. A sales line lands on its own
-business date (the record's, not the partition's), joins the dimension versions valid on it, and is held
-once per pipeline in the newest version any partition carried: a line seen again in another partition
-replaces the stored one only when its version is newer (or equal, from an earlier partition). The lines
-this partition supplied before and no longer holds are deleted, the daily aggregate is recomputed for every
-business date the load touched, and the partition's quarantined records replace the previous ones. A load
-changes only its own pipeline's facts. A date loaded before later ones may also update those dates' facts:
+version valid on that date, the others are upserted on their natural keys (customers keep their latest
+country). A sales line lands on its own business date (the record's, not the partition's), joins the
+dimension versions valid on it, and each order is held once per pipeline in the newest version any
+partition carried: an order seen again in another partition replaces the stored lines only when its
+version is newer (or equal, from an earlier partition). The lines this partition supplied before and no
+longer holds are deleted, the daily aggregate is recomputed for every business date the load touched and
+checked against the lines, and the partition's quarantined records replace the previous ones. Every row
+belongs to its pipeline: a load reads and changes only its own. A date loaded before later ones may also
+update those dates' facts:
 the dimension version they point to, and the return links the loader made. Loading a partition twice
 leaves the warehouse exactly as it was, and partitions load in any order (docs/loading.md).
 

@@ -101,6 +101,12 @@ class DimCustomer(PipelineOwned):
         max_length=64, help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored"
     )
     country = models.CharField(max_length=100, blank=True, null=True)
+    country_seen_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="time of the latest order giving the country: a load keeps the latest, whatever the "
+        "order partitions load in",
+    )
 
     class Meta:
         ordering = ["pipeline", "customer_key"]

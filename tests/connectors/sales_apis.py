@@ -40,16 +40,27 @@ class Reply:
 
 @dataclass
 class Store:
-    """The shop's orders now: id -> {"id", "version", "at" (aware datetime), "status"}."""
+    """The shop's orders now: id -> {"id", "version", "at" (aware datetime), "status", "fields"}.
+
+    `fields` is the rest of the order's body (line items, customer...), served as it is by the Shopify
+    dialect; the other dialects answer ids and times only."""
 
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     history: list[tuple[int, int]] = field(default_factory=list)  # every (id, version) that ever existed
     stale_total_pages: int = 0  # a cache in front of WooCommerce overstating X-WP-TotalPages
 
-    def put(self, order_id: int, at: str, *, status: str = "open") -> None:
+    def put(
+        self, order_id: int, at: str, *, status: str = "open", fields: dict[str, Any] | None = None
+    ) -> None:
         """Create the order, or update it: a new version stamped `at`."""
         version = self.orders.get(order_id, {}).get("version", 0) + 1
-        self.orders[order_id] = {"id": order_id, "version": version, "at": _utc(at), "status": status}
+        self.orders[order_id] = {
+            "id": order_id,
+            "version": version,
+            "at": _utc(at),
+            "status": status,
+            "fields": dict(fields or {}),
+        }
         self.history.append((order_id, version))
 
     def between(self, start: str, end: str) -> set[tuple[int, int]]:
@@ -113,6 +124,7 @@ def shopify(store: Store, request: Request, base: str) -> Reply:
         )
     body = [
         {
+            **o["fields"],
             "id": o["id"],
             "version": o["version"],
             "status": o["status"],

@@ -42,8 +42,9 @@ COMPUTED = {
         "amount_reporting",  # the same
         "is_return",  # never null (mark_returns)
         "line_type",  # "product" or a configured type (_check_constraints)
+        "source_version",  # a long by construction (with_source_version), the model's BigIntegerField
     },
-    "customers": {"customer_key"},
+    "customers": {"customer_key", "country_seen_at"},  # an HMAC; an order's time, as its ordered_at
 }
 
 

@@ -172,7 +172,11 @@ def test_output_schemas_are_the_loader_contract_of_docs_architecture():
         ("original_order_id", "string"),
         ("source_version", "bigint"),
     ]
-    assert spec(CUSTOMERS_SCHEMA) == [("customer_key", "string"), ("country", "string")]
+    assert spec(CUSTOMERS_SCHEMA) == [
+        ("customer_key", "string"),
+        ("country", "string"),
+        ("country_seen_at", "timestamp"),
+    ]
     assert spec(job.PRODUCTS_SCHEMA) == [
         ("sku", "string"),
         ("name", "string"),
@@ -356,7 +360,7 @@ def test_customer_key_is_the_hmac_of_the_normalised_email_never_the_email_and_nu
     assert "customer_email" not in SALES_LINES_SCHEMA.fieldNames()
 
 
-def test_customers_take_the_country_of_the_latest_order_ties_to_the_smallest(spark):
+def test_customers_take_the_country_of_the_latest_order_ties_to_the_smallest_with_its_time(spark):
     lines = [
         line(
             order_id="A1", customer_email="a@x.io", customer_country="DE", ordered_at="2026-11-01T08:00:00Z"
@@ -374,9 +378,14 @@ def test_customers_take_the_country_of_the_latest_order_ties_to_the_smallest(spa
             order_id="B2", customer_email="b@x.io", customer_country="AT", ordered_at="2026-11-01T09:00:00Z"
         ),
         line(order_id="G1", customer_email=None, customer_country="ES"),
+        line(order_id="C1", customer_email="c@x.io", customer_country=None),
     ]
     accepted = accepted_rows(classify(spark, lines)).transform(with_customer_key(KEY))
-    expected = spark.createDataFrame([(py_key("a@x.io"), "FR"), (py_key("b@x.io"), "AT")], CUSTOMERS_SCHEMA)
+    nine = dt.datetime(2026, 11, 1, 9)  # the session's zone is UTC
+    expected = spark.createDataFrame(
+        [(py_key("a@x.io"), "FR", nine), (py_key("b@x.io"), "AT", nine), (py_key("c@x.io"), None, None)],
+        CUSTOMERS_SCHEMA,
+    )
 
     assert_df_equality(build_customers(accepted), expected, ignore_nullable=True, ignore_row_order=True)
 

@@ -48,7 +48,13 @@ SCHEMAS = {
             ("country", pa.string()),
         ]
     ),
-    "customers": pa.schema([("customer_key", pa.string()), ("country", pa.string())]),
+    "customers": pa.schema(
+        [
+            ("customer_key", pa.string()),
+            ("country", pa.string()),
+            ("country_seen_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
     "quarantine": pa.schema(
         [
             ("dataset", pa.string()),
@@ -174,9 +180,7 @@ def history_outputs(
 def without(outputs: dict[str, list[dict]], sku: str) -> dict[str, list[dict]]:
     """The outputs of a date on which product `sku` was neither exported nor sold."""
     return {
-        name: [r for r in rows if r.get("sku") != sku]
-        if name in ("products", "sales_lines")
-        else rows
+        name: [r for r in rows if r.get("sku") != sku] if name in ("products", "sales_lines") else rows
         for name, rows in outputs.items()
     }
 

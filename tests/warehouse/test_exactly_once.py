@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -160,6 +160,17 @@ def test_an_older_version_arriving_after_a_newer_one_changes_nothing(db_alias, t
     assert FactDailySales.objects.using(db_alias).get().quantity == 5
 
 
+@pytest.mark.parametrize("newer_first", [False, True], ids=["in_order", "newer_first"])
+def test_a_line_a_newer_version_of_its_order_dropped_leaves_the_warehouse(db_alias, tmp_path, newer_first):
+    older = (DAYS[0], [sale("A", 1, qty=2, day=DAYS[0]), sale("A", 2, sku="P2", day=DAYS[0])], "older")
+    newer = (DAYS[3], [sale("A", 1, qty=3, day=DAYS[0], version=2)], "newer")
+    for day, lines, name in [newer, older] if newer_first else [older, newer]:
+        load_partition(db_alias, tmp_path, "shop", day, lines, name)
+    stored = FactSalesLine.objects.using(db_alias).values_list("line_number", "quantity", "source_date")
+    assert list(stored) == [(1, 3, DAYS[3])]
+    assert list(FactDailySales.objects.using(db_alias).values_list("product__sku", "quantity")) == [("P1", 3)]
+
+
 def test_a_line_moved_to_another_date_by_a_newer_version_leaves_no_daily_row_behind(db_alias, tmp_path):
     load_partition(db_alias, tmp_path, "shop", DAYS[0], [sale("A", 1, qty=2, day=DAYS[0])], "first")
     load_partition(
@@ -244,3 +255,49 @@ def test_two_pipelines_whose_masters_disagree_keep_one_history_each(db_alias, tm
         }
     shop_mug = FactSalesLine.objects.using(db_alias).get(pipeline="shop", line_number=1)
     assert (shop_mug.product.name, shop_mug.store.region) == ("Mug", "West")
+
+
+def test_the_loaders_agreement_check_names_the_dates_where_daily_sales_and_lines_disagree(db_alias, tmp_path):
+    from django.db import connections
+    from psycopg2 import sql
+
+    from warehouse.loading import portable, postgres
+    from warehouse.loading.specs import SALES_LINES, DailyMismatchError
+
+    load_partition(db_alias, tmp_path, "shop", DAYS[0], [sale("A", 1, day=DAYS[0])], "a")
+    FactDailySales.objects.using(db_alias).update(revenue=Decimal("0.01"))
+    touched = {20261102}
+    with pytest.raises(DailyMismatchError, match="pipeline 'shop' on 2026-11-02"):
+        lines = FactSalesLine.objects.using(db_alias).filter(pipeline="shop")
+        portable._check_daily(db_alias, lines, "shop", touched)
+    if db_alias == "postgres":
+        with connections[db_alias].cursor() as wrapper, pytest.raises(DailyMismatchError, match="2026-11-02"):
+            table = sql.Identifier("pg_temp", "touched_check")
+            wrapper.cursor.execute(
+                sql.SQL("CREATE TEMP TABLE {} AS SELECT 20261102 AS date_key").format(table)
+            )
+            postgres._check_daily(wrapper.cursor, SALES_LINES, "shop", table)
+
+
+@pytest.mark.parametrize("later_first", [False, True], ids=["in_order", "later_first"])
+def test_a_customers_country_is_that_of_the_latest_order_whatever_the_load_order(
+    db_alias, tmp_path, later_first
+):
+    def customer(country, hour):
+        seen = None if country is None else datetime(2026, 11, 2, hour, tzinfo=UTC)
+        return [{"customer_key": "c" * 64, "country": country, "country_seen_at": seen}]
+
+    loads = [(DAYS[0], customer("DE", 9)), (DAYS[1], customer("FR", 18)), (DAYS[2], customer(None, 0))]
+    for day, customers in loads[::-1] if later_first else loads:
+        outputs = default_outputs([sale(f"O{day:%d}", 1, day=day)]) | {
+            "customers": customers,
+            "quarantine": [],
+        }
+        partition_load(
+            outputs=write_outputs(tmp_path / f"{day}", outputs),
+            pipeline="shop",
+            business_date=day,
+            run_id=None,
+            using=db_alias,
+        )
+    assert list(DimCustomer.objects.using(db_alias).values_list("country", flat=True)) == ["FR"]

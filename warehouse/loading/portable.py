@@ -31,6 +31,7 @@ from .specs import (
     SOURCE_DATE_FIELD,
     SOURCE_VERSION_FIELD,
     VALIDITY_FIELDS,
+    DailyMismatchError,
     Dimension,
     Fact,
     FactLoad,
@@ -59,8 +60,10 @@ def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[P
             _observe_members(using, spec, pipeline, batch, day)
         else:
             objs = [
-                spec.model(**{PIPELINE_FIELD: pipeline}, **{name: rec[name] for name in spec.columns})
-                for rec in batch
+                spec.model(
+                    **{PIPELINE_FIELD: pipeline}, **{name: _python_value(rec[name]) for name in spec.columns}
+                )
+                for rec in _later_than_stored(using, spec, pipeline, batch)
             ]
             _upsert(using, spec.model, objs, [PIPELINE_FIELD, spec.natural_key])
         rows += len(batch)
@@ -68,20 +71,41 @@ def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[P
 
 
 def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[Path]) -> FactLoad:
-    """Merge partition `day`'s lines into the pipeline's fact: each line once, holding the newest version
-    any partition carried (`_wins`), on its own business date; delete the lines the partition supplied
-    before and no longer holds; recompute the daily aggregate of every business date the load touched."""
+    """Merge partition `day`'s lines into the pipeline's fact: each order's lines as in the newest version
+    of the order any partition carried, each line once on its own business date; delete the lines the
+    partition supplied before and no longer holds; recompute the daily aggregate of every business date
+    the load touched."""
     meta = spec.model._meta
     facts = spec.model.objects.using(using).filter(**{PIPELINE_FIELD: pipeline})
     key_names = list(spec.row_key)
     date_attname = meta.get_field(PARTITION_FIELD).attname
+    order = key_names.index(spec.versioned_by)
     staged: dict[tuple, date] = {}
-    for batch in _read_batches(files, [*key_names, DATE_COLUMN]):
-        staged.update((tuple(r[k] for k in key_names), r[DATE_COLUMN]) for r in batch)
-    held = _held_versions(facts, key_names, date_attname, staged)
-    touched = {date_key(d) for d in staged.values()} | {h.date_id for h in held.values()}
+    staged_orders: dict[Any, int] = {}
+    for batch in _read_batches(files, [*key_names, DATE_COLUMN, SOURCE_VERSION_FIELD]):
+        for r in batch:
+            key = tuple(r[k] for k in key_names)
+            staged[key] = r[DATE_COLUMN]
+            version = r[SOURCE_VERSION_FIELD]
+            staged_orders[key[order]] = max(staged_orders.get(key[order], version), version)
+    held = _held_lines(facts, key_names, spec.versioned_by, date_attname, staged_orders)
+    held_orders: dict[Any, tuple[int, date]] = {}
+    for key, line in held.items():
+        version, source = held_orders.get(key[order], (line.version, line.source_date))
+        held_orders[key[order]] = (max(version, line.version), min(source, line.source_date))
+    # An order's version replaces the stored one when greater, or equal from an earlier or the same
+    # partition; then it replaces every line of the order, so a line a newer version dropped goes too.
+    won = {o for o, v in staged_orders.items() if o not in held_orders or _wins((v, day), held_orders[o])}
+    touched = {date_key(d) for d in staged.values()} | {line.date_id for line in held.values()}
     touched |= set(facts.filter(**{SOURCE_DATE_FIELD: day}).values_list(date_attname, flat=True).distinct())
     result = FactLoad(rows=len(staged), dates=[key_date(k).isoformat() for k in sorted(touched)])
+    for key, staged_day in staged.items():
+        if key[order] not in won:
+            result.superseded += 1
+        elif key[order] not in held_orders:
+            result.inserted += 1
+        elif held_orders[key[order]][1] != day:
+            result.updated[staged_day.isoformat()] = result.updated.get(staged_day.isoformat(), 0) + 1
     # Dates loaded before later dates' returns may change their links: what they bought before this load.
     revisit = spec.links_returns and bool(touched) and _later_returns(facts, touched).exists()
     purchased_before = _purchased_items(facts, touched) if revisit else None
@@ -102,16 +126,8 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
             _link_returns(facts, batch, ids["customer"])
         objs = []
         for r in batch:
-            key = tuple(r[k] for k in key_names)
-            before = held.get(key)
-            if before is None:
-                result.inserted += 1
-            elif not _wins((r[SOURCE_VERSION_FIELD], day), (before.version, before.source_date)):
-                result.superseded += 1
+            if r[spec.versioned_by] not in won:
                 continue
-            elif before.source_date != day:
-                staged_day = r[DATE_COLUMN].isoformat()
-                result.updated[staged_day] = result.updated.get(staged_day, 0) + 1
             values = {name: _python_value(r[name]) for name in spec.attributes}
             values.update({LINKED_BY_LOADER: r.get(LINKED_BY_LOADER, False)} if spec.links_returns else {})
             for ref in spec.references:
@@ -133,55 +149,61 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
             )
         _upsert(using, spec.model, objs, list(spec.unique_fields))
         fault_point("portable_after_fact_batch")
-    result.deleted = _delete_not_kept(
-        using, facts.filter(**{SOURCE_DATE_FIELD: day}), tuple(key_names), staged.keys()
+    # Lines of an order this partition wins that its version does not hold; lines this partition supplied
+    # of orders it no longer carries (a corrected re-extraction, an order now quarantined).
+    dropped = [key for key in held if key[order] in won and key not in staged]
+    result.deleted = _delete_keys(facts, key_names, dropped) + _delete_not_kept(
+        using, facts.filter(**{SOURCE_DATE_FIELD: day}), (spec.versioned_by,), {(o,) for o in staged_orders}
     )
     if purchased_before is not None:
         _relink_later_returns(facts, touched, purchased_before | _purchased_items(facts, touched))
     _recompute_daily(using, facts, pipeline, touched)
+    _check_daily(using, facts, pipeline, touched)
     return result
 
 
 @dataclass(frozen=True)
 class _Held:
-    """A line the warehouse holds: where, and which version from which partition."""
+    """A stored line: its date, and which version from which partition."""
 
     date_id: int
     version: int
     source_date: date
 
 
-def _held_versions(
-    facts: models.QuerySet, key_names: list[str], date_attname: str, staged: dict[tuple, date]
+def _held_lines(
+    facts: models.QuerySet, key_names: list[str], order: str, date_attname: str, orders: Container[Any]
 ) -> dict[tuple, _Held]:
-    """The stored version of each staged line the pipeline already holds (orders chunked by order id)."""
+    """The pipeline's stored lines of the given orders: their date, version and partition."""
     held: dict[tuple, _Held] = {}
-    orders = sorted({key[0] for key in staged})
+    wanted = sorted(orders)
     names = [*key_names, date_attname, SOURCE_VERSION_FIELD, SOURCE_DATE_FIELD]
-    for start in range(0, len(orders), LOOKUP_CHUNK):
-        rows = facts.filter(**{f"{key_names[0]}__in": orders[start : start + LOOKUP_CHUNK]}).values_list(
-            *names
-        )
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        rows = facts.filter(**{f"{order}__in": wanted[start : start + LOOKUP_CHUNK]}).values_list(*names)
         for *key, date_id, version, source_date in rows:
-            if tuple(key) in staged:
-                held[tuple(key)] = _Held(date_id, version, source_date)
+            held[tuple(key)] = _Held(date_id, version, source_date)
     return held
+
+
+def _delete_keys(facts: models.QuerySet, key_names: list[str], keys: list[tuple]) -> int:
+    deleted = 0
+    for key in keys:
+        deleted += facts.filter(**dict(zip(key_names, key, strict=True))).delete()[0]
+    return deleted
 
 
 def _wins(new: tuple[int, date], old: tuple[int, date]) -> bool:
     """A greater version replaces the stored one; the same version from an earlier (or the same) partition
-    too, so the line keeps the partition, and rates, of its first extraction."""
+    too, so the order keeps the partition, and rates, of its first extraction."""
     (new_version, new_source), (old_version, old_source) = new, old
     return new_version > old_version or (new_version == old_version and new_source <= old_source)
 
 
-def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
-    """FactDailySales of the touched dates from the line fact, summed exactly in Decimal (SQLite's own
-    sum of a decimal column is a float): rows no group produces are deleted, the others upserted."""
-    daily = DAILY_SALES.model
+def _daily_groups(facts: models.QuerySet, dates: list[int]) -> dict[tuple, dict[str, Any]]:
+    """The daily aggregate of `dates` from the line fact as it is now, keyed by (date, store, product),
+    summed exactly in Decimal (SQLite's own sum of a decimal column is a float)."""
     groups: dict[tuple, dict[str, Any]] = {}
-    order_sets: dict[tuple, set[str]] = defaultdict(set)
-    dates = sorted(touched)
+    orders: dict[tuple, set[str]] = defaultdict(set)
     for start in range(0, len(dates), LOOKUP_CHUNK):
         rows = facts.filter(
             date_id__in=dates[start : start + LOOKUP_CHUNK], line_type=DAILY_SALES.line_type
@@ -189,21 +211,25 @@ def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched:
         for date_id, store_id, product_id, quantity, amount, order_id in rows:
             g = groups.setdefault(
                 (date_id, store_id, product_id),
-                {"quantity": 0, "revenue": Decimal("0.00"), "line_count": 0},
+                {"quantity": 0, "revenue": Decimal("0.00"), "line_count": 0, "order_count": 0},
             )
             g["quantity"] += quantity
             g["revenue"] += amount
             g["line_count"] += 1
-            order_sets[date_id, store_id, product_id].add(order_id)
+            orders[date_id, store_id, product_id].add(order_id)
+    for group, ids in orders.items():
+        groups[group]["order_count"] = len(ids)
+    return groups
+
+
+def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
+    """FactDailySales of the touched dates from the line fact: rows no group produces are deleted, the
+    others upserted."""
+    daily = DAILY_SALES.model
+    dates = sorted(touched)
+    groups = _daily_groups(facts, dates)
     objs = [
-        daily(
-            pipeline=pipeline,
-            date_id=date_id,
-            store_id=store_id,
-            product_id=product_id,
-            order_count=len(order_sets[date_id, store_id, product_id]),
-            **g,
-        )
+        daily(pipeline=pipeline, date_id=date_id, store_id=store_id, product_id=product_id, **g)
         for (date_id, store_id, product_id), g in groups.items()
     ]
     _upsert(using, daily, objs, list(DAILY_SALES.group_by))
@@ -212,6 +238,28 @@ def _recompute_daily(using: str, facts: models.QuerySet, pipeline: str, touched:
             pipeline=pipeline, date_id__in=dates[start : start + LOOKUP_CHUNK]
         )
         _delete_not_kept(using, stale, ("date_id", "store_id", "product_id"), groups.keys())
+
+
+def _check_daily(using: str, facts: models.QuerySet, pipeline: str, touched: set[int]) -> None:
+    """The line and daily facts agree on every touched date (quantity, revenue, lines), or the load fails."""
+    dates = sorted(touched)
+    from_lines: dict[int, tuple] = defaultdict(lambda: (0, Decimal("0.00"), 0))
+    for (date_id, _, _), g in _daily_groups(facts, dates).items():
+        q, r, c = from_lines[date_id]
+        from_lines[date_id] = (q + g["quantity"], r + g["revenue"], c + g["line_count"])
+    stored: dict[int, tuple] = defaultdict(lambda: (0, Decimal("0.00"), 0))
+    for start in range(0, len(dates), LOOKUP_CHUNK):
+        rows = DAILY_SALES.model.objects.using(using).filter(
+            pipeline=pipeline, date_id__in=dates[start : start + LOOKUP_CHUNK]
+        )
+        for date_id, quantity, revenue, lines in rows.values_list(
+            "date_id", "quantity", "revenue", "line_count"
+        ):
+            q, r, c = stored[date_id]
+            stored[date_id] = (q + quantity, r + revenue, c + lines)
+    wrong = sorted(d for d in set(from_lines) | set(stored) if from_lines[d] != stored[d])
+    if wrong:
+        raise DailyMismatchError(pipeline, [key_date(d) for d in wrong])
 
 
 def load_quarantine(
@@ -303,6 +351,34 @@ def _key_map(
         # The transform only emits facts whose dimensions it also emitted; this means a broken partition.
         raise MissingDimensionError(members.model, natural_key, missing)
     return found
+
+
+def _later_than_stored(
+    using: str, spec: Dimension, pipeline: str, batch: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The staged rows of a type 1 dimension that replace (or add) a member: with `latest_by`, only a later
+    one, or an equally late one with smaller other attributes, so any load order keeps the same values."""
+    if spec.latest_by is None:
+        return batch
+    others = [a for a in spec.attributes if a != spec.latest_by]
+    stored: dict[Any, tuple] = {}
+    keys = sorted(r[spec.natural_key] for r in batch)
+    names = [spec.natural_key, spec.latest_by, *others]
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        members = _members(using, spec.model, pipeline).filter(**{f"{spec.natural_key}__in": chunk})
+        stored.update((key, (latest, tuple(rest))) for key, latest, *rest in members.values_list(*names))
+
+    def replaces(r: dict[str, Any]) -> bool:
+        if r[spec.natural_key] not in stored:
+            return True
+        latest, rest = _python_value(r[spec.latest_by]), tuple(r[a] for a in others)
+        old_latest, old_rest = stored[r[spec.natural_key]]
+        if latest is None:
+            return False
+        return old_latest is None or latest > old_latest or (latest == old_latest and rest < old_rest)
+
+    return [r for r in batch if replaces(r)]
 
 
 def _members(using: str, model: type[models.Model], pipeline: str) -> models.QuerySet:

@@ -36,6 +36,8 @@ from .specs import (
     QUARANTINE_COLUMNS,
     RETURN_LOOKBACK_DAYS,
     SOURCE_DATE_FIELD,
+    SOURCE_VERSION_FIELD,
+    DailyMismatchError,
     Dimension,
     Fact,
     FactLoad,
@@ -150,8 +152,9 @@ def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composabl
         cursor.execute(
             sql.SQL(
                 "UPDATE {table} d SET {sets} FROM {staging} s WHERE d.{pipeline} = {name} "
-                "AND d.{key} = s.{skey} AND ROW({old}) IS DISTINCT FROM ROW({new})"
+                "AND d.{key} = s.{skey} AND ROW({old}) IS DISTINCT FROM ROW({new}) AND {later}"
             ).format(
+                later=_later_than_stored(spec),
                 table=table,
                 pipeline=_column(spec.model, PIPELINE_FIELD),
                 name=sql.Literal(pipeline),
@@ -165,6 +168,24 @@ def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composabl
                 new=sql.SQL(", ").join(sources),
             )
         )
+
+
+def _later_than_stored(spec: Dimension) -> sql.Composable:
+    """With `latest_by`: the staged row `s` replaces the stored `d` only when its `latest_by` is later, or
+    equal with smaller other attributes, so any load order keeps the same values."""
+    if spec.latest_by is None:
+        return sql.SQL("true")
+    meta = spec.model._meta
+    others = [a for a in spec.attributes if a != spec.latest_by]
+    return sql.SQL(
+        "s.{latest} IS NOT NULL AND (d.{stored} IS NULL OR s.{latest} > d.{stored}"
+        " OR (s.{latest} = d.{stored} AND ROW({new}) < ROW({old})))"
+    ).format(
+        latest=sql.Identifier(spec.latest_by),
+        stored=sql.Identifier(meta.get_field(spec.latest_by).column),
+        new=_columns("s", others),
+        old=_columns("d", [meta.get_field(a).column for a in others]),
+    )
 
 
 def _merge_history(cursor, spec: Dimension, pipeline: str, staging: sql.Composable, day: date) -> None:
@@ -591,30 +612,66 @@ def _relink_later_returns(
     )
 
 
-def _wins(new: str, old: str) -> sql.Composable:
-    """Whether the version of row `new` replaces that of row `old`: a greater version, or the same one
-    from an earlier (or the same) partition."""
-    return sql.SQL("({n}.{v} > {o}.{v} OR ({n}.{v} = {o}.{v} AND {n}.{d} <= {o}.{d}))").format(
-        n=sql.SQL(new),
-        o=sql.SQL(old),
-        v=sql.Identifier("source_version"),
-        d=sql.Identifier(SOURCE_DATE_FIELD),
+def _winning_orders(
+    cursor,
+    spec: Fact,
+    pipeline: str,
+    day: date,
+    staging: sql.Composable,
+    held: sql.Composable,
+    won: sql.Composable,
+) -> None:
+    """`held`: the stored version and partition of each staged order; `won`: the staged orders whose
+    version replaces the stored one: a greater version (an order's is its lines' greatest), or the same
+    one from an earlier or the same partition. Orders, not lines: a newer version that drops a line drops
+    it from the warehouse too."""
+    names = dict(
+        fact=sql.Identifier(spec.model._meta.db_table),
+        pipeline=_column(spec.model, PIPELINE_FIELD),
+        name=sql.Literal(pipeline),
+        order=_column(spec.model, spec.versioned_by),
+        order_column=sql.Identifier(spec.versioned_by),
+        version=_column(spec.model, SOURCE_VERSION_FIELD),
+        source=_column(spec.model, SOURCE_DATE_FIELD),
+        staging=staging,
+        held=held,
+        won=won,
+        day=sql.Literal(day),
+    )
+    _create_as(
+        cursor,
+        held,
+        sql.SQL(
+            "SELECT t.{order} AS order_id, max(t.{version}) AS version, min(t.{source}) AS source_date"
+            " FROM {fact} t WHERE t.{pipeline} = {name}"
+            " AND t.{order} IN (SELECT s.{order_column} FROM {staging} s) GROUP BY 1"
+        ).format(**names),
+    )
+    _create_as(
+        cursor,
+        won,
+        sql.SQL(
+            "SELECT s.order_id FROM (SELECT {order_column} AS order_id, max({version_column}) AS version"
+            " FROM {staging} GROUP BY 1) s LEFT JOIN {held} h ON h.order_id = s.order_id"
+            " WHERE h.order_id IS NULL OR s.version > h.version"
+            " OR (s.version = h.version AND {day} <= h.source_date)"
+        ).format(version_column=sql.Identifier(SOURCE_VERSION_FIELD), **names),
     )
 
 
 def _touched_dates(
     cursor, spec: Fact, pipeline: str, day: date, staging: sql.Composable, touched: sql.Composable
 ) -> list[int]:
-    """The business dates this load may change: its lines' own, those where the lines it carries are
-    held now, and those of the lines its partition supplied before (which it may drop)."""
+    """The business dates this load may change: its lines' own, those of the stored lines of the orders
+    it carries, and those of the lines its partition supplied before (which it may drop)."""
     meta = spec.model._meta
     _create_as(
         cursor,
         touched,
         sql.SQL(
             "SELECT DISTINCT {staged_day} AS date_key FROM {staging} s"
-            " UNION SELECT t.{date} FROM {fact} t JOIN {staging} s"
-            "   ON t.{pipeline} = {name} AND t.order_id = s.order_id AND t.line_number = s.line_number"
+            " UNION SELECT t.{date} FROM {fact} t"
+            "   WHERE t.{pipeline} = {name} AND t.order_id IN (SELECT s.order_id FROM {staging} s)"
             " UNION SELECT t.{date} FROM {fact} t WHERE t.{pipeline} = {name} AND t.{source} = {day}"
         ).format(
             staged_day=_day_key(sql.SQL("s.{}").format(sql.Identifier(DATE_COLUMN))),
@@ -632,9 +689,10 @@ def _touched_dates(
 
 
 def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: Sequence[Path]) -> FactLoad:
-    """Merge partition `day`'s lines into the pipeline's fact: each line once, holding the newest version
-    any partition carried (`_wins`), on its own business date; then recompute the daily aggregate of every
-    business date the load touched."""
+    """Merge partition `day`'s lines into the pipeline's fact: each order's lines as in the newest version
+    of the order any partition carried, each line once on its own business date; delete the lines the
+    partition supplied before and no longer holds; recompute the daily aggregate of every business date
+    the load touched."""
     meta = spec.model._meta
     business_date = models.DateField()
     business_date.set_attributes_from_name(DATE_COLUMN)
@@ -676,16 +734,20 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
         name=sql.Literal(pipeline),
         staged_day=sql.Identifier(DATE_COLUMN),
     )
-    # What the partition's lines are to the warehouse, per business date, before the merge.
+    held, won = sql.Identifier("pg_temp", "held_orders"), sql.Identifier("pg_temp", "won_orders")
+    _winning_orders(cursor, spec, pipeline, day, staging, held, won)
+    names |= {"held": held, "won": won}
+    # What the partition's lines are to the warehouse, per business date, before the merge: lines of orders
+    # it did not hold, lines replacing another partition's version of their order, lines of orders held in
+    # a newer version.
     cursor.execute(
         sql.SQL(
-            "SELECT s.{staged_day}, count(*) FILTER (WHERE t.id IS NULL),"
-            " count(*) FILTER (WHERE t.id IS NOT NULL AND t.{source} <> {day} AND {wins}),"
-            " count(*) FILTER (WHERE t.id IS NOT NULL AND NOT {wins})"
-            " FROM (SELECT *, {day} AS {source} FROM {staging}) s LEFT JOIN {table} t"
-            " ON t.{pipeline} = {name} AND t.order_id = s.order_id AND t.line_number = s.line_number"
-            " GROUP BY 1 ORDER BY 1"
-        ).format(wins=_wins("s", "t"), **names)
+            "SELECT s.{staged_day}, count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.order_id IS NULL),"
+            " count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.source_date <> {day}),"
+            " count(*) FILTER (WHERE w.order_id IS NULL)"
+            " FROM {staging} s LEFT JOIN {won} w ON w.order_id = s.order_id"
+            " LEFT JOIN {held} h ON h.order_id = s.order_id GROUP BY 1 ORDER BY 1"
+        ).format(**names)
     )
     for staged_day, inserted, updated, superseded in cursor.fetchall():
         result.inserted += inserted
@@ -693,11 +755,14 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
         if updated:
             result.updated[staged_day.isoformat()] = updated
 
-    # Lines this partition supplied and no longer holds: a corrected re-extraction, a line now quarantined.
+    # Lines of an order this partition wins that its version does not hold; lines this partition supplied
+    # of orders it no longer carries (a corrected re-extraction, an order now quarantined).
     cursor.execute(
         sql.SQL(
-            "DELETE FROM {table} t WHERE t.{pipeline} = {name} AND t.{source} = {day} AND NOT EXISTS "
-            "(SELECT 1 FROM {staging} s WHERE s.order_id = t.order_id AND s.line_number = t.line_number)"
+            "DELETE FROM {table} t WHERE t.{pipeline} = {name} AND ("
+            " (t.order_id IN (SELECT order_id FROM {won}) AND NOT EXISTS (SELECT 1 FROM {staging} s"
+            "   WHERE s.order_id = t.order_id AND s.line_number = t.line_number))"
+            " OR (t.{source} = {day} AND t.order_id NOT IN (SELECT s.order_id FROM {staging} s)))"
         ).format(**names)
     )
     result.deleted = cursor.rowcount
@@ -734,9 +799,9 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
     update = [c for c in columns if c not in conflict]
     cursor.execute(
         sql.SQL(
-            "INSERT INTO {table} AS t ({columns}) SELECT {values} FROM {staging} s {joins} "
-            "ON CONFLICT ({conflict}) DO UPDATE SET {sets} "
-            "WHERE {wins} AND ROW({old}) IS DISTINCT FROM ROW({new})"
+            "INSERT INTO {table} AS t ({columns}) SELECT {values} FROM {staging} s "
+            "JOIN {won} w ON w.order_id = s.order_id {joins} "
+            "ON CONFLICT ({conflict}) DO UPDATE SET {sets} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
         ).format(
             table=table,
             columns=sql.SQL(", ").join(columns),
@@ -744,8 +809,8 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
             staging=staging,
             joins=sql.SQL(" ").join(joins),
             conflict=sql.SQL(", ").join(conflict),
+            won=won,
             sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=c) for c in update),
-            wins=_wins("EXCLUDED", "t"),
             old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in update),
             new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in update),
         )
@@ -757,8 +822,8 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
     fault_point("after_merge")
     _recompute_daily(cursor, spec, pipeline, touched)
     _check_daily(cursor, spec, pipeline, touched)
-    _drop(cursor, staging)
-    _drop(cursor, touched)
+    for table in (staging, touched, held, won):
+        _drop(cursor, table)
     return result
 
 
@@ -849,15 +914,9 @@ def _check_daily(cursor, spec: Fact, pipeline: str, touched: sql.Composable) -> 
         ),
         [pipeline],
     )
-    wrong = [key_date(row[0]).isoformat() for row in cursor.fetchall()]
+    wrong = [key_date(row[0]) for row in cursor.fetchall()]
     if wrong:
-        raise DailyMismatchError(
-            f"daily sales disagree with the sales lines of {pipeline} on {', '.join(wrong)}"
-        )
-
-
-class DailyMismatchError(RuntimeError):
-    """The daily aggregate does not add up to the line fact: the load is rolled back."""
+        raise DailyMismatchError(pipeline, wrong)
 
 
 def load_quarantine(

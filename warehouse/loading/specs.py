@@ -55,8 +55,11 @@ class Dimension:
     model: type[models.Model]
     natural_key: str
     # Type 2: every attribute is tracked, a change starts a new version (docs/loading.md#dimension-history).
-    # False: type 1, the member's one row takes the latest values.
+    # False: type 1, the member's one row takes the latest values: with `latest_by`, those of the staged
+    # row whose `latest_by` is greatest (ties: the smaller attributes), across partitions in any load
+    # order; a staged row without one never replaces a stored row.
     history: bool = False
+    latest_by: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -102,6 +105,9 @@ class Fact:
     # in the warehouse before the merge; a later load of an earlier date revisits such links
     # (docs/retail-semantics.md#returns-and-cancellations).
     links_returns: bool = False
+    # The column whose rows are versioned together: a partition's version of an order replaces every line
+    # of the order, so a line a newer version dropped leaves the warehouse (docs/loading.md).
+    versioned_by: str = "order_id"
 
     @property
     def computed(self) -> list[str]:
@@ -130,7 +136,7 @@ class Fact:
 DIMENSIONS = (
     Dimension("stores", DimStore, "store_code", history=True),
     Dimension("products", DimProduct, "sku", history=True),
-    Dimension("customers", DimCustomer, "customer_key"),
+    Dimension("customers", DimCustomer, "customer_key", latest_by="country_seen_at"),
 )
 SALES_LINES = Fact(
     "sales_lines",
@@ -242,6 +248,14 @@ def business_dates(files: Sequence[Path]) -> list[date]:
         column = pq.read_table(path, columns=[DATE_COLUMN]).column(DATE_COLUMN)
         days.update(d for d in pc.unique(column).to_pylist() if d is not None)
     return sorted(days)
+
+
+class DailyMismatchError(RuntimeError):
+    """The daily aggregate does not add up to the line fact: the load is rolled back."""
+
+    def __init__(self, pipeline: str, days: Sequence[date]) -> None:
+        listed = ", ".join(d.isoformat() for d in days)
+        super().__init__(f"daily sales disagree with the sales lines of pipeline {pipeline!r} on {listed}")
 
 
 @dataclass

@@ -97,6 +97,11 @@ class Migration(migrations.Migration):
             name='source_version',
             field=models.BigIntegerField(null=True, help_text="the record's version (version_column as microseconds or an integer; without one, the partition date): the greatest wins, and on a tie the earliest partition"),
         ),
+        migrations.AddField(
+            model_name='dimcustomer',
+            name='country_seen_at',
+            field=models.DateTimeField(blank=True, help_text='time of the latest order giving the country: a load keeps the latest, whatever the order partitions load in', null=True),
+        ),
         migrations.CreateModel(
             name='LoadedPartition',
             fields=[
