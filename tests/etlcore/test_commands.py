@@ -203,6 +203,7 @@ def test_pipeline_status_shows_dataset_accounting_warnings_replays_and_what_load
         "inserted": 4,
         "updated": {"2026-10-31": 1, "2026-11-01": 1},
         "superseded": 1,
+        "reloaded": 0,
         "deleted": 2,
         "dates": ["2026-10-31", "2026-11-01"],
     }
@@ -224,7 +225,8 @@ def test_pipeline_status_shows_dataset_accounting_warnings_replays_and_what_load
         for line in lines
     )
     assert (
-        "sales_lines    staged=7 new=4 updated=2 (2026-10-31:1,2026-11-01:1) superseded=1 deleted=2 "
+        "sales_lines    staged=7 new=4 updated=2 (2026-10-31:1,2026-11-01:1) superseded=1 reloaded=0 "
+        "deleted=2 "
         "daily recomputed for 2 date(s)" in [line.strip() for line in lines]
     )
 

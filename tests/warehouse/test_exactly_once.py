@@ -192,7 +192,10 @@ def test_a_reload_reports_lines_that_updated_other_partitions_versions(db_alias,
         "b",
     )
     lines = result.facts["sales_lines"]
-    assert (lines.inserted, lines.updated, lines.superseded) == (1, {"2026-11-02": 1}, 1)
+    assert (lines.inserted, lines.updated, lines.superseded, lines.reloaded) == (1, {"2026-11-02": 1}, 1, 0)
+    again = load_partition(db_alias, tmp_path, "shop", DAYS[1], [sale("C", 1, day=DAYS[1])], "c").facts
+    # C again; A's version 2 was this partition's and is gone (B's stays with its first partition).
+    assert (again["sales_lines"].reloaded, again["sales_lines"].deleted) == (1, 1)
     assert lines.dates == ["2026-11-02", "2026-11-03"]
 
 

@@ -106,6 +106,8 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
             result.inserted += 1
         elif held_orders[key[order]][1] != day:
             result.updated[staged_day.isoformat()] = result.updated.get(staged_day.isoformat(), 0) + 1
+        else:
+            result.reloaded += 1
     # Dates loaded before later dates' returns may change their links: what they bought before this load.
     revisit = spec.links_returns and bool(touched) and _later_returns(facts, touched).exists()
     purchased_before = _purchased_items(facts, touched) if revisit else None

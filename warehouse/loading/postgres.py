@@ -737,21 +737,21 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
     held, won = sql.Identifier("pg_temp", "held_orders"), sql.Identifier("pg_temp", "won_orders")
     _winning_orders(cursor, spec, pipeline, day, staging, held, won)
     names |= {"held": held, "won": won}
-    # What the partition's lines are to the warehouse, per business date, before the merge: lines of orders
-    # it did not hold, lines replacing another partition's version of their order, lines of orders held in
-    # a newer version.
+    # What the partition's lines are to the warehouse, per business date, before the merge (FactLoad).
     cursor.execute(
         sql.SQL(
             "SELECT s.{staged_day}, count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.order_id IS NULL),"
             " count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.source_date <> {day}),"
-            " count(*) FILTER (WHERE w.order_id IS NULL)"
+            " count(*) FILTER (WHERE w.order_id IS NULL),"
+            " count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.source_date = {day})"
             " FROM {staging} s LEFT JOIN {won} w ON w.order_id = s.order_id"
             " LEFT JOIN {held} h ON h.order_id = s.order_id GROUP BY 1 ORDER BY 1"
         ).format(**names)
     )
-    for staged_day, inserted, updated, superseded in cursor.fetchall():
+    for staged_day, inserted, updated, superseded, reloaded in cursor.fetchall():
         result.inserted += inserted
         result.superseded += superseded
+        result.reloaded += reloaded
         if updated:
             result.updated[staged_day.isoformat()] = updated
 

@@ -260,15 +260,17 @@ class DailyMismatchError(RuntimeError):
 
 @dataclass
 class FactLoad:
-    """What a partition's load did to a fact: rows staged, the lines it supplied that were new, that
-    replaced a version from another partition (per business date), that the warehouse already holds in a
-    newer version (or the same from an earlier partition: `superseded`), and the stale ones it deleted;
+    """What a partition's load did to a fact. Its staged `rows` are lines of orders the warehouse did not
+    hold (`inserted`), replacing another partition's version of their order (`updated`, per business
+    date), of orders held in a newer version or the same one from an earlier partition (`superseded`), or
+    of orders this same partition supplied before (`reloaded`); `deleted`, the stored lines it removed;
     `dates`, every business date whose daily aggregate it recomputed."""
 
     rows: int = 0
     inserted: int = 0
     updated: dict[str, int] = field(default_factory=dict)
     superseded: int = 0
+    reloaded: int = 0
     deleted: int = 0
     dates: list[str] = field(default_factory=list)
 

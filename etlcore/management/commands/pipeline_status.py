@@ -68,7 +68,8 @@ def step_detail_lines(details: dict) -> list[str]:
             f"{output:<14} staged={load['rows']} new={load['inserted']} "
             f"updated={sum(updated.values())}"
             + (f" ({_codes(updated)})" if updated else "")
-            + f" superseded={load['superseded']} deleted={load['deleted']} "
+            + f" superseded={load['superseded']} reloaded={load.get('reloaded', 0)}"
+            + f" deleted={load['deleted']} "
             f"daily recomputed for {len(load['dates'])} date(s)"
         )
     if "released" in details:
