@@ -61,6 +61,13 @@ class Connector(ABC):
         self.state: dict[str, Any] | None = dict(state) if state else None
         self.next_state: dict[str, Any] | None = self.state
 
+    @classmethod
+    def check_options(cls, *, name: str, options: Mapping[str, Any]) -> None:
+        """Checks that need neither the source nor the environment, run when the pipeline file is read
+        (so a misplaced option fails before any run). Raise `ConfigurationError`; the default checks
+        nothing beyond what `__init__` does at extract time."""
+        return None
+
     @abstractmethod
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
         """Yield bounded batches for the window; raise `etlcore.errors.SourceError` naming what failed."""

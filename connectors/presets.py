@@ -53,7 +53,7 @@ STRIPE = Preset(
         "records_path": "data",
         "auth": {"type": "bearer", "token_env": "STRIPE_SECRET_KEY"},
         "pagination": {
-            "style": "cursor",
+            "style": "has_more",
             "has_more_path": "has_more",
             "starting_after_param": "starting_after",
         },

@@ -292,6 +292,10 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
             f"{where} [source]: unknown kind {source['kind']!r} "
             f"(expected one of: {', '.join(sorted(connector_kinds()))})"
         )
+    try:
+        connector_kinds()[source["kind"]].check_options(name=name, options=source)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where} [source]: {exc}") from None
     types = {c.name: c.type for c in columns}
     rules_doc = doc.get("rules", [])
     if not isinstance(rules_doc, list):
