@@ -52,8 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METHODS = ("GET", "POST")  # POST for read-only search endpoints (Square), paged through the JSON body
-# Kept for callers that listed the styles; the registry is the one declaration.
-PAGINATION_STYLES = tuple(PAGINATORS)
 
 _OPTIONS = frozenset(
     {
