@@ -1,10 +1,21 @@
-"""Errors a user can act on. Commands turn them into one-line `CommandError`s."""
+"""Errors of orchestration a user can act on. Commands turn every `EtlError` into a one-line `CommandError`.
+
+The base class lives in `etlbase.errors`, below every package, so the warehouse defines its own
+(`warehouse.errors`) without importing etlcore; it is re-exported here for etlcore and its callers."""
 
 from __future__ import annotations
 
+from etlbase.errors import EtlError
 
-class EtlError(Exception):
-    """Base class: the message is shown to the user as is, so it must name what was wrong and where."""
+__all__ = [
+    "ConfigurationError",
+    "EtlError",
+    "PartitionNotFound",
+    "ReconciliationError",
+    "SourceError",
+    "SparkJobError",
+    "VolumeGuardError",
+]
 
 
 class ConfigurationError(EtlError):

@@ -29,8 +29,8 @@ from typing import Literal
 
 from django.db import connections, transaction
 
+from .errors import LoadStrategyError, MissingDimensionError
 from .loading import portable, postgres
-from .loading.portable import MissingDimensionError
 from .loading.specs import (
     DIMENSIONS,
     FACTS,
@@ -81,7 +81,7 @@ def partition_load(
     if strategy == "auto":
         strategy = "copy" if connection.vendor == "postgresql" else "portable"
     if strategy == "copy" and connection.vendor != "postgresql":
-        raise ValueError(f"the COPY load path needs PostgreSQL, not {connection.vendor}")
+        raise LoadStrategyError(f"the COPY load path needs PostgreSQL, not {connection.vendor}")
     with transaction.atomic(using=using):
         if strategy == "copy":
             with connection.cursor() as cursor:  # before the partition's rows, as every load of it

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import date
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from etlcore.models import PipelineRun, StepRun
+from etlcore.staging import TRANSFORMED, Manifest, PartitionRef, partition_attempt, partition_publish
+from tests.warehouse.partitions import default_outputs, sale, write_outputs
+from warehouse.models import FactSalesLine
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -244,3 +248,38 @@ def test_reconciliation_counts_rows_filtered_by_a_named_rule_and_fails_when_they
         _reconcile({"datasets": _transform_counts(filtered={"postage": 1})}, inputs)
     with pytest.raises(ReconciliationError, match=r"'order_lines': 10 rows staged, job read 10, accounted 8"):
         _reconcile({"datasets": _transform_counts()}, inputs)
+
+
+def publish_transformed(shop: dict, day: str, outputs: dict[str, list[dict]]) -> None:
+    """A transformed partition as the transform step publishes it, with outputs the test writes."""
+    ref = PartitionRef(shop["staging"], "shop", TRANSFORMED, date.fromisoformat(day))
+    with partition_attempt(ref) as attempt:
+        paths = write_outputs(attempt, outputs)
+        files = {name: [str(p.relative_to(ref.dir)) for p in found] for name, found in paths.items()}
+        manifest = Manifest(
+            pipeline="shop",
+            layer=TRANSFORMED,
+            dataset=None,
+            business_date=day,
+            files=[f for listed in files.values() for f in listed],
+            row_count=len(outputs["sales_lines"]),
+            schema=[],
+            source="test",
+            checksum="test",
+            run_id=None,
+            outputs={name: {"files": files[name], "rows": len(outputs.get(name, []))} for name in files},
+        )
+        partition_publish(ref, manifest, attempt)
+
+
+def test_load_of_a_partition_naming_a_product_the_warehouse_lacks_fails_with_one_line(shop):
+    outputs = default_outputs([sale("O1", 1), sale("O1", 2, sku="P9")])  # P9 is in no products output
+    publish_transformed(shop, "2026-11-01", outputs)
+
+    with pytest.raises(CommandError, match=r"^warehouse\.DimProduct: no row for sku P9$"):
+        run_command("load", "--pipeline", "shop", "--date", "2026-11-01")
+    run = latest_run(shop["alias"])
+    step = run.steps.get()
+    assert (run.status, step.step, step.status) == ("failed", "load", "failed")
+    assert step.error == run.error == "warehouse.DimProduct: no row for sku P9"
+    assert not FactSalesLine.objects.using(shop["alias"]).exists()

@@ -7,6 +7,7 @@ watermark and stages nothing, while the pipeline's other sources are published.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import date
 from io import StringIO
@@ -243,20 +244,31 @@ price = {{ from = "price" }}
 
 
 def test_independent_sources_extract_concurrently(shop):
+    """Both sources' first requests are in flight at once, as the server saw them. Each holds its answer
+    until the other source has asked (or 5 s passed): run one after the other, they could never overlap."""
     shop["write"]("orders", "refunds")
+    lock = threading.Lock()
+    asked: set[str] = set()
+    both_asked = threading.Event()
+    in_flight: dict[str, tuple[float, float]] = {}  # source -> its first request's (received, answered)
 
-    def slow(seen: Seen) -> Reply:
-        time.sleep(0.25)  # two pages each: 0.5 s per source
-        return Reply(
-            body={"orders": [order(1, "2026-11-01T09:30:00Z")] if seen.query["page"] == ["1"] else []}
-        )
+    def held(seen: Seen) -> Reply:
+        source, received = seen.path.strip("/"), time.monotonic()
+        with lock:
+            asked.add(source)
+            if len(asked) == 2:
+                both_asked.set()
+        both_asked.wait(timeout=5)
+        first = seen.query["page"] == ["1"]
+        if first:
+            in_flight[source] = (received, time.monotonic())
+        return Reply(body={"orders": [order(1, "2026-11-01T09:30:00Z")] if first else []})
 
-    shop["api"].handler = slow
-    started = time.monotonic()
+    shop["api"].handler = held
     extract("2026-11-01")
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 0.95  # one after the other would take over a second
+    (orders_in, orders_out), (refunds_in, refunds_out) = in_flight["orders"], in_flight["refunds"]
+    assert max(orders_in, refunds_in) < min(orders_out, refunds_out)
     assert partition(shop, "orders", "2026-11-01") and partition(shop, "refunds", "2026-11-01")
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
+from django.utils import timezone
 
+from etlcore.models import PipelineRun
+from tests.admin_pages import assert_every_column_shows_a_value, registered
 from warehouse.loaders import partition_load
 
-from .partitions import history_outputs, write_outputs
+from .partitions import default_outputs, history_outputs, sale, write_outputs
 
 pytestmark = pytest.mark.django_db
 
@@ -25,3 +28,35 @@ def test_product_admin_shows_versions_and_filters_the_current_ones(admin_client,
     assert 'id="changelist-filter"' in every and "By is current" in every
     current = admin_client.get("/admin/warehouse/dimproduct/?is_current__exact=1").content.decode()
     assert "12.34" in current and "9.99" not in current
+
+
+@pytest.mark.parametrize("model", registered("warehouse"), ids=lambda m: m._meta.model_name)
+def test_every_warehouse_admin_column_shows_a_value(admin_client, tmp_path, model):
+    run = PipelineRun.objects.create(
+        pipeline="shop", command="load", started_at=timezone.now(), status="succeeded"
+    )
+    for day, price, region in ((date(2026, 11, 1), "9.99", "West"), (date(2026, 11, 2), "12.34", "North")):
+        outputs = history_outputs(day, price=price, region=region)  # P1 and S1 change: closed versions
+        outputs["sales_lines"].append(sale(f"R{day:%m%d}", 1, qty=-1, day=day, original=f"O{day:%m%d}"))
+        outputs["quarantine"] = default_outputs([])["quarantine"]
+        partition_load(
+            outputs=write_outputs(tmp_path / str(day), outputs),
+            pipeline="shop",
+            business_date=day,
+            run_id=run.pk,
+            using="default",
+        )
+    assert_every_column_shows_a_value(admin_client, model)
+
+
+def test_the_column_test_covers_every_warehouse_admin():  # an empty parametrize would pass silently
+    assert [m._meta.model_name for m in registered("warehouse")] == [
+        "dimcustomer",
+        "dimdate",
+        "dimproduct",
+        "dimstore",
+        "factdailysales",
+        "factsalesline",
+        "loadedpartition",
+        "quarantinedrow",
+    ]

@@ -264,8 +264,9 @@ def test_the_loaders_agreement_check_names_the_dates_where_daily_sales_and_lines
     from django.db import connections
     from psycopg2 import sql
 
+    from warehouse.errors import DailyMismatchError
     from warehouse.loading import portable, postgres
-    from warehouse.loading.specs import SALES_LINES, DailyMismatchError
+    from warehouse.loading.specs import SALES_LINES
 
     load_partition(db_alias, tmp_path, "shop", DAYS[0], [sale("A", 1, day=DAYS[0])], "a")
     FactDailySales.objects.using(db_alias).update(revenue=Decimal("0.01"))

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from tests.conftest import _postgres_or_skip
 from warehouse.checks import warehouse_checksums
+from warehouse.errors import MissingDimensionError
 from warehouse.loaders import partition_load
 from warehouse.loading.history import Version, observe
 from warehouse.models import DimProduct, DimStore, FactDailySales, FactSalesLine
@@ -262,7 +263,7 @@ def test_a_fact_dated_before_its_member_first_version_joins_that_first_version(d
 def test_a_product_never_exported_still_fails_the_load_with_its_key(db_alias, tmp_path):
     early = history_outputs(D1)
     early["products"] = [p for p in early["products"] if p["sku"] != "P2"]
-    with pytest.raises(ValueError, match="warehouse.DimProduct: no row for sku P2"):
+    with pytest.raises(MissingDimensionError, match="warehouse.DimProduct: no row for sku P2"):
         load(db_alias, tmp_path, [(D1, early)])
 
 

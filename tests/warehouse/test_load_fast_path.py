@@ -9,8 +9,10 @@ import pytest
 from django.apps import apps
 from django.db import connections
 
+from etlbase.errors import EtlError
 from tests.conftest import _postgres_or_skip
 from warehouse.checks import warehouse_checksums
+from warehouse.errors import LoadStrategyError, MissingDimensionError
 from warehouse.loaders import partition_load
 from warehouse.models import DimProduct, DimStore, FactSalesLine, QuarantinedRow
 
@@ -187,11 +189,13 @@ def test_loading_dates_again_in_another_order_leaves_identical_rows(db_alias, tm
 
 def test_a_fact_naming_an_unknown_customer_fails_instead_of_losing_the_customer(db_alias, tmp_path):
     outputs = default_outputs([sale("O1", 1), sale("O2", 1, customer="d" * 64)])
-    with pytest.raises(ValueError, match=f"no row for customer_key {'d' * 64}"):
+    with pytest.raises(MissingDimensionError, match=f"no row for customer_key {'d' * 64}"):
         run(db_alias, tmp_path, [(DAY, outputs)])
     assert not FactSalesLine.objects.using(db_alias).exists()
 
 
-def test_the_copy_path_refuses_a_database_other_than_postgres(tmp_path):
-    with pytest.raises(ValueError, match="needs PostgreSQL"):
+def test_the_copy_path_refuses_a_database_other_than_postgres_with_a_user_error(tmp_path):
+    with pytest.raises(LoadStrategyError, match="^the COPY load path needs PostgreSQL, not sqlite$") as exc:
         run("default", tmp_path, scenario()[:1], "copy")
+    assert isinstance(exc.value, EtlError)  # a command shows it as one line, not a traceback
+    assert not FactSalesLine.objects.using("default").exists()

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from django.db import models
 
+from ..errors import DailyMismatchError, MissingDimensionError
 from ..models import DimDate, LoadedPartition, QuarantinedRow
 from .history import Version, observe, version_on
 from .specs import (
@@ -31,7 +32,6 @@ from .specs import (
     SOURCE_DATE_FIELD,
     SOURCE_VERSION_FIELD,
     VALIDITY_FIELDS,
-    DailyMismatchError,
     Dimension,
     Fact,
     FactLoad,
@@ -625,14 +625,6 @@ def _relink_later_returns(facts: models.QuerySet, touched: set[int], items: set[
     for (pk, linked, *_), order_id in zip(rows, found, strict=True):
         if order_id != linked:
             facts.filter(pk=pk).update(original_order_id=order_id, **{LINKED_BY_LOADER: order_id is not None})
-
-
-class MissingDimensionError(ValueError):
-    """A fact row names a dimension member the warehouse does not hold: the partition is broken."""
-
-    def __init__(self, model: type[models.Model], natural_key: str, missing: Iterable[Any]) -> None:
-        sample = ", ".join(sorted(map(str, missing))[:5])
-        super().__init__(f"{model._meta.label}: no row for {natural_key} {sample}")
 
 
 def _delete_not_kept(

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from django.db import models
 from psycopg2 import sql
 
+from ..errors import DailyMismatchError, MissingDimensionError
 from ..models import DimCustomer, DimDate, LoadedPartition, QuarantinedRow
-from .portable import MissingDimensionError
 from .specs import (
     DAILY_SALES,
     DATE_COLUMN,
@@ -37,7 +37,6 @@ from .specs import (
     RETURN_LOOKBACK_DAYS,
     SOURCE_DATE_FIELD,
     SOURCE_VERSION_FIELD,
-    DailyMismatchError,
     Dimension,
     Fact,
     FactLoad,

@@ -250,14 +250,6 @@ def business_dates(files: Sequence[Path]) -> list[date]:
     return sorted(days)
 
 
-class DailyMismatchError(RuntimeError):
-    """The daily aggregate does not add up to the line fact: the load is rolled back."""
-
-    def __init__(self, pipeline: str, days: Sequence[date]) -> None:
-        listed = ", ".join(d.isoformat() for d in days)
-        super().__init__(f"daily sales disagree with the sales lines of pipeline {pipeline!r} on {listed}")
-
-
 @dataclass
 class FactLoad:
     """What a partition's load did to a fact. Its staged `rows` are lines of orders the warehouse did not
