@@ -1,13 +1,15 @@
-"""Errors of orchestration a user can act on. Commands turn every `EtlError` into a one-line `CommandError`.
+"""Errors a user can act on. Commands turn every one of `USER_ERRORS` into a one-line `CommandError`.
 
-The base class lives in `etlbase.errors`, below every package, so the warehouse defines its own
-(`warehouse.errors`) without importing etlcore; it is re-exported here for etlcore and its callers."""
+`EtlError` is orchestration's base. The warehouse reports its own (`warehouse.errors.WarehouseError`)
+without importing etlcore, since imports run etlcore -> warehouse; `USER_ERRORS` names both, and is what
+every command, step and run record catches."""
 
 from __future__ import annotations
 
-from etlbase.errors import EtlError
+from warehouse.errors import WarehouseError
 
 __all__ = [
+    "USER_ERRORS",
     "ConfigurationError",
     "EtlError",
     "PartitionNotFound",
@@ -16,6 +18,14 @@ __all__ = [
     "SparkJobError",
     "VolumeGuardError",
 ]
+
+
+class EtlError(Exception):
+    """Base class: the message is shown to the user as is, so it must name what was wrong and where."""
+
+
+# Every error a user can cause: shown as one line, exit 1, a failed run record.
+USER_ERRORS: tuple[type[Exception], ...] = (EtlError, WarehouseError)
 
 
 class ConfigurationError(EtlError):

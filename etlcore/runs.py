@@ -57,7 +57,7 @@ def step_tracked(run: PipelineRun, step: str) -> Iterator[StepRun]:
 
 def error_text(exc: BaseException) -> str:
     """One line for the user: our errors speak for themselves, anything else shows its type too."""
-    from .errors import EtlError
+    from .errors import USER_ERRORS
 
     message = " ".join(str(exc).split()) or exc.__class__.__name__
-    return message if isinstance(exc, EtlError) else f"{exc.__class__.__name__}: {message}"
+    return message if isinstance(exc, USER_ERRORS) else f"{exc.__class__.__name__}: {message}"

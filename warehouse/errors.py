@@ -1,7 +1,8 @@
 """Errors of a load a user can act on: a broken partition, a load strategy the database cannot take.
 
-They subclass the shared `etlbase.errors.EtlError`, not anything in etlcore (which imports the warehouse),
-so the commands report them as one line and exit 1 like any other step failure."""
+They do not subclass anything in etlcore (which imports the warehouse): `etlcore.errors.USER_ERRORS` names
+`WarehouseError` beside `EtlError`, so the commands report them as one line and exit 1 like any other step
+failure."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from typing import Any
 
 from django.db import models
 
-from etlbase.errors import EtlError
 
-
-class WarehouseError(EtlError):
+class WarehouseError(Exception):
     """A load failed and was rolled back: the warehouse is as it was before it."""
 
 

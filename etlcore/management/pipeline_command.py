@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from etlcore.errors import EtlError
+from etlcore.errors import USER_ERRORS
 from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
 from etlcore.services import pipeline_execute
@@ -32,7 +32,7 @@ class PipelineStepCommand(BaseCommand):
             run = pipeline_execute(
                 pipeline=pipeline, business_date=business_date, steps=self.steps, command=self.command_name
             )
-        except EtlError as exc:
+        except USER_ERRORS as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(run_summary(run)))
         for step in run.steps.all():

@@ -9,7 +9,7 @@ import pytest
 from django.apps import apps
 from django.db import connections
 
-from etlbase.errors import EtlError
+from etlcore.errors import USER_ERRORS
 from tests.conftest import _postgres_or_skip
 from warehouse.checks import warehouse_checksums
 from warehouse.errors import LoadStrategyError, MissingDimensionError
@@ -197,5 +197,5 @@ def test_a_fact_naming_an_unknown_customer_fails_instead_of_losing_the_customer(
 def test_the_copy_path_refuses_a_database_other_than_postgres_with_a_user_error(tmp_path):
     with pytest.raises(LoadStrategyError, match="^the COPY load path needs PostgreSQL, not sqlite$") as exc:
         run("default", tmp_path, scenario()[:1], "copy")
-    assert isinstance(exc.value, EtlError)  # a command shows it as one line, not a traceback
+    assert isinstance(exc.value, USER_ERRORS)  # a command shows it as one line, not a traceback
     assert not FactSalesLine.objects.using("default").exists()

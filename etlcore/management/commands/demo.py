@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from etlcore.demo.pipeline import demo_run
-from etlcore.errors import EtlError
+from etlcore.errors import USER_ERRORS
 
 
 class Command(BaseCommand):
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         )
         try:
             report = demo_run(data_dir=data_dir)
-        except EtlError as exc:
+        except USER_ERRORS as exc:
             raise CommandError(str(exc)) from exc
         for name in report.defaults_used:
             self.stdout.write(f"  ({name} unset: using the demo's published value)")
