@@ -2,7 +2,8 @@
 
 Submitted with spark-submit as a script (``--spec <job spec JSON>``) and imported as a module by tests.
 The core is pure DataFrame functions; only :func:`run_job` reads and writes, only :func:`main` builds the
-SparkSession. Output schemas and ``_result.json`` are contracts with the loader (docs/architecture.md).
+SparkSession. Its outputs are declared in :mod:`spark_jobs.contract`; they and ``_result.json`` are the
+loader's contract (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
-    BooleanType,
     DateType,
     DecimalType,
-    IntegerType,
     LongType,
     StringType,
     StructField,
@@ -31,6 +30,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_jobs import contract
 from spark_jobs.quality import (
     DUP_COL,
     QUARANTINE_SCHEMA,
@@ -67,58 +67,13 @@ from spark_jobs.retail import (
 JOB_NAME = "sales_daily"
 DATASETS = ("order_lines", "products", "stores")
 
-SALES_LINES_SCHEMA = StructType(
-    [
-        StructField("order_id", StringType()),
-        StructField("line_number", IntegerType()),
-        StructField("business_date", DateType()),
-        StructField("ordered_at", TimestampType()),
-        StructField("store_code", StringType()),
-        StructField("sku", StringType()),
-        StructField("customer_key", StringType()),
-        StructField("quantity", IntegerType()),
-        StructField("unit_price", DecimalType(18, 4)),
-        StructField("amount", DecimalType(18, 2)),
-        StructField("currency", StringType()),
-        StructField("is_return", BooleanType()),
-        StructField("stock_code", StringType()),
-        StructField("line_type", StringType()),
-        StructField("amount_reporting", DecimalType(18, 2)),
-        StructField("original_order_id", StringType()),
-        StructField("source_version", LongType()),
-    ]
-)
-PRODUCTS_SCHEMA = StructType(
-    [
-        StructField("sku", StringType()),
-        StructField("name", StringType()),
-        StructField("category", StringType()),
-        StructField("list_price", DecimalType(18, 2)),
-    ]
-)
-STORES_SCHEMA = StructType(
-    [
-        StructField("store_code", StringType()),
-        StructField("name", StringType()),
-        StructField("city", StringType()),
-        StructField("region", StringType()),
-        StructField("country", StringType()),
-    ]
-)
-CUSTOMERS_SCHEMA = StructType(
-    [
-        StructField("customer_key", StringType()),
-        StructField("country", StringType()),
-        StructField("country_seen_at", TimestampType()),
-    ]
-)
-OUTPUT_SCHEMAS: dict[str, StructType] = {
-    "sales_lines": SALES_LINES_SCHEMA,
-    "products": PRODUCTS_SCHEMA,
-    "stores": STORES_SCHEMA,
-    "customers": CUSTOMERS_SCHEMA,
-    "quarantine": QUARANTINE_SCHEMA,
-}
+# The outputs and their schemas are the loader's contract, declared in spark_jobs/contract.py.
+CONTRACT = contract.SALES_DAILY
+OUTPUT_SCHEMAS: dict[str, StructType] = {o.name: contract.spark_schema(o) for o in CONTRACT.outputs}
+SALES_LINES_SCHEMA = OUTPUT_SCHEMAS["sales_lines"]
+PRODUCTS_SCHEMA = OUTPUT_SCHEMAS["products"]
+STORES_SCHEMA = OUTPUT_SCHEMAS["stores"]
+CUSTOMERS_SCHEMA = OUTPUT_SCHEMAS["customers"]
 
 # Columns each input must declare in the spec (beyond them, extra declared columns are only validated).
 REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -766,11 +721,17 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
         outputs: dict[str, int] = {}
         # No daily aggregate: a partition may carry lines of other dates, and hold versions the warehouse
         # already has newer; the loader recomputes it from the line fact (docs/loading.md).
-        write("sales_lines", build_sales_lines(link_returns(accepted)))
-        write("products", products.to(PRODUCTS_SCHEMA))
-        write("stores", stores.to(STORES_SCHEMA))
-        write("customers", build_customers(accepted))
-        write("quarantine", quarantine.to(QUARANTINE_SCHEMA))
+        frames = {
+            "sales_lines": build_sales_lines(link_returns(accepted)),
+            "products": products,
+            "stores": stores,
+            "customers": build_customers(accepted),
+            "quarantine": quarantine,
+        }
+        if frames.keys() != set(CONTRACT.names):
+            raise RuntimeError(f"{JOB_NAME} builds {sorted(frames)}, its contract {sorted(CONTRACT.names)}")
+        for name in CONTRACT.names:
+            write(name, frames[name].to(OUTPUT_SCHEMAS[name]))
     finally:
         for frame in cached:
             frame.unpersist()
@@ -787,7 +748,7 @@ def _check_conservation(result: Mapping[str, Any]) -> None:
         filtered = sum(c.get("filtered", {}).values())
         if c["rows_in"] != c["rows_out"] + c["rejected"] + c["duplicates"] + filtered:
             raise RuntimeError(f"row conservation broken for {name}: {c}")
-    written = {"order_lines": "sales_lines", "products": "products", "stores": "stores"}
+    written = {o.rows_of: o.name for o in CONTRACT.outputs if o.rows_of}
     for dataset, output in written.items():
         if dataset not in datasets:  # derived from the order lines: no input to account for
             continue
