@@ -14,6 +14,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
+from spark_jobs import contract
 from spark_jobs import sales_daily as job
 from spark_jobs.sales_daily import (
     CUSTOMERS_SCHEMA,
@@ -147,56 +148,6 @@ def reasons_by_line(classified) -> dict[int, list[str]]:
 
 def py_key(email: str) -> str:
     return hmac.new(KEY, email.strip().lower().encode(), hashlib.sha256).hexdigest()
-
-
-def test_output_schemas_are_the_loader_contract_of_docs_architecture():
-    def spec(schema):
-        return [(f.name, f.dataType.simpleString()) for f in schema]
-
-    assert spec(SALES_LINES_SCHEMA) == [
-        ("order_id", "string"),
-        ("line_number", "int"),
-        ("business_date", "date"),
-        ("ordered_at", "timestamp"),
-        ("store_code", "string"),
-        ("sku", "string"),
-        ("customer_key", "string"),
-        ("quantity", "int"),
-        ("unit_price", "decimal(18,4)"),
-        ("amount", "decimal(18,2)"),
-        ("currency", "string"),
-        ("is_return", "boolean"),
-        ("stock_code", "string"),
-        ("line_type", "string"),
-        ("amount_reporting", "decimal(18,2)"),
-        ("original_order_id", "string"),
-        ("source_version", "bigint"),
-    ]
-    assert spec(CUSTOMERS_SCHEMA) == [
-        ("customer_key", "string"),
-        ("country", "string"),
-        ("country_seen_at", "timestamp"),
-    ]
-    assert spec(job.PRODUCTS_SCHEMA) == [
-        ("sku", "string"),
-        ("name", "string"),
-        ("category", "string"),
-        ("list_price", "decimal(18,2)"),
-    ]
-    assert spec(job.STORES_SCHEMA) == [
-        ("store_code", "string"),
-        ("name", "string"),
-        ("city", "string"),
-        ("region", "string"),
-        ("country", "string"),
-    ]
-    assert spec(job.QUARANTINE_SCHEMA) == [
-        ("dataset", "string"),
-        ("reason_code", "string"),
-        ("message", "string"),
-        ("raw_record", "string"),
-        ("record_fingerprint", "string"),
-    ]
 
 
 def test_sales_line_is_typed_dated_pseudonymised_and_priced(spark):
@@ -433,18 +384,6 @@ def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_emai
     }
 
 
-ARROW_TYPES = {
-    "string": pa.string(),
-    "int": pa.int32(),
-    "bigint": pa.int64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),  # an instant, not INT96 / naive
-    "decimal(18,4)": pa.decimal128(18, 4),
-    "decimal(18,2)": pa.decimal128(18, 2),
-}
-
-
 def _write_staged(path, rows: list[dict], spec: dict) -> str:
     # As the extract step stages them: every column text, values as extracted.
     columns = list(spec["columns"])
@@ -510,11 +449,10 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
     assert json.loads((tmp_path / "out" / "_result.json").read_text()) == expected
 
     # Read back as the loader does (pyarrow): names, order and types exactly as the contract says.
-    tables = {name: pq.read_table(tmp_path / "out" / name) for name in job.OUTPUT_SCHEMAS}
-    for name, schema in job.OUTPUT_SCHEMAS.items():
-        assert [(f.name, f.type) for f in tables[name].schema] == [
-            (f.name, ARROW_TYPES[f.dataType.simpleString()]) for f in schema
-        ], name
+    tables = {name: pq.read_table(tmp_path / "out" / name) for name in job.CONTRACT.names}
+    for output in job.CONTRACT.outputs:  # the Parquet types the loader (and tests/warehouse) expect
+        written = [(f.name, f.type) for f in tables[output.name].schema]
+        assert written == [(f.name, f.type) for f in contract.arrow_schema(output)], output.name
     assert sorted((r["line_number"], r["amount"]) for r in tables["sales_lines"].to_pylist()) == [
         (1, Decimal("3.00")),
         (2, Decimal("-2.00")),
