@@ -490,3 +490,45 @@ def test_error_line_never_shows_the_key_or_its_hmac_pads(key):
 
     assert inner_pad.hex() not in text.lower() and key.decode() not in text
     assert "\n" not in text and text.startswith("RuntimeError: plan:")
+
+
+def test_transform_of_inline_frames_returns_the_declared_outputs_and_the_counts(spark):
+    at = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
+    lines = [
+        line(order_id="O1", quantity="2", unit_price="1.50"),
+        line(order_id="O1", quantity="2", unit_price="1.50"),  # exact duplicate
+        line(order_id="O2", sku="NOPE", customer_email=None),  # unknown product
+    ]
+    spec = {
+        "business_date": DAY,
+        "reporting_currency": "EUR",
+        "constraints": output_constraints(),
+        "inputs": {"order_lines": LINE_SPEC, "products": PRODUCT_SPEC, "stores": STORE_SPEC},
+    }
+    frames = {
+        "order_lines": staged(spark, lines, LINE_SPEC),
+        "products": staged(spark, PRODUCTS, PRODUCT_SPEC),
+        "stores": staged(spark, STORES, STORE_SPEC),
+    }
+
+    out = job.transform(frames, job.JobOptions.from_spec(spec, KEY))
+    try:
+        assert list(out.outputs) == list(job.CONTRACT.names)
+        sale = ("O1", 1, dt.date(2026, 11, 1), at, "S1", "P1", py_key("ann@example.com"), 2)
+        money = (Decimal("1.5000"), Decimal("3.00"), "EUR", False, "P1", "product", Decimal("3.00"), None)
+        expected_lines = spark.createDataFrame(
+            [(*sale, *money, int(at.timestamp()) * 1_000_000)], SALES_LINES_SCHEMA
+        )
+        assert_df_equality(out.outputs["sales_lines"], expected_lines, ignore_nullable=True)
+        expected_stores = spark.createDataFrame([("S1", "Centre", "Lyon", "ARA", "FR")], job.STORES_SCHEMA)
+        assert_df_equality(out.outputs["stores"], expected_stores, ignore_nullable=True)
+        quarantined = out.outputs["quarantine"].select("dataset", "reason_code").collect()
+        assert [tuple(r) for r in quarantined] == [("order_lines", "unknown_product")]
+        assert out.datasets == {
+            "order_lines": {"rows_in": 3, "rejected": 1, "duplicates": 1, "rows_out": 1, **NO_CODES},
+            "products": {"rows_in": 2, "rejected": 0, "duplicates": 0, "rows_out": 2, **NO_CODES},
+            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1, **NO_CODES},
+        }
+    finally:
+        out.unpersist()
+    assert not any(frame.is_cached for frame in out.cached)
