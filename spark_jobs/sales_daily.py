@@ -653,6 +653,16 @@ def transform(frames: Mapping[str, DataFrame], options: JobOptions) -> Transform
     The order lines are read once: their classified frame (every row with its reasons and customer key) is
     cached and feeds the outputs and the counts, which are computed here (Spark jobs on the cached frames).
     """
+    cached: list[DataFrame] = []
+    try:
+        return _transform(frames, options, cached)
+    except BaseException:  # nothing to write: release what was cached so far
+        for frame in cached:
+            frame.unpersist()
+        raise
+
+
+def _transform(frames: Mapping[str, DataFrame], options: JobOptions, cached: list[DataFrame]) -> Transformed:
     inputs, retail, key = options.inputs, options.retail, options.pseudonym_key
     reporting_currency = options.reporting_currency
     date_column = inputs["order_lines"].get("business_date_column") or BUSINESS_DATE_FROM
@@ -663,33 +673,10 @@ def transform(frames: Mapping[str, DataFrame], options: JobOptions) -> Transform
     }
     spark = frames["order_lines"].sparkSession
     lines_prep = prepare_order_lines(frames["order_lines"], inputs["order_lines"], retail, reporting_currency)
-    cached: list[DataFrame] = []
     if retail.products_from_lines or retail.stores_from_lines:
         # Read twice (the dimensions derived from it, then the classification): kept once in memory.
         lines_prep.cache()
         cached.append(lines_prep)
-    try:
-        return _transform_cached(
-            frames, options, spark, lines_prep, cached, rules, masks, date_column, reporting_currency
-        )
-    except BaseException:
-        for frame in cached:
-            frame.unpersist()
-        raise
-
-
-def _transform_cached(
-    frames: Mapping[str, DataFrame],
-    options: JobOptions,
-    spark: SparkSession,
-    lines_prep: DataFrame,
-    cached: list[DataFrame],
-    rules: Mapping[str, list[Rule]],
-    masks: Mapping[str, dict[str, Callable[[Column], Column]]],
-    date_column: str,
-    reporting_currency: str | None,
-) -> Transformed:
-    inputs, retail, key = options.inputs, options.retail, options.pseudonym_key
     # A master dataset, or (derive_from = "order_lines") the members the day's lines name.
     dims: dict[str, tuple[DataFrame, DataFrame]] = {}
     for name, prepare, build, derive in (
