@@ -31,6 +31,7 @@ from connectors.records import (
     staging_schema,
     to_staging_batch,
 )
+from spark_jobs.contract import JobContract, job_contract
 
 from . import staging
 from .config import DatasetConfig, PipelineConfig, pipeline_load
@@ -51,8 +52,6 @@ logger = logging.getLogger(__name__)
 
 STEPS = ("extract", "transform", "load")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# Outputs every transformed partition must hold: the loader's contract (docs/architecture.md).
-TRANSFORM_OUTPUTS = ("sales_lines", "products", "stores", "customers", "quarantine")
 
 
 @dataclass
@@ -358,6 +357,7 @@ def job_spec(
 
 def transform_partition(*, config: PipelineConfig, business_date: date, step: StepRun) -> StepOutcome:
     """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
+    contract = transform_contract(config=config)
     staged: dict[str, tuple[list[Path], int]] = {}
     for dataset in config.datasets.values():
         ref = _raw_ref(config, dataset.name, business_date)
@@ -383,12 +383,12 @@ def transform_partition(*, config: PipelineConfig, business_date: date, step: St
             step.details |= exc.facts
             raise
         step.details |= submitted.facts()
-        result = _read_job_result(attempt, log_path)
+        result = _read_job_result(attempt, log_path, contract)
         _reconcile(result, inputs)
         # Volume guards (etlcore/guards.py) before publishing: a failing guard leaves no partition to load.
         step.details["datasets"] = result["datasets"]
         guards_enforce(config=config, business_date=business_date, counts=result["datasets"], step=step)
-        manifest = _transformed_manifest(ref, attempt, result, step.run_id)
+        manifest = _transformed_manifest(ref, attempt, result, step.run_id, contract)
         staging.partition_publish(ref, manifest, attempt)
 
     datasets = result["datasets"]
@@ -590,14 +590,22 @@ def _transformed_ref(config: PipelineConfig, business_date: date) -> staging.Par
     return staging.PartitionRef(config.staging_root, config.name, staging.TRANSFORMED, business_date)
 
 
-def _read_job_result(attempt: Path, log_path: Path) -> dict[str, Any]:
+def transform_contract(*, config: PipelineConfig) -> JobContract:
+    """The outputs the pipeline's job declares (spark_jobs/contract.py)."""
+    try:
+        return job_contract(config.spark.job)
+    except KeyError as exc:
+        raise ConfigurationError(f"pipeline {config.name!r}: {exc.args[0]}") from None
+
+
+def _read_job_result(attempt: Path, log_path: Path, contract: JobContract) -> dict[str, Any]:
     import json
 
     try:
         result = json.loads((attempt / "_result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SparkJobError(f"spark job wrote no readable _result.json ({exc}); log: {log_path}") from None
-    missing = [name for name in TRANSFORM_OUTPUTS if not (attempt / name).is_dir()]
+    missing = [name for name in contract.names if not (attempt / name).is_dir()]
     if missing:
         raise SparkJobError(f"spark job did not write output(s) {missing}; log: {log_path}")
     return result
@@ -622,13 +630,13 @@ def _reconcile(result: dict[str, Any], inputs: dict[str, Any]) -> None:
 
 
 def _transformed_manifest(
-    ref: staging.PartitionRef, attempt: Path, result: dict[str, Any], run_id: int
+    ref: staging.PartitionRef, attempt: Path, result: dict[str, Any], run_id: int, contract: JobContract
 ) -> staging.Manifest:
     import pyarrow.parquet as pq
 
     outputs: dict[str, dict[str, Any]] = {}
     all_files: list[Path] = []
-    for name in TRANSFORM_OUTPUTS:
+    for name in contract.names:
         files = sorted((attempt / name).glob("*.parquet"))
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         if rows != result["outputs"][name]:
@@ -643,7 +651,7 @@ def _transformed_manifest(
         dataset=None,
         business_date=ref.business_date.isoformat(),
         files=[str(f.relative_to(ref.dir)) for f in all_files],
-        row_count=outputs["sales_lines"]["rows"],
+        row_count=outputs[contract.primary]["rows"],
         schema=[],
         source=f"spark job over raw partitions of {ref.business_date.isoformat()}",
         checksum=staging.files_checksum(all_files),

@@ -40,10 +40,10 @@ from pyspark.sql.types import (
     IntegerType,
     LongType,
     StringType,
-    StructField,
-    StructType,
     TimestampType,
 )
+
+from spark_jobs.contract import QUARANTINE, spark_schema
 
 RAW_COL = "_raw"
 REASONS_COL = "_reasons"
@@ -53,15 +53,8 @@ DUP_COL = "_dup"
 RAW_RECORD_COL = "raw_record"
 FINGERPRINT_COL = "record_fingerprint"
 
-QUARANTINE_SCHEMA = StructType(
-    [
-        StructField("dataset", StringType()),
-        StructField("reason_code", StringType()),
-        StructField("message", StringType()),
-        StructField("raw_record", StringType()),
-        StructField("record_fingerprint", StringType()),
-    ]
-)
+# Declared with the other outputs in spark_jobs/contract.py: every job quarantines in these columns.
+QUARANTINE_SCHEMA = spark_schema(QUARANTINE)
 
 ColumnsSpec = Mapping[str, Mapping[str, Any]]
 # A declared rule as the job spec carries it (etlcore.config.RuleConfig.spec()): code, check, severity,

@@ -2,12 +2,14 @@
 
 Submitted with spark-submit as a script (``--spec <job spec JSON>``) and imported as a module by tests.
 The core is pure DataFrame functions; only :func:`run_job` reads and writes, only :func:`main` builds the
-SparkSession. Output schemas and ``_result.json`` are contracts with the loader (docs/architecture.md).
+SparkSession. Its outputs are declared in :mod:`spark_jobs.contract`; they and ``_result.json`` are the
+loader's contract (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import glob
 import json
@@ -20,10 +22,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
-    BooleanType,
     DateType,
     DecimalType,
-    IntegerType,
     LongType,
     StringType,
     StructField,
@@ -31,6 +31,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_jobs import contract
 from spark_jobs.quality import (
     DUP_COL,
     QUARANTINE_SCHEMA,
@@ -67,58 +68,13 @@ from spark_jobs.retail import (
 JOB_NAME = "sales_daily"
 DATASETS = ("order_lines", "products", "stores")
 
-SALES_LINES_SCHEMA = StructType(
-    [
-        StructField("order_id", StringType()),
-        StructField("line_number", IntegerType()),
-        StructField("business_date", DateType()),
-        StructField("ordered_at", TimestampType()),
-        StructField("store_code", StringType()),
-        StructField("sku", StringType()),
-        StructField("customer_key", StringType()),
-        StructField("quantity", IntegerType()),
-        StructField("unit_price", DecimalType(18, 4)),
-        StructField("amount", DecimalType(18, 2)),
-        StructField("currency", StringType()),
-        StructField("is_return", BooleanType()),
-        StructField("stock_code", StringType()),
-        StructField("line_type", StringType()),
-        StructField("amount_reporting", DecimalType(18, 2)),
-        StructField("original_order_id", StringType()),
-        StructField("source_version", LongType()),
-    ]
-)
-PRODUCTS_SCHEMA = StructType(
-    [
-        StructField("sku", StringType()),
-        StructField("name", StringType()),
-        StructField("category", StringType()),
-        StructField("list_price", DecimalType(18, 2)),
-    ]
-)
-STORES_SCHEMA = StructType(
-    [
-        StructField("store_code", StringType()),
-        StructField("name", StringType()),
-        StructField("city", StringType()),
-        StructField("region", StringType()),
-        StructField("country", StringType()),
-    ]
-)
-CUSTOMERS_SCHEMA = StructType(
-    [
-        StructField("customer_key", StringType()),
-        StructField("country", StringType()),
-        StructField("country_seen_at", TimestampType()),
-    ]
-)
-OUTPUT_SCHEMAS: dict[str, StructType] = {
-    "sales_lines": SALES_LINES_SCHEMA,
-    "products": PRODUCTS_SCHEMA,
-    "stores": STORES_SCHEMA,
-    "customers": CUSTOMERS_SCHEMA,
-    "quarantine": QUARANTINE_SCHEMA,
-}
+# The outputs and their schemas are the loader's contract, declared in spark_jobs/contract.py.
+CONTRACT = contract.SALES_DAILY
+OUTPUT_SCHEMAS: dict[str, StructType] = {o.name: contract.spark_schema(o) for o in CONTRACT.outputs}
+SALES_LINES_SCHEMA = OUTPUT_SCHEMAS["sales_lines"]
+PRODUCTS_SCHEMA = OUTPUT_SCHEMAS["products"]
+STORES_SCHEMA = OUTPUT_SCHEMAS["stores"]
+CUSTOMERS_SCHEMA = OUTPUT_SCHEMAS["customers"]
 
 # Columns each input must declare in the spec (beyond them, extra declared columns are only validated).
 REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -528,9 +484,7 @@ def dataset_counts(prepared: DataFrame) -> dict[str, Any]:
 def _read_input(spark: SparkSession, input_spec: Mapping[str, Any]) -> DataFrame:
     files = list(input_spec.get("files") or [])
     if not files:
-        # An empty partition has no file: an empty all-text frame keeps the rest of the job uniform.
-        schema = StructType([StructField(name, StringType()) for name in input_spec["columns"]])
-        return spark.createDataFrame([], schema)
+        return _empty_input(spark, list(input_spec["columns"]))
     return spark.read.option("mergeSchema", "true").parquet(*files)
 
 
@@ -645,57 +599,102 @@ def _pseudonym_key_from_env(spec: Mapping[str, Any]) -> bytes:
     return value.encode("utf-8")
 
 
-def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes | None = None) -> dict:
-    """Read the spec's inputs, write every output under ``output_dir`` and ``_result.json``; return it.
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """What :func:`transform` needs besides the staged frames: the inputs' declarations (with the implicit
+    rules), the day, the pseudonym key and the options of the job spec."""
 
-    The key defaults to the environment variable the spec names. The order lines are read once: their
-    classified frame (every row with its reasons and customer key) is cached and feeds the outputs and
-    the counts; the daily aggregate is computed from the sales lines as written.
+    inputs: Mapping[str, Mapping[str, Any]]
+    business_date: dt.date
+    pseudonym_key: bytes
+    retail: RetailOptions = dataclasses.field(default_factory=RetailOptions)
+    reporting_currency: str | None = None
+    timezone: str = "UTC"
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], pseudonym_key: bytes | None = None) -> JobOptions:
+        """Checked job spec -> options; the key defaults to the environment variable the spec names."""
+        retail = RetailOptions.from_spec(spec.get("options"))
+        _check_spec(spec, retail)
+        key = pseudonym_key if pseudonym_key is not None else _pseudonym_key_from_env(spec)
+        return cls(
+            inputs=inputs_with_implicit_rules(spec, retail),
+            business_date=dt.date.fromisoformat(spec["business_date"]),
+            pseudonym_key=key,
+            retail=retail,
+            reporting_currency=spec.get("reporting_currency"),
+            timezone=spec.get("timezone") or "UTC",
+        )
+
+
+@dataclasses.dataclass
+class Transformed:
+    """The job's outputs (by contract name, in the declared schemas; lazy) and the row accounting of each
+    input. The outputs read cached frames: write them, then :meth:`unpersist`."""
+
+    outputs: dict[str, DataFrame]
+    datasets: dict[str, dict[str, Any]]
+    cached: list[DataFrame] = dataclasses.field(default_factory=list)
+
+    def unpersist(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
+
+
+def _empty_input(spark: SparkSession, columns: Sequence[str]) -> DataFrame:
+    # An empty partition has no file: an empty all-text frame keeps the rest of the job uniform.
+    return spark.createDataFrame([], StructType([StructField(name, StringType()) for name in columns]))
+
+
+def transform(frames: Mapping[str, DataFrame], options: JobOptions) -> Transformed:
+    """The whole job without I/O: staged (all-text) frames by input name -> the contract's outputs and
+    the counts. A dimension the options derive from the lines has no frame.
+
+    The order lines are read once: their classified frame (every row with its reasons and customer key) is
+    cached and feeds the outputs and the counts, which are computed here (Spark jobs on the cached frames).
     """
-    options = RetailOptions.from_spec(spec.get("options"))
-    _check_spec(spec, options)
-    key = pseudonym_key if pseudonym_key is not None else _pseudonym_key_from_env(spec)
-    inputs = inputs_with_implicit_rules(spec, options)
-    output_dir = spec["output_dir"]
-    business_date = dt.date.fromisoformat(spec["business_date"])
-    # Timestamps as Parquet TIMESTAMP_MICROS (UTC-adjusted), not the legacy INT96 other readers mistype.
-    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    # The cached frame is read a handful of times, then dropped: compressing it (dictionary and run-length
-    # statistics gathered value by value) cost more CPU than any of those reads (docs/scaling.md).
-    spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
+    cached: list[DataFrame] = []
+    try:
+        return _transform(frames, options, cached)
+    except BaseException:  # nothing to write: release what was cached so far
+        for frame in cached:
+            frame.unpersist()
+        raise
 
-    reporting_currency = spec.get("reporting_currency")
+
+def _transform(frames: Mapping[str, DataFrame], options: JobOptions, cached: list[DataFrame]) -> Transformed:
+    inputs, retail, key = options.inputs, options.retail, options.pseudonym_key
+    reporting_currency = options.reporting_currency
     date_column = inputs["order_lines"].get("business_date_column") or BUSINESS_DATE_FROM
     rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
     masks = {
-        name: quarantine_masks(input_spec, key, options.customer_key_from if name == "order_lines" else None)
+        name: quarantine_masks(input_spec, key, retail.customer_key_from if name == "order_lines" else None)
         for name, input_spec in inputs.items()
     }
-    lines_prep = prepare_order_lines(
-        _read_input(spark, inputs["order_lines"]), inputs["order_lines"], options, reporting_currency
-    )
-    cached = []
-    if options.products_from_lines or options.stores_from_lines:
+    spark = frames["order_lines"].sparkSession
+    lines_prep = prepare_order_lines(frames["order_lines"], inputs["order_lines"], retail, reporting_currency)
+    if retail.products_from_lines or retail.stores_from_lines:
         # Read twice (the dimensions derived from it, then the classification): kept once in memory.
         lines_prep.cache()
         cached.append(lines_prep)
     # A master dataset, or (derive_from = "order_lines") the members the day's lines name.
     dims: dict[str, tuple[DataFrame, DataFrame]] = {}
     for name, prepare, build, derive in (
-        ("products", prepare_products, build_products, options.products_from_lines),
-        ("stores", prepare_stores, build_stores, options.stores_from_lines),
+        ("products", prepare_products, build_products, retail.products_from_lines),
+        ("stores", prepare_stores, build_stores, retail.stores_from_lines),
     ):
         if derive:
-            empty = {"columns": {c: {"type": "string"} for c in REQUIRED_INPUT_COLUMNS[name]}, "files": []}
-            prep = prepare(_read_input(spark, empty), {**empty, "key": [REQUIRED_INPUT_COLUMNS[name][0]]})
+            columns = REQUIRED_INPUT_COLUMNS[name]
+            empty = {"columns": {c: {"type": "string"} for c in columns}, "key": [columns[0]]}
+            prep = prepare(_empty_input(spark, columns), empty)
             kept = lines_prep.filter(~F.col(DUP_COL))
             valid = (
-                derived_products(kept, options.product_name_from)
+                derived_products(kept, retail.product_name_from)
                 if name == "products"
-                else derived_stores(kept, options.store_country_from)
+                else derived_stores(kept, retail.store_country_from)
             )
         else:
-            prep = prepare(_read_input(spark, inputs[name]), inputs[name])
+            prep = prepare(frames[name], inputs[name])
             prep.cache()
             cached.append(prep)
             valid = build(prep)
@@ -703,9 +702,9 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     (products_prep, products), (stores_prep, stores) = dims["products"], dims["stores"]
 
     rates = rates_prep = None
-    if options.rates_dataset:
-        rates_spec = inputs[options.rates_dataset]
-        rates_prep = prepare_dataset(_read_input(spark, rates_spec), rates_spec, options.rates_dataset)
+    if retail.rates_dataset:
+        rates_spec = inputs[retail.rates_dataset]
+        rates_prep = prepare_dataset(frames[retail.rates_dataset], rates_spec, retail.rates_dataset)
         rates_prep.cache()
         cached.append(rates_prep)
         rates = usable_rates(accepted_rows(rates_prep))
@@ -719,63 +718,81 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
                 None if rates is not None else reporting_currency,
                 rules["order_lines"],
             ),
-            options.return_order_prefix,
+            retail.return_order_prefix,
         )
         .transform(lambda lines: with_reporting_amount(lines, reporting_currency, rates))
         # Here, once per line, rather than in each output that needs it (an HMAC is two SHA-256s).
-        .transform(with_customer_key(key, options.customer_key_from))
-        .transform(with_business_date(date_column, spec.get("timezone") or "UTC"))
-        .transform(with_source_version(inputs["order_lines"].get("version_column"), business_date))
+        .transform(with_customer_key(key, retail.customer_key_from))
+        .transform(with_business_date(date_column, options.timezone))
+        .transform(with_source_version(inputs["order_lines"].get("version_column"), options.business_date))
     )
     # Only a quarantined row needs its staged text again: the cached frame holds it for those alone.
     classified = classified.withColumn(RAW_COL, F.when(is_quarantined(), F.col(RAW_COL)))
     classified.cache()
     cached.append(classified)
-    try:
-        accepted = accepted_rows(classified)
-        if options.products_from_lines:
-            products = derived_products(accepted, options.product_name_from)
-        if options.stores_from_lines:
-            stores = derived_stores(accepted, options.store_country_from)
-        quarantine = build_quarantine(
-            classified, products_prep, stores_prep, masks, rules, {MISSING_BUSINESS_DATE: date_column}
-        )
-        if rates_prep is not None:
-            rates_rules = list(inputs[options.rates_dataset].get("rules") or ())
-            quarantine = quarantine.unionByName(
-                quarantine_rows(
-                    rejected_rows(rates_prep),
-                    options.rates_dataset,
-                    rules=rates_rules,
-                    masks=masks[options.rates_dataset],
-                )
+    accepted = accepted_rows(classified)
+    if retail.products_from_lines:
+        products = derived_products(accepted, retail.product_name_from)
+    if retail.stores_from_lines:
+        stores = derived_stores(accepted, retail.store_country_from)
+    quarantine = build_quarantine(
+        classified, products_prep, stores_prep, masks, rules, {MISSING_BUSINESS_DATE: date_column}
+    )
+    if rates_prep is not None:
+        rates_rules = list(inputs[retail.rates_dataset].get("rules") or ())
+        quarantine = quarantine.unionByName(
+            quarantine_rows(
+                rejected_rows(rates_prep),
+                retail.rates_dataset,
+                rules=rates_rules,
+                masks=masks[retail.rates_dataset],
             )
-        datasets = {"order_lines": dataset_counts(classified)}
-        for name, (prep, _) in dims.items():
-            if name in inputs:
-                datasets[name] = dataset_counts(prep)
-        if rates_prep is not None:
-            datasets[options.rates_dataset] = dataset_counts(rates_prep)
+        )
+    datasets = {"order_lines": dataset_counts(classified)}
+    for name, (prep, _) in dims.items():
+        if name in inputs:
+            datasets[name] = dataset_counts(prep)
+    if rates_prep is not None:
+        datasets[retail.rates_dataset] = dataset_counts(rates_prep)
 
-        def write(name: str, frame: DataFrame) -> str:
+    # No daily aggregate: a partition may carry lines of other dates, and hold versions the warehouse
+    # already has newer; the loader recomputes it from the line fact (docs/loading.md).
+    outputs = {
+        "sales_lines": build_sales_lines(link_returns(accepted)),
+        "products": products,
+        "stores": stores,
+        "customers": build_customers(accepted),
+        "quarantine": quarantine,
+    }
+    if outputs.keys() != set(CONTRACT.names):
+        raise RuntimeError(f"{JOB_NAME} builds {sorted(outputs)}, its contract {sorted(CONTRACT.names)}")
+    typed = {name: outputs[name].to(OUTPUT_SCHEMAS[name]) for name in CONTRACT.names}
+    return Transformed(typed, datasets, cached)
+
+
+def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes | None = None) -> dict:
+    """Read the spec's inputs, :func:`transform` them, write every output under ``output_dir`` and
+    ``_result.json``; return it. The key defaults to the environment variable the spec names."""
+    options = JobOptions.from_spec(spec, pseudonym_key)
+    output_dir = spec["output_dir"]
+    # Timestamps as Parquet TIMESTAMP_MICROS (UTC-adjusted), not the legacy INT96 other readers mistype.
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # The cached frame is read a handful of times, then dropped: compressing it (dictionary and run-length
+    # statistics gathered value by value) cost more CPU than any of those reads (docs/scaling.md).
+    spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
+
+    frames = {name: _read_input(spark, input_spec) for name, input_spec in options.inputs.items()}
+    transformed = transform(frames, options)
+    outputs: dict[str, int] = {}
+    try:
+        for name, frame in transformed.outputs.items():
             path = os.path.join(output_dir, name)
             frame.write.mode("overwrite").parquet(path)
             outputs[name] = parquet_row_count(path)
-            return path
-
-        outputs: dict[str, int] = {}
-        # No daily aggregate: a partition may carry lines of other dates, and hold versions the warehouse
-        # already has newer; the loader recomputes it from the line fact (docs/loading.md).
-        write("sales_lines", build_sales_lines(link_returns(accepted)))
-        write("products", products.to(PRODUCTS_SCHEMA))
-        write("stores", stores.to(STORES_SCHEMA))
-        write("customers", build_customers(accepted))
-        write("quarantine", quarantine.to(QUARANTINE_SCHEMA))
     finally:
-        for frame in cached:
-            frame.unpersist()
+        transformed.unpersist()
 
-    result = {"datasets": datasets, "outputs": outputs}
+    result = {"datasets": transformed.datasets, "outputs": outputs}
     _check_conservation(result)
     _write_json_atomically(os.path.join(output_dir, "_result.json"), result)
     return result
@@ -787,7 +804,7 @@ def _check_conservation(result: Mapping[str, Any]) -> None:
         filtered = sum(c.get("filtered", {}).values())
         if c["rows_in"] != c["rows_out"] + c["rejected"] + c["duplicates"] + filtered:
             raise RuntimeError(f"row conservation broken for {name}: {c}")
-    written = {"order_lines": "sales_lines", "products": "products", "stores": "stores"}
+    written = {o.rows_of: o.name for o in CONTRACT.outputs if o.rows_of}
     for dataset, output in written.items():
         if dataset not in datasets:  # derived from the order lines: no input to account for
             continue

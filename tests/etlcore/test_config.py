@@ -8,6 +8,8 @@ from django.conf import settings
 
 from etlcore.config import pipeline_load, pipeline_names, pipeline_parse
 from etlcore.errors import ConfigurationError
+from etlcore.services import transform_contract
+from spark_jobs.contract import SALES_DAILY
 
 DEMO = Path(settings.BASE_DIR) / "conf" / "pipelines" / "retail_demo.toml"
 
@@ -94,3 +96,13 @@ def test_window_is_the_business_day_in_the_pipeline_time_zone(tmp_path):
     assert window.start.isoformat() == "2026-03-29T00:00:00+01:00"
     assert window.end.isoformat() == "2026-03-30T00:00:00+02:00"
     assert window.end.timestamp() - window.start.timestamp() == 23 * 3600
+
+
+def test_the_transform_step_takes_the_outputs_its_job_declares_and_refuses_an_undeclared_job(tmp_path):
+    config = pipeline_parse(write_pipeline(tmp_path), environ={"DATA_DIR": "/d"})
+    assert transform_contract(config=config) is SALES_DAILY
+
+    text = MINIMAL.format(name="shop", sku_type="string").replace("sales_daily", "weekly")
+    other = pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+    with pytest.raises(ConfigurationError, match=r"'shop': no output contract for job 'spark_jobs.weekly'"):
+        transform_contract(config=other)

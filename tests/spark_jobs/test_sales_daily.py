@@ -14,6 +14,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
+from spark_jobs import contract
 from spark_jobs import sales_daily as job
 from spark_jobs.sales_daily import (
     CUSTOMERS_SCHEMA,
@@ -147,56 +148,6 @@ def reasons_by_line(classified) -> dict[int, list[str]]:
 
 def py_key(email: str) -> str:
     return hmac.new(KEY, email.strip().lower().encode(), hashlib.sha256).hexdigest()
-
-
-def test_output_schemas_are_the_loader_contract_of_docs_architecture():
-    def spec(schema):
-        return [(f.name, f.dataType.simpleString()) for f in schema]
-
-    assert spec(SALES_LINES_SCHEMA) == [
-        ("order_id", "string"),
-        ("line_number", "int"),
-        ("business_date", "date"),
-        ("ordered_at", "timestamp"),
-        ("store_code", "string"),
-        ("sku", "string"),
-        ("customer_key", "string"),
-        ("quantity", "int"),
-        ("unit_price", "decimal(18,4)"),
-        ("amount", "decimal(18,2)"),
-        ("currency", "string"),
-        ("is_return", "boolean"),
-        ("stock_code", "string"),
-        ("line_type", "string"),
-        ("amount_reporting", "decimal(18,2)"),
-        ("original_order_id", "string"),
-        ("source_version", "bigint"),
-    ]
-    assert spec(CUSTOMERS_SCHEMA) == [
-        ("customer_key", "string"),
-        ("country", "string"),
-        ("country_seen_at", "timestamp"),
-    ]
-    assert spec(job.PRODUCTS_SCHEMA) == [
-        ("sku", "string"),
-        ("name", "string"),
-        ("category", "string"),
-        ("list_price", "decimal(18,2)"),
-    ]
-    assert spec(job.STORES_SCHEMA) == [
-        ("store_code", "string"),
-        ("name", "string"),
-        ("city", "string"),
-        ("region", "string"),
-        ("country", "string"),
-    ]
-    assert spec(job.QUARANTINE_SCHEMA) == [
-        ("dataset", "string"),
-        ("reason_code", "string"),
-        ("message", "string"),
-        ("raw_record", "string"),
-        ("record_fingerprint", "string"),
-    ]
 
 
 def test_sales_line_is_typed_dated_pseudonymised_and_priced(spark):
@@ -433,18 +384,6 @@ def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_emai
     }
 
 
-ARROW_TYPES = {
-    "string": pa.string(),
-    "int": pa.int32(),
-    "bigint": pa.int64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),  # an instant, not INT96 / naive
-    "decimal(18,4)": pa.decimal128(18, 4),
-    "decimal(18,2)": pa.decimal128(18, 2),
-}
-
-
 def _write_staged(path, rows: list[dict], spec: dict) -> str:
     # As the extract step stages them: every column text, values as extracted.
     columns = list(spec["columns"])
@@ -510,11 +449,10 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
     assert json.loads((tmp_path / "out" / "_result.json").read_text()) == expected
 
     # Read back as the loader does (pyarrow): names, order and types exactly as the contract says.
-    tables = {name: pq.read_table(tmp_path / "out" / name) for name in job.OUTPUT_SCHEMAS}
-    for name, schema in job.OUTPUT_SCHEMAS.items():
-        assert [(f.name, f.type) for f in tables[name].schema] == [
-            (f.name, ARROW_TYPES[f.dataType.simpleString()]) for f in schema
-        ], name
+    tables = {name: pq.read_table(tmp_path / "out" / name) for name in job.CONTRACT.names}
+    for output in job.CONTRACT.outputs:  # the Parquet types the loader (and tests/warehouse) expect
+        written = [(f.name, f.type) for f in tables[output.name].schema]
+        assert written == [(f.name, f.type) for f in contract.arrow_schema(output)], output.name
     assert sorted((r["line_number"], r["amount"]) for r in tables["sales_lines"].to_pylist()) == [
         (1, Decimal("3.00")),
         (2, Decimal("-2.00")),
@@ -552,3 +490,45 @@ def test_error_line_never_shows_the_key_or_its_hmac_pads(key):
 
     assert inner_pad.hex() not in text.lower() and key.decode() not in text
     assert "\n" not in text and text.startswith("RuntimeError: plan:")
+
+
+def test_transform_of_inline_frames_returns_the_declared_outputs_and_the_counts(spark):
+    at = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
+    lines = [
+        line(order_id="O1", quantity="2", unit_price="1.50"),
+        line(order_id="O1", quantity="2", unit_price="1.50"),  # exact duplicate
+        line(order_id="O2", sku="NOPE", customer_email=None),  # unknown product
+    ]
+    spec = {
+        "business_date": DAY,
+        "reporting_currency": "EUR",
+        "constraints": output_constraints(),
+        "inputs": {"order_lines": LINE_SPEC, "products": PRODUCT_SPEC, "stores": STORE_SPEC},
+    }
+    frames = {
+        "order_lines": staged(spark, lines, LINE_SPEC),
+        "products": staged(spark, PRODUCTS, PRODUCT_SPEC),
+        "stores": staged(spark, STORES, STORE_SPEC),
+    }
+
+    out = job.transform(frames, job.JobOptions.from_spec(spec, KEY))
+    try:
+        assert list(out.outputs) == list(job.CONTRACT.names)
+        sale = ("O1", 1, dt.date(2026, 11, 1), at, "S1", "P1", py_key("ann@example.com"), 2)
+        money = (Decimal("1.5000"), Decimal("3.00"), "EUR", False, "P1", "product", Decimal("3.00"), None)
+        expected_lines = spark.createDataFrame(
+            [(*sale, *money, int(at.timestamp()) * 1_000_000)], SALES_LINES_SCHEMA
+        )
+        assert_df_equality(out.outputs["sales_lines"], expected_lines, ignore_nullable=True)
+        expected_stores = spark.createDataFrame([("S1", "Centre", "Lyon", "ARA", "FR")], job.STORES_SCHEMA)
+        assert_df_equality(out.outputs["stores"], expected_stores, ignore_nullable=True)
+        quarantined = out.outputs["quarantine"].select("dataset", "reason_code").collect()
+        assert [tuple(r) for r in quarantined] == [("order_lines", "unknown_product")]
+        assert out.datasets == {
+            "order_lines": {"rows_in": 3, "rejected": 1, "duplicates": 1, "rows_out": 1, **NO_CODES},
+            "products": {"rows_in": 2, "rejected": 0, "duplicates": 0, "rows_out": 2, **NO_CODES},
+            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1, **NO_CODES},
+        }
+    finally:
+        out.unpersist()
+    assert not any(frame.is_cached for frame in out.cached)

@@ -9,62 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMAS = {
-    "sales_lines": pa.schema(
-        [
-            ("order_id", pa.string()),
-            ("line_number", pa.int32()),
-            ("business_date", pa.date32()),
-            ("ordered_at", pa.timestamp("us", tz="UTC")),
-            ("store_code", pa.string()),
-            ("sku", pa.string()),
-            ("customer_key", pa.string()),
-            ("quantity", pa.int32()),
-            ("unit_price", pa.decimal128(18, 4)),
-            ("amount", pa.decimal128(18, 2)),
-            ("currency", pa.string()),
-            ("is_return", pa.bool_()),
-            ("stock_code", pa.string()),
-            ("line_type", pa.string()),
-            ("amount_reporting", pa.decimal128(18, 2)),
-            ("original_order_id", pa.string()),
-            ("source_version", pa.int64()),
-        ]
-    ),
-    "products": pa.schema(
-        [
-            ("sku", pa.string()),
-            ("name", pa.string()),
-            ("category", pa.string()),
-            ("list_price", pa.decimal128(18, 2)),
-        ]
-    ),
-    "stores": pa.schema(
-        [
-            ("store_code", pa.string()),
-            ("name", pa.string()),
-            ("city", pa.string()),
-            ("region", pa.string()),
-            ("country", pa.string()),
-        ]
-    ),
-    "customers": pa.schema(
-        [
-            ("customer_key", pa.string()),
-            ("country", pa.string()),
-            ("country_seen_at", pa.timestamp("us", tz="UTC")),
-        ]
-    ),
-    "quarantine": pa.schema(
-        [
-            ("dataset", pa.string()),
-            ("reason_code", pa.string()),
-            ("message", pa.string()),
-            ("raw_record", pa.string()),
-            ("record_fingerprint", pa.string()),
-        ]
-    ),
-}
+from spark_jobs.contract import SALES_DAILY, arrow_schema
+
+# The job's declared outputs (spark_jobs/contract.py), as Arrow schemas.
+SCHEMAS = {output.name: arrow_schema(output) for output in SALES_DAILY.outputs}
 
 DAY = date(2026, 11, 1)
 

@@ -219,6 +219,24 @@ def output_constraints() -> dict[str, dict[str, dict[str, Any]]]:
     return outputs
 
 
+def staged_fields() -> dict[str, dict[str, models.Field]]:
+    """Per transform output, the model field behind each column the loader reads: what the job's output
+    schemas (spark_jobs/contract.py) must match. A fact's business date is DimDate's date, a dimension
+    reference the dimension's natural key."""
+    outputs: dict[str, dict[str, models.Field]] = {}
+    for dim in DIMENSIONS:
+        outputs[dim.output] = {c: dim.model._meta.get_field(c) for c in dim.columns}
+    for fact in FACTS:
+        columns = {a: fact.model._meta.get_field(a) for a in fact.attributes}
+        day = fact.model._meta.get_field(PARTITION_FIELD).related_model
+        columns[DATE_COLUMN] = day._meta.get_field("date")
+        for ref in fact.references:
+            columns[ref.column] = ref.dimension(fact.model)._meta.get_field(ref.column)
+        outputs[fact.output] = columns
+    outputs[QUARANTINE_OUTPUT] = {c: QuarantinedRow._meta.get_field(c) for c in QUARANTINE_COLUMNS}
+    return outputs
+
+
 def dimension_spec(model: type[models.Model]) -> Dimension:
     return next(d for d in DIMENSIONS if d.model is model)
 
