@@ -6,6 +6,7 @@ import pytest
 
 from etlcore.models import PipelineRun
 from warehouse.checks import warehouse_checksums
+from warehouse.errors import MissingDimensionError
 from warehouse.loaders import partition_load
 from warehouse.models import DimDate, DimProduct, FactDailySales, FactSalesLine, QuarantinedRow
 
@@ -97,6 +98,6 @@ def test_a_failing_load_leaves_the_warehouse_as_before(db_alias, tmp_path):
     load(db_alias, tmp_path, default_outputs([sale("O1", 1)]), make_run(db_alias), "a")
     before = warehouse_checksums(using=db_alias)
     broken = default_outputs([sale("O2", 1), sale("O3", 1, store="S-UNKNOWN")])
-    with pytest.raises(ValueError, match="no row for store_code S-UNKNOWN"):
+    with pytest.raises(MissingDimensionError, match="no row for store_code S-UNKNOWN"):
         load(db_alias, tmp_path, broken, make_run(db_alias), "b")
     assert warehouse_checksums(using=db_alias) == before
