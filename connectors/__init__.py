@@ -1,24 +1,34 @@
-"""Source connectors. `build_connector` chooses the class from the source's `kind`."""
+"""Source connectors. `build_connector` chooses the class from the source's `kind`.
+
+A source kind is one module of this package whose `Connector` subclass sets `kind`: defining the class
+registers it (`Connector.__init_subclass__`), and `connector_kinds()` imports every module of the package
+once, so adding a kind needs no edit here nor in etlcore.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
-from etlcore.errors import ConfigurationError
-
-from .base import Connector, ExtractWindow, RawBatch
+from .base import _KINDS, Connector, ExtractWindow, RawBatch
+from .errors import ConfigurationError
 
 __all__ = ["Connector", "ExtractWindow", "RawBatch", "build_connector", "connector_kinds"]
 
+_discovered = False
+
 
 def connector_kinds() -> dict[str, type[Connector]]:
-    from .files import FileConnector
-    from .postgres import PostgresConnector
-    from .rest import RestConnector
-    from .s3 import S3Connector
-
-    return {cls.kind: cls for cls in (FileConnector, RestConnector, PostgresConnector, S3Connector)}
+    """kind -> connector class, for every source kind defined in this package."""
+    global _discovered
+    if not _discovered:
+        # Imported on first use, not at package import: some kinds pull in heavy clients (boto3, psycopg2).
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True
+    return dict(_KINDS)
 
 
 def build_connector(

@@ -11,13 +11,16 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from etlcore.errors import ConfigurationError
+from .errors import ConfigurationError
 
 # A batch of raw records as the source returned them (nested dicts/lists allowed) or, for tabular
 # sources, an Arrow record batch whose column names are the source's own.
 RawBatch = list[dict[str, Any]] | pa.RecordBatch
 
 DEFAULT_BATCH_SIZE = 10_000
+
+# kind -> class, filled by `Connector.__init_subclass__`; read through `connectors.connector_kinds()`.
+_KINDS: dict[str, type[Connector]] = {}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ class Connector(ABC):
 
     kind: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A class that names its own `kind` is a source kind: defining it is its registration.
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind is None:
+            return
+        known = _KINDS.get(kind)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise TypeError(f"source kind {kind!r} is taken by {known.__module__}.{known.__qualname__}")
+        _KINDS[kind] = cls
+
     def __init__(
         self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
     ) -> None:
@@ -70,7 +84,7 @@ class Connector(ABC):
 
     @abstractmethod
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
-        """Yield bounded batches for the window; raise `etlcore.errors.SourceError` naming what failed."""
+        """Yield bounded batches for the window; raise `connectors.errors.SourceError` naming what failed."""
 
     @abstractmethod
     def describe(self) -> str:

@@ -17,9 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from etlcore.errors import ConfigurationError, SourceError
-
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from .errors import ConfigurationError, SourceError
 
 __all__ = ["FileConnector"]
 

@@ -15,9 +15,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg2 import sql
 
-from etlcore.errors import ConfigurationError, SourceError
-
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, secret_from_env
+from .errors import ConfigurationError, SourceError
 from .watermarks import Ties, fingerprint
 
 __all__ = ["PostgresConnector", "pg_connect"]

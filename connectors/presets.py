@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from etlcore.errors import ConfigurationError
-
+from .errors import ConfigurationError
 from .records import MISSING, resolve_path
 
 __all__ = ["PRESETS", "Preset", "with_preset"]

@@ -1,6 +1,8 @@
 """Reshape a connector's raw batch into the staging batch: declared columns, in order, all text.
 
-Staging is the raw layer, so every value becomes a string here and typing happens in Spark, where a value
+This module is the one definition of the raw layer's format (declared columns, in order, as text);
+`etlcore.staging` only lays the batches out as a published partition. Staging is the raw layer, so every
+value becomes a string here and typing happens in Spark, where a value
 that does not cast is quarantined with its reason instead of failing the run.
 """
 
@@ -16,16 +18,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etlcore.errors import ConfigurationError, SourceError
-
 from .base import RawBatch
+from .errors import ConfigurationError, SourceError
 
 __all__ = [
     "MISSING",
     "ColumnSpec",
     "FieldObserver",
     "SchemaDrift",
-    "SchemaDriftError",
     "column_specs",
     "schema_drift",
     "resolve_path",
@@ -428,14 +428,6 @@ class SchemaDrift:
                 "type changed: " + ", ".join(f"{c['field']} {c['was']} -> {c['now']}" for c in self.changed)
             )
         return "; ".join(parts)
-
-
-class SchemaDriftError(SourceError):
-    """A dataset whose drift policy is "fail" received other fields than declared."""
-
-    def __init__(self, message: str, *, drift: SchemaDrift) -> None:
-        super().__init__(message)
-        self.drift = drift
 
 
 def schema_drift(

@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from etlcore.errors import ConfigurationError, SourceError
-
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from .errors import ConfigurationError, SourceError
 from .files import FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
 from .watermarks import Ties
 

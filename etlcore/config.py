@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 
+from connectors import connector_kinds
 from connectors.base import ExtractWindow
 from connectors.records import ColumnSpec
 
@@ -285,8 +286,6 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
 
     if source["kind"] == "file":
         source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
-    from connectors import connector_kinds  # late: connectors import this package's errors
-
     if source["kind"] not in connector_kinds():
         raise ConfigurationError(
             f"{where} [source]: unknown kind {source['kind']!r} "

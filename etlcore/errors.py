@@ -1,16 +1,21 @@
 """Errors a user can act on. Commands turn every one of `USER_ERRORS` into a one-line `CommandError`.
 
-`EtlError` is orchestration's base. The warehouse reports its own (`warehouse.errors.WarehouseError`)
-without importing etlcore, since imports run etlcore -> warehouse; `USER_ERRORS` names both, and is what
-every command, step and run record catches."""
+`EtlError` is orchestration's base. Imports run etlcore -> connectors and etlcore -> warehouse, so those
+report their own errors without importing etlcore: `ConfigurationError` and `SourceError` are the
+connectors' classes (`connectors.errors`, base `ConnectorError`), re-exported here as the same objects, and
+the warehouse has `warehouse.errors.WarehouseError`. `USER_ERRORS` names the three bases, and is what every
+command, step and run record catches."""
 
 from __future__ import annotations
 
+from connectors.errors import ConfigurationError, ConnectorError, SourceError
 from warehouse.errors import WarehouseError
 
 __all__ = [
     "USER_ERRORS",
     "ConfigurationError",
+    "ConnectorError",
+    "ETL_ERRORS",
     "EtlError",
     "PartitionNotFound",
     "ReconciliationError",
@@ -25,15 +30,9 @@ class EtlError(Exception):
 
 
 # Every error a user can cause: shown as one line, exit 1, a failed run record.
-USER_ERRORS: tuple[type[Exception], ...] = (EtlError, WarehouseError)
-
-
-class ConfigurationError(EtlError):
-    """A pipeline file, or an option given on the command line, is invalid."""
-
-
-class SourceError(EtlError):
-    """A source is missing, unreachable, or answered something that cannot be read."""
+USER_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError, WarehouseError)
+# The errors etlcore's own steps raise: its classes and the connectors' (whose base is not EtlError).
+ETL_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError)
 
 
 class PartitionNotFound(EtlError):

@@ -23,10 +23,10 @@ from django.utils import timezone
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
+from connectors.errors import SchemaDriftError
 from connectors.records import (
     FieldObserver,
     SchemaDrift,
-    SchemaDriftError,
     schema_drift,
     staging_schema,
     to_staging_batch,
@@ -36,8 +36,8 @@ from spark_jobs.contract import JobContract, job_contract
 from . import staging
 from .config import DatasetConfig, PipelineConfig, pipeline_load
 from .errors import (
+    ETL_ERRORS,
     ConfigurationError,
-    EtlError,
     PartitionNotFound,
     ReconciliationError,
     SourceError,
@@ -82,13 +82,13 @@ def pipeline_execute(
     """Run the given steps for one pipeline and date under one run record.
 
     The run record is written first, so a bad pipeline name or date still leaves a failed run behind.
-    Raises EtlError (after recording it) when a step fails.
+    Raises one of `ETL_ERRORS` (after recording it) when a step fails.
     """
     parameters = {"pipeline": pipeline, "date": business_date, "steps": list(steps)}
     config: PipelineConfig | None = None
     try:
         config = pipeline_load(pipeline)
-    except EtlError as exc:
+    except ETL_ERRORS as exc:
         run = run_start(
             pipeline=pipeline, command=command, business_date=None, parameters=parameters, using="default"
         )
@@ -309,7 +309,7 @@ def _extract_failure(failures: Mapping[str, BaseException], *, total: int) -> Ba
         messages.append(text if f"source {name!r}" in text else f"source {name!r}: {text}")
     if len(failures) == 1:
         ((name, exc),) = failures.items()
-        if isinstance(exc, EtlError) and messages[0] == error_text(exc):
+        if isinstance(exc, ETL_ERRORS) and messages[0] == error_text(exc):
             return exc
         error = SourceError(messages[0])
     else:
@@ -507,7 +507,7 @@ def quarantine_replay(
         for name in config.datasets:
             try:
                 staging.manifest_read(_raw_ref(config, name, replay_day))
-            except EtlError as exc:
+            except ETL_ERRORS as exc:
                 missing.append(str(exc))
     if missing:
         error = PartitionNotFound(

@@ -129,7 +129,11 @@ def raw_partition_write(
     window: dict[str, str],
     run_id: int | None,
 ) -> Manifest:
-    """Stream record batches into one Parquet file and publish it; memory holds one batch at a time."""
+    """Stream record batches into one Parquet file and publish it; memory holds one batch at a time.
+
+    This module owns the partition layout (directories, attempts, manifest), not the rows' format: the
+    raw layer's columns and text values are defined once, in `connectors.records` (`staging_schema`,
+    `to_staging_batch`), and arrive here as `schema` and `batches`."""
     with partition_attempt(ref) as attempt:
         data_file = attempt / "part-00000.parquet"
         rows = 0

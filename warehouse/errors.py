@@ -1,8 +1,8 @@
 """Errors of a load a user can act on: a broken partition, a load strategy the database cannot take.
 
 They do not subclass anything in etlcore (which imports the warehouse): `etlcore.errors.USER_ERRORS` names
-`WarehouseError` beside `EtlError`, so the commands report them as one line and exit 1 like any other step
-failure."""
+`WarehouseError` beside `EtlError` and `ConnectorError`, so the commands report them as one line and exit 1
+like any other step failure."""
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from etlcore.errors import ConfigurationError, SourceError
-
 from ..base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from ..errors import ConfigurationError, SourceError
 from ..presets import with_preset
 from ..records import MISSING, resolve_path
 from .http import (

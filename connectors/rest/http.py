@@ -17,9 +17,8 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase, HTTPBasicAuth
 from urllib3.util.retry import Retry
 
-from etlcore.errors import ConfigurationError
-
 from ..base import reject_unknown_options, secret_from_env
+from ..errors import ConfigurationError
 
 __all__ = [
     "AUTH_OPTIONS",

@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from etlcore.errors import ConfigurationError, SourceError
-
 from ..base import ExtractWindow, reject_unknown_options
+from ..errors import ConfigurationError, SourceError
 from ..records import MISSING, resolve_path
 from ..watermarks import Ties, fingerprint
 

@@ -15,8 +15,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from etlcore.errors import ConfigurationError, SourceError
-
+from ..errors import ConfigurationError, SourceError
 from ..records import MISSING, resolve_path
 
 __all__ = [

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from etlcore.errors import EtlError
+from etlcore.errors import ETL_ERRORS
 from etlcore.services import quarantine_replay
 
 
@@ -31,7 +31,7 @@ class Command(BaseCommand):
             outcomes = quarantine_replay(
                 pipeline=pipeline, run_id=run_id, dataset=dataset, rule=rule, business_date=business_date
             )
-        except EtlError as exc:
+        except ETL_ERRORS as exc:
             raise CommandError(str(exc)) from exc
         if not outcomes:
             self.stdout.write("no quarantined rows match")
