@@ -43,7 +43,8 @@ def dataset(
     **columns: dict[str, Any],
 ) -> dict[str, Any]:
     """One `[datasets.<name>]`: a file source at `path` (or any `source` table), its key (the first column's
-    name unless given), its columns as keyword arguments, and `extra` TOML text after the columns."""
+    name unless given; `key=[]` for none), its columns as keyword arguments, and `extra` TOML text after
+    the columns."""
     if source is None:
         source = {"kind": "file", "path": str(path)}
     if key is None and columns:
@@ -76,7 +77,7 @@ def pipeline_toml(
         lines += ["[warehouse]", f"database = {toml_value(database)}"]
     for table, declared in datasets.items():
         lines.append(f"[datasets.{table}]")
-        if declared["key"] is not None:
+        if declared["key"]:
             lines.append(f"key = {toml_value(declared['key'])}")
         lines.append(f"[datasets.{table}.source]")
         lines += [f"{_key(k)} = {toml_value(v)}" for k, v in declared["source"].items()]
