@@ -60,3 +60,10 @@ def pipeline_dir(tmp_path, settings):
     folder.mkdir()
     settings.ETL_PIPELINE_PATHS = [folder]
     return folder
+
+
+@pytest.fixture
+def staging_root(tmp_path, settings):
+    """The test's own staging root: settings.ETL_STAGING_ROOT, which pipelines without `staging_root` use."""
+    settings.ETL_STAGING_ROOT = tmp_path / "staging"
+    return settings.ETL_STAGING_ROOT

@@ -93,3 +93,10 @@ def test_the_transform_step_takes_the_outputs_its_job_declares_and_refuses_an_un
     other = pipeline_parse(path, environ={"DATA_DIR": "/d"})
     with pytest.raises(ConfigurationError, match=r"'shop': no output contract for job 'spark_jobs.weekly'"):
         transform_contract(config=other)
+
+
+@pytest.mark.parametrize("shipped", ["retail_demo", "online_retail"])
+def test_the_shipped_pipelines_stage_under_the_staging_root_setting(shipped, tmp_path, settings):
+    settings.ETL_STAGING_ROOT = tmp_path / "elsewhere"  # e.g. moved by ETL_VAR_DIR or ETL_STAGING_ROOT
+    config = pipeline_parse(DEMO.with_name(f"{shipped}.toml"), environ={})
+    assert config.staging_root == tmp_path / "elsewhere"

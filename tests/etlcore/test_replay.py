@@ -110,11 +110,10 @@ ONLY_ZERO_QUANTITY = "zero_quantity: quantity='0' (a line sells or returns at le
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
 def test_replay_by_rule_loads_the_rows_a_relaxed_rule_now_passes_and_keeps_the_others(
-    pipeline_dir, tmp_path, monkeypatch
+    pipeline_dir, tmp_path, monkeypatch, staging_root
 ):
     from etlcore.demo.pipeline import demo_run
 
-    monkeypatch.setenv("ETL_STAGING_ROOT", str(tmp_path / "staging"))
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "replay-test-key")
     demo = DEMO_FILE.read_text()
     (pipeline_dir / "retail_demo.toml").write_text(demo)
