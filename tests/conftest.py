@@ -8,6 +8,19 @@ import sys
 import pytest
 
 
+def pytest_configure(config):
+    """Session start, after pytest-django loaded the test settings and before any database is touched: find
+    or start the PostgreSQL server of the `postgres` alias (conf/settings/test.py only declares SQLite)."""
+    if config.getoption("version", 0) > 0 or config.getoption("help", False):
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    from tests.postgres_server import postgres_alias_configure
+
+    postgres_alias_configure(settings, connections)
+
+
 @pytest.fixture(scope="session")
 def spark():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
