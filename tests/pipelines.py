@@ -14,11 +14,11 @@ from typing import Any
 
 
 def toml_value(value: Any) -> str:
-    """A value as inline TOML: strings, booleans, integers, lists and inline tables."""
+    """A value as inline TOML: strings, booleans, numbers, lists and inline tables."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     if isinstance(value, str | Path):
         return json.dumps(str(value), ensure_ascii=False)
     if isinstance(value, list | tuple):
@@ -39,17 +39,18 @@ def dataset(
     *,
     key: list[str] | None = None,
     source: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
     extra: str = "",
     **columns: dict[str, Any],
 ) -> dict[str, Any]:
     """One `[datasets.<name>]`: a file source at `path` (or any `source` table), its key (the first column's
-    name unless given; `key=[]` for none), its columns as keyword arguments, and `extra` TOML text after
-    the columns."""
+    name unless given; `key=[]` for none), other dataset keys in `options` (explode, version_column...),
+    its columns as keyword arguments, and `extra` TOML text after the columns."""
     if source is None:
         source = {"kind": "file", "path": str(path)}
     if key is None and columns:
         key = [next(iter(columns))]
-    return {"key": key, "source": source, "columns": columns, "extra": extra}
+    return {"key": key, "options": options or {}, "source": source, "columns": columns, "extra": extra}
 
 
 def pipeline_toml(
@@ -79,6 +80,7 @@ def pipeline_toml(
         lines.append(f"[datasets.{table}]")
         if declared["key"]:
             lines.append(f"key = {toml_value(declared['key'])}")
+        lines += [f"{_key(k)} = {toml_value(v)}" for k, v in declared["options"].items()]
         lines.append(f"[datasets.{table}.source]")
         lines += [f"{_key(k)} = {toml_value(v)}" for k, v in declared["source"].items()]
         lines.append(f"[datasets.{table}.columns]")
