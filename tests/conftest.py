@@ -8,6 +8,19 @@ import sys
 import pytest
 
 
+def pytest_configure(config):
+    """Session start, after pytest-django loaded the test settings and before any database is touched: find
+    or start the PostgreSQL server of the `postgres` alias (conf/settings/test.py only declares SQLite)."""
+    if config.getoption("version", 0) > 0 or config.getoption("help", False):
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    from tests.postgres_server import postgres_alias_configure
+
+    postgres_alias_configure(settings, connections)
+
+
 @pytest.fixture(scope="session")
 def spark():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -60,3 +73,10 @@ def pipeline_dir(tmp_path, settings):
     folder.mkdir()
     settings.ETL_PIPELINE_PATHS = [folder]
     return folder
+
+
+@pytest.fixture
+def staging_root(tmp_path, settings):
+    """The test's own staging root: settings.ETL_STAGING_ROOT, which pipelines without `staging_root` use."""
+    settings.ETL_STAGING_ROOT = tmp_path / "staging"
+    return settings.ETL_STAGING_ROOT

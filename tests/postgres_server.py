@@ -132,3 +132,23 @@ def drop_stale_test_databases(url: str) -> None:
                     )
     finally:
         conn.close()
+
+
+def postgres_alias_configure(settings, connections) -> None:
+    """Give the test settings their `postgres` alias, at pytest's session start (tests/conftest.py).
+
+    Finds or starts a server (`postgres_url`), drops this machine's stale `test_dse_<pid>` databases, and
+    adds the alias with one test database per run, so two suites on one server never collide. Without a
+    server the alias is absent and `settings.POSTGRES_FOUND` says why (the tests skip, or fail under CI)."""
+    import dj_database_url
+
+    url, found = postgres_url()
+    settings.POSTGRES_URL, settings.POSTGRES_FOUND = url, found
+    if not url:
+        return
+    drop_stale_test_databases(url)
+    database = dj_database_url.parse(url, conn_max_age=0)
+    database["TEST"] = {"NAME": f"test_dse_{os.getpid()}"}
+    settings.DATABASES["postgres"] = database
+    # Django caches the database settings (with their defaults filled in) on first use: read them again.
+    connections.__dict__.pop("settings", None)

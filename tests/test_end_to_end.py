@@ -31,8 +31,7 @@ SECRET = "e2e-pseudonym-key-do-not-leak"
 
 
 @pytest.fixture
-def demo_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("ETL_STAGING_ROOT", str(tmp_path / "staging"))
+def demo_env(tmp_path, monkeypatch, staging_root):
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", SECRET)
     return tmp_path
 

@@ -31,6 +31,7 @@ from django.core.management import call_command
 
 from spark_jobs.sales_daily import run_job
 from tests.connectors.sales_apis import SHOP_ZONE, TOKEN, sales_api
+from tests.pipelines import dataset, pipeline_write
 from warehouse.checks import table_checksum
 from warehouse.models import (
     DimCustomer,
@@ -54,72 +55,6 @@ STORES = {"S-NYC": "New York", "S-LAX": "Los Angeles"}
 # Four-decimal prices: 3 x 2.3350 = 7.005 rounds half-up to 7.01 per line, before any sum.
 PRICES = ("9.99", "4.35", "12.50", "2.3350", "0.1250")
 CUSTOMERS = (None, "ann@example.com", "bob@example.com", "cy@example.com")
-
-PIPELINE_TOML = """
-name = "{name}"
-timezone = "America/New_York"
-staging_root = "{staging}"
-
-[spark]
-job = "spark_jobs.sales_daily"
-pseudonym_key_env = "ETL_PSEUDONYM_KEY"
-reporting_currency = "USD"
-
-[warehouse]
-database = "{alias}"
-
-[datasets.order_lines]
-explode = "line_items"
-key = ["order_id", "line_number"]
-version_column = "updated_at"
-
-# The naive window: no incremental state, so no tie-break; the API's bounds are both inclusive.
-[datasets.order_lines.source]
-kind = "rest"
-preset = "shopify"
-base_url = "{url}"
-incremental = false
-params = {{ updated_at_min = "{{window_start}}", updated_at_max = "{{window_end}}" }}
-max_retries = 1
-
-[datasets.order_lines.columns]
-order_id = {{ from = "id", type = "string", required = true }}
-line_number = {{ from = "line_items.id", type = "int", required = true }}
-ordered_at = {{ from = "created_at", type = "timestamp", required = true }}
-updated_at = {{ from = "updated_at", type = "timestamp", required = true }}
-store_code = {{ from = "location_id", type = "string", required = true }}
-customer_email = {{ from = "customer.email", type = "string", pii = true }}
-customer_country = {{ from = "customer.country", type = "string" }}
-sku = {{ from = "line_items.sku", type = "string", required = true }}
-quantity = {{ from = "line_items.quantity", type = "int", required = true }}
-unit_price = {{ from = "line_items.price", type = "decimal(18,4)", required = true }}
-currency = {{ from = "currency", type = "string", required = true }}
-
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "{exports}/products_{{date:%Y%m%d}}.csv"
-format = "csv"
-[datasets.products.columns]
-sku = {{ from = "SKU", type = "string", required = true }}
-name = {{ from = "Product Name", type = "string", required = true }}
-category = {{ from = "Category", type = "string" }}
-list_price = {{ from = "List Price", type = "decimal(18,2)" }}
-
-[datasets.stores]
-key = ["store_code"]
-[datasets.stores.source]
-kind = "file"
-path = "{exports}/stores_{{date:%Y%m%d}}.jsonl"
-format = "jsonl"
-[datasets.stores.columns]
-store_code = {{ from = "code", type = "string", required = true }}
-name = {{ from = "name", type = "string", required = true }}
-city = {{ from = "city", type = "string" }}
-region = {{ from = "region", type = "string" }}
-country = {{ from = "country", type = "string" }}
-"""
 
 
 # --- the shop's history --------------------------------------------------------------------------------
@@ -280,10 +215,56 @@ def transformed_once(tmp_path_factory) -> dict[str, Any]:
 
 
 def write_pipeline(folder: Path, cache: dict[str, Any], *, alias: str, url: str) -> None:
-    text = PIPELINE_TOML.format(
-        name=PIPELINE, staging=cache["staging"], exports=cache["exports"], alias=alias, url=url
+    exports = cache["exports"]
+    # The naive window: no incremental state, so no tie-break; the API's bounds are both inclusive.
+    orders = {
+        "kind": "rest",
+        "preset": "shopify",
+        "base_url": url,
+        "incremental": False,
+        "params": {"updated_at_min": "{window_start}", "updated_at_max": "{window_end}"},
+        "max_retries": 1,
+    }
+    order_lines = dataset(
+        source=orders,
+        key=["order_id", "line_number"],
+        options={"explode": "line_items", "version_column": "updated_at"},
+        order_id={"from": "id", "type": "string", "required": True},
+        line_number={"from": "line_items.id", "type": "int", "required": True},
+        ordered_at={"from": "created_at", "type": "timestamp", "required": True},
+        updated_at={"from": "updated_at", "type": "timestamp", "required": True},
+        store_code={"from": "location_id", "type": "string", "required": True},
+        customer_email={"from": "customer.email", "type": "string", "pii": True},
+        customer_country={"from": "customer.country", "type": "string"},
+        sku={"from": "line_items.sku", "type": "string", "required": True},
+        quantity={"from": "line_items.quantity", "type": "int", "required": True},
+        unit_price={"from": "line_items.price", "type": "decimal(18,4)", "required": True},
+        currency={"from": "currency", "type": "string", "required": True},
     )
-    (folder / f"{PIPELINE}.toml").write_text(text)
+    products = dataset(
+        source={"kind": "file", "path": f"{exports}/products_{{date:%Y%m%d}}.csv", "format": "csv"},
+        sku={"from": "SKU", "type": "string", "required": True},
+        name={"from": "Product Name", "type": "string", "required": True},
+        category={"from": "Category", "type": "string"},
+        list_price={"from": "List Price", "type": "decimal(18,2)"},
+    )
+    stores = dataset(
+        source={"kind": "file", "path": f"{exports}/stores_{{date:%Y%m%d}}.jsonl", "format": "jsonl"},
+        store_code={"from": "code", "type": "string", "required": True},
+        name={"from": "name", "type": "string", "required": True},
+        city={"from": "city", "type": "string"},
+        region={"from": "region", "type": "string"},
+        country={"from": "country", "type": "string"},
+    )
+    pipeline_write(
+        folder,
+        PIPELINE,
+        top='timezone = "America/New_York"',
+        datasets={"order_lines": order_lines, "products": products, "stores": stores},
+        spark={"pseudonym_key_env": "ETL_PSEUDONYM_KEY", "reporting_currency": "USD"},
+        database=alias,
+        staging=cache["staging"],
+    )
 
 
 def run(command: str, day: date) -> None:

@@ -96,11 +96,10 @@ def summed(rows) -> dict[str, tuple[Decimal, int, int]]:
 
 
 @pytest.fixture
-def retail_env(tmp_path, monkeypatch, request):
+def retail_env(tmp_path, monkeypatch, request, staging_root):
     if not CSV.is_file():
         skip_or_fail_in_ci(f"Online Retail II subset not found at {CSV} (README, Tests)", "dataset")
     spark = request.getfixturevalue("spark")  # only once the data is there
-    monkeypatch.setenv("ETL_STAGING_ROOT", str(tmp_path / "staging"))
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "online-retail-test-key")
     monkeypatch.setenv("ETL_ONLINE_RETAIL_CSV", str(CSV))
 

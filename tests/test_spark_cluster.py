@@ -142,9 +142,8 @@ def spark_cluster(tmp_path) -> Iterator[Cluster]:
 
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
-def test_transform_runs_on_a_standalone_cluster(spark_cluster, tmp_path, monkeypatch):
+def test_transform_runs_on_a_standalone_cluster(spark_cluster, tmp_path, monkeypatch, staging_root):
     monkeypatch.setenv("ETL_SPARK_MASTER", spark_cluster.master_url)
-    monkeypatch.setenv("ETL_STAGING_ROOT", str(tmp_path / "staging"))
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "cluster-test-key")
     data_dir = tmp_path / "demo"
     demo = generate_demo_data(out_dir=data_dir, business_dates=[DAY])

@@ -32,11 +32,10 @@ DEMO = (settings.BASE_DIR / "conf" / "pipelines" / "retail_demo.toml").read_text
 
 
 @pytest.fixture
-def demo(tmp_path, monkeypatch, spark, pipeline_dir):
+def demo(tmp_path, monkeypatch, spark, pipeline_dir, staging_root):
     data_dir = tmp_path / "demo"
     generate_demo_data(out_dir=data_dir, business_dates=[DAY, NEXT_DAY])
     (pipeline_dir / "retail_demo.toml").write_text(DEMO)
-    monkeypatch.setenv("ETL_STAGING_ROOT", str(tmp_path / "staging"))
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "guards-test-key")
     monkeypatch.setenv("ETL_DEMO_DIR", str(data_dir))
     token, _ = demo_api_token()

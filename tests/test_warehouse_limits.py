@@ -6,6 +6,7 @@ would fail the whole date on one over-long value. Both warehouses end the same."
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from django.core.management import call_command
 
 from spark_jobs.sales_daily import run_job
 from tests.conftest import _postgres_or_skip
+from tests.pipelines import dataset, pipeline_write
 from warehouse.checks import warehouse_checksums
 from warehouse.loading.specs import INTEGER_RANGES
 from warehouse.models import DimProduct, FactSalesLine, QuarantinedRow
@@ -24,55 +26,42 @@ NAME_MAX = DimProduct._meta.get_field("name").max_length
 ORDER_ID_MAX = FactSalesLine._meta.get_field("order_id").max_length
 _, QUANTITY_MAX = INTEGER_RANGES[FactSalesLine._meta.get_field("quantity").get_internal_type()]
 
-PIPELINE = """
-name = "limits"
-staging_root = "{staging}"
-[spark]
-job = "spark_jobs.sales_daily"
-reporting_currency = "EUR"
-[warehouse]
-database = "{database}"
 
-[datasets.order_lines]
-key = ["order_id", "line_number"]
-[datasets.order_lines.source]
-kind = "file"
-path = "{data}/lines.csv"
-[datasets.order_lines.columns]
-order_id = {{ required = true }}
-line_number = {{ type = "int", required = true }}
-ordered_at = {{ type = "timestamp", required = true }}
-store_code = {{ required = true }}
-customer_email = {{ pii = true }}
-customer_country = {{ type = "string" }}
-sku = {{ required = true }}
-quantity = {{ type = "long", required = true }}   # wider than the warehouse's integer column
-unit_price = {{ type = "decimal(18,4)", required = true }}
-currency = {{ required = true }}
+def limits_datasets(data: Path) -> dict:
+    """The three file exports the sales job needs, with the columns the warehouse limits bite on."""
+    return {
+        "order_lines": dataset(
+            f"{data}/lines.csv",
+            key=["order_id", "line_number"],
+            order_id={"required": True},
+            line_number={"type": "int", "required": True},
+            ordered_at={"type": "timestamp", "required": True},
+            store_code={"required": True},
+            customer_email={"pii": True},
+            customer_country={"type": "string"},
+            sku={"required": True},
+            quantity={"type": "long", "required": True},  # wider than the warehouse's integer column
+            unit_price={"type": "decimal(18,4)", "required": True},
+            currency={"required": True},
+        ),
+        "products": dataset(
+            f"{data}/products.csv",
+            sku={"required": True},
+            name={"required": True},
+            category={"type": "string"},
+            list_price={"type": "decimal(18,2)"},
+        ),
+        "stores": dataset(
+            f"{data}/stores.csv",
+            store_code={"required": True},
+            name={"required": True},
+            city={"type": "string"},
+            region={"type": "string"},
+            country={"type": "string"},
+        ),
+    }
 
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "{data}/products.csv"
-[datasets.products.columns]
-sku = {{ required = true }}
-name = {{ required = true }}
-category = {{ type = "string" }}
-list_price = {{ type = "decimal(18,2)" }}
 
-[datasets.stores]
-key = ["store_code"]
-[datasets.stores.source]
-kind = "file"
-path = "{data}/stores.csv"
-[datasets.stores.columns]
-store_code = {{ required = true }}
-name = {{ required = true }}
-city = {{ type = "string" }}
-region = {{ type = "string" }}
-country = {{ type = "string" }}
-"""
 LINE_HEADER = ",".join(
     ("order_id", "line_number", "ordered_at", "store_code", "customer_email", "customer_country", "sku")
     + ("quantity", "unit_price", "currency")
@@ -118,8 +107,13 @@ def limits_pipeline(pipeline_dir, tmp_path, monkeypatch, spark):
     monkeypatch.setattr("etlcore.services.job_submit", submit_in_session)
 
     def write(database: str) -> None:
-        (pipeline_dir / "limits.toml").write_text(
-            PIPELINE.format(staging=tmp_path / "staging", data=data, database=database), encoding="utf-8"
+        pipeline_write(
+            pipeline_dir,
+            "limits",
+            datasets=limits_datasets(data),
+            spark={"reporting_currency": "EUR"},
+            database=database,
+            staging=tmp_path / "staging",
         )
 
     return write

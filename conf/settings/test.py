@@ -1,13 +1,9 @@
-"""Test settings: SQLite as `default`, a PostgreSQL server as `postgres`, so the warehouse and run-tracking
-tests run on both with the same migrations."""
+"""Test settings: SQLite as `default`; the `postgres` alias (a PostgreSQL server found or started, one test
+database per run) is added at pytest's session start by tests/conftest.py, so importing these settings
+starts nothing and touches no database. The warehouse and run-tracking tests run on both aliases with the
+same migrations."""
 
 from __future__ import annotations
-
-import os
-
-import dj_database_url
-
-from tests.postgres_server import drop_stale_test_databases, postgres_url
 
 from .base import *  # noqa: F403
 
@@ -15,11 +11,8 @@ SECRET_KEY = "test-only"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver"]
 
-POSTGRES_URL, POSTGRES_FOUND = postgres_url()
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
-if POSTGRES_URL:
-    DATABASES["postgres"] = dj_database_url.parse(POSTGRES_URL, conn_max_age=0)
-    # One test database per test run, so two suites on one server (two developers, CI) never collide.
-    DATABASES["postgres"]["TEST"] = {"NAME": f"test_dse_{os.getpid()}"}
-    drop_stale_test_databases(POSTGRES_URL)
+# Set with the `postgres` alias by tests.postgres_server.postgres_alias_configure at session start.
+POSTGRES_URL: str | None = None
+POSTGRES_FOUND = "not looked for: pytest's session start (tests/conftest.py) does"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -4,6 +4,8 @@ exercised against a loopback server in test_rest.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from connectors import build_connector
@@ -21,6 +23,7 @@ from connectors.rest.paging import (
 )
 from etlcore.config import pipeline_parse
 from etlcore.errors import ConfigurationError
+from tests.pipelines import dataset, pipeline_write
 
 EXPECTED_CLASS = {
     "none": SinglePage,
@@ -136,28 +139,22 @@ def test_a_key_added_to_a_presets_pagination_must_fit_the_presets_style():
         )
 
 
-PIPELINE = """
-name = "shop"
-[spark]
-job = "spark_jobs.sales_daily"
-[datasets.orders]
-key = ["id"]
-[datasets.orders.source]
-kind = "rest"
-base_url = "http://127.0.0.1:9"
-records_path = "orders"
-pagination = {{ style = "cursor", {extra} }}
-[datasets.orders.columns]
-id = {{ from = "id", type = "string", required = true }}
-"""
+def write_orders_pipeline(folder: Path, pagination: dict) -> Path:
+    source = {
+        "kind": "rest",
+        "base_url": "http://127.0.0.1:9",
+        "records_path": "orders",
+        "pagination": pagination,
+    }
+    orders = dataset(source=source, id={"from": "id", "type": "string", "required": True})
+    return pipeline_write(folder, datasets={"orders": orders})
 
 
 def test_a_misplaced_pagination_key_fails_when_the_pipeline_file_is_read(tmp_path):
-    path = tmp_path / "shop.toml"
-    path.write_text(PIPELINE.format(extra='cursor_path = "next"'))
+    path = write_orders_pipeline(tmp_path, {"style": "cursor", "cursor_path": "next"})
     assert pipeline_parse(path, environ={}).datasets["orders"].source["pagination"]["style"] == "cursor"
 
-    path.write_text(PIPELINE.format(extra="limit = 50"))
+    write_orders_pipeline(tmp_path, {"style": "cursor", "limit": 50})
     with pytest.raises(ConfigurationError) as raised:
         pipeline_parse(path, environ={})
     message = str(raised.value)

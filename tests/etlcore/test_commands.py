@@ -10,27 +10,11 @@ from django.core.management import CommandError, call_command
 
 from etlcore.models import PipelineRun, StepRun
 from etlcore.staging import TRANSFORMED, Manifest, PartitionRef, partition_attempt, partition_publish
+from tests.pipelines import dataset, pipeline_write
 from tests.warehouse.partitions import default_outputs, sale, write_outputs
 from warehouse.models import FactSalesLine
 
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-PIPELINE = """
-name = "shop"
-staging_root = "{staging}"
-[spark]
-job = "spark_jobs.sales_daily"
-[warehouse]
-database = "{alias}"
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "{data}/products_{{date:%Y%m%d}}.csv"
-[datasets.products.columns]
-sku = {{ from = "SKU", required = true }}
-name = {{ from = "Product Name" }}
-"""
 
 
 @pytest.fixture
@@ -38,7 +22,12 @@ def shop(pipeline_dir, tmp_path, db_alias):
     data = tmp_path / "data"
     data.mkdir()
     staging = tmp_path / "staging"
-    (pipeline_dir / "shop.toml").write_text(PIPELINE.format(staging=staging, alias=db_alias, data=data))
+    products = dataset(
+        f"{data}/products_{{date:%Y%m%d}}.csv",
+        sku={"from": "SKU", "required": True},
+        name={"from": "Product Name"},
+    )
+    pipeline_write(pipeline_dir, datasets={"products": products}, database=db_alias, staging=staging)
     return {"alias": db_alias, "data": data, "staging": staging}
 
 
@@ -116,25 +105,6 @@ def test_pipeline_status_lists_runs_with_steps_and_errors(shop):
     assert any("in=1 out=1 rejected=0" in line for line in lines)
 
 
-GARBAGE_PIPELINE = """
-name = "api"
-staging_root = "{staging}"
-[spark]
-job = "spark_jobs.sales_daily"
-[warehouse]
-database = "{alias}"
-[datasets.orders]
-[datasets.orders.source]
-kind = "rest"
-base_url = "{url}"
-path = "/orders"
-records_path = "orders"
-max_retries = 0
-[datasets.orders.columns]
-order_id = {{ from = "id", required = true }}
-"""
-
-
 @pytest.fixture
 def garbage_api():
     """A real HTTP server on loopback whose 200 answer is not JSON."""
@@ -164,9 +134,15 @@ def test_source_answering_garbage_fails_the_run_and_stages_nothing(
     pipeline_dir, tmp_path, db_alias, garbage_api
 ):
     staging_root = tmp_path / "staging"
-    (pipeline_dir / "api.toml").write_text(
-        GARBAGE_PIPELINE.format(staging=staging_root, alias=db_alias, url=garbage_api)
-    )
+    source = {
+        "kind": "rest",
+        "base_url": garbage_api,
+        "path": "/orders",
+        "records_path": "orders",
+        "max_retries": 0,
+    }
+    orders = dataset(source=source, key=[], order_id={"from": "id", "required": True})
+    pipeline_write(pipeline_dir, "api", datasets={"orders": orders}, database=db_alias, staging=staging_root)
     with pytest.raises(CommandError, match=r"source 'orders'.*/orders.*JSON"):
         run_command("extract", "--pipeline", "api", "--date", "2026-11-01")
     run = latest_run(db_alias)

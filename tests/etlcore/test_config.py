@@ -10,29 +10,16 @@ from etlcore.config import pipeline_load, pipeline_names, pipeline_parse
 from etlcore.errors import ConfigurationError
 from etlcore.services import transform_contract
 from spark_jobs.contract import SALES_DAILY
+from tests.pipelines import dataset, pipeline_write
 
 DEMO = Path(settings.BASE_DIR) / "conf" / "pipelines" / "retail_demo.toml"
 
-MINIMAL = """
-name = "{name}"
-[spark]
-job = "spark_jobs.sales_daily"
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "${{DATA_DIR}}/products.csv"
-[datasets.products.columns]
-sku = {{ from = "SKU", type = "{sku_type}", required = true }}
-"""
 
-
-def write_pipeline(
-    folder: Path, name: str = "shop", sku_type: str = "string", text: str | None = None
-) -> Path:
-    path = folder / f"{name}.toml"
-    path.write_text(text if text is not None else MINIMAL.format(name=name, sku_type=sku_type))
-    return path
+def write_pipeline(folder: Path, name: str = "shop", *, sku_type: str = "string", **parts) -> Path:
+    """A one-dataset pipeline reading products from ${DATA_DIR}; `parts` as in tests.pipelines."""
+    products = parts.pop("products", {})
+    declared = dataset("${DATA_DIR}/products.csv", sku={"from": "SKU", "type": sku_type, "required": True})
+    return pipeline_write(folder, name, datasets={"products": declared | products}, **parts)
 
 
 def test_demo_pipeline_file_parses_into_typed_datasets():
@@ -67,17 +54,17 @@ def test_unknown_column_type_is_refused_with_its_location(tmp_path):
 
 
 def test_key_must_be_a_declared_column(tmp_path):
-    text = MINIMAL.format(name="shop", sku_type="string").replace('key = ["sku"]', 'key = ["id"]')
+    path = write_pipeline(tmp_path, products={"key": ["id"]})
     with pytest.raises(ConfigurationError, match=r"key column\(s\) \['id'\] are not declared"):
-        pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+        pipeline_parse(path, environ={"DATA_DIR": "/d"})
 
 
 def test_unknown_source_kind_lists_the_known_ones(tmp_path):
-    text = MINIMAL.format(name="shop", sku_type="string").replace('kind = "file"', 'kind = "ftp"')
+    path = write_pipeline(tmp_path, products={"source": {"kind": "ftp", "path": "products.csv"}})
     with pytest.raises(
         ConfigurationError, match=r"unknown kind 'ftp' \(expected one of: file, postgres, rest, s3\)"
     ):
-        pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+        pipeline_parse(path, environ={"DATA_DIR": "/d"})
 
 
 def test_pipelines_are_found_by_file_name(pipeline_dir, monkeypatch):
@@ -90,8 +77,8 @@ def test_pipelines_are_found_by_file_name(pipeline_dir, monkeypatch):
 
 
 def test_window_is_the_business_day_in_the_pipeline_time_zone(tmp_path):
-    text = 'timezone = "Europe/Paris"\n' + MINIMAL.format(name="shop", sku_type="string")
-    config = pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+    path = write_pipeline(tmp_path, top='timezone = "Europe/Paris"')
+    config = pipeline_parse(path, environ={"DATA_DIR": "/d"})
     window = config.window(date(2026, 3, 29))  # the day clocks go forward: 23 hours long
     assert window.start.isoformat() == "2026-03-29T00:00:00+01:00"
     assert window.end.isoformat() == "2026-03-30T00:00:00+02:00"
@@ -102,7 +89,14 @@ def test_the_transform_step_takes_the_outputs_its_job_declares_and_refuses_an_un
     config = pipeline_parse(write_pipeline(tmp_path), environ={"DATA_DIR": "/d"})
     assert transform_contract(config=config) is SALES_DAILY
 
-    text = MINIMAL.format(name="shop", sku_type="string").replace("sales_daily", "weekly")
-    other = pipeline_parse(write_pipeline(tmp_path, text=text), environ={"DATA_DIR": "/d"})
+    path = write_pipeline(tmp_path, job="spark_jobs.weekly")
+    other = pipeline_parse(path, environ={"DATA_DIR": "/d"})
     with pytest.raises(ConfigurationError, match=r"'shop': no output contract for job 'spark_jobs.weekly'"):
         transform_contract(config=other)
+
+
+@pytest.mark.parametrize("shipped", ["retail_demo", "online_retail"])
+def test_the_shipped_pipelines_stage_under_the_staging_root_setting(shipped, tmp_path, settings):
+    settings.ETL_STAGING_ROOT = tmp_path / "elsewhere"  # e.g. moved by ETL_VAR_DIR or ETL_STAGING_ROOT
+    config = pipeline_parse(DEMO.with_name(f"{shipped}.toml"), environ={})
+    assert config.staging_root == tmp_path / "elsewhere"

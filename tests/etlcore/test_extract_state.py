@@ -21,41 +21,37 @@ from etlcore.config import pipeline_parse
 from etlcore.errors import ConfigurationError
 from etlcore.models import PipelineRun, StagedPartition
 from tests.connectors.test_rest import Reply, Seen, api  # noqa: F401 - the loopback server fixture
+from tests.pipelines import dataset, pipeline_toml, pipeline_write
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
-HEAD = """
-name = "shop"
-staging_root = "{staging}"
-extract_workers = {workers}
-[spark]
-job = "spark_jobs.sales_daily"
-[warehouse]
-database = "{alias}"
-"""
 
-ORDERS = """
-[datasets.{name}]
-drift = "{drift}"
-[datasets.{name}.source]
-kind = "rest"
-base_url = "{url}"
-path = "/{name}"
-records_path = "orders"
-max_retries = 1
-backoff_factor = 0.01
-pagination = {{ style = "page_number" }}
-[datasets.{name}.source.incremental]
-param = "updated_at_min"
-cursor_field = "updated_at"
-lookback_seconds = 3600
-end_param = "updated_at_max"
-initial = "2026-01-01T00:00:00Z"
-[datasets.{name}.columns]
-order_id = {{ from = "id", required = true }}
-updated_at = {{ from = "updated_at", required = true }}
-total = {{ from = "total" }}
-"""
+def orders(name: str, url: str, drift: str = "warn") -> dict:
+    """An incremental, paged REST dataset of orders served at `<url>/<name>`."""
+    source = {
+        "kind": "rest",
+        "base_url": url,
+        "path": f"/{name}",
+        "records_path": "orders",
+        "max_retries": 1,
+        "backoff_factor": 0.01,
+        "pagination": {"style": "page_number"},
+        "incremental": {
+            "param": "updated_at_min",
+            "cursor_field": "updated_at",
+            "lookback_seconds": 3600,
+            "end_param": "updated_at_max",
+            "initial": "2026-01-01T00:00:00Z",
+        },
+    }
+    return dataset(
+        source=source,
+        key=[],
+        options={"drift": drift},
+        order_id={"from": "id", "required": True},
+        updated_at={"from": "updated_at", "required": True},
+        total={"from": "total"},
+    )
 
 
 @pytest.fixture
@@ -63,10 +59,13 @@ def shop(pipeline_dir, tmp_path, db_alias, api):  # noqa: F811 - the fixture imp
     staging = tmp_path / "staging"
 
     def write(*datasets: str, drift: str = "warn", workers: int = 4) -> None:
-        text = HEAD.format(staging=staging, alias=db_alias, workers=workers)
-        for name in datasets:
-            text += ORDERS.format(name=name, url=api.url, drift=drift)
-        (pipeline_dir / "shop.toml").write_text(text)
+        pipeline_write(
+            pipeline_dir,
+            datasets={name: orders(name, api.url, drift) for name in datasets},
+            database=db_alias,
+            staging=staging,
+            top=f"extract_workers = {workers}",
+        )
 
     write("orders")
     return {"alias": db_alias, "staging": staging, "api": api, "write": write}
@@ -216,17 +215,18 @@ def test_type_change_of_a_typed_source_is_drift_against_the_previous_partition(s
     data.mkdir()
     pq.write_table(pa.table({"sku": ["A"], "price": pa.array([3], pa.int64())}), data / "p_20261101.parquet")
     pq.write_table(pa.table({"sku": ["A"], "price": ["3.00"]}), data / "p_20261102.parquet")
-    (pipeline_dir / "shop.toml").write_text(
-        HEAD.format(staging=shop["staging"], alias=shop["alias"], workers=1)
-        + f"""
-[datasets.products]
-[datasets.products.source]
-kind = "file"
-path = "{data}/p_{{date:%Y%m%d}}.parquet"
-[datasets.products.columns]
-sku = {{ from = "sku", required = true }}
-price = {{ from = "price" }}
-"""
+    products = dataset(
+        f"{data}/p_{{date:%Y%m%d}}.parquet",
+        key=[],
+        sku={"from": "sku", "required": True},
+        price={"from": "price"},
+    )
+    pipeline_write(
+        pipeline_dir,
+        datasets={"products": products},
+        database=shop["alias"],
+        staging=shop["staging"],
+        top="extract_workers = 1",
     )
 
     extract("2026-11-01")
@@ -321,8 +321,11 @@ def test_several_failing_sources_are_all_named(shop):
 )
 def test_invalid_drift_policy_or_worker_count_is_a_configuration_error(tmp_path, line, message):
     path = tmp_path / "shop.toml"
-    text = HEAD.format(staging=tmp_path, alias="default", workers=2) + ORDERS.format(
-        name="orders", url="http://127.0.0.1:1", drift="warn"
+    text = pipeline_toml(
+        datasets={"orders": orders("orders", "http://127.0.0.1:1")},
+        database="default",
+        staging=tmp_path,
+        top="extract_workers = 2",
     )
     if line.startswith("drift"):
         text = text.replace('drift = "warn"', line)

@@ -17,6 +17,7 @@ from etlcore.config import GuardConfig, pipeline_load, pipeline_parse
 from etlcore.errors import ConfigurationError
 from etlcore.guards import PreviousCounts, guards_evaluate, guards_previous
 from etlcore.models import PipelineRun, StepRun
+from tests.pipelines import dataset, pipeline_toml
 
 DAY = date(2026, 11, 2)
 BEFORE = date(2026, 11, 1)
@@ -163,24 +164,15 @@ def test_a_warn_guard_is_a_breach_but_not_a_failure():
 
 # --- configuration -------------------------------------------------------------------------------------
 
-PIPELINE = """
-name = "shop"
-[spark]
-job = "spark_jobs.sales_daily"
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "products.csv"
-[datasets.products.columns]
-sku = {{ required = true }}
-{guards}
-"""
+
+def pipeline(guards: str, **parts) -> str:
+    products = dataset("products.csv", sku={"required": True}, extra=guards)
+    return pipeline_toml(datasets={"products": products}, **parts)
 
 
 def parse(tmp_path: Path, guards: str):
     path = tmp_path / "shop.toml"
-    path.write_text(PIPELINE.format(guards=guards))
+    path.write_text(pipeline(guards))
     return pipeline_parse(path, environ={})
 
 
@@ -275,7 +267,7 @@ on_breach = "fail"
 )
 def test_invalid_guards_are_an_error_naming_the_file_table_and_key(tmp_path, guards, error):
     if guards.startswith("[datasets.products]\n"):
-        text = PIPELINE.format(guards="").replace('key = ["sku"]\n', 'key = ["sku"]\nguards = 1\n')
+        text = pipeline("").replace('key = ["sku"]\n', 'key = ["sku"]\nguards = 1\n')
         (tmp_path / "shop.toml").write_text(text)
         with pytest.raises(ConfigurationError, match=error):
             pipeline_parse(tmp_path / "shop.toml", environ={})
@@ -324,9 +316,7 @@ def _run(
 def test_the_reference_is_the_nearest_earlier_date_with_a_succeeded_run_and_its_latest_run(
     pipeline_dir, db_alias
 ):
-    (pipeline_dir / "shop.toml").write_text(
-        PIPELINE.format(guards="").replace("[spark]", f'[warehouse]\ndatabase = "{db_alias}"\n[spark]')
-    )
+    (pipeline_dir / "shop.toml").write_text(pipeline("", database=db_alias))
     config = pipeline_load("shop")
     assert guards_previous(config=config, business_date=DAY) is None
 

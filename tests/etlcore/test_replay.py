@@ -16,36 +16,21 @@ from etlcore.config import pipeline_load
 from etlcore.errors import PartitionNotFound
 from etlcore.models import PipelineRun
 from etlcore.services import quarantine_replay, quarantine_select
+from tests.pipelines import dataset, pipeline_write
 from warehouse.models import FactSalesLine, QuarantinedRow
 
 DAY = date(2026, 11, 1)
 DEMO_FILE = Path(settings.BASE_DIR) / "conf" / "pipelines" / "retail_demo.toml"
 
-PIPELINE = """
-name = "shop"
-staging_root = "{staging}"
-[spark]
-job = "spark_jobs.sales_daily"
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "products.csv"
-[datasets.products.columns]
-sku = {{ required = true }}
-[datasets.lines]
-key = ["id"]
-[datasets.lines.source]
-kind = "file"
-path = "lines.csv"
-[datasets.lines.columns]
-id = {{ required = true }}
-"""
+SHOP = {
+    "products": dataset("products.csv", sku={"required": True}),
+    "lines": dataset("lines.csv", id={"required": True}),
+}
 
 
 @pytest.fixture
 def shop(pipeline_dir, tmp_path):
-    (pipeline_dir / "shop.toml").write_text(PIPELINE.format(staging=tmp_path / "staging"))
+    pipeline_write(pipeline_dir, datasets=SHOP, staging=tmp_path / "staging")
     return pipeline_load("shop")
 
 
@@ -125,11 +110,10 @@ ONLY_ZERO_QUANTITY = "zero_quantity: quantity='0' (a line sells or returns at le
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
 def test_replay_by_rule_loads_the_rows_a_relaxed_rule_now_passes_and_keeps_the_others(
-    pipeline_dir, tmp_path, monkeypatch
+    pipeline_dir, tmp_path, monkeypatch, staging_root
 ):
     from etlcore.demo.pipeline import demo_run
 
-    monkeypatch.setenv("ETL_STAGING_ROOT", str(tmp_path / "staging"))
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "replay-test-key")
     demo = DEMO_FILE.read_text()
     (pipeline_dir / "retail_demo.toml").write_text(demo)

@@ -7,37 +7,26 @@ import pytest
 
 from etlcore.config import pipeline_parse
 from etlcore.errors import ConfigurationError
+from tests.pipelines import dataset, pipeline_toml
 
-PIPELINE = """
-name = "shop"
-[spark]
-job = "spark_jobs.sales_daily"
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "products.csv"
-[datasets.products.columns]
-sku = {{ type = "string", required = true }}
-price = {{ type = "decimal(18,2)" }}
-[datasets.lines]
-key = ["id"]
-[datasets.lines.source]
-kind = "file"
-path = "lines.csv"
-[datasets.lines.columns]
-id = {{ type = "string", required = true }}
-sku = {{ type = "string" }}
-qty = {{ type = "int" }}
-day = {{ type = "date" }}
-email = {{ type = "string", pii = true }}
-{rules}
-"""
+PRODUCTS = dataset("products.csv", sku={"type": "string", "required": True}, price={"type": "decimal(18,2)"})
+LINE_COLUMNS = {
+    "id": {"type": "string", "required": True},
+    "sku": {"type": "string"},
+    "qty": {"type": "int"},
+    "day": {"type": "date"},
+    "email": {"type": "string", "pii": True},
+}
+
+
+def pipeline(rules: str) -> str:
+    lines = dataset("lines.csv", extra=rules, **LINE_COLUMNS)
+    return pipeline_toml(datasets={"products": PRODUCTS, "lines": lines})
 
 
 def parse(tmp_path, rules: str):
     path = tmp_path / "shop.toml"
-    path.write_text(PIPELINE.format(rules=rules))
+    path.write_text(pipeline(rules))
     return pipeline_parse(path, environ={})
 
 
@@ -160,6 +149,6 @@ def test_invalid_rule_is_refused_at_load_naming_the_file_dataset_and_rule(tmp_pa
 
 def test_pii_flag_must_be_a_boolean(tmp_path):
     path = tmp_path / "shop.toml"
-    path.write_text(PIPELINE.format(rules="").replace("pii = true", 'pii = "yes"'))
+    path.write_text(pipeline("").replace("pii = true", 'pii = "yes"'))
     with pytest.raises(ConfigurationError, match=r"column 'email': pii must be true or false"):
         pipeline_parse(path, environ={})

@@ -7,26 +7,13 @@ import pytest
 from etlcore.config import pipeline_parse
 from etlcore.errors import SparkJobError
 from etlcore.spark import job_submit, mask_command
+from tests.pipelines import dataset, pipeline_write
 
-PIPELINE = """
-name = "shop"
-staging_root = "{staging}"
-[spark]
-job = "spark_jobs.sales_daily"
-[spark.conf]
-"spark.hadoop.fs.s3a.secret.key" = "s3-SECRET"
-"spark.hadoop.fs.s3a.access.key" = "AKIA-ACCESS"
-"spark.sql.shuffle.partitions" = "3"
-[warehouse]
-database = "default"
-[datasets.products]
-key = ["sku"]
-[datasets.products.source]
-kind = "file"
-path = "/nowhere/products.csv"
-[datasets.products.columns]
-sku = {{ from = "SKU", required = true }}
-"""
+CONF = {
+    "spark.hadoop.fs.s3a.secret.key": "s3-SECRET",
+    "spark.hadoop.fs.s3a.access.key": "AKIA-ACCESS",
+    "spark.sql.shuffle.partitions": "3",
+}
 
 
 @pytest.mark.parametrize(
@@ -57,8 +44,14 @@ def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(tmp_pa
     fake.write_text("#!/bin/sh\necho 'spark_jobs.sales_daily failed'\nexit 3\n")
     fake.chmod(0o755)
     settings.ETL_SPARK_SUBMIT = str(fake)
-    toml = tmp_path / "shop.toml"
-    toml.write_text(PIPELINE.format(staging=tmp_path / "staging"))
+    products = dataset("/nowhere/products.csv", sku={"from": "SKU", "required": True})
+    toml = pipeline_write(
+        tmp_path,
+        datasets={"products": products},
+        spark_conf=CONF,
+        database="default",
+        staging=tmp_path / "staging",
+    )
     config = pipeline_parse(toml)
     log_path = tmp_path / "logs" / "transform.log"
 
