@@ -8,7 +8,7 @@ configured, so an option given to the wrong style (`limit` with "cursor") is nev
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urljoin, urlsplit
@@ -68,6 +68,28 @@ class Paginator(ABC):
     @abstractmethod
     def pages(self, client: PageClient, params: dict[str, Any]) -> Iterator[Page]:
         """The pages of one read, the first requested with `params`."""
+
+    def follow(
+        self,
+        client: PageClient,
+        params: dict[str, Any],
+        param: str,
+        next_cursor: Callable[[PageClient, Page], Any],
+    ) -> Iterator[Page]:
+        """Fetch, yield, and resend the query with `param` = `next_cursor(client, page)` until it gives None:
+        the loop of the styles whose next page is named by a value of the last one (cursor, has_more)."""
+        query = params
+        seen: set[str] = set()
+        for _ in range(self.max_pages):
+            page = client.fetch(client.url, query)
+            if page.records:
+                yield page
+            cursor = next_cursor(client, page)
+            if cursor is None:
+                return
+            _check_new(client, page, cursor, seen)
+            query = {**params, param: cursor}
+        raise self.too_many_pages(client)
 
     def too_many_pages(self, client: PageClient) -> SourceError:
         return SourceError(
@@ -145,18 +167,11 @@ class CursorPaginator(Paginator):
         self.cursor_param = str(table.get("cursor_param", "cursor"))
 
     def pages(self, client: PageClient, params: dict[str, Any]) -> Iterator[Page]:
-        query = params
-        seen: set[str] = set()
-        for _ in range(self.max_pages):
-            page = client.fetch(client.url, query)
-            if page.records:
-                yield page
-            cursor = resolve_path(page.body, self.cursor_path)
-            if cursor is MISSING or cursor is None or cursor == "":
-                return
-            _check_new(client, page, cursor, seen)
-            query = {**params, self.cursor_param: cursor}
-        raise self.too_many_pages(client)
+        return self.follow(client, params, self.cursor_param, self._next_cursor)
+
+    def _next_cursor(self, client: PageClient, page: Page) -> Any:
+        cursor = resolve_path(page.body, self.cursor_path)
+        return None if cursor is MISSING or cursor == "" else cursor
 
 
 class HasMorePaginator(Paginator):
@@ -173,29 +188,24 @@ class HasMorePaginator(Paginator):
         self.id_path = str(table.get("id_path", "id"))
 
     def pages(self, client: PageClient, params: dict[str, Any]) -> Iterator[Page]:
-        query = params
-        seen: set[str] = set()
-        for _ in range(self.max_pages):
-            page = client.fetch(client.url, query)
-            if page.records:
-                yield page
-            has_more = resolve_path(page.body, self.has_more_path)
-            if has_more is MISSING:
-                raise SourceError(
-                    f"source {client.name!r}: {page.shown}: pagination.has_more_path "
-                    f"{self.has_more_path!r} is absent from the body"
-                )
-            if not _truthy(has_more) or not page.records:
-                return
-            cursor = resolve_path(page.records[-1], self.id_path)
-            if cursor is MISSING or cursor is None or cursor == "":
-                raise SourceError(
-                    f"source {client.name!r}: {page.shown}: the last record has no "
-                    f"{self.id_path!r} (pagination.id_path) to continue after"
-                )
-            _check_new(client, page, cursor, seen)
-            query = {**params, self.starting_after_param: cursor}
-        raise self.too_many_pages(client)
+        return self.follow(client, params, self.starting_after_param, self._next_after)
+
+    def _next_after(self, client: PageClient, page: Page) -> Any:
+        has_more = resolve_path(page.body, self.has_more_path)
+        if has_more is MISSING:
+            raise SourceError(
+                f"source {client.name!r}: {page.shown}: pagination.has_more_path "
+                f"{self.has_more_path!r} is absent from the body"
+            )
+        if not _truthy(has_more) or not page.records:
+            return None
+        cursor = resolve_path(page.records[-1], self.id_path)
+        if cursor is MISSING or cursor is None or cursor == "":
+            raise SourceError(
+                f"source {client.name!r}: {page.shown}: the last record has no "
+                f"{self.id_path!r} (pagination.id_path) to continue after"
+            )
+        return cursor
 
 
 class OffsetPaginator(Paginator):
