@@ -40,6 +40,14 @@ class PartitionRef:
     business_date: date
     dataset: str | None = None
 
+    @classmethod
+    def raw(cls, root: Path, pipeline: str, dataset: str, business_date: date) -> PartitionRef:
+        return cls(root, pipeline, RAW, business_date, dataset)
+
+    @classmethod
+    def transformed(cls, root: Path, pipeline: str, business_date: date) -> PartitionRef:
+        return cls(root, pipeline, TRANSFORMED, business_date)
+
     @property
     def dir(self) -> Path:
         parts = [self.pipeline, self.layer] + ([self.dataset] if self.dataset else [])

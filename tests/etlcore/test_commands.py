@@ -213,17 +213,17 @@ def test_pipeline_status_shows_dataset_accounting_warnings_replays_and_what_load
 
 def test_reconciliation_counts_rows_filtered_by_a_named_rule_and_fails_when_they_do_not_balance():
     from etlcore.errors import ReconciliationError
-    from etlcore.services import _reconcile
+    from etlcore.services.transform import job_result_reconcile
 
     inputs = {"order_lines": {"rows": 10}, "products": {"rows": 3}}
-    _reconcile({"datasets": _transform_counts(filtered={"postage": 2})}, inputs)
+    job_result_reconcile({"datasets": _transform_counts(filtered={"postage": 2})}, inputs)
 
     with pytest.raises(
         ReconciliationError, match=r"accounted 9 \(out 5 \+ rejected 2 \+ duplicates 1 \+ postage 1\)"
     ):
-        _reconcile({"datasets": _transform_counts(filtered={"postage": 1})}, inputs)
+        job_result_reconcile({"datasets": _transform_counts(filtered={"postage": 1})}, inputs)
     with pytest.raises(ReconciliationError, match=r"'order_lines': 10 rows staged, job read 10, accounted 8"):
-        _reconcile({"datasets": _transform_counts()}, inputs)
+        job_result_reconcile({"datasets": _transform_counts()}, inputs)
 
 
 def publish_transformed(shop: dict, day: str, outputs: dict[str, list[dict]]) -> None:

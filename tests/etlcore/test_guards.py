@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from etlcore.config import GuardConfig, pipeline_load, pipeline_parse
 from etlcore.errors import ConfigurationError
-from etlcore.guards import PreviousCounts, guards_evaluate, guards_previous
+from etlcore.guards import PreviousCounts, guards_evaluate
 from etlcore.models import PipelineRun, StepRun
+from etlcore.selectors import guards_previous
 from tests.pipelines import dataset, pipeline_toml
 
 DAY = date(2026, 11, 2)
