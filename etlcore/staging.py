@@ -86,10 +86,24 @@ def manifest_read(ref: PartitionRef) -> Manifest:
     try:
         doc = json.loads(ref.manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        published = partition_dates(ref)
+        ready = f"latest {ref.layer}: {published[-1]}" if published else f"no {ref.layer} date yet"
         raise PartitionNotFound(
-            f"no published partition for {ref.label()} (expected {ref.manifest_path})"
+            f"no published partition for {ref.label()} ({ready}; expected {ref.manifest_path})"
         ) from None
     return Manifest(**doc)
+
+
+def partition_dates(ref: PartitionRef) -> list[date]:
+    """The business dates published in `ref`'s layer (and dataset), oldest first: what a step could read."""
+    parent = ref.dir.parent
+    dates = []
+    for path in parent.glob("date=*/" + MANIFEST) if parent.is_dir() else ():
+        try:
+            dates.append(date.fromisoformat(path.parent.name.removeprefix("date=")))
+        except ValueError:
+            continue  # not a partition this project wrote
+    return sorted(dates)
 
 
 def manifest_files(ref: PartitionRef, manifest: Manifest) -> list[Path]:

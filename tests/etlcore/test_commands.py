@@ -88,8 +88,19 @@ def test_transform_before_extract_says_which_partition_is_missing(shop):
 
 
 def test_load_before_transform_says_which_partition_is_missing(shop):
-    with pytest.raises(CommandError, match=r"no published partition for shop transformed 2026-11-01"):
+    with pytest.raises(
+        CommandError, match=r"no published partition for shop transformed 2026-11-01 \(no transformed date yet"
+    ):
         run_command("load", "--pipeline", "shop", "--date", "2026-11-01")
+
+
+def test_load_without_a_date_names_the_latest_date_that_is_ready(shop):
+    # Yesterday was never extracted here: the error says which dates a load could take instead.
+    for day in ("2026-11-03", "2026-11-01"):
+        publish_transformed(shop, day, default_outputs([sale("O1", 1)]))
+    with pytest.raises(CommandError, match=r"\(latest transformed: 2026-11-03; expected "):
+        run_command("load", "--pipeline", "shop")
+    assert latest_run(shop["alias"]).status == "failed"
 
 
 def test_pipeline_status_lists_runs_with_steps_and_errors(shop):
