@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from warehouse.models import QuarantinedRow
+from warehouse.models import PseudonymKey, QuarantinedRow
 
 from .config import PipelineConfig
 from .errors import ConfigurationError
@@ -68,6 +68,12 @@ def guards_previous(*, config: PipelineConfig, business_date: date) -> PreviousC
     return PreviousCounts(
         business_date=step.run.business_date, run_id=step.run_id, datasets=step.details.get("datasets") or {}
     )
+
+
+def pseudonym_key_held(*, config: PipelineConfig) -> str | None:
+    """The fingerprint of the pseudonym key the pipeline's warehouse customers were made with, if any."""
+    held = PseudonymKey.objects.using(config.database).filter(pipeline=config.name).first()
+    return held.fingerprint if held is not None else None
 
 
 def quarantine_select(

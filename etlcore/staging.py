@@ -76,6 +76,8 @@ class Manifest:
     run_id: int | None
     window: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Transformed partitions: which pseudonym key made the customer keys (contract.pseudonym_key_fingerprint).
+    key_fingerprint: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_json(self) -> str:

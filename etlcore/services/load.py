@@ -25,6 +25,7 @@ def warehouse_load(*, config: PipelineConfig, business_date: date, outcome: Step
         business_date=business_date,
         run_id=outcome.run_id,
         using=config.database,
+        key_fingerprint=manifest.key_fingerprint,
     )
     outcome.rows_out = result.fact_rows
     outcome.rows_rejected = result.rows_loaded.get("quarantine", 0)

@@ -4,6 +4,7 @@ every staged row is accounted for and the volume guards pass."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from spark_jobs.contract import JobContract, job_contract
+from spark_jobs.contract import JobContract, job_contract, pseudonym_key_fingerprint
+from warehouse.errors import PseudonymKeyMismatchError
 from warehouse.loading.specs import output_constraints
 
 from .. import staging
@@ -19,13 +21,14 @@ from ..config import PipelineConfig
 from ..errors import ConfigurationError, ReconciliationError, SparkJobError
 from ..guards import guards_enforce
 from ..runs import StepOutcome
-from ..selectors import guards_previous
+from ..selectors import guards_previous, pseudonym_key_held
 from ..spark import job_submit
 
 
 def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
     """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
     contract = transform_contract(config=config)
+    pseudonym_key_expect(config=config)
     staged: dict[str, tuple[list[Path], int]] = {}
     for dataset in config.datasets.values():
         ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset.name, business_date)
@@ -69,6 +72,19 @@ def partition_transform(*, config: PipelineConfig, business_date: date, outcome:
         manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract)
         staging.partition_publish(ref, manifest, attempt)
     outcome.details["partition"] = str(ref.dir)
+
+
+def pseudonym_key_expect(*, config: PipelineConfig) -> None:
+    """Refuse, before Spark starts, a key other than the one the warehouse's customers were made with (the
+    load refuses it too, by the fingerprint the job reports). An unset key is the job's error to report."""
+    env = config.spark.pseudonym_key_env
+    key = os.environ.get(env, "")
+    held = pseudonym_key_held(config=config)
+    if not key or held is None:
+        return
+    given = pseudonym_key_fingerprint(key.encode("utf-8"))
+    if given != held:
+        raise PseudonymKeyMismatchError(config.name, warehouse=held, given=given, by=f"{env}'s")
 
 
 def transform_contract(*, config: PipelineConfig) -> JobContract:
@@ -169,4 +185,5 @@ def _transformed_manifest(
         checksum=staging.files_checksum(all_files),
         run_id=run_id,
         outputs=outputs,
+        key_fingerprint=result.get("pseudonym_key_fingerprint"),
     )
