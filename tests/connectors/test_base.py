@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from connectors import build_connector, connector_kinds
-from etlcore.errors import ConfigurationError
+from connectors.errors import ConfigurationError
 
 
 @pytest.mark.parametrize("kind", sorted(connector_kinds()))

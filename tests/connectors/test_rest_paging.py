@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from connectors import build_connector
+from connectors.errors import ConfigurationError
 from connectors.presets import PRESETS, with_preset
 from connectors.rest import RestConnector
 from connectors.rest.paging import (
@@ -22,7 +23,6 @@ from connectors.rest.paging import (
     build_paginator,
 )
 from etlcore.config import pipeline_parse
-from etlcore.errors import ConfigurationError
 from tests.pipelines import dataset, pipeline_write
 
 EXPECTED_CLASS = {
