@@ -12,7 +12,8 @@ from django.core.management import CommandError, call_command
 
 from connectors import connector_kinds
 from connectors.presets import PRESETS
-from etlcore.config import NAME, PIPELINE, pipeline_load, pipeline_name_check, pipeline_parse
+from connectors.rest.incremental import INCREMENTAL_OPTIONS
+from etlcore.config import COLUMN, DATASET, NAME, PIPELINE, pipeline_load, pipeline_name_check, pipeline_parse
 from etlcore.errors import ConfigurationError
 from etlcore.models import PipelineRun
 from tests.pipelines import dataset, pipeline_toml, pipeline_write
@@ -376,10 +377,49 @@ def test_every_part_the_test_factory_writes_parses(tmp_path):
     }
 
 
-def test_the_top_level_declaration_is_the_documented_one():
-    documented = (Path(settings.BASE_DIR) / "docs" / "configuration.md").read_text(encoding="utf-8")
-    top = documented.split("## Top level", 1)[1].split("\n## ", 1)[0]
-    tables = {"spark", "warehouse", "datasets"}
-    assert {k for k in PIPELINE.keys if k not in tables} == {
-        line.split("`")[1] for line in top.splitlines() if line.startswith("| `")
-    }
+DOCS = Path(settings.BASE_DIR) / "docs" / "configuration.md"
+
+
+def documented_keys(heading: str) -> set[str]:
+    """The keys of the first table after a heading of docs/configuration.md (`a`, `b` rows give both)."""
+    section = DOCS.read_text(encoding="utf-8").split(f"{heading}\n", 1)[1]
+    rows = [line for line in section.split("\n\n|", 1)[0].splitlines() if line.startswith("| `")]
+    if not rows:  # the table follows a paragraph
+        rows = [line for line in section.split("\n| key |", 1)[1].split("\n\n", 1)[0].splitlines()]
+    return {key for row in rows for key in row.split("|")[1].split("`")[1::2]}
+
+
+@pytest.mark.parametrize(
+    ("heading", "declared", "undocumented"),
+    [
+        ("## Top level", PIPELINE.keys, {"spark", "warehouse", "datasets"}),
+        ("## `[spark]`", PIPELINE.keys["spark"].keys, set()),
+        ("## `[warehouse]`", PIPELINE.keys["warehouse"].keys, set()),
+        ("## `[datasets.<name>]`", DATASET.keys, {"source", "columns", "rules"}),
+        ("### `[datasets.<name>.columns]`", COLUMN.keys, set()),
+        (
+            '### `[datasets.<name>.source]`: `kind = "file"`',
+            connector_kinds()["file"].option_schema.keys,
+            {"kind"},
+        ),
+        (
+            '### `[datasets.<name>.source]`: `kind = "rest"`',
+            connector_kinds()["rest"].option_schema.keys,
+            {"kind"},
+        ),
+        (
+            '### `[datasets.<name>.source]`: `kind = "postgres"`',
+            connector_kinds()["postgres"].option_schema.keys,
+            {"kind"},
+        ),
+        (
+            '### `[datasets.<name>.source]`: `kind = "s3"`',
+            connector_kinds()["s3"].option_schema.keys,
+            {"kind"},
+        ),
+        ("## Incremental extraction", INCREMENTAL_OPTIONS.keys, set()),
+    ],
+    ids=["top", "spark", "warehouse", "dataset", "columns", "file", "rest", "postgres", "s3", "incremental"],
+)
+def test_every_declared_key_is_documented_and_every_documented_key_declared(heading, declared, undocumented):
+    assert documented_keys(heading) == set(declared) - undocumented
