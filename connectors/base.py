@@ -66,6 +66,9 @@ class Connector(ABC):
         known = _KINDS.get(kind)
         if known is not None and known.__qualname__ != cls.__qualname__:
             raise TypeError(f"source kind {kind!r} is taken by {known.__module__}.{known.__qualname__}")
+        if not isinstance(getattr(cls, "option_schema", None), Table):
+            # Its options could not be checked when the pipeline file is read.
+            raise TypeError(f"source kind {kind!r} ({cls.__name__}) declares no option_schema")
         _KINDS[kind] = cls
 
     def __init__(
