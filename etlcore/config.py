@@ -355,7 +355,9 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
     except OptionError as exc:
         raise ConfigurationError(f"{_located(file, (*source_where, *exc.path))}: {exc.problem}") from None
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{_located(file, source_where)}: {exc}") from None
+        # The connector names the source; here the table path does.
+        problem = str(exc).removeprefix(f"source {name!r}: ")
+        raise ConfigurationError(f"{_located(file, source_where)}: {problem}") from None
     if source["kind"] == "file":
         source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
     types = {c.name: c.type for c in columns}

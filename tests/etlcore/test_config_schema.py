@@ -236,6 +236,13 @@ def test_a_source_option_its_kind_does_not_declare_fails_when_the_file_is_read(t
     assert refusal(tmp_path, with_source(source)).startswith(expected)
 
 
+def test_a_source_check_beyond_keys_and_types_names_the_file_and_table_too(tmp_path):
+    message = refusal(tmp_path, with_source({**REST, "preset": "shopfy"}))
+    assert message.startswith(" [datasets.orders.source]: preset 'shopfy' is not one of shopify, square, ")
+    message = refusal(tmp_path, with_source({**REST, "pagination": {"style": "cursor", "limit": 5}}))
+    assert message.startswith(" [datasets.orders.source.pagination]: unknown key 'limit' for style 'cursor'")
+
+
 @pytest.mark.parametrize("kind", sorted(connector_kinds()))
 def test_every_source_kind_declares_its_options_and_its_connector_reads_no_other(kind):
     declared = connector_kinds()[kind].option_schema
