@@ -114,11 +114,11 @@ class Table(Spec):
         super().check(value, path, key)
         self.keys_check(value, (*path, key) if key else path)
 
-    def keys_check(self, doc: Mapping[str, Any], where: Path, *, elsewhere: str = "") -> None:
+    def keys_check(self, doc: Mapping[str, Any], where: Path) -> None:
         for name, item in doc.items():
             spec = self.keys.get(name)
             if spec is None:
-                raise OptionError(unknown_key(name, self.keys, elsewhere), path=where, key=name)
+                raise OptionError(unknown_key(name, self.keys), path=where, key=name)
             spec.check(item, where, name)
 
 
