@@ -24,8 +24,10 @@ from .models import PipelineRun, RunStatus, StepRun
 def run_start(
     *, pipeline: str, command: str, business_date: date | None, parameters: dict[str, Any], using: str
 ) -> PipelineRun:
+    # A name the configuration refused is still recorded, cut to its column (PostgreSQL enforces the
+    # length); the name as given stays in `parameters`.
     return PipelineRun.objects.using(using).create(
-        pipeline=pipeline,
+        pipeline=pipeline[: PipelineRun._meta.get_field("pipeline").max_length],
         command=command,
         business_date=business_date,
         parameters=parameters,

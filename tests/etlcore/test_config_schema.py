@@ -337,11 +337,6 @@ def test_an_over_long_pipeline_on_the_command_line_fails_in_one_line_with_a_fail
     assert ("x" * 500).startswith(run.pipeline)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="etlcore.services.pipeline_execute records the name as given; PipelineRun.pipeline holds 100 "
-    "characters, which PostgreSQL enforces: the failed-run record must cut it (see the lead's wiring)",
-)
 @pytest.mark.django_db(databases="__all__")
 def test_the_failed_run_of_an_over_long_pipeline_name_fits_its_column(pipeline_dir):
     with pytest.raises(CommandError):
