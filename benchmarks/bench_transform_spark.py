@@ -301,7 +301,7 @@ def measure(
 
 def run_spark(root: Path, work: Path) -> dict[str, Any]:
     from etlcore.config import pipeline_load
-    from etlcore.spark import jobs_archive, submit_command
+    from etlcore.spark import job_environment, jobs_archive, submit_command
 
     config = pipeline_load(PIPELINE)
     output_dir = work / "spark"
@@ -310,12 +310,7 @@ def run_spark(root: Path, work: Path) -> dict[str, Any]:
     spec_path = output_dir / "_spec.json"
     spec_path.write_text(json.dumps(job_spec(root, output_dir), indent=2), encoding="utf-8")
     command = submit_command(config, spec_path=spec_path, py_files=jobs_archive(work / "_build"))
-    env = {
-        **os.environ,
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        config.spark.pseudonym_key_env: PSEUDONYM_KEY,
-    }
+    env = job_environment(config, {**os.environ, config.spark.pseudonym_key_env: PSEUDONYM_KEY})
     result = measure(command, env=env, log=work / "spark.log")
     if result["exit_code"] != 0:
         raise SystemExit(f"spark job failed, see {result['log']}")

@@ -92,6 +92,7 @@ SPARK = Table(
         "pseudonym_key_env": TEXT,
         "reporting_currency": TEXT,
         "timeout_seconds": NUMBER,
+        "env": TEXT_LIST,
         "options": ANY_TABLE,  # the job's own options: the job validates them
     }
 )
@@ -108,6 +109,7 @@ PIPELINE = Table(
     }
 )
 DEFAULT_EXTRACT_WORKERS = 4
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -184,6 +186,8 @@ class SparkConfig:
     timeout_seconds: float | None = None
     # The job's own options ([spark.options]), passed verbatim in the job spec; the job validates them.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Variables the job's processes get besides the pseudonym key (etlcore.spark.job_environment).
+    env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         reporting_currency=spark_doc.get("reporting_currency", "EUR"),
         timeout_seconds=spark_doc.get("timeout_seconds"),
         options=_table(spark_doc.get("options", {}), f"{where} [spark.options]"),
+        env=_env_names(spark_doc.get("env", []), f"{where} [spark] env"),
     )
 
     database = doc.get("warehouse", {}).get("database", "default")
@@ -426,6 +431,14 @@ def _guard_action(value: Any, where: str) -> str:
     if value not in GUARD_ACTIONS:
         raise ConfigurationError(f"{where}: {value!r} is not one of {', '.join(GUARD_ACTIONS)}")
     return value
+
+
+def _env_names(names: Sequence[str], where: str) -> tuple[str, ...]:
+    """`[spark] env`: the variables the job needs besides the pseudonym key (its child's allow-list)."""
+    bad = [name for name in names if not _ENV_NAME.match(name)]
+    if bad:
+        raise ConfigurationError(f"{where}: {bad[0]!r} is not an environment variable name")
+    return tuple(names)
 
 
 def _schema_check(doc: Mapping[str, Any], schema: Table, file: str) -> None:
