@@ -262,6 +262,9 @@ class QuarantinedRow(models.Model):
 
     class Meta:
         ordering = ["pipeline", "business_date", "dataset", "id"]
+        # Personal fields are pseudonyms in the raw record, but the record still describes a customer's
+        # purchase: only users given this permission see it; other staff see reasons and counts.
+        permissions = [("view_raw_record", "Can see the (pseudonymised) raw record of a quarantined row")]
         constraints = [
             models.UniqueConstraint(
                 fields=["pipeline", "business_date", "dataset", "record_fingerprint"],
