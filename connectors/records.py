@@ -8,7 +8,10 @@ that does not cast is quarantined with its reason instead of failing the run.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -27,6 +30,7 @@ __all__ = [
     "FieldObserver",
     "SchemaDrift",
     "column_specs",
+    "pseudonym",
     "schema_drift",
     "resolve_path",
     "staging_schema",
@@ -43,6 +47,8 @@ class ColumnSpec:
     source: str
     type: str = "string"
     required: bool = False
+    # Personal data: staged as its keyed pseudonym (`pseudonym`), never as the clear value.
+    pii: bool = False
 
     @classmethod
     def from_config(cls, name: str, table: Mapping[str, Any]) -> ColumnSpec:
@@ -55,6 +61,7 @@ class ColumnSpec:
             source=source,
             type=str(table.get("type", "string")),
             required=bool(table.get("required", False)),
+            pii=table.get("pii") is True,
         )
 
 
@@ -74,7 +81,11 @@ def column_specs(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> list[Colu
     specs = []
     for name, decl in columns.items():
         if isinstance(decl, ColumnSpec):
-            spec = decl if decl.name == name else ColumnSpec(name, decl.source, decl.type, decl.required)
+            spec = (
+                decl
+                if decl.name == name
+                else ColumnSpec(name, decl.source, decl.type, decl.required, decl.pii)
+            )
         elif isinstance(decl, Mapping):
             spec = ColumnSpec.from_config(name, decl)
         else:
@@ -84,14 +95,44 @@ def column_specs(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> list[Colu
                 source=source,
                 type=str(getattr(decl, "type", "string")),
                 required=bool(getattr(decl, "required", False)),
+                pii=getattr(decl, "pii", False) is True,
             )
         specs.append(spec)
     return specs
 
 
+# A staged column's field metadata saying it holds pseudonyms (the manifest's schema repeats it).
+PSEUDONYM_METADATA = {b"pii": b"hmac-sha256"}
+
+
 def staging_schema(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> pa.Schema:
-    """The staged schema: every declared column, in order, as nullable text."""
-    return pa.schema([pa.field(spec.name, pa.string()) for spec in column_specs(columns)])
+    """The staged schema: every declared column, in order, as nullable text; personal ones say so."""
+    return pa.schema(
+        [
+            pa.field(spec.name, pa.string(), metadata=PSEUDONYM_METADATA if spec.pii else None)
+            for spec in column_specs(columns)
+        ]
+    )
+
+
+# --- personal data ----------------------------------------------------------------------------------------
+
+# Unicode's White_Space, the class Java's (?U)\s matches: the sales job cleans text with it, so the pseudonym
+# made here from the clear value equals the customer key the job made from it before staging held pseudonyms.
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_EDGE_SPACE = re.compile(f"^[{_WHITE_SPACE}]+|[{_WHITE_SPACE}]+$")
+_INNER_SPACE = re.compile(f"[{_WHITE_SPACE}]+")
+
+
+def pseudonym(key: bytes, text: str | None) -> str | None:
+    """A personal value's keyed pseudonym: HMAC-SHA256 (lower-case hex) of the value trimmed, its white
+    space runs made one space, lower-cased. Null or blank gives None (a guest has no identity)."""
+    if text is None:
+        return None
+    cleaned = _INNER_SPACE.sub(" ", _EDGE_SPACE.sub("", text))
+    if not cleaned:
+        return None
+    return hmac.new(key, cleaned.lower().encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 # --- value -> text --------------------------------------------------------------------------------------
@@ -180,8 +221,10 @@ def to_staging_batch(
     columns: Mapping[str, Any] | Iterable[ColumnSpec],
     explode: str | None = None,
     source_label: str,
+    pseudonym_key: bytes | None = None,
 ) -> pa.RecordBatch:
     """Turn one raw batch into the staged Arrow batch: exactly the declared columns, in order, as text.
+    A personal column (`pii`) holds its `pseudonym` under `pseudonym_key`: the clear value is never staged.
 
     Records (`list[dict]`): a column reads its source by exact key, then by dotted path; a missing field is
     null. With `explode`, each element of the list at that path becomes one row carrying the parent's
@@ -193,11 +236,26 @@ def to_staging_batch(
     all-null. Nested Arrow columns, and `explode` on an Arrow batch, go through the records path.
     """
     specs = column_specs(columns)
-    if isinstance(batch, pa.RecordBatch):
-        if explode:
-            return _records_to_batch(batch.to_pylist(), specs, explode, source_label)
-        return _arrow_to_batch(batch, specs, source_label)
-    return _records_to_batch(batch, specs, explode, source_label)
+    personal = [spec.name for spec in specs if spec.pii]
+    if personal and not pseudonym_key:
+        raise ConfigurationError(
+            f"source {source_label!r}: column(s) {', '.join(personal)} are personal (pii = true) and are "
+            "staged as pseudonyms: the pseudonym key is needed"
+        )
+    if isinstance(batch, pa.RecordBatch) and not explode:
+        staged = _arrow_to_batch(batch, specs, source_label)
+    else:
+        records = batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
+        staged = _records_to_batch(records, specs, explode, source_label)
+    if not personal:
+        return staged
+    arrays = [
+        pa.array([pseudonym(pseudonym_key, v) for v in column.to_pylist()], type=pa.string())
+        if spec.pii
+        else column
+        for spec, column in zip(specs, staged.columns, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=staged.schema)
 
 
 def _records_to_batch(

@@ -324,6 +324,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
                 source=str(col.get("from", col_name)),
                 type=col_type,
                 required=bool(col.get("required", False)),
+                pii=col_name in pii,
             )
         )
     column_names = {c.name for c in columns}
@@ -376,6 +377,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
     repeated = sorted({c for c in codes if codes.count(c) > 1})
     if repeated:
         raise ConfigurationError(f"{where}: rule code(s) {repeated} are declared more than once")
+    _personal_rules_check(rules, pii, where)
     return DatasetConfig(
         name=name,
         source=source,
@@ -431,6 +433,21 @@ def _guard_action(value: Any, where: str) -> str:
     if value not in GUARD_ACTIONS:
         raise ConfigurationError(f"{where}: {value!r} is not one of {', '.join(GUARD_ACTIONS)}")
     return value
+
+
+# Checks that hold on a pseudonym as on the clear value: equal values have equal pseudonyms.
+_PSEUDONYM_SAFE_CHECKS = ("required", "unique", "reference")
+
+
+def _personal_rules_check(rules: Sequence[RuleConfig], pii: set[str], where: str) -> None:
+    """A personal column is staged as its pseudonym: a rule may test its presence or equality, not text."""
+    for rule in rules:
+        columns = {rule.column, *rule.columns} & pii
+        if columns and rule.check not in _PSEUDONYM_SAFE_CHECKS:
+            raise ConfigurationError(
+                f"{where}: rule {rule.code!r} ({rule.check}) reads personal column {sorted(columns)[0]!r}, "
+                f"which is staged as its pseudonym: only {', '.join(_PSEUDONYM_SAFE_CHECKS)} can check it"
+            )
 
 
 def _env_names(names: Sequence[str], where: str) -> tuple[str, ...]:

@@ -173,7 +173,11 @@ def raw_partition_write(
             business_date=ref.business_date.isoformat(),
             files=[str(data_file.relative_to(ref.dir))],
             row_count=rows,
-            schema=[{"name": f.name, "type": str(f.type)} for f in schema],
+            schema=[
+                {"name": f.name, "type": str(f.type)}
+                | {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
+                for f in schema
+            ],
             source=source,
             checksum=files_checksum([data_file]),
             run_id=run_id,

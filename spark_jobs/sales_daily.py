@@ -179,6 +179,8 @@ def quarantine_masks(
     masks = pii_masks(input_spec["columns"], mask)
     if customer_key_from:
         masks[customer_key_from] = mask
+    for column in input_spec.get("pseudonymised") or ():
+        masks[column] = lambda text: text  # staged as its pseudonym already
     return masks
 
 
@@ -359,10 +361,14 @@ def customer_key(pseudonym_key: bytes, email: Column) -> Column:
 
 
 def with_customer_key(
-    pseudonym_key: bytes, source: str = "customer_email"
+    pseudonym_key: bytes, source: str = "customer_email", *, pseudonymised: bool = False
 ) -> Callable[[DataFrame], DataFrame]:
+    """The customer key from the e-mail, or, when extraction staged the e-mail as its pseudonym
+    (connectors.records.pseudonym, the same HMAC of the same cleaned value), that pseudonym itself."""
+
     def _transform(df: DataFrame) -> DataFrame:
-        return df.withColumn("customer_key", customer_key(pseudonym_key, F.col(source)))
+        key = F.col(source) if pseudonymised else customer_key(pseudonym_key, F.col(source))
+        return df.withColumn("customer_key", key)
 
     return _transform
 
@@ -722,7 +728,13 @@ def _transform(frames: Mapping[str, DataFrame], options: JobOptions, cached: lis
         )
         .transform(lambda lines: with_reporting_amount(lines, reporting_currency, rates))
         # Here, once per line, rather than in each output that needs it (an HMAC is two SHA-256s).
-        .transform(with_customer_key(key, retail.customer_key_from))
+        .transform(
+            with_customer_key(
+                key,
+                retail.customer_key_from,
+                pseudonymised=retail.customer_key_from in (inputs["order_lines"].get("pseudonymised") or ()),
+            )
+        )
         .transform(with_business_date(date_column, options.timezone))
         .transform(with_source_version(inputs["order_lines"].get("version_column"), options.business_date))
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,7 +27,7 @@ from connectors.records import (
 
 from .. import staging
 from ..config import DatasetConfig, PipelineConfig
-from ..errors import ETL_ERRORS, SourceError
+from ..errors import ETL_ERRORS, ConfigurationError, SourceError
 from ..models import StagedPartition
 from ..runs import StepOutcome, error_text
 from ..selectors import extract_state_lookup
@@ -42,6 +43,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     next state once published, in the main thread; the step then fails naming every source that failed.
     """
     window = config.window(business_date)
+    key = pseudonym_key_read(config)
     plans = {
         name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
         for name in config.datasets
@@ -56,6 +58,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 dataset=dataset,
                 window=window,
                 run_id=outcome.run_id,
+                pseudonym_key=key,
                 state=plans[name].state,
                 previous_fields=plans[name].previous_fields,
             ): name
@@ -88,6 +91,23 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
         raise _extract_failure(failures, total=len(config.datasets))
 
 
+def pseudonym_key_read(config: PipelineConfig) -> bytes | None:
+    """The key personal columns are staged under; a pipeline with any fails here, before a source is read,
+    when it is not set. None when no dataset declares a personal column."""
+    personal = {name: sorted(ds.pii) for name, ds in config.datasets.items() if ds.pii}
+    if not personal:
+        return None
+    env = config.spark.pseudonym_key_env
+    key = os.environ.get(env, "")
+    if not key:
+        listed = "; ".join(f"{name}: {', '.join(columns)}" for name, columns in personal.items())
+        raise ConfigurationError(
+            f"pipeline {config.name!r}: environment variable {env} is not set; personal columns ({listed}) "
+            "are staged as pseudonyms made with it"
+        )
+    return key.encode("utf-8")
+
+
 @dataclass
 class _Extracted:
     dataset: str
@@ -106,6 +126,7 @@ def _dataset_extract(
     dataset: DatasetConfig,
     window: ExtractWindow,
     run_id: int,
+    pseudonym_key: bytes | None,
     state: Mapping[str, Any] | None,
     previous_fields: Mapping[str, str] | None,
 ) -> _Extracted:
@@ -123,7 +144,11 @@ def _dataset_extract(
             for batch in connector.iter_batches(window):
                 observer.observe(batch)
                 yield to_staging_batch(
-                    batch, columns=dataset.columns, explode=dataset.explode, source_label=label
+                    batch,
+                    columns=dataset.columns,
+                    explode=dataset.explode,
+                    source_label=label,
+                    pseudonym_key=pseudonym_key,
                 )
             # Raising here, after the last batch, still prevents the partition from being published.
             drift.append(_drift_check(dataset, observer, previous_fields))

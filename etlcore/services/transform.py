@@ -30,10 +30,13 @@ def partition_transform(*, config: PipelineConfig, business_date: date, outcome:
     contract = transform_contract(config=config)
     pseudonym_key_expect(config=config)
     staged: dict[str, tuple[list[Path], int]] = {}
+    pseudonymised: dict[str, list[str]] = {}
     for dataset in config.datasets.values():
         ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset.name, business_date)
         manifest = staging.manifest_read(ref)
         staged[dataset.name] = (staging.manifest_files(ref, manifest), manifest.row_count)
+        # Partitions staged before personal columns were pseudonymised at extraction hold clear values.
+        pseudonymised[dataset.name] = [c["name"] for c in manifest.schema if c.get("pii") == "hmac-sha256"]
     ref = staging.PartitionRef.transformed(config.staging_root, config.name, business_date)
     log_path = (
         config.staging_root
@@ -42,7 +45,13 @@ def partition_transform(*, config: PipelineConfig, business_date: date, outcome:
         / f"{business_date.isoformat()}-run{outcome.run_id}-transform.log"
     )
     with staging.partition_attempt(ref) as attempt:
-        spec = job_spec(config, business_date=business_date, staged=staged, output_dir=attempt)
+        spec = job_spec(
+            config,
+            business_date=business_date,
+            staged=staged,
+            output_dir=attempt,
+            pseudonymised=pseudonymised,
+        )
         # Facts about the submit go on the outcome before anything can fail, so a failure keeps them.
         outcome.details["log"] = str(log_path)
         try:
@@ -101,10 +110,12 @@ def job_spec(
     business_date: date,
     staged: Mapping[str, tuple[Sequence[Path], int]],
     output_dir: Path,
+    pseudonymised: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The Spark job's spec (docs/architecture.md) from the pipeline and each dataset's staged files and
     row count. The transform step and the transform benchmark both build it here. ``constraints`` are
-    the warehouse's limits on each output column, from the models: the job checks them row by row."""
+    the warehouse's limits on each output column, from the models: the job checks them row by row.
+    ``pseudonymised``: per dataset, the columns its partition stages as pseudonyms, not clear values."""
     inputs = {
         dataset.name: {
             "files": [str(p) for p in staged[dataset.name][0]],
@@ -114,6 +125,7 @@ def job_spec(
             "version_column": dataset.version_column,
             "business_date_column": dataset.business_date_column,
             "rows": staged[dataset.name][1],
+            "pseudonymised": list((pseudonymised or {}).get(dataset.name, ())),
         }
         for dataset in config.datasets.values()
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from types import SimpleNamespace
@@ -9,11 +11,12 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from connectors.errors import SourceError
+from connectors.errors import ConfigurationError, SourceError
 from connectors.records import (
     ColumnSpec,
     FieldObserver,
     column_specs,
+    pseudonym,
     schema_drift,
     staging_schema,
     to_staging_batch,
@@ -441,3 +444,57 @@ def test_no_drift_is_falsy_and_records_of_one_shape_are_walked_once():
         observed=observer.fields(),
         columns={"id": {}, "sku": {"from": "lines.sku"}, "q": {"from": "lines.qty"}},
     )
+
+
+# --- personal columns are staged as pseudonyms ------------------------------------------------------------
+
+KEY = b"staging-pseudonym-key"
+PERSONAL = {
+    "order_id": {"from": "id"},
+    "email": {"from": "customer.email", "pii": True},
+}
+
+
+def _hmac(text: str) -> str:  # the documented pseudonym, computed here independently
+    return hmac.new(KEY, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def test_a_personal_column_is_staged_as_its_pseudonym_never_in_clear():
+    records = [
+        {"id": "O1", "customer": {"email": "  Alice.CANARY@Example.com "}},
+        {"id": "O2", "customer": {"email": "   "}},
+        {"id": "O3", "customer": None},
+    ]
+    staged = to_staging_batch(records, columns=PERSONAL, source_label="orders", pseudonym_key=KEY)
+    assert staged.column("order_id").to_pylist() == ["O1", "O2", "O3"]
+    assert staged.column("email").to_pylist() == [_hmac("alice.canary@example.com"), None, None]
+    assert "CANARY" not in str(staged.to_pylist()).upper()
+    assert staged.schema.field("email").metadata == {b"pii": b"hmac-sha256"}
+    assert staged.schema.field("order_id").metadata is None
+
+
+def test_a_tabular_sources_personal_column_is_staged_as_its_pseudonym_too():
+    batch = pa.RecordBatch.from_pydict({"id": ["O1"], "email": ["Bob\u00a0 CANARY@x.org"]})
+    columns = {"order_id": {"from": "id"}, "email": {"from": "email", "pii": True}}
+    staged = to_staging_batch(batch, columns=columns, source_label="orders", pseudonym_key=KEY)
+    assert staged.column("email").to_pylist() == [_hmac("bob canary@x.org")]
+
+
+def test_a_personal_column_without_the_key_is_refused_not_staged_in_clear():
+    with pytest.raises(ConfigurationError, match=r"source 'orders': column\(s\) email are personal"):
+        to_staging_batch([{"id": "O1"}], columns=PERSONAL, source_label="orders")
+
+
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("a@b.c", "a@b.c"),
+        ("\tA@B.C\r\n", "a@b.c"),
+        ("first  last@x.org", "first last@x.org"),
+        ("\u2003Zoë@Exämple.de\u3000", "zoë@exämple.de"),
+        ("x\u2028y@z", "x y@z"),
+        ("\x1cA@B\x1c", "\x1ca@b\x1c"),  # an information separator is not white space to Java's \s
+    ],
+)
+def test_the_pseudonym_cleans_white_space_as_the_job_does_then_lower_cases(text, cleaned):
+    assert pseudonym(KEY, text) == _hmac(cleaned)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from datetime import date
 from io import StringIO
 
+import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -306,3 +308,42 @@ def test_transform_under_another_pseudonym_key_fails_before_spark_starts(shop, m
         run_command("transform", "--pipeline", "shop", "--date", "2026-11-01")  # no raw partition: not read
     step = latest_run(shop["alias"]).steps.get()
     assert (step.step, step.status, step.details) == ("transform", "failed", {})
+
+
+@pytest.fixture
+def customers(pipeline_dir, tmp_path, db_alias):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = dataset(
+        f"{data}/customers_{{date:%Y%m%d}}.csv",
+        customer_id={"from": "ID", "required": True},
+        email={"from": "Email", "pii": True},
+    )
+    staging = tmp_path / "staging"
+    pipeline_write(pipeline_dir, datasets={"customers": rows}, database=db_alias, staging=staging)
+    (data / "customers_20261101.csv").write_text("ID,Email\nC1,Canary.One@Example.com\nC2,\n")
+    return {"alias": db_alias, "staging": tmp_path / "staging"}
+
+
+def test_extract_stages_a_personal_column_as_its_pseudonym_only(customers, monkeypatch):
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "command-key")
+    run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+
+    part = customers["staging"] / "shop/raw/customers/date=2026-11-01"
+    table = pq.read_table(next(part.rglob("*.parquet")))
+    expected = hmac.new(b"command-key", b"canary.one@example.com", hashlib.sha256).hexdigest()
+    assert table.column("email").to_pylist() == [expected, None]
+    for path in part.rglob("*"):
+        if path.is_file():
+            assert b"anary" not in path.read_bytes().lower(), path
+    manifest = json.loads((part / "_manifest.json").read_text())
+    assert {"name": "email", "type": "string", "pii": "hmac-sha256"} in manifest["schema"]
+
+
+def test_extract_of_personal_columns_without_the_key_fails_before_reading_the_source(customers, monkeypatch):
+    monkeypatch.delenv("ETL_PSEUDONYM_KEY", raising=False)
+    missing = r"^pipeline 'shop': environment variable ETL_PSEUDONYM_KEY is not set; personal columns"
+    with pytest.raises(CommandError, match=missing):
+        run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+    assert latest_run(customers["alias"]).status == "failed"
+    assert not list(customers["staging"].rglob("*.parquet"))

@@ -100,3 +100,26 @@ def test_the_shipped_pipelines_stage_under_the_staging_root_setting(shipped, tmp
     settings.ETL_STAGING_ROOT = tmp_path / "elsewhere"  # e.g. moved by ETL_VAR_DIR or ETL_STAGING_ROOT
     config = pipeline_parse(DEMO.with_name(f"{shipped}.toml"), environ={})
     assert config.staging_root == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("rule", "refused"),
+    [
+        ('check = "pattern"\ncolumn = "email"\npattern = ".+@.+"', True),
+        ('check = "allowed"\ncolumn = "email"\nvalues = ["a@b.c"]', True),
+        ('check = "unique"\ncolumns = ["email"]', False),
+    ],
+)
+def test_a_rule_cannot_read_the_text_of_a_personal_column_staged_as_its_pseudonym(tmp_path, rule, refused):
+    customers = dataset(
+        "/d/customers.csv",
+        extra=f'[[datasets.customers.rules]]\ncode = "email_rule"\n{rule}\n',
+        customer_id={"from": "ID"},
+        email={"from": "Email", "pii": True},
+    )
+    path = pipeline_write(tmp_path, datasets={"customers": customers})
+    if refused:
+        with pytest.raises(ConfigurationError, match=r"rule 'email_rule' .* reads personal column 'email'"):
+            pipeline_parse(path)
+    else:
+        assert pipeline_parse(path).datasets["customers"].rules[0].code == "email_rule"

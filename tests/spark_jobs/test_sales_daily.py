@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from spark_jobs import contract
 from spark_jobs import sales_daily as job
+from spark_jobs.quality import clean_text
 from spark_jobs.sales_daily import (
     CUSTOMERS_SCHEMA,
     SALES_LINES_SCHEMA,
@@ -536,3 +537,30 @@ def test_transform_of_inline_frames_returns_the_declared_outputs_and_the_counts(
     finally:
         out.unpersist()
     assert not any(frame.is_cached for frame in out.cached)
+
+
+TRICKY_EMAILS = [
+    "plain@example.com",
+    "  Mixed.Case@Example.COM ",
+    "\ttab@x.org\r\n",
+    "two  spaces@x.org",
+    "\u00a0nbsp@x.org\u2003",
+    "Zoë@Exämple.de",
+    "İSTANBUL@x.tr",
+    "ΟΔΟΣ@x.gr",
+    "STRASSE@ß.de",
+    "line\u2028sep@x.org",
+    "\x1cinfo@x.org",
+    "   ",
+    None,
+]
+
+
+def test_extraction_pseudonyms_equal_the_customer_keys_the_job_made_from_clear_e_mails(spark):
+    # Staging now holds pseudonyms made in Python at extraction; customers loaded before must keep their
+    # keys, so the Python pseudonym must be the job's own customer key of the clear value, byte for byte.
+    from connectors.records import pseudonym
+
+    frame = spark.createDataFrame([(e,) for e in TRICKY_EMAILS], "email string")
+    keys = frame.select(job.customer_key(KEY, clean_text(F.col("email"), collapse=True)).alias("k"))
+    assert [row.k for row in keys.collect()] == [pseudonym(KEY, e) for e in TRICKY_EMAILS]
