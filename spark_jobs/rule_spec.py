@@ -192,6 +192,8 @@ def _tokens(text: str) -> list[_Token]:
         match = _TOKEN.match(text, pos)
         if not match:
             start = len(text) - len(text[pos:].lstrip())
+            if text[start] == "'":
+                raise ValueError(f"the text opened at character {start + 1} is not closed with '")
             raise ValueError(f"unexpected {text[start]!r} at character {start + 1}")
         kind = match.lastgroup or ""
         word = match.group(kind)
