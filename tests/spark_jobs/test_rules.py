@@ -118,6 +118,7 @@ def test_when_checks_a_rule_only_on_rows_where_its_condition_is_true_a_stock_wri
             max="10",
             when="price >= 10.50 and cur in ('GBP', 'USD') or not (day is not null) and code = 'X''Y'",
         ),
+        rule("above_the_cent", "range", "warn", column="qty", max="10", when="price > 1234567890123456.78"),
     ]
     rows = [
         {"id": "C1", "qty": "-2", "cur": "GBP", "price": "20", "day": "2026-01-01"},  # a cancellation
@@ -127,6 +128,9 @@ def test_when_checks_a_rule_only_on_rows_where_its_condition_is_true_a_stock_wri
         {"id": "D5", "qty": "11", "cur": "EUR", "price": "99", "day": "2026-01-01"},  # another currency
         {"id": "D6", "qty": "11", "cur": "EUR", "price": "1", "code": "X'Y"},  # no day, the code quoted
         {"id": "D7", "qty": "11", "cur": " GBP ", "price": None, "code": "X'Y", "day": "2026-01-01"},
+        # A decimal literal compares exactly: as doubles, these two prices and the bound are one number.
+        {"id": "D8", "qty": "11", "price": "1234567890123456.79", "day": "2026-01-01"},
+        {"id": "D9", "qty": "11", "price": "1234567890123456.78", "day": "2026-01-01"},
     ]
 
     assert_codes(
@@ -141,6 +145,8 @@ def test_when_checks_a_rule_only_on_rows_where_its_condition_is_true_a_stock_wri
             ("D5", [], [], []),
             ("D6", [], ["big_foreign_order"], []),
             ("D7", [], [], []),  # an empty price makes the condition unknown: not checked
+            ("D8", [], ["above_the_cent"], []),
+            ("D9", [], [], []),
         ],
     )
 
@@ -337,6 +343,32 @@ def test_a_rule_on_an_undeclared_column_is_refused(spark):
         cast_and_validate(
             staged(spark, [{"id": "1"}]), COLUMNS, "t", rules=[rule("r", "required", column="nope")]
         )
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"severity": "warn"}, r"reference rule 'known' on order_lines.sku must reject"),
+        ({"when": "quantity > 0"}, r"reference rule 'known' on order_lines.sku must check every line"),
+    ],
+)
+def test_a_reference_rule_on_the_lines_sku_must_reject_every_line_the_facts_need_their_product(params, error):
+    from tests.spark_jobs.test_sales_daily import KEY, LINE_SPEC, PRODUCT_SPEC, STORE_SPEC
+
+    known = rule("known", "reference", column="sku", dataset="products", key="sku", **params)
+    spec = {
+        "business_date": "2026-11-01",
+        "reporting_currency": "EUR",
+        "constraints": output_constraints(),
+        "inputs": {
+            "order_lines": {**LINE_SPEC, "rules": [*LINE_SPEC["rules"], known]},
+            "products": PRODUCT_SPEC,
+            "stores": STORE_SPEC,
+        },
+    }
+
+    with pytest.raises(ValueError, match=error):
+        job.JobOptions.from_spec(spec, KEY)
 
 
 def _write(path, rows: list[dict], columns: list[str]) -> str:
