@@ -132,6 +132,20 @@ class LoadedPartition(PipelineOwned):
         return f"{self.pipeline} {self.date}"
 
 
+class PseudonymKey(PipelineOwned):
+    """The pseudonym key the pipeline's customer keys were made with, by its fingerprint (never the key):
+    a load under another key is refused (warehouse.errors.PseudonymKeyMismatchError)."""
+
+    fingerprint = models.CharField(max_length=64)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["pipeline"], name="uniq_pseudonym_key_pipeline")]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} {self.fingerprint}"
+
+
 class FactSalesLine(PipelineOwned):
     """One order line, once per pipeline: the newest version any loaded partition carried, on the business
     date of the record itself (docs/loading.md#exactly-once-across-partitions)."""

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from etlcore.errors import USER_ERRORS
 from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
-from etlcore.services import pipeline_execute
+from etlcore.services.pipeline import pipeline_execute
 
 
 class PipelineStepCommand(BaseCommand):

@@ -15,9 +15,9 @@ import pytest
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
+from connectors.errors import ConfigurationError, SourceError
 from connectors.files import FileConnector
 from connectors.records import to_staging_batch
-from etlcore.errors import ConfigurationError, SourceError
 
 RETAIL_CSV = Path("/work/shared/datasets/online_retail_ii_subset/online_retail_ii_subset.csv")
 

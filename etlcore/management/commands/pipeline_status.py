@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from etlcore.guards import guard_lines
-from etlcore.services import runs_latest
+from etlcore.selectors import runs_latest
 
 
 class Command(BaseCommand):

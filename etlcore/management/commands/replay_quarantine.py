@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from etlcore.errors import ETL_ERRORS
-from etlcore.services import quarantine_replay
+from etlcore.services.replay import quarantine_replay
 
 
 class Command(BaseCommand):
