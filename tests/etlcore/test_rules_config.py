@@ -3,10 +3,13 @@ the file, dataset and rule named."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from etlcore.config import pipeline_parse
 from etlcore.errors import ConfigurationError
+from spark_jobs.rule_spec import RULE_CHECKS, RULE_COMMON_KEYS
 from tests.pipelines import dataset, pipeline_toml
 
 PRODUCTS = dataset("products.csv", sku={"type": "string", "required": True}, price={"type": "decimal(18,2)"})
@@ -269,3 +272,25 @@ def test_pii_flag_must_be_a_boolean(tmp_path):
     path.write_text(pipeline("").replace("pii = true", 'pii = "yes"'))
     with pytest.raises(ConfigurationError, match=r"\[datasets\.lines\.columns\.email\]: pii must be true or"):
         pipeline_parse(path, environ={})
+
+
+def test_every_rule_key_is_documented_for_exactly_the_checks_that_take_it():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = docs.split("### Quality rules: `[[datasets.<name>.rules]]`\n", 1)[1].split("\n| key |", 1)[1]
+    rows = [line.split("|") for line in section.split("\n\n", 1)[0].splitlines() if line.startswith("| `")]
+    documented: dict[str, set[str]] = {}
+    for _, keys, checks, *_ in rows:
+        if checks.strip() == "all":
+            taken = set(RULE_CHECKS)
+        elif checks.strip() == "all but `unique`":
+            taken = set(RULE_CHECKS) - {"unique"}
+        else:
+            taken = set(checks.split("`")[1::2])
+        for key in keys.split("`")[1::2]:
+            documented[key] = taken
+    declared: dict[str, set[str]] = {key: set(RULE_CHECKS) for key in RULE_COMMON_KEYS}
+    for check, keys in RULE_CHECKS.items():
+        for key in keys:
+            declared.setdefault(key, set()).add(check)
+
+    assert documented == declared
