@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,23 +34,23 @@ from connectors.options import (
     table_check,
 )
 from connectors.records import ColumnSpec
+from spark_jobs.rule_spec import (
+    PATTERN_MATCHES,
+    RULE_CHECKS,
+    RULE_COMMON_KEYS,
+    RULE_SEVERITIES,
+    column_kind,
+    condition_parse,
+    value_text,
+)
 
 from .errors import ConfigurationError
 
 COLUMN_TYPES = re.compile(r"^(string|int|long|boolean|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
 DRIFT_POLICIES = ("warn", "fail")
-# Quality rules ([[datasets.<name>.rules]], docs/configuration.md "Quality rules"): the keys each check
-# takes besides code, check, severity and message.
-RULE_CHECKS: dict[str, tuple[str, ...]] = {
-    "required": ("column",),
-    "range": ("column", "min", "max", "exclusive_min", "exclusive_max"),
-    "allowed": ("column", "values"),
-    "not_allowed": ("column", "values"),
-    "pattern": ("column", "pattern"),
-    "unique": ("columns",),
-    "reference": ("column", "dataset", "key"),
-}
-RULE_SEVERITIES = ("reject", "warn", "filter")
+# Quality rules ([[datasets.<name>.rules]], docs/configuration.md "Quality rules"): the checks, the keys
+# each takes, and the severities are declared once in spark_jobs.rule_spec (RULE_CHECKS, RULE_SEVERITIES),
+# shared with the job engines.
 # Names that become folders, file names or reason codes (pipelines, datasets, rule codes): one pattern, so
 # none can climb out of the staging root ("../x") or outgrow a database column.
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -488,7 +488,9 @@ def _shown(value: Any) -> str:
 
 
 def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
-    """Validate one [[datasets.<name>.rules]] table; errors name the file, dataset and rule."""
+    """Validate one [[datasets.<name>.rules]] table; errors name the file, dataset and rule.
+
+    What each key means is declared once in spark_jobs.rule_spec (shared with the job engines)."""
     if not isinstance(doc, dict):
         raise ConfigurationError(f"{where}: expected a table {{ code = ..., check = ..., ... }}")
     code = doc.get("code")
@@ -504,11 +506,18 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
     message = doc.get("message", "")
     if not isinstance(message, str):
         raise ConfigurationError(f"{where}: `message` must be text")
-    unknown = sorted(set(doc) - {"code", "check", "severity", "message", *RULE_CHECKS[check]})
+    unknown = sorted(set(doc) - {*RULE_COMMON_KEYS, *RULE_CHECKS[check]})
     if unknown:
         raise ConfigurationError(
             f"{where}: unknown key(s) {unknown} for check {check!r} (takes {', '.join(RULE_CHECKS[check])})"
         )
+    params: dict[str, Any] = {}
+    if "when" in doc:
+        try:
+            condition_parse(doc["when"], types)
+        except ValueError as exc:
+            raise ConfigurationError(f"{where}: when {doc['when']!r}: {exc}") from None
+        params["when"] = doc["when"]
 
     if check == "unique":
         columns = doc.get("columns")
@@ -517,7 +526,9 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
         undeclared = [c for c in columns if c not in types]
         if undeclared:
             raise ConfigurationError(f"{where}: column(s) {undeclared} are not declared in [columns]")
-        return RuleConfig(code=code, check=check, severity=severity, columns=tuple(columns), message=message)
+        return RuleConfig(
+            code=code, check=check, severity=severity, columns=tuple(columns), params=params, message=message
+        )
 
     column = doc.get("column")
     if not isinstance(column, str) or column not in types:
@@ -525,7 +536,6 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
             f"{where}: `column` must name a column declared in [columns], got {column!r}"
         )
     col_type = types[column]
-    params: dict[str, Any] = {}
     if check == "range":
         if not _RANGE_TYPES.match(col_type):
             raise ConfigurationError(
@@ -538,9 +548,7 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
                 params[bound] = _rule_value(doc[bound], col_type, f"{where} {bound}")
         for flag in ("exclusive_min", "exclusive_max"):
             if flag in doc:
-                if not isinstance(doc[flag], bool):
-                    raise ConfigurationError(f"{where}: {flag} must be true or false")
-                params[flag] = doc[flag]
+                params[flag] = _rule_flag(doc, flag, where)
         if "min" in params and "max" in params:
             low, high = (_comparable(params[b], col_type) for b in ("min", "max"))
             if low > high:
@@ -550,6 +558,10 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
         if not isinstance(values, list) or not values:
             raise ConfigurationError(f"{where}: `values` must be a non-empty list")
         params["values"] = [_rule_value(v, col_type, f"{where} values") for v in values]
+        if "ignore_case" in doc:
+            if column_kind(col_type) != "string":
+                raise ConfigurationError(f"{where}: ignore_case needs a text column; {column} is {col_type}")
+            params["ignore_case"] = _rule_flag(doc, "ignore_case", where)
     elif check == "pattern":
         pattern = doc.get("pattern")
         if not isinstance(pattern, str) or not pattern:
@@ -561,6 +573,14 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
                 f"{where}: pattern {pattern!r} is not a valid regular expression: {exc}"
             ) from None
         params["pattern"] = pattern
+        if "match" in doc:
+            if doc["match"] not in PATTERN_MATCHES:
+                raise ConfigurationError(
+                    f"{where}: match {doc['match']!r} is not one of {', '.join(PATTERN_MATCHES)}"
+                )
+            params["match"] = doc["match"]
+        if "negate" in doc:
+            params["negate"] = _rule_flag(doc, "negate", where)
     elif check == "reference":
         for name in ("dataset", "key"):
             if not isinstance(doc.get(name), str) or not doc[name]:
@@ -571,41 +591,18 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
     )
 
 
+def _rule_flag(doc: Mapping[str, Any], flag: str, where: str) -> bool:
+    if not isinstance(doc[flag], bool):
+        raise ConfigurationError(f"{where}: {flag} must be true or false")
+    return doc[flag]
+
+
 def _rule_value(value: Any, col_type: str, where: str) -> Any:
     """A rule's bound or listed value, checked against the column's type, as the text the job casts."""
-    kind = col_type.split("(")[0]
-    text = value.isoformat() if isinstance(value, date | datetime) else value
     try:
-        if kind == "string":
-            if not isinstance(value, str):
-                raise ValueError("expected text")
-            return value
-        if isinstance(value, bool) != (kind == "boolean"):
-            raise ValueError(f"expected a {kind} value")
-        if kind == "boolean":
-            return "true" if value else "false"
-        if kind in ("int", "long"):
-            if isinstance(value, float):
-                raise ValueError("expected a whole number")
-            return str(int(str(value).strip()))
-        if kind == "decimal":
-            number = Decimal(str(value).strip())
-            if not number.is_finite():
-                raise ValueError("expected a finite number")
-            precision, scale = (int(x) for x in re.findall(r"\d+", col_type))
-            exponent = number.normalize().as_tuple().exponent
-            if isinstance(exponent, int) and -exponent > scale:
-                raise ValueError(f"more than {scale} decimals")
-            if abs(number) >= Decimal(10) ** (precision - scale):
-                raise ValueError(f"does not fit {col_type}")
-            return format(number, "f")
-        if kind == "date":
-            return date.fromisoformat(str(text)).isoformat()
-        if kind == "timestamp":
-            return datetime.fromisoformat(str(text)).isoformat()
-    except (ValueError, InvalidOperation) as exc:
-        raise ConfigurationError(f"{where}: {value!r} is not a valid {col_type} value ({exc})") from None
-    raise ConfigurationError(f"{where}: no values of type {col_type}")
+        return value_text(value, col_type)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
 
 
 def _comparable(text: str, col_type: str) -> Any:

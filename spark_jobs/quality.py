@@ -9,13 +9,17 @@ frame carries, next to its typed columns:
 - ``_warnings``: array<string> of codes of ``warn`` rules the row breaks (it is kept);
 - ``_filtered``: array<string> of codes of ``filter`` rules the row matches (removed on purpose, counted).
 
+Codes stay in declaration order in each array. A rule with a ``when`` condition (spark_jobs.rule_spec,
+compiled by :func:`condition_column`) is checked only on the rows where the condition is true.
+
 Reason codes: ``missing_<col>`` (a required value is empty), ``invalid_<col>`` (text that does not parse
 as the declared type), the codes of the dataset's declared rules (docs/configuration.md, "Quality
 rules"), the implicit rules of the warehouse's limits (:func:`constraint_rules`: ``too_long_<col>``,
 ``too_many_digits_<col>``, ``out_of_range_<col>``), plus whatever a job adds with :func:`add_reasons`.
 
 A row is, in this order of precedence: a duplicate (``_dup``), filtered, rejected, or accepted, so
-``rows_in = rows_out + rejected + duplicates + sum(filtered)`` holds by construction (:func:`row_counts`).
+``rows_in = rows_out + rejected + duplicates + sum(filtered)`` holds by construction (:func:`row_counts`),
+and ``rule_failures`` counts, per code, every record that broke it, whatever counted the record.
 
 Only rejected rows become quarantine records (:func:`quarantine_rows`): the JSON ``raw_record``, its
 sha256 ``record_fingerprint`` and the masking of personal data are computed for them alone, not for
@@ -44,6 +48,7 @@ from pyspark.sql.types import (
 )
 
 from spark_jobs.contract import QUARANTINE, spark_schema
+from spark_jobs.rule_spec import And, Compare, Condition, In, IsNull, Like, Not, Or, condition_parse
 
 RAW_COL = "_raw"
 REASONS_COL = "_reasons"
@@ -172,19 +177,22 @@ def _any(conditions: Sequence[Column]) -> Column:
 
 
 def rule_failed(rule: Rule, cleaned: Column, typed: Column, type_name: str) -> Column:
-    """True where a row-level rule is broken by this column's value.
+    """True where a row-level rule is broken by this column's value (its ``when`` aside: :func:`rule_when`).
 
-    ``required`` looks at the cleaned text; ``pattern`` must match the whole cleaned text (Java regex);
+    ``required`` looks at the cleaned text; ``pattern`` must match the whole cleaned text (Java regex), or a
+    part of it with ``match = "search"``, and ``negate`` breaks the rule where it matches instead;
     ``range`` / ``allowed`` / ``not_allowed`` compare the typed value with bounds and values cast to the
-    column's type. Apart from ``required``, an empty or unparsable value breaks no rule: that is what
-    ``required`` and ``invalid_<column>`` report.
+    column's type (lower-cased on both sides with ``ignore_case``). Apart from ``required``, an empty or
+    unparsable value breaks no rule: that is what ``required`` and ``invalid_<column>`` report.
     """
     check = rule["check"]
     target = spark_type(type_name)
     if check == "required":
         return cleaned.isNull()
     if check == "pattern":
-        return cleaned.isNotNull() & ~cleaned.rlike(f"^(?:{rule['pattern']})$")
+        anchored = rule["pattern"] if rule.get("match") == "search" else f"^(?:{rule['pattern']})$"
+        matched = cleaned.rlike(anchored)
+        return cleaned.isNotNull() & (matched if rule.get("negate") else ~matched)
     if check == "range":
         outside = []
         if rule.get("min") is not None:
@@ -195,7 +203,12 @@ def rule_failed(rule: Rule, cleaned: Column, typed: Column, type_name: str) -> C
             outside.append(typed >= high if rule.get("exclusive_max") else typed > high)
         return typed.isNotNull() & _any(outside)
     if check in ("allowed", "not_allowed"):
-        listed = typed.isin(*[F.lit(str(v)).cast(target) for v in rule["values"]])
+        values = [F.lit(str(v)).cast(target) for v in rule["values"]]
+        if rule.get("ignore_case"):
+            # The same function on both sides, so the value and the listed codes fold alike.
+            listed = F.lower(typed).isin(*[F.lower(v) for v in values])
+        else:
+            listed = typed.isin(*values)
         return typed.isNotNull() & (~listed if check == "allowed" else listed)
     if check == "max_length":
         return cleaned.isNotNull() & (F.length(loaded_text(rule, cleaned)) > F.lit(rule["max_length"]))
@@ -205,6 +218,59 @@ def rule_failed(rule: Rule, cleaned: Column, typed: Column, type_name: str) -> C
         limit = Decimal(10) ** (rule["max_digits"] - places)
         return typed.isNotNull() & (F.abs(F.round(typed, places)) >= F.lit(limit))
     raise ValueError(f"rule {rule.get('code')!r}: {check!r} is not a row-level check")
+
+
+def condition_column(condition: Condition, types: Mapping[str, str]) -> Column:
+    """A parsed ``when`` condition (spark_jobs.rule_spec) as ONE Spark Column over the typed columns (a
+    text column holds its cleaned value). Literals are cast from their exact text to the column's type;
+    null semantics are SQL's (unknown where a compared value is empty)."""
+    if isinstance(condition, Not):
+        return ~condition_column(condition.operand, types)
+    if isinstance(condition, And):
+        return _all([condition_column(c, types) for c in condition.operands])
+    if isinstance(condition, Or):
+        return _any([condition_column(c, types) for c in condition.operands])
+    value = F.col(condition.column)
+    if isinstance(condition, IsNull):
+        return value.isNotNull() if condition.negate else value.isNull()
+    if isinstance(condition, Like):
+        matched = value.like(condition.pattern)
+        return ~matched if condition.negate else matched
+    target = spark_type(types[condition.column])
+    if isinstance(condition, In):
+        listed = value.isin(*[F.lit(v).cast(target) for v in condition.values])
+        return ~listed if condition.negate else listed
+    if isinstance(condition, Compare):
+        return _COMPARE[condition.op](value, F.lit(condition.value).cast(target))
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+_COMPARE: dict[str, Callable[[Column, Column], Column]] = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def rule_when(rule: Rule, types: Mapping[str, str]) -> Column:
+    """Where the rule is checked: TRUE of its ``when`` condition (false where the condition is false or
+    unknown), everywhere without one."""
+    if not rule.get("when"):
+        return F.lit(True)
+    try:
+        condition = condition_parse(rule["when"], types)
+    except ValueError as exc:
+        raise ValueError(f"rule {rule.get('code')!r}: when {rule['when']!r}: {exc}") from None
+    return F.coalesce(condition_column(condition, types), F.lit(False))
+
+
+def declared_types(df: DataFrame) -> dict[str, str]:
+    """The spec type name of each typed column of a validated frame (for :func:`rule_when` after it)."""
+    names = {"bigint": "long", "integer": "int"}
+    return {f.name: names.get(f.dataType.simpleString(), f.dataType.simpleString()) for f in df.schema.fields}
 
 
 def loaded_text(rule: Rule, cleaned: Column) -> Column:
@@ -360,7 +426,7 @@ def cast_and_validate(
             continue
         if rule["column"] not in values:
             raise ValueError(f"{dataset}: rule {rule['code']!r} checks undeclared column {rule['column']!r}")
-        results.append((rule, rule_failed(rule, *values[rule["column"]])))
+        results.append((rule, rule_when(rule, types) & rule_failed(rule, *values[rule["column"]])))
     arrays = _rule_arrays(results)
 
     return typed.select(
@@ -397,13 +463,16 @@ def apply_unique_rules(df: DataFrame, rules: Sequence[Rule]) -> DataFrame:
     row is evidence even if it is rejected for something else.
     """
     results = []
+    types = declared_types(df)
     for i, rule in enumerate(r for r in rules if r["check"] == "unique"):
         columns = list(rule["columns"])
         counted = f"_unique{i}"
-        window = Window.partitionBy(*hash_first([F.col(DUP_COL), *[F.col(c) for c in columns]]))
+        # Only the rows the rule's `when` selects compete with each other.
+        checked = rule_when(rule, types)
+        window = Window.partitionBy(*hash_first([F.col(DUP_COL), checked, *[F.col(c) for c in columns]]))
         df = df.withColumn(counted, F.count(F.lit(1)).over(window))
         known = _all([F.col(c).isNotNull() for c in columns])
-        results.append((rule, ~F.col(DUP_COL) & known & (F.col(counted) > 1), counted))
+        results.append((rule, ~F.col(DUP_COL) & checked & known & (F.col(counted) > 1), counted))
     checked = add_rule_results(df, [(rule, failed) for rule, failed, _ in results])
     return checked.drop(*[counted for _, _, counted in results])
 
@@ -420,6 +489,7 @@ def apply_reference_rules(
     """
     results = []
     flags = []
+    types = declared_types(df)
     for i, rule in enumerate(r for r in rules if r["check"] == "reference"):
         if rule["dataset"] not in references:
             raise ValueError(f"rule {rule['code']!r}: no frame for referenced dataset {rule['dataset']!r}")
@@ -432,7 +502,8 @@ def apply_reference_rules(
             .withColumn(flag, F.lit(True))
         )
         df = df.join(F.broadcast(known), F.col(rule["column"]) == F.col(key), "left").drop(key)
-        results.append((rule, F.col(rule["column"]).isNotNull() & F.col(flag).isNull()))
+        unknown = F.col(rule["column"]).isNotNull() & F.col(flag).isNull()
+        results.append((rule, rule_when(rule, types) & unknown))
         flags.append(flag)
     return add_rule_results(df, results).drop(*flags)
 
@@ -462,13 +533,19 @@ def is_quarantined() -> Column:
 
 
 def row_counts(prepared: DataFrame) -> dict[str, Any]:
-    """rows_in / rejected / duplicates / rows_out, ``filtered`` {code: rows} and ``warnings`` {code: rows}
-    of a prepared (``_dup`` marked) frame, from ONE aggregation over it.
+    """rows_in / rejected / duplicates / rows_out, ``filtered`` {code: rows}, ``warnings`` {code: rows} and
+    ``rule_failures`` {code: rows} of a prepared (``_dup`` marked) frame, from ONE aggregation over it.
 
-    Each row is tagged with its status, plus its first filter code when filtered and its distinct
-    warning codes when loaded; one group-by counts the tags. Codes need not be known in advance, so
-    filters a job adds in code are counted like declared ones. Warnings are counted on loaded rows
-    (a rejected or filtered row is not kept, whatever it also warns about).
+    Each row is counted once, under its status, and a filtered row under its first filter code (rules in
+    declaration order): ``rows_in = rows_out + rejected + duplicates + sum(filtered)``. ``rule_failures``
+    names every code a record (a row kept per key) broke, whatever counted it: a row filtered by two
+    rules, or filtered and also rejected, counts under each of its codes there (so its figures may add up
+    to more than the rows). Warnings are counted on loaded rows (a rejected or filtered row is not kept,
+    whatever it also warns about); rule_failures holds warn codes of every record.
+
+    Each row is tagged with its status, its first filter code when filtered, its distinct warning codes
+    when loaded and its distinct codes of any severity when kept per key; one group-by counts the tags.
+    Codes need not be known in advance, so codes a job adds in code are counted like declared ones.
     """
     status = (
         F.when(F.col(DUP_COL), F.lit("duplicates"))
@@ -477,34 +554,35 @@ def row_counts(prepared: DataFrame) -> dict[str, Any]:
         .otherwise(F.lit("rows_out"))
     )
     no_tags = F.array().cast("array<string>")
+
+    def tagged(prefix: str, codes: Column) -> Column:
+        return F.transform(F.array_distinct(codes), lambda code: F.concat(F.lit(prefix), code))
+
+    every_code = F.concat(F.col(FILTERED_COL), F.col(REASONS_COL), F.col(WARNINGS_COL))
     tags = F.concat(
         F.array(F.concat(F.lit("n:"), status)),
         F.when(
             status == "filtered",
             F.array(F.concat(F.lit("f:"), F.try_element_at(F.col(FILTERED_COL), F.lit(1)))),
         ).otherwise(no_tags),
-        F.when(
-            status == "rows_out",
-            F.transform(F.array_distinct(F.col(WARNINGS_COL)), lambda code: F.concat(F.lit("w:"), code)),
-        ).otherwise(no_tags),
+        F.when(status == "rows_out", tagged("w:", F.col(WARNINGS_COL))).otherwise(no_tags),
+        F.when(status != "duplicates", tagged("r:", every_code)).otherwise(no_tags),
     )
     counted = prepared.select(F.explode(tags).alias("tag")).groupBy("tag").count().collect()
     counts: dict[str, Any] = {"rows_in": 0, "rejected": 0, "duplicates": 0, "rows_out": 0}
-    filtered: dict[str, int] = {}
-    warnings: dict[str, int] = {}
+    by_code: dict[str, dict[str, int]] = {"f": {}, "w": {}, "r": {}}
     for row in counted:
         kind, name = row["tag"].split(":", 1)
         n = int(row["count"])
         if kind == "n":
             counts[name] = n
             counts["rows_in"] += n
-        elif kind == "f":
-            filtered[name] = n
         else:
-            warnings[name] = n
+            by_code[kind][name] = n
     counts.pop("filtered", None)
-    counts["filtered"] = dict(sorted(filtered.items()))
-    counts["warnings"] = dict(sorted(warnings.items()))
+    counts["filtered"] = dict(sorted(by_code["f"].items()))
+    counts["warnings"] = dict(sorted(by_code["w"].items()))
+    counts["rule_failures"] = dict(sorted(by_code["r"].items()))
     return counts
 
 
@@ -557,6 +635,12 @@ def rule_reason_columns(rules: Sequence[Rule]) -> dict[str, str]:
     }
 
 
+def _rule_note(rule: Rule) -> str:
+    """What a quarantine message adds after a rule's code and value: its message and its condition."""
+    when = f"when {rule['when']}" if rule.get("when") else ""
+    return "; ".join(part for part in (rule.get("message"), when) if part)
+
+
 def quarantine_rows(
     df: DataFrame,
     dataset: str,
@@ -576,7 +660,8 @@ def quarantine_rows(
     length it found). ``reason_code`` is the first code; the schema stays the loader's contract.
     """
     reason_columns = {**(reason_columns or {}), **rule_reason_columns(rules)}
-    notes = {r["code"]: r["message"] for r in rules if r.get("message")}
+    # A rule's message, and its `when`: the condition under which the value broke it.
+    notes = {r["code"]: _rule_note(r) for r in rules if r.get("message") or r.get("when")}
     masks = masks or {}
     raw_fields = df.schema[RAW_COL].dataType.fieldNames()  # type: ignore[attr-defined]
     staged = F.col(RAW_COL)

@@ -555,6 +555,11 @@ def _check_spec(spec: Mapping[str, Any], options: RetailOptions | None = None) -
         # The facts reference the product and store dimensions: an unknown one cannot be loaded.
         if rule["column"] in ("sku", "store_code") and rule.get("severity", "reject") != "reject":
             raise ValueError(f"reference rule {rule['code']!r} on order_lines.{rule['column']} must reject")
+        if rule["column"] in ("sku", "store_code") and rule.get("when"):
+            raise ValueError(
+                f"reference rule {rule['code']!r} on order_lines.{rule['column']} must check every line "
+                "(no `when`)"
+            )
     _check_constraints(spec, options)
 
 

@@ -21,6 +21,7 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Count
 
+from etlcore.models import StepRun
 from spark_jobs.sales_daily import run_job
 from tests.conftest import skip_or_fail_in_ci
 from warehouse.checks import warehouse_checksums
@@ -45,13 +46,36 @@ CENT = Decimal("0.01")
 pytestmark = pytest.mark.django_db
 
 
+def expected_accounting(day: str) -> dict:
+    """The date's transform accounting from the raw text: rows delivered, exact duplicates (SourceSheet
+    ignored, descriptions compared trimmed with inner blanks collapsed, as the job cleans text), and the
+    stock write-offs the analysts defined: a quantity below zero on an invoice that is not a cancellation
+    (its number does not start with C). Nothing is quarantined on these dates."""
+    raw = pd.read_csv(CSV, dtype=str, keep_default_na=False).drop(columns="SourceSheet")
+    lines = raw[raw["InvoiceDate"].str.startswith(day)].copy()
+    lines["Description"] = lines["Description"].str.strip().str.replace(r"\s+", " ", regex=True)
+    records = lines.drop_duplicates()
+    write_offs = (records["Quantity"].astype(int) < 0) & ~records["Invoice"].str.startswith("C")
+    n = int(write_offs.sum())
+    return {
+        "rows_in": len(lines),
+        "rejected": 0,
+        "duplicates": len(lines) - len(records),
+        "rows_out": len(records) - n,
+        "filtered": {"stock_write_off": n} if n else {},
+        "write_offs": n,
+    }
+
+
 def expected_lines(day: str) -> pd.DataFrame:
     """The date's lines after the pipeline's rules, from the raw text: SourceSheet ignored, exact
-    duplicates removed (descriptions compared trimmed, inner blanks collapsed, as the job cleans text)."""
+    duplicates removed (descriptions compared trimmed, inner blanks collapsed, as the job cleans text),
+    stock write-offs left out."""
     raw = pd.read_csv(CSV, dtype=str, keep_default_na=False).drop(columns="SourceSheet")
     lines = raw[raw["InvoiceDate"].str.startswith(day)].copy()
     lines["Description"] = lines["Description"].str.strip().str.replace(r"\s+", " ", regex=True)
     lines = lines.drop_duplicates()
+    lines = lines[~((lines["Quantity"].astype(int) < 0) & ~lines["Invoice"].str.startswith("C"))].copy()
     lines["amount"] = [
         (Decimal(q) * Decimal(p)).quantize(CENT, ROUND_HALF_UP)
         for q, p in zip(lines["Quantity"], lines["Price"], strict=True)
@@ -120,6 +144,16 @@ def test_online_retail_revenue_quantity_and_lines_per_country_match_pandas_to_th
 
     assert not QuarantinedRow.objects.exists()  # every line of these dates is loadable
     for day in DATES:
+        # The transform's accounting: every figure, the write-offs filtered by their rule, against pandas.
+        step = StepRun.objects.filter(
+            step="transform", run__pipeline="online_retail", run__business_date=date.fromisoformat(day)
+        ).latest("started_at")
+        want = expected_accounting(day)
+        write_offs = want.pop("write_offs")
+        counts = step.details["datasets"]["order_lines"]
+        assert {k: counts[k] for k in want} == want, day
+        assert counts["rule_failures"].get("stock_write_off", 0) == write_offs, day
+
         lines = expected[day]
         facts = FactSalesLine.objects.filter(date__date=date.fromisoformat(day))
         loaded = summed(facts.values_list("store__country", "amount_reporting", "quantity"))

@@ -3,10 +3,13 @@ the file, dataset and rule named."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from etlcore.config import pipeline_parse
 from etlcore.errors import ConfigurationError
+from spark_jobs.rule_spec import RULE_CHECKS, RULE_COMMON_KEYS
 from tests.pipelines import dataset, pipeline_toml
 
 PRODUCTS = dataset("products.csv", sku={"type": "string", "required": True}, price={"type": "decimal(18,2)"})
@@ -97,6 +100,76 @@ values = ["1.5", 2, 0.25]
     assert "pii" not in config.datasets["lines"].spark_columns()["sku"]
 
 
+def test_when_ignore_case_match_and_negate_reach_the_job_spec(tmp_path):
+    config = parse(
+        tmp_path,
+        """
+[[datasets.lines.rules]]
+code = "stock_write_off"
+check = "range"
+column = "qty"
+min = 0
+severity = "filter"
+when = "id not like 'C%'"
+[[datasets.lines.rules]]
+code = "manual_line"
+check = "allowed"
+column = "sku"
+values = ["M", "POST"]
+ignore_case = true
+[[datasets.lines.rules]]
+code = "gift_voucher"
+check = "pattern"
+column = "sku"
+pattern = "gift_"
+match = "search"
+negate = true
+when = "day >= '2026-01-01' and qty in (1, 2)"
+[[datasets.lines.rules]]
+code = "one_email"
+check = "unique"
+columns = ["email"]
+when = "email is not null"
+""",
+    )
+
+    assert config.datasets["lines"].spark_rules() == [
+        {
+            "code": "stock_write_off",
+            "check": "range",
+            "severity": "filter",
+            "column": "qty",
+            "when": "id not like 'C%'",
+            "min": "0",
+        },
+        {
+            "code": "manual_line",
+            "check": "allowed",
+            "severity": "reject",
+            "column": "sku",
+            "values": ["M", "POST"],
+            "ignore_case": True,
+        },
+        {
+            "code": "gift_voucher",
+            "check": "pattern",
+            "severity": "reject",
+            "column": "sku",
+            "when": "day >= '2026-01-01' and qty in (1, 2)",
+            "pattern": "gift_",
+            "match": "search",
+            "negate": True,
+        },
+        {
+            "code": "one_email",
+            "check": "unique",
+            "severity": "reject",
+            "columns": ["email"],
+            "when": "email is not null",
+        },
+    ]
+
+
 RULE = '[[datasets.lines.rules]]\ncode = "r1"\n'
 
 
@@ -139,6 +212,53 @@ RULE = '[[datasets.lines.rules]]\ncode = "r1"\n'
             RULE + 'check = "required"\ncolumn = "id"\n' + RULE + 'check = "required"\ncolumn = "sku"',
             r"\['r1'\] .*once",
         ),
+        (
+            RULE + 'check = "range"\ncolumn = "qty"\nmin = 0\nwhen = "id not like \'C%"',
+            r"rule 1 \(r1\): when \"id not like 'C%\": the text opened at character 13 is not closed",
+        ),
+        (
+            RULE + 'check = "range"\ncolumn = "qty"\nmin = 0\nwhen = "invoice not like \'C%\'"',
+            r"rule 1 \(r1\): when .*: unknown column 'invoice' at character 1 \(declared: id, sku, qty",
+        ),
+        (
+            RULE + 'check = "required"\ncolumn = "id"\nwhen = "qty < \'0\'"',
+            r"'0' is not a value of qty \(int\): write a number",
+        ),
+        (
+            RULE + 'check = "required"\ncolumn = "id"\nwhen = "day > \'yesterday\'"',
+            r"'yesterday' is not a valid date value",
+        ),
+        (RULE + 'check = "required"\ncolumn = "id"\nwhen = "sku > \'A\'"', r"'>' compares numbers"),
+        (RULE + 'check = "required"\ncolumn = "id"\nwhen = "qty < 0 and"', r"expected a column name"),
+        (RULE + 'check = "required"\ncolumn = "id"\nwhen = 5', r"when 5: a condition must be non-empty"),
+        (
+            RULE + 'check = "unique"\ncolumns = ["id"]\nwhen = "nope is null"',
+            r"rule 1 \(r1\): when 'nope is null': unknown column 'nope'",
+        ),
+        (
+            RULE + 'check = "allowed"\ncolumn = "qty"\nvalues = [1]\nignore_case = true',
+            r"ignore_case needs a text column; qty is int",
+        ),
+        (
+            RULE + 'check = "allowed"\ncolumn = "sku"\nvalues = ["M"]\nignore_case = "yes"',
+            r"ignore_case must be true or false",
+        ),
+        (
+            RULE + 'check = "required"\ncolumn = "sku"\nignore_case = true',
+            r"unknown key\(s\) \['ignore_case'\] for check 'required'",
+        ),
+        (
+            RULE + 'check = "pattern"\ncolumn = "sku"\npattern = "x"\nmatch = "partial"',
+            r"match 'partial' is not one of full, search",
+        ),
+        (
+            RULE + 'check = "pattern"\ncolumn = "sku"\npattern = "x"\nnegate = 1',
+            r"negate must be true or false",
+        ),
+        (
+            RULE + 'check = "allowed"\ncolumn = "sku"\nvalues = ["M"]\nnegate = true',
+            r"unknown key\(s\) \['negate'\] for check 'allowed'",
+        ),
     ],
 )
 def test_invalid_rule_is_refused_at_load_naming_the_file_dataset_and_rule(tmp_path, rule, error):
@@ -152,3 +272,25 @@ def test_pii_flag_must_be_a_boolean(tmp_path):
     path.write_text(pipeline("").replace("pii = true", 'pii = "yes"'))
     with pytest.raises(ConfigurationError, match=r"\[datasets\.lines\.columns\.email\]: pii must be true or"):
         pipeline_parse(path, environ={})
+
+
+def test_every_rule_key_is_documented_for_exactly_the_checks_that_take_it():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = docs.split("### Quality rules: `[[datasets.<name>.rules]]`\n", 1)[1].split("\n| key |", 1)[1]
+    rows = [line.split("|") for line in section.split("\n\n", 1)[0].splitlines() if line.startswith("| `")]
+    documented: dict[str, set[str]] = {}
+    for _, keys, checks, *_ in rows:
+        if checks.strip() == "all":
+            taken = set(RULE_CHECKS)
+        elif checks.strip() == "all but `unique`":
+            taken = set(RULE_CHECKS) - {"unique"}
+        else:
+            taken = set(checks.split("`")[1::2])
+        for key in keys.split("`")[1::2]:
+            documented[key] = taken
+    declared: dict[str, set[str]] = {key: set(RULE_CHECKS) for key in RULE_COMMON_KEYS}
+    for check, keys in RULE_CHECKS.items():
+        for key in keys:
+            declared.setdefault(key, set()).add(check)
+
+    assert documented == declared

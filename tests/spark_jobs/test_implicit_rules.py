@@ -268,10 +268,28 @@ def test_run_job_quarantines_what_the_warehouse_would_refuse_loads_the_rest_and_
     result = job.run_job(spark, spec, pseudonym_key=KEY)
 
     no_codes = {"filtered": {}, "warnings": {}}
+    line_failures = {
+        "amount_out_of_range": 1,
+        "invalid_quantity": 1,
+        "order_id_shape": 1,
+        "too_long_currency": 2,
+        "too_long_customer_country": 1,
+        "too_long_order_id": 1,  # the same line as order_id_shape
+        "unsupported_currency": 2,  # the same lines as too_long_currency
+    }
     assert result["datasets"] == {
-        "order_lines": {"rows_in": 8, "rejected": 6, "duplicates": 0, "rows_out": 2, **no_codes},
-        "products": {"rows_in": 5, "rejected": 1, "duplicates": 0, "rows_out": 4, **no_codes},
-        "stores": {"rows_in": 2, "rejected": 1, "duplicates": 0, "rows_out": 1, **no_codes},
+        "order_lines": {
+            **{"rows_in": 8, "rejected": 6, "duplicates": 0, "rows_out": 2, **no_codes},
+            "rule_failures": line_failures,
+        },
+        "products": {
+            **{"rows_in": 5, "rejected": 1, "duplicates": 0, "rows_out": 4, **no_codes},
+            "rule_failures": {"too_long_name": 1},
+        },
+        "stores": {
+            **{"rows_in": 2, "rejected": 1, "duplicates": 0, "rows_out": 1, **no_codes},
+            "rule_failures": {"too_long_store_code": 1},
+        },
     }
     out = tmp_path / "out"
     assert sorted(r["order_id"] for r in pq.read_table(out / "sales_lines").to_pylist()) == ["O1", "O8"]

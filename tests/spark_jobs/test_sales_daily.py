@@ -434,9 +434,22 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
 
     expected = {
         "datasets": {
-            "order_lines": {"rows_in": 7, "rejected": 2, "duplicates": 3, "rows_out": 2, **NO_CODES},
-            "products": {"rows_in": 4, "rejected": 1, "duplicates": 1, "rows_out": 2, **NO_CODES},
-            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1, **NO_CODES},
+            "order_lines": {
+                **{"rows_in": 7, "rejected": 2, "duplicates": 3, "rows_out": 2, **NO_CODES},
+                "rule_failures": {"invalid_unit_price": 1, "unknown_product": 1},  # the copy not again
+            },
+            "products": {
+                **{"rows_in": 4, "rejected": 1, "duplicates": 1, "rows_out": 2, **NO_CODES},
+                "rule_failures": {"missing_name": 1},
+            },
+            "stores": {
+                "rows_in": 1,
+                "rejected": 0,
+                "duplicates": 0,
+                "rows_out": 1,
+                **NO_CODES,
+                "rule_failures": {},
+            },
         },
         "outputs": {
             "sales_lines": 2,
@@ -530,9 +543,26 @@ def test_transform_of_inline_frames_returns_the_declared_outputs_and_the_counts(
         quarantined = out.outputs["quarantine"].select("dataset", "reason_code").collect()
         assert [tuple(r) for r in quarantined] == [("order_lines", "unknown_product")]
         assert out.datasets == {
-            "order_lines": {"rows_in": 3, "rejected": 1, "duplicates": 1, "rows_out": 1, **NO_CODES},
-            "products": {"rows_in": 2, "rejected": 0, "duplicates": 0, "rows_out": 2, **NO_CODES},
-            "stores": {"rows_in": 1, "rejected": 0, "duplicates": 0, "rows_out": 1, **NO_CODES},
+            "order_lines": {
+                **{"rows_in": 3, "rejected": 1, "duplicates": 1, "rows_out": 1, **NO_CODES},
+                "rule_failures": {"unknown_product": 1},
+            },
+            "products": {
+                "rows_in": 2,
+                "rejected": 0,
+                "duplicates": 0,
+                "rows_out": 2,
+                **NO_CODES,
+                "rule_failures": {},
+            },
+            "stores": {
+                "rows_in": 1,
+                "rejected": 0,
+                "duplicates": 0,
+                "rows_out": 1,
+                **NO_CODES,
+                "rule_failures": {},
+            },
         }
     finally:
         out.unpersist()
