@@ -40,6 +40,7 @@ from spark_jobs.rule_spec import (
     RULE_COMMON_KEYS,
     RULE_SEVERITIES,
     column_kind,
+    condition_columns,
     condition_parse,
     value_text,
 )
@@ -377,7 +378,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
     repeated = sorted({c for c in codes if codes.count(c) > 1})
     if repeated:
         raise ConfigurationError(f"{where}: rule code(s) {repeated} are declared more than once")
-    _personal_rules_check(rules, pii, where)
+    _personal_rules_check(rules, pii, types, where)
     return DatasetConfig(
         name=name,
         source=source,
@@ -439,7 +440,9 @@ def _guard_action(value: Any, where: str) -> str:
 _PSEUDONYM_SAFE_CHECKS = ("required", "unique", "reference")
 
 
-def _personal_rules_check(rules: Sequence[RuleConfig], pii: set[str], where: str) -> None:
+def _personal_rules_check(
+    rules: Sequence[RuleConfig], pii: set[str], types: Mapping[str, str], where: str
+) -> None:
     """A personal column is staged as its pseudonym: a rule may test its presence or equality, not text."""
     for rule in rules:
         columns = {rule.column, *rule.columns} & pii
@@ -447,6 +450,13 @@ def _personal_rules_check(rules: Sequence[RuleConfig], pii: set[str], where: str
             raise ConfigurationError(
                 f"{where}: rule {rule.code!r} ({rule.check}) reads personal column {sorted(columns)[0]!r}, "
                 f"which is staged as its pseudonym: only {', '.join(_PSEUDONYM_SAFE_CHECKS)} can check it"
+            )
+        when = rule.params.get("when")
+        read = condition_columns(condition_parse(when, types)) & pii if when else set()
+        if read:
+            raise ConfigurationError(
+                f"{where}: rule {rule.code!r}: its `when` reads personal column {sorted(read)[0]!r}, which "
+                "is staged as its pseudonym"
             )
 
 
