@@ -673,22 +673,16 @@ def transform(frames: Mapping[str, DataFrame], options: JobOptions) -> Transform
         raise
 
 
-def _transform(frames: Mapping[str, DataFrame], options: JobOptions, cached: list[DataFrame]) -> Transformed:
-    inputs, retail, key = options.inputs, options.retail, options.pseudonym_key
-    reporting_currency = options.reporting_currency
-    date_column = inputs["order_lines"].get("business_date_column") or BUSINESS_DATE_FROM
-    rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
-    masks = {
-        name: quarantine_masks(input_spec, key, retail.customer_key_from if name == "order_lines" else None)
-        for name, input_spec in inputs.items()
-    }
-    spark = frames["order_lines"].sparkSession
-    lines_prep = prepare_order_lines(frames["order_lines"], inputs["order_lines"], retail, reporting_currency)
-    if retail.products_from_lines or retail.stores_from_lines:
-        # Read twice (the dimensions derived from it, then the classification): kept once in memory.
-        lines_prep.cache()
-        cached.append(lines_prep)
-    # A master dataset, or (derive_from = "order_lines") the members the day's lines name.
+def _dimensions_prepare(
+    frames: Mapping[str, DataFrame],
+    inputs: Mapping[str, Any],
+    retail: RetailOptions,
+    lines_prep: DataFrame,
+    cached: list[DataFrame],
+) -> dict[str, tuple[DataFrame, DataFrame]]:
+    """Products and stores: (prepared frame, valid members) each, from a master dataset, or (derive_from =
+    "order_lines") the members the day's lines name. A master's prepared frame is cached in `cached`."""
+    spark = lines_prep.sparkSession
     dims: dict[str, tuple[DataFrame, DataFrame]] = {}
     for name, prepare, build, derive in (
         ("products", prepare_products, build_products, retail.products_from_lines),
@@ -710,15 +704,43 @@ def _transform(frames: Mapping[str, DataFrame], options: JobOptions, cached: lis
             cached.append(prep)
             valid = build(prep)
         dims[name] = (prep, valid)
+    return dims
+
+
+def _rates_prepare(
+    frames: Mapping[str, DataFrame], inputs: Mapping[str, Any], retail: RetailOptions, cached: list[DataFrame]
+) -> DataFrame | None:
+    """The rates dataset prepared and cached (`[spark.options] rates`), or None without one."""
+    if not retail.rates_dataset:
+        return None
+    rates_spec = inputs[retail.rates_dataset]
+    rates_prep = prepare_dataset(frames[retail.rates_dataset], rates_spec, retail.rates_dataset)
+    rates_prep.cache()
+    cached.append(rates_prep)
+    return rates_prep
+
+
+def _transform(frames: Mapping[str, DataFrame], options: JobOptions, cached: list[DataFrame]) -> Transformed:
+    """The job's plan, read top to bottom (a little over 80 lines on purpose: each line is one named step,
+    and the order of caching matters): prepare, classify, count, build the outputs."""
+    inputs, retail, key = options.inputs, options.retail, options.pseudonym_key
+    reporting_currency = options.reporting_currency
+    date_column = inputs["order_lines"].get("business_date_column") or BUSINESS_DATE_FROM
+    rules = {name: list(inputs.get(name, {}).get("rules") or ()) for name in DATASETS}
+    masks = {
+        name: quarantine_masks(input_spec, key, retail.customer_key_from if name == "order_lines" else None)
+        for name, input_spec in inputs.items()
+    }
+    lines_prep = prepare_order_lines(frames["order_lines"], inputs["order_lines"], retail, reporting_currency)
+    if retail.products_from_lines or retail.stores_from_lines:
+        # Read twice (the dimensions derived from it, then the classification): kept once in memory.
+        lines_prep.cache()
+        cached.append(lines_prep)
+    dims = _dimensions_prepare(frames, inputs, retail, lines_prep, cached)
     (products_prep, products), (stores_prep, stores) = dims["products"], dims["stores"]
 
-    rates = rates_prep = None
-    if retail.rates_dataset:
-        rates_spec = inputs[retail.rates_dataset]
-        rates_prep = prepare_dataset(frames[retail.rates_dataset], rates_spec, retail.rates_dataset)
-        rates_prep.cache()
-        cached.append(rates_prep)
-        rates = usable_rates(accepted_rows(rates_prep))
+    rates_prep = _rates_prepare(frames, inputs, retail, cached)
+    rates = usable_rates(accepted_rows(rates_prep)) if rates_prep is not None else None
 
     classified = (
         mark_returns(
