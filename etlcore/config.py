@@ -40,8 +40,8 @@ from spark_jobs.rule_spec import (
     RULE_COMMON_KEYS,
     RULE_SEVERITIES,
     column_kind,
-    condition_columns,
     condition_parse,
+    condition_value_columns,
     value_text,
 )
 
@@ -300,6 +300,27 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
     )
 
 
+def _parse_columns(columns_doc: Mapping[str, Any], where: str) -> list[ColumnSpec]:
+    columns = []
+    for col_name, col in columns_doc.items():
+        col_type = col.get("type", "string")
+        if not COLUMN_TYPES.match(col_type):
+            raise ConfigurationError(
+                f"{where} column {col_name!r}: unknown type {col_type!r} "
+                "(string, int, long, boolean, date, timestamp, decimal(p,s))"
+            )
+        columns.append(
+            ColumnSpec(
+                name=col_name,
+                source=str(col.get("from", col_name)),
+                type=col_type,
+                required=bool(col.get("required", False)),
+                pii=col.get("pii") is True,
+            )
+        )
+    return columns
+
+
 def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) -> DatasetConfig:
     source = doc.get("source")
     if not isinstance(source, dict) or "kind" not in source:
@@ -307,27 +328,8 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
     columns_doc = doc.get("columns")
     if not isinstance(columns_doc, dict) or not columns_doc:
         raise ConfigurationError(f"{where}: a [columns] table declaring the dataset's columns is required")
-    columns = []
-    pii = set()
-    for col_name, col in columns_doc.items():
-        col_where = f"{where} column {col_name!r}"
-        col_type = col.get("type", "string")
-        if not COLUMN_TYPES.match(col_type):
-            raise ConfigurationError(
-                f"{col_where}: unknown type {col_type!r} "
-                "(string, int, long, boolean, date, timestamp, decimal(p,s))"
-            )
-        if col.get("pii"):
-            pii.add(col_name)
-        columns.append(
-            ColumnSpec(
-                name=col_name,
-                source=str(col.get("from", col_name)),
-                type=col_type,
-                required=bool(col.get("required", False)),
-                pii=col_name in pii,
-            )
-        )
+    columns = _parse_columns(columns_doc, where)
+    pii = {c.name for c in columns if c.pii}
     column_names = {c.name for c in columns}
     key = tuple(doc.get("key", ()))
     unknown = [k for k in key if k not in column_names]
@@ -452,11 +454,11 @@ def _personal_rules_check(
                 f"which is staged as its pseudonym: only {', '.join(_PSEUDONYM_SAFE_CHECKS)} can check it"
             )
         when = rule.params.get("when")
-        read = condition_columns(condition_parse(when, types)) & pii if when else set()
+        read = condition_value_columns(condition_parse(when, types)) & pii if when else set()
         if read:
             raise ConfigurationError(
-                f"{where}: rule {rule.code!r}: its `when` reads personal column {sorted(read)[0]!r}, which "
-                "is staged as its pseudonym"
+                f"{where}: rule {rule.code!r}: its `when` compares personal column {sorted(read)[0]!r}, "
+                "which is staged as its pseudonym (only `is null` / `is not null` can test it)"
             )
 
 
@@ -545,7 +547,17 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
         raise ConfigurationError(
             f"{where}: `column` must name a column declared in [columns], got {column!r}"
         )
-    col_type = types[column]
+    params |= _column_rule_params(doc, check, column, types[column], where)
+    return RuleConfig(
+        code=code, check=check, severity=severity, column=column, params=params, message=message
+    )
+
+
+def _column_rule_params(
+    doc: Mapping[str, Any], check: str, column: str, col_type: str, where: str
+) -> dict[str, Any]:
+    """The check's own keys of a one-column rule, validated against the column's declared type."""
+    params: dict[str, Any] = {}
     if check == "range":
         if not _RANGE_TYPES.match(col_type):
             raise ConfigurationError(
@@ -596,9 +608,7 @@ def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:
             if not isinstance(doc.get(name), str) or not doc[name]:
                 raise ConfigurationError(f"{where}: reference needs `{name}`")
             params[name] = doc[name]
-    return RuleConfig(
-        code=code, check=check, severity=severity, column=column, params=params, message=message
-    )
+    return params
 
 
 def _rule_flag(doc: Mapping[str, Any], flag: str, where: str) -> bool:

@@ -163,6 +163,15 @@ def condition_columns(condition: Condition) -> set[str]:
     return {condition.column}
 
 
+def condition_value_columns(condition: Condition) -> set[str]:
+    """The columns whose values a condition compares (an ``is [not] null`` reads only presence)."""
+    if isinstance(condition, Not):
+        return condition_value_columns(condition.operand)
+    if isinstance(condition, And | Or):
+        return set().union(*(condition_value_columns(c) for c in condition.operands))
+    return set() if isinstance(condition, IsNull) else {condition.column}
+
+
 def condition_parse(text: str, types: Mapping[str, str]) -> Condition:
     """Parse a ``when`` condition against the declared columns (name -> declared type).
 
