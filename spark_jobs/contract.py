@@ -149,6 +149,24 @@ QUARANTINE = Output(
     ),
 )
 
+# A product or store master holds the columns of its output, one row for one.
+_PRODUCTS = Output(
+    "products",
+    (("sku", "string"), ("name", "string"), ("category", "string"), ("list_price", "decimal(18,2)")),
+    rows_of="products",
+)
+_STORES = Output(
+    "stores",
+    (
+        ("store_code", "string"),
+        ("name", "string"),
+        ("city", "string"),
+        ("region", "string"),
+        ("country", "string"),
+    ),
+    rows_of="stores",
+)
+
 SALES_DAILY = JobContract(
     job="spark_jobs.sales_daily",
     outputs=(
@@ -175,22 +193,8 @@ SALES_DAILY = JobContract(
             ),
             rows_of="order_lines",
         ),
-        Output(
-            "products",
-            (("sku", "string"), ("name", "string"), ("category", "string"), ("list_price", "decimal(18,2)")),
-            rows_of="products",
-        ),
-        Output(
-            "stores",
-            (
-                ("store_code", "string"),
-                ("name", "string"),
-                ("city", "string"),
-                ("region", "string"),
-                ("country", "string"),
-            ),
-            rows_of="stores",
-        ),
+        _PRODUCTS,
+        _STORES,
         Output(
             "customers",
             (
@@ -232,8 +236,8 @@ SALES_DAILY = JobContract(
             # customer_email and customer_country are read when declared; the pseudonym's source must be.
             column_options=(("customer_key_from", "customer_email"),),
         ),
-        Input("products", ("sku", "name", "category", "list_price"), derived_by="products"),
-        Input("stores", ("store_code", "name", "city", "region", "country"), derived_by="stores"),
+        Input("products", _PRODUCTS.column_names, derived_by="products"),
+        Input("stores", _STORES.column_names, derived_by="stores"),
     ),
     dataset_options=(DatasetOption("rates", "dataset", ("currency", "rate")),),
 )

@@ -362,3 +362,12 @@ def test_make_check_passes_on_the_shipped_pipelines_without_their_secrets_set(tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "retail_demo: valid" in proc.stdout and "online_retail: valid" in proc.stdout
     assert not (tmp_path / "var" / "staging").exists()  # validation wrote nothing
+
+
+def test_every_spark_option_the_sales_job_declares_is_documented_and_no_other():
+    from etlcore.config import spark_options_schema
+    from tests.etlcore.test_config_schema import documented_keys
+
+    declared = spark_options_schema("spark_jobs.sales_daily")
+    assert declared is not None
+    assert documented_keys("### `[spark.options]` of `spark_jobs.sales_daily`") == set(declared.keys)
