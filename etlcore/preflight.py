@@ -169,7 +169,7 @@ def source_secrets_check(*, config: PipelineConfig) -> list[Finding]:
 
 def spark_submit_check() -> list[Finding]:
     binary = spark_submit_binary()
-    if os.path.isfile(binary) and os.access(binary, os.X_OK):
+    if shutil.which(binary):  # a path, or a name on PATH (ETL_SPARK_SUBMIT=spark-submit)
         return []
     return [Finding("spark_submit", f"spark-submit {binary} is not an executable file (ETL_SPARK_SUBMIT)")]
 

@@ -371,3 +371,12 @@ def test_every_spark_option_the_sales_job_declares_is_documented_and_no_other():
     declared = spark_options_schema("spark_jobs.sales_daily")
     assert declared is not None
     assert documented_keys("### `[spark.options]` of `spark_jobs.sales_daily`") == set(declared.keys)
+
+
+def test_a_spark_submit_that_is_not_there_is_named(shop, settings, tmp_path):
+    write(shop)
+    settings.ETL_SPARK_SUBMIT = str(tmp_path / "spark-3" / "bin" / "spark-submit")
+    with pytest.raises(
+        CommandError, match=r"spark-submit .*spark-3/bin/spark-submit is not an executable file"
+    ):
+        run_command("validate_pipeline", "--pipeline", "shop")
