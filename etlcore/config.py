@@ -185,7 +185,8 @@ class SparkConfig:
     pseudonym_key_env: str = "ETL_PSEUDONYM_KEY"
     reporting_currency: str = "EUR"
     timeout_seconds: float | None = None
-    # The job's own options ([spark.options]), passed verbatim in the job spec; the job validates them.
+    # The job's own options ([spark.options]), passed verbatim in the job spec; their keys are the job's
+    # contract's (spark_options_schema), checked when the file is read, their values by the job.
     options: Mapping[str, Any] = field(default_factory=dict)
     # Variables the job's processes get besides the pseudonym key (etlcore.spark.job_environment).
     env: tuple[str, ...] = ()
