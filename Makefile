@@ -34,9 +34,10 @@ bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to be
 		echo "== $$f"; $(PY) -m benchmarks.$$(basename $$f .py); \
 	done
 
-check: $(STAMP) ## lint (ruff) and Django's system checks
+check: $(STAMP) ## lint (ruff), Django's system checks, and validate every shipped pipeline (no data read)
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py check
+	$(PY) manage.py validate_pipeline --all --demo-defaults
 
 clean: ## remove generated data (var/), keeping .venv
 	rm -rf var spark-warehouse metastore_db derby.log

@@ -34,6 +34,7 @@ from connectors.options import (
     table_check,
 )
 from connectors.records import ColumnSpec
+from spark_jobs.contract import CONTRACTS, JobOption
 from spark_jobs.rule_spec import (
     PATTERN_MATCHES,
     RULE_CHECKS,
@@ -94,7 +95,7 @@ SPARK = Table(
         "reporting_currency": TEXT,
         "timeout_seconds": NUMBER,
         "env": TEXT_LIST,
-        "options": ANY_TABLE,  # the job's own options: the job validates them
+        "options": ANY_TABLE,  # the job's own options: declared by its contract (spark_options_schema)
     }
 )
 PIPELINE = Table(
@@ -185,7 +186,8 @@ class SparkConfig:
     pseudonym_key_env: str = "ETL_PSEUDONYM_KEY"
     reporting_currency: str = "EUR"
     timeout_seconds: float | None = None
-    # The job's own options ([spark.options]), passed verbatim in the job spec; the job validates them.
+    # The job's own options ([spark.options]), passed verbatim in the job spec; their keys are the job's
+    # contract's (spark_options_schema), checked when the file is read, their values by the job.
     options: Mapping[str, Any] = field(default_factory=dict)
     # Variables the job's processes get besides the pseudonym key (etlcore.spark.job_environment).
     env: tuple[str, ...] = ()
@@ -261,6 +263,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         options=_table(spark_doc.get("options", {}), f"{where} [spark.options]"),
         env=_env_names(spark_doc.get("env", []), f"{where} [spark] env"),
     )
+    _spark_options_check(spark, where)
 
     database = doc.get("warehouse", {}).get("database", "default")
     if database not in settings.DATABASES:
@@ -298,6 +301,42 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         source_file=path,
         extract_workers=extract_workers,
     )
+
+
+def spark_options_schema(job: str) -> Table | None:
+    """The declaration of a job's ``[spark.options]``, from its contract (spark_jobs/contract.py); None for
+    a job without one (etlcore.preflight reports that)."""
+    contract = CONTRACTS.get(job)
+    if contract is None:
+        return None
+
+    def spec(option: JobOption) -> Any:
+        table = Table(dict.fromkeys(option.keys, ANY), f"a table ({', '.join(option.keys)})")
+        if option.shape == "table":
+            return table
+        if option.shape == "tables":
+            return ListOf(table, f"an array of tables ({', '.join(option.keys)})")
+        return TEXT
+
+    return Table({option.name: spec(option) for option in contract.options})
+
+
+def _spark_options_check(spark: SparkConfig, file: str) -> None:
+    """[spark.options] against the job's declaration, in the shape of every other key error."""
+    schema = spark_options_schema(spark.job)
+    if schema is None:
+        return
+    try:
+        table_check(spark.options, schema, path=("spark", "options"))
+    except OptionError as exc:
+        raise ConfigurationError(f"{_located(file, exc.path)}: {exc.problem}") from None
+    for option in CONTRACTS[spark.job].options:
+        value = spark.options.get(option.name)
+        if option.values and value is not None and value not in option.values:
+            raise ConfigurationError(
+                f"{_located(file, ('spark', 'options'))}: {option.name} {_shown(value)} is not one of "
+                f"{', '.join(option.values)}"
+            )
 
 
 def _parse_columns(columns_doc: Mapping[str, Any], where: str) -> list[ColumnSpec]:

@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,11 +37,55 @@ class Output:
 
 
 @dataclass(frozen=True)
+class JobOption:
+    """One key of the job's ``[spark.options]``, checked when the pipeline file is read (etlcore.config).
+
+    ``shape``: ``"text"``, ``"table"`` (``keys`` are its keys) or ``"tables"`` (a list of tables, each with
+    ``keys``); ``values``: the only texts a ``"text"`` option takes (empty: any)."""
+
+    name: str
+    shape: str = "text"
+    keys: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Input:
+    """A dataset the job reads and the columns it must declare; the job's options can change both."""
+
+    name: str
+    columns: tuple[str, ...]
+    # column -> (option, value): the column need not be declared when the option has that value (None:
+    # when the option is set at all), e.g. no line number when lines are numbered by row.
+    optional_when: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    # (option, default): the column the option names (its default when unset) must be declared too.
+    column_options: tuple[tuple[str, str], ...] = ()
+    # The table option whose ``derive_from`` makes the job build this input from the lines instead: then
+    # the pipeline must not declare it.
+    derived_by: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetOption:
+    """A table option whose ``key`` names a further dataset the job reads, with the columns it needs
+    (``rates = { dataset = "rates" }``)."""
+
+    option: str
+    key: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class JobContract:
     job: str
     outputs: tuple[Output, ...]
     # The output whose row count is the partition's (the manifest's row_count).
     primary: str
+    # What the job takes: its [spark.options] keys, the datasets and columns it reads. Checked before the
+    # JVM starts (etlcore.preflight) and by the job itself (spark_jobs.retail, sales_daily._check_spec).
+    options: tuple[JobOption, ...] = ()
+    inputs: tuple[Input, ...] = ()
+    dataset_options: tuple[DatasetOption, ...] = ()
 
     def __post_init__(self) -> None:
         if self.primary not in self.names:
@@ -54,6 +98,44 @@ class JobContract:
     def output(self, name: str) -> Output:
         return next(o for o in self.outputs if o.name == name)
 
+    def option(self, name: str) -> JobOption:
+        return next(o for o in self.options if o.name == name)
+
+    def inputs_derived(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The inputs the options have the job derive from the lines (not to be declared)."""
+        return tuple(
+            i.name
+            for i in self.inputs
+            if i.derived_by
+            and isinstance(options.get(i.derived_by), Mapping)
+            and "derive_from" in options[i.derived_by]
+        )
+
+    def input_columns(self, name: str, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The columns input ``name`` must declare under the pipeline's ``[spark.options]``."""
+        spec = next(i for i in self.inputs if i.name == name)
+        needed = []
+        for column in spec.columns:
+            option, value = spec.optional_when.get(column, (None, None))
+            if option is not None and options.get(option) and value in (None, options[option]):
+                continue
+            needed.append(column)
+        for option, default in spec.column_options:
+            column = str(options.get(option, default))
+            if column not in needed:
+                needed.append(column)
+        return tuple(needed)
+
+    def inputs_needed(self, options: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        """Dataset -> the columns it must declare, for every dataset the job reads under these options."""
+        derived = self.inputs_derived(options)
+        needed = {i.name: self.input_columns(i.name, options) for i in self.inputs if i.name not in derived}
+        for extra in self.dataset_options:
+            table = options.get(extra.option)
+            if isinstance(table, Mapping) and isinstance(table.get(extra.key), str):
+                needed[table[extra.key]] = extra.columns
+        return needed
+
 
 # Every job writes its rejected rows here in these columns; the loader stores them as QuarantinedRow.
 QUARANTINE = Output(
@@ -65,6 +147,24 @@ QUARANTINE = Output(
         ("raw_record", "string"),  # JSON object of the staged text values, keys sorted
         ("record_fingerprint", "string"),  # sha256 hex of raw_record
     ),
+)
+
+# A product or store master holds the columns of its output, one row for one.
+_PRODUCTS = Output(
+    "products",
+    (("sku", "string"), ("name", "string"), ("category", "string"), ("list_price", "decimal(18,2)")),
+    rows_of="products",
+)
+_STORES = Output(
+    "stores",
+    (
+        ("store_code", "string"),
+        ("name", "string"),
+        ("city", "string"),
+        ("region", "string"),
+        ("country", "string"),
+    ),
+    rows_of="stores",
 )
 
 SALES_DAILY = JobContract(
@@ -93,22 +193,8 @@ SALES_DAILY = JobContract(
             ),
             rows_of="order_lines",
         ),
-        Output(
-            "products",
-            (("sku", "string"), ("name", "string"), ("category", "string"), ("list_price", "decimal(18,2)")),
-            rows_of="products",
-        ),
-        Output(
-            "stores",
-            (
-                ("store_code", "string"),
-                ("name", "string"),
-                ("city", "string"),
-                ("region", "string"),
-                ("country", "string"),
-            ),
-            rows_of="stores",
-        ),
+        _PRODUCTS,
+        _STORES,
         Output(
             "customers",
             (
@@ -121,6 +207,39 @@ SALES_DAILY = JobContract(
         QUARANTINE,
     ),
     primary="sales_lines",
+    # docs/configuration.md, "[spark.options] of spark_jobs.sales_daily"; read by spark_jobs.retail.
+    options=(
+        JobOption("line_types", "tables", ("type", "skus", "pattern")),
+        JobOption("return_when", "table", ("order_id_prefix",)),
+        JobOption("rates", "table", ("dataset",)),
+        JobOption("currency"),
+        JobOption("line_number_from", values=("column", "row")),
+        JobOption("customer_key_from"),
+        JobOption("products", "table", ("derive_from", "name_from")),
+        JobOption("stores", "table", ("derive_from", "country_from")),
+        JobOption("source_timezone"),
+    ),
+    inputs=(
+        Input(
+            "order_lines",
+            (
+                "order_id",
+                "line_number",
+                "ordered_at",
+                "store_code",
+                "sku",
+                "quantity",
+                "unit_price",
+                "currency",
+            ),
+            optional_when={"line_number": ("line_number_from", "row"), "currency": ("currency", None)},
+            # customer_email and customer_country are read when declared; the pseudonym's source must be.
+            column_options=(("customer_key_from", "customer_email"),),
+        ),
+        Input("products", _PRODUCTS.column_names, derived_by="products"),
+        Input("stores", _STORES.column_names, derived_by="stores"),
+    ),
+    dataset_options=(DatasetOption("rates", "dataset", ("currency", "rate")),),
 )
 
 # By the job module a pipeline names (``[spark] job``).

@@ -17,24 +17,21 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType, IntegerType, StringType
 
+from spark_jobs.contract import SALES_DAILY
 from spark_jobs.quality import DUP_COL, RAW_COL, add_reasons, hash_first
 
 PRODUCT = "product"
 DERIVE_FROM_LINES = "order_lines"
 _AMOUNT_TYPE = DecimalType(18, 2)
-_OPTION_KEYS = frozenset(
-    {
-        "line_number_from",
-        "customer_key_from",
-        "currency",
-        "return_when",
-        "line_types",
-        "products",
-        "stores",
-        "rates",
-        "source_timezone",
-    }
-)
+# The option keys, and each table option's keys, are the job's contract (spark_jobs/contract.py): the
+# pipeline file is checked against the same declaration when it is read.
+_OPTION_KEYS = frozenset(o.name for o in SALES_DAILY.options)
+
+
+def _keys(option: str) -> set[str]:
+    return set(SALES_DAILY.option(option).keys)
+
+
 # Text that already names its offset is an instant; only wall-clock text is placed in source_timezone.
 _HAS_OFFSET = r"(Z|[+-]\d{2}(:?\d{2})?)$"
 
@@ -81,12 +78,13 @@ class RetailOptions:
         if unknown:
             raise ValueError(f"unknown job option(s) {unknown} (known: {sorted(_OPTION_KEYS)})")
         line_number_from = options.get("line_number_from", "column")
-        if line_number_from not in ("column", "row"):
-            raise ValueError(f"line_number_from must be 'column' or 'row', got {line_number_from!r}")
-        returns = _table(options.get("return_when", {}), "return_when", {"order_id_prefix"})
-        products = _table(options.get("products", {}), "products", {"derive_from", "name_from"})
-        stores = _table(options.get("stores", {}), "stores", {"derive_from", "country_from"})
-        rates = _table(options.get("rates", {}), "rates", {"dataset"})
+        numbering = SALES_DAILY.option("line_number_from").values
+        if line_number_from not in numbering:
+            raise ValueError(f"line_number_from must be one of {numbering}, got {line_number_from!r}")
+        returns = _table(options.get("return_when", {}), "return_when", _keys("return_when"))
+        products = _table(options.get("products", {}), "products", _keys("products"))
+        stores = _table(options.get("stores", {}), "stores", _keys("stores"))
+        rates = _table(options.get("rates", {}), "rates", _keys("rates"))
         for name, table in (("products", products), ("stores", stores)):
             if table.get("derive_from", DERIVE_FROM_LINES) != DERIVE_FROM_LINES:
                 raise ValueError(f"{name}.derive_from must be {DERIVE_FROM_LINES!r}")
@@ -119,7 +117,7 @@ def _line_types(value: Any) -> tuple[LineType, ...]:
         raise ValueError("job option line_types must be a list of { type, skus, pattern } tables")
     rules = []
     for i, item in enumerate(value):
-        table = _table(item, f"line_types[{i}]", {"type", "skus", "pattern"})
+        table = _table(item, f"line_types[{i}]", _keys("line_types"))
         kind, skus, pattern = table.get("type"), table.get("skus", []), table.get("pattern")
         if not isinstance(kind, str) or not kind or kind == PRODUCT:
             raise ValueError(f"line_types[{i}]: type must be a name other than {PRODUCT!r}")

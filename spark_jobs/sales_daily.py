@@ -66,33 +66,19 @@ from spark_jobs.retail import (
 )
 
 JOB_NAME = "sales_daily"
-DATASETS = ("order_lines", "products", "stores")
-
-# The outputs and their schemas are the loader's contract, declared in spark_jobs/contract.py.
+# The outputs and their schemas are the loader's contract, declared in spark_jobs/contract.py; so are the
+# inputs the job reads and its options.
 CONTRACT = contract.SALES_DAILY
+DATASETS = tuple(i.name for i in CONTRACT.inputs)
 OUTPUT_SCHEMAS: dict[str, StructType] = {o.name: contract.spark_schema(o) for o in CONTRACT.outputs}
 SALES_LINES_SCHEMA = OUTPUT_SCHEMAS["sales_lines"]
 PRODUCTS_SCHEMA = OUTPUT_SCHEMAS["products"]
 STORES_SCHEMA = OUTPUT_SCHEMAS["stores"]
 CUSTOMERS_SCHEMA = OUTPUT_SCHEMAS["customers"]
 
-# Columns each input must declare in the spec (beyond them, extra declared columns are only validated).
-REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "order_lines": (
-        "order_id",
-        "line_number",
-        "ordered_at",
-        "store_code",
-        "customer_email",
-        "customer_country",
-        "sku",
-        "quantity",
-        "unit_price",
-        "currency",
-    ),
-    "products": tuple(PRODUCTS_SCHEMA.fieldNames()),
-    "stores": tuple(STORES_SCHEMA.fieldNames()),
-}
+# Columns each input must declare in the spec (beyond them, extra declared columns are only validated),
+# declared on the contract; the options can relax them (CONTRACT.input_columns).
+REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {i.name: i.columns for i in CONTRACT.inputs}
 
 # Which staged value explains a business-rule rejection, for the quarantine message (declared rules
 # name their own column).
@@ -503,20 +489,6 @@ def parquet_row_count(path: str) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
 
 
-def required_input_columns(dataset: str, options: RetailOptions) -> tuple[str, ...]:
-    """Columns ``dataset`` must declare, given the job options (a line number, a currency, the customer
-    key's source column may come from the options instead)."""
-    required = REQUIRED_INPUT_COLUMNS[dataset]
-    if dataset != "order_lines":
-        return required
-    optional = {"customer_country", "customer_email"}
-    if options.line_number_from == "row":
-        optional.add("line_number")
-    if options.currency:
-        optional.add("currency")
-    return (*(c for c in required if c not in optional), options.customer_key_from)
-
-
 def _check_spec(spec: Mapping[str, Any], options: RetailOptions | None = None) -> None:
     options = options or RetailOptions()
     derived = {"products": options.products_from_lines, "stores": options.stores_from_lines}
@@ -530,7 +502,7 @@ def _check_spec(spec: Mapping[str, Any], options: RetailOptions | None = None) -
         if dataset not in spec.get("inputs", {}):
             raise ValueError(f"job spec has no input {dataset!r}")
         input_spec = spec["inputs"][dataset]
-        columns = required_input_columns(dataset, options)
+        columns = CONTRACT.input_columns(dataset, spec.get("options") or {})
         missing = [c for c in columns if c not in input_spec.get("columns", {})]
         if missing:
             raise ValueError(f"job spec input {dataset!r} does not declare columns {missing}")

@@ -97,3 +97,38 @@ def pipeline_write(folder: Path, name: str = "shop", *, text: str | None = None,
     path = folder / f"{name}.toml"
     path.write_text(text if text is not None else pipeline_toml(name, **parts), encoding="utf-8")
     return path
+
+
+def sales_datasets(data: str | Path) -> dict[str, dict[str, Any]]:
+    """Products, stores and order lines from CSV files in `data`, declaring every column the sales job
+    reads: a pipeline its preflight (etlcore/preflight.py) accepts."""
+    return {
+        "products": dataset(
+            f"{data}/products_{{date:%Y%m%d}}.csv",
+            sku={"from": "SKU", "required": True},
+            name={"from": "Product Name"},
+            category={},
+            list_price={"type": "decimal(18,2)"},
+        ),
+        "stores": dataset(
+            f"{data}/stores_{{date:%Y%m%d}}.csv",
+            store_code={"required": True},
+            name={},
+            city={},
+            region={},
+            country={},
+        ),
+        "order_lines": dataset(
+            f"{data}/lines_{{date:%Y%m%d}}.csv",
+            key=["order_id", "line_number"],
+            order_id={"required": True},
+            line_number={"type": "int"},
+            ordered_at={"type": "timestamp"},
+            store_code={},
+            customer_email={"pii": True},
+            sku={},
+            quantity={"type": "int"},
+            unit_price={"type": "decimal(18,4)"},
+            currency={},
+        ),
+    }

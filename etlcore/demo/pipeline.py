@@ -19,12 +19,18 @@ from warehouse.checks import warehouse_checksums
 from warehouse.models import FactSalesLine, QuarantinedRow
 
 from .api_server import TOKEN_ENV, demo_api_token, start_demo_api
-from .generate import DEMO_BUSINESS_DATES, generate_demo_data
+from .generate import DEMO_API_TOKEN_DEFAULT, DEMO_BUSINESS_DATES, generate_demo_data
 
 DEMO_PIPELINE = "retail_demo"
 PSEUDONYM_KEY_ENV = "ETL_PSEUDONYM_KEY"
 # Used only when ETL_PSEUDONYM_KEY is unset, and only by the demo: its customers are made up.
 DEMO_PSEUDONYM_KEY = "demo-pseudonym-key-not-a-secret"
+
+
+def demo_secret_defaults() -> dict[str, str]:
+    """The published values the demo gives its secrets' variables when they are unset: `make demo` runs
+    with them, and `make check` validates the shipped pipelines with them (made-up data, loopback only)."""
+    return {TOKEN_ENV: DEMO_API_TOKEN_DEFAULT, PSEUDONYM_KEY_ENV: DEMO_PSEUDONYM_KEY}
 
 
 @dataclass
@@ -53,7 +59,7 @@ def demo_run(*, data_dir: Path, business_dates: Sequence[date] = DEMO_BUSINESS_D
     defaults_used = [name for name in (TOKEN_ENV, PSEUDONYM_KEY_ENV) if not os.environ.get(name)]
     with (
         start_demo_api(orders_path=dataset.orders_path, token=token) as api,
-        _environ_defaults({**defaults, "ETL_DEMO_API_URL": api.url}),
+        environ_defaults({**defaults, "ETL_DEMO_API_URL": api.url}),
     ):
         config = pipeline_load(DEMO_PIPELINE)
         database = config.database
@@ -101,8 +107,8 @@ def _lines_by_currency(database: str, business_date: date) -> dict[str, int]:
 
 
 @contextmanager
-def _environ_defaults(values: dict[str, str]) -> Iterator[None]:
-    """Set variables the user has not set, for the duration of the demo only.
+def environ_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Set variables the user has not set, for the duration of the demo (or of a validation) only.
 
     The API URL always comes from the server just started (its port is chosen by the OS)."""
     saved = {name: os.environ.get(name) for name in values}

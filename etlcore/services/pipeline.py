@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from ..config import PipelineConfig, pipeline_load
 from ..errors import ETL_ERRORS, ConfigurationError
 from ..models import PipelineRun
+from ..preflight import preflight_enforce
 from ..runs import error_text, run_finish, run_start, step_tracked
 from .extract import sources_extract
 from .load import warehouse_load
@@ -62,6 +63,8 @@ def pipeline_execute(
     )
     try:
         run.business_date = business_date_parse(business_date, config=config)
+        # Fail before the first step spends time on what a later one would fail for (etlcore/preflight.py).
+        preflight_enforce(config=config, steps=steps)
         steps_run(run, config=config, steps=steps)
     except BaseException as exc:
         run_finish(run, error=error_text(exc))

@@ -20,6 +20,7 @@ from .. import staging
 from ..config import PipelineConfig
 from ..errors import ConfigurationError, ReconciliationError, SparkJobError
 from ..guards import guards_enforce
+from ..preflight import preflight_enforce
 from ..runs import StepOutcome
 from ..selectors import guards_previous, pseudonym_key_held
 from ..spark import job_submit
@@ -27,6 +28,8 @@ from ..spark import job_submit
 
 def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
     """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
+    # What the job needs (its module, inputs, key, Java) before the JVM starts, not 30 s into it.
+    preflight_enforce(config=config, steps=("transform",))
     contract = transform_contract(config=config)
     pseudonym_key_expect(config=config)
     staged: dict[str, tuple[list[Path], int]] = {}
@@ -85,7 +88,7 @@ def partition_transform(*, config: PipelineConfig, business_date: date, outcome:
 
 def pseudonym_key_expect(*, config: PipelineConfig) -> None:
     """Refuse, before Spark starts, a key other than the one the warehouse's customers were made with (the
-    load refuses it too, by the fingerprint the job reports). An unset key is the job's error to report."""
+    load refuses it too, by the fingerprint the job reports). An unset key is the preflight's to report."""
     env = config.spark.pseudonym_key_env
     key = os.environ.get(env, "")
     held = pseudonym_key_held(config=config)

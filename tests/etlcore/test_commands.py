@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 
 from etlcore.models import PipelineRun, StepRun
 from etlcore.staging import TRANSFORMED, Manifest, PartitionRef, partition_attempt, partition_publish
-from tests.pipelines import dataset, pipeline_write
+from tests.pipelines import dataset, pipeline_write, sales_datasets
 from tests.warehouse.partitions import default_outputs, sale, write_outputs
 from warehouse.models import FactSalesLine, PseudonymKey
 
@@ -32,6 +32,18 @@ def shop(pipeline_dir, tmp_path, db_alias):
         name={"from": "Product Name"},
     )
     pipeline_write(pipeline_dir, datasets={"products": products}, database=db_alias, staging=staging)
+    return {"alias": db_alias, "data": data, "staging": staging}
+
+
+@pytest.fixture
+def sales_shop(pipeline_dir, tmp_path, db_alias, monkeypatch):
+    """`shop` with every dataset and column the sales job reads, and its key set: the preflight of a run
+    that includes the transform passes, so what follows it is what the test sees."""
+    data = tmp_path / "data"
+    data.mkdir()
+    staging = tmp_path / "staging"
+    pipeline_write(pipeline_dir, datasets=sales_datasets(data), database=db_alias, staging=staging)
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "commands-test-key")
     return {"alias": db_alias, "data": data, "staging": staging}
 
 
@@ -74,21 +86,21 @@ def test_bad_date_fails_with_a_failed_run_and_no_steps(shop, bad_date):
     assert not run.steps.exists()
 
 
-def test_missing_source_file_fails_the_step_and_stages_nothing(shop):
+def test_missing_source_file_fails_the_step_and_stages_nothing(sales_shop):
     with pytest.raises(CommandError, match=r"no file matches .*products_20261101\.csv"):
         run_command("run_pipeline", "--pipeline", "shop", "--date", "2026-11-01")
-    run = latest_run(shop["alias"])
+    run = latest_run(sales_shop["alias"])
     step = run.steps.get()
     assert (run.status, step.step, step.status) == ("failed", "extract", "failed")
     assert "products_20261101.csv" in step.error
-    assert not list(shop["staging"].rglob("_manifest.json"))
-    assert not list(shop["staging"].rglob("*.parquet"))
+    assert not list(sales_shop["staging"].rglob("_manifest.json"))
+    assert not list(sales_shop["staging"].rglob("*.parquet"))
 
 
-def test_transform_before_extract_says_which_partition_is_missing(shop):
+def test_transform_before_extract_says_which_partition_is_missing(sales_shop):
     with pytest.raises(CommandError, match=r"no published partition for shop raw/products 2026-11-01"):
         run_command("transform", "--pipeline", "shop", "--date", "2026-11-01")
-    assert StepRun.objects.using(shop["alias"]).get().status == "failed"
+    assert StepRun.objects.using(sales_shop["alias"]).get().status == "failed"
 
 
 def test_load_before_transform_says_which_partition_is_missing(shop):
@@ -300,13 +312,15 @@ def test_load_under_another_pseudonym_key_is_refused_and_changes_nothing(shop):
     assert list(PseudonymKey.objects.using(shop["alias"]).values_list("fingerprint", flat=True)) == [first]
 
 
-def test_transform_under_another_pseudonym_key_fails_before_spark_starts(shop, monkeypatch):
-    PseudonymKey.objects.using(shop["alias"]).create(pipeline="shop", fingerprint=_fingerprint(b"key-one"))
+def test_transform_under_another_pseudonym_key_fails_before_spark_starts(sales_shop, monkeypatch):
+    PseudonymKey.objects.using(sales_shop["alias"]).create(
+        pipeline="shop", fingerprint=_fingerprint(b"key-one")
+    )
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "key-two")
     expected = rf"fingerprint {_fingerprint(b'key-one')}, ETL_PSEUDONYM_KEY's with {_fingerprint(b'key-two')}"
     with pytest.raises(CommandError, match=expected):
         run_command("transform", "--pipeline", "shop", "--date", "2026-11-01")  # no raw partition: not read
-    step = latest_run(shop["alias"]).steps.get()
+    step = latest_run(sales_shop["alias"]).steps.get()
     assert (step.step, step.status, step.details) == ("transform", "failed", {})
 
 

@@ -74,3 +74,20 @@ def test_docs_architecture_lists_every_declared_column_with_its_type(output):
 
     missing = [f"{name} {kind}" for name, kind in output.columns if f"{name} {kind}" not in row]
     assert not missing, f"docs/architecture.md does not list {output.name}: {missing}"
+
+
+@pytest.mark.parametrize("job", sorted(contract.CONTRACTS))
+def test_every_option_an_input_depends_on_is_a_declared_option_of_the_right_shape(job):
+    """The inputs' option references name the job's declared options, so the preflight and the job read
+    the same [spark.options] the pipeline file is checked against."""
+    declared = contract.CONTRACTS[job]
+    options = {o.name: o for o in declared.options}
+    for spec in declared.inputs:
+        for column, (option, _value) in spec.optional_when.items():
+            assert column in spec.columns and options[option].shape == "text"
+        for option, _default in spec.column_options:
+            assert options[option].shape == "text"
+        if spec.derived_by:
+            assert "derive_from" in options[spec.derived_by].keys
+    for extra in declared.dataset_options:
+        assert extra.key in options[extra.option].keys and options[extra.option].shape == "table"
