@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ _SECRET_CONF = re.compile(
     r"(secret|password|token|credential|access\.key|^spark\.executorEnv\.)", re.IGNORECASE
 )
 JOBS_PACKAGE = "spark_jobs"
+# What a job run over several dates leaves in a date's work dir when that date failed (spark_jobs main()).
+FAILED_FILE = "_failed.json"
 # What spark-submit, its JVM and the job's Python driver inherit from this process: what they need to run,
 # the pseudonym key and the variables the pipeline names in `[spark] env`; never the rest (DATABASE_URL,
 # API tokens, DJANGO_SECRET_KEY).
@@ -168,13 +170,15 @@ def submit_conf(config: PipelineConfig, extra_conf: Mapping[str, str] | None = N
 def submit_command(
     config: PipelineConfig,
     *,
-    spec_path: Path,
+    spec_path: Path | Sequence[Path],
     py_files: Path,
     extra_conf: dict[str, str] | None = None,
     properties_file: Path | None = None,
 ) -> list[str]:
-    """The spark-submit argument list. Secret settings are not in it: they are in `properties_file`
-    (written by :func:`properties_write`), which spark-submit reads beside conf/spark-defaults.conf."""
+    """The spark-submit argument list (one ``--spec`` per date of `spec_path`). Secret settings are not in
+    it: they are in `properties_file` (written by :func:`properties_write`), which spark-submit reads
+    beside conf/spark-defaults.conf."""
+    spec_paths = [spec_path] if isinstance(spec_path, Path) else list(spec_path)
     conf = submit_conf(config, extra_conf)
     if any(conf_is_secret(key) for key in conf) and properties_file is None:
         raise ValueError("secret Spark settings need a properties file, never the command line")
@@ -183,7 +187,7 @@ def submit_command(
         "--master",
         config.spark.master,
         "--name",
-        f"{config.name}:{spec_path.parent.name}",
+        f"{config.name}:{spec_paths[0].parent.name}",
         "--py-files",
         str(py_files),
     ]
@@ -192,7 +196,9 @@ def submit_command(
     for key, value in conf.items():
         if not conf_is_secret(key):
             command += ["--conf", f"{key}={value}"]
-    command += [str(job_script(config.spark.job)), "--spec", str(spec_path)]
+    command.append(str(job_script(config.spark.job)))
+    for path in spec_paths:
+        command += ["--spec", str(path)]
     return command
 
 
@@ -257,19 +263,49 @@ def job_submit(
     timeout: float | None = None,
 ) -> SubmitResult:
     """Write the job spec, run spark-submit, capture its output in `log_path`; raise if it fails."""
-    spec_path = work_dir / "_spec.json"
-    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+    return jobs_submit(config, jobs=[(spec, work_dir)], log_path=log_path, timeout=timeout)
+
+
+def jobs_submit(
+    config: PipelineConfig,
+    *,
+    jobs: Sequence[tuple[dict[str, Any], Path]],
+    log_path: Path,
+    timeout: float | None = None,
+) -> SubmitResult:
+    """Several (spec, work dir) of the job, one date each, in one spark-submit: the JVM starts once.
+
+    With one job, any failure raises. With several, the job ends each date with `_result.json` or
+    `_failed.json` in its work dir and goes on: only an application that did not account for every
+    date raises; the caller reads each date's outcome."""
+    spec_paths = []
+    for spec, work_dir in jobs:
+        spec_path = work_dir / "_spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+        spec_paths.append(spec_path)
     private = Path(tempfile.mkdtemp(prefix="etl-spark-"))  # 0700
     try:
         conf = submit_conf(config)
         properties = properties_write(conf, private) if any(map(conf_is_secret, conf)) else None
         command = submit_command(
             config,
-            spec_path=spec_path,
+            spec_path=spec_paths,
             py_files=jobs_archive(config.staging_root / "_build"),
             properties_file=properties,
         )
-        return _command_run(config, command, job_environment(config), log_path, timeout)
+        try:
+            return _command_run(config, command, job_environment(config), log_path, timeout)
+        except SparkJobError as exc:
+            ended = ("_result.json", FAILED_FILE)
+            accounted = all(any((work_dir / name).exists() for name in ended) for _, work_dir in jobs)
+            if len(jobs) == 1 or not exc.facts or not accounted:
+                raise
+            return SubmitResult(
+                command=exc.facts["command"],
+                returncode=exc.facts["exit_code"],
+                log_path=log_path,
+                seconds=exc.facts["spark_seconds"],
+            )
     finally:
         shutil.rmtree(private, ignore_errors=True)
 

@@ -127,6 +127,11 @@ def partition_attempt(ref: PartitionRef) -> Iterator[Path]:
             raise
 
 
+def attempt_discard(attempt: Path) -> None:
+    """Drop an attempt that will not be published (inside its `partition_attempt`, which holds the lock)."""
+    shutil.rmtree(attempt, ignore_errors=True)
+
+
 def partition_publish(ref: PartitionRef, manifest: Manifest, attempt: Path) -> None:
     """Make the attempt's files durable, swap the manifest in, then drop superseded attempts."""
     for path in sorted(attempt.rglob("*")):

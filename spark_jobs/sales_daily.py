@@ -845,37 +845,65 @@ def _one_line(exc: BaseException, secrets: Sequence[str]) -> str:
     return text[:500]
 
 
+FAILED_FILE = "_failed.json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job for each ``--spec`` in turn in one Spark application (a backfill pays the JVM's start
+    once). Each spec's ``output_dir`` ends with its ``_result.json``, or with ``_failed.json`` holding the
+    one-line error, and the next spec runs regardless. Exit 0 when every spec succeeded, 1 when one
+    failed (its line also goes to stderr), 2 when a spec cannot be read or the key is missing."""
     parser = argparse.ArgumentParser(prog=JOB_NAME, description="Daily retail sales transform.")
-    parser.add_argument("--spec", required=True, help="path of the job spec JSON (see docs/architecture.md)")
+    parser.add_argument(
+        "--spec",
+        action="append",
+        required=True,
+        help="path of a job spec JSON (see docs/architecture.md); repeat for several dates",
+    )
     args = parser.parse_args(argv)
 
+    specs = []
+    for path in args.spec:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                specs.append(json.load(fh))
+        except (OSError, ValueError) as exc:
+            print(f"{JOB_NAME}: cannot read job spec {path}: {exc}", file=sys.stderr)
+            return 2
     try:
-        with open(args.spec, encoding="utf-8") as fh:
-            spec = json.load(fh)
-    except (OSError, ValueError) as exc:
-        print(f"{JOB_NAME}: cannot read job spec {args.spec}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        key = _pseudonym_key_from_env(spec)
+        key = _pseudonym_key_from_env(specs[0])
     except RuntimeError as exc:
         print(f"{JOB_NAME}: {exc}", file=sys.stderr)
         return 2
 
     spark = None
+    failed = 0
     try:
-        app_name = f"{spec.get('pipeline', 'etl')}:{JOB_NAME}:{spec.get('business_date')}"
+        dates = [str(spec.get("business_date")) for spec in specs]
+        app_name = f"{specs[0].get('pipeline', 'etl')}:{JOB_NAME}:{dates[0]}" + (
+            f"..{dates[-1]}" if len(dates) > 1 else ""
+        )
         spark = (
             SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC").getOrCreate()
         )
-        run_job(spark, spec, pseudonym_key=key)
-    except Exception as exc:  # the job's contract with the transform step: an exit code and one line
+        for spec in specs:
+            try:
+                run_job(spark, spec, pseudonym_key=key)
+            except Exception as exc:  # the job's contract with the transform step: an exit code and one line
+                line = _one_line(exc, secret_fragments(key))
+                prefix = f"{spec.get('business_date')}: " if len(specs) > 1 else ""
+                print(f"{JOB_NAME}: {prefix}failed: {line}", file=sys.stderr)
+                _write_json_atomically(os.path.join(spec["output_dir"], FAILED_FILE), {"error": line})
+                failed += 1
+            finally:
+                spark.catalog.clearCache()  # nothing of one date stays for the next
+    except Exception as exc:
         print(f"{JOB_NAME}: failed: {_one_line(exc, secret_fragments(key))}", file=sys.stderr)
         return 1
     finally:
         if spark is not None:
             spark.stop()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

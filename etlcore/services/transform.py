@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,12 @@ from warehouse.loading.specs import output_constraints
 
 from .. import staging
 from ..config import PipelineConfig
-from ..errors import ConfigurationError, ReconciliationError, SparkJobError
+from ..errors import ETL_ERRORS, ConfigurationError, ReconciliationError, SparkJobError
 from ..guards import guards_enforce
 from ..preflight import preflight_enforce
 from ..runs import StepOutcome
 from ..selectors import guards_previous, pseudonym_key_held
-from ..spark import job_submit
+from ..spark import FAILED_FILE, job_submit, jobs_submit
 
 
 def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
@@ -32,29 +33,10 @@ def partition_transform(*, config: PipelineConfig, business_date: date, outcome:
     preflight_enforce(config=config, steps=("transform",))
     contract = transform_contract(config=config)
     pseudonym_key_expect(config=config)
-    staged: dict[str, tuple[list[Path], int]] = {}
-    pseudonymised: dict[str, list[str]] = {}
-    for dataset in config.datasets.values():
-        ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset.name, business_date)
-        manifest = staging.manifest_read(ref)
-        staged[dataset.name] = (staging.manifest_files(ref, manifest), manifest.row_count)
-        # Partitions staged before personal columns were pseudonymised at extraction hold clear values.
-        pseudonymised[dataset.name] = [c["name"] for c in manifest.schema if c.get("pii") == "hmac-sha256"]
     ref = staging.PartitionRef.transformed(config.staging_root, config.name, business_date)
-    log_path = (
-        config.staging_root
-        / config.name
-        / "logs"
-        / f"{business_date.isoformat()}-run{outcome.run_id}-transform.log"
-    )
+    log_path = _log_path(config, business_date, outcome.run_id)
     with staging.partition_attempt(ref) as attempt:
-        spec = job_spec(
-            config,
-            business_date=business_date,
-            staged=staged,
-            output_dir=attempt,
-            pseudonymised=pseudonymised,
-        )
+        spec = _date_spec(config, business_date, attempt)
         # Facts about the submit go on the outcome before anything can fail, so a failure keeps them.
         outcome.details["log"] = str(log_path)
         try:
@@ -65,25 +47,110 @@ def partition_transform(*, config: PipelineConfig, business_date: date, outcome:
             outcome.details |= exc.facts
             raise
         outcome.details |= submitted.facts()
-        result = _job_result_read(attempt, log_path, contract)
-        datasets = result["datasets"]
-        outcome.rows_in = sum(d["rows_in"] for d in datasets.values())
-        outcome.rows_out = sum(d["rows_out"] for d in datasets.values())
-        outcome.rows_rejected = sum(d["rejected"] for d in datasets.values())
-        outcome.details["datasets"] = datasets
-        outcome.details["outputs"] = result["outputs"]
-        job_result_reconcile(result, spec["inputs"])
-        # Volume guards (etlcore/guards.py) before publishing: a failing guard leaves no partition to load.
-        guards_enforce(
-            config=config,
-            business_date=business_date,
-            counts=datasets,
-            previous=lambda: guards_previous(config=config, business_date=business_date),
-            outcome=outcome,
-        )
-        manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract)
-        staging.partition_publish(ref, manifest, attempt)
+        _attempt_publish(config, business_date, ref, attempt, spec, contract, log_path, outcome)
     outcome.details["partition"] = str(ref.dir)
+
+
+def partitions_transform(
+    *, config: PipelineConfig, outcomes: Mapping[date, StepOutcome]
+) -> dict[date, BaseException | None]:
+    """The transform step of several dates in ONE Spark application (a backfill pays the JVM's start and
+    the session once, not per date). Each date is what `partition_transform` makes of it: its own attempt,
+    result, reconciliation, guards and atomic publish, and its own outcome; a date that fails (in the job,
+    its accounting or its guards) publishes nothing and does not stop the others. Returns each date's
+    error, None when it succeeded.
+    """
+    preflight_enforce(config=config, steps=("transform",))
+    contract = transform_contract(config=config)
+    pseudonym_key_expect(config=config)
+    days = sorted(outcomes)
+    first = outcomes[days[0]]
+    log_path = _log_path(config, days[0], first.run_id, last=days[-1])
+    errors: dict[date, BaseException | None] = {}
+    with ExitStack() as stack:
+        refs = {day: staging.PartitionRef.transformed(config.staging_root, config.name, day) for day in days}
+        attempts = {day: stack.enter_context(staging.partition_attempt(refs[day])) for day in days}
+        specs = {day: _date_spec(config, day, attempts[day]) for day in days}
+        for day in days:
+            outcomes[day].details["log"] = str(log_path)
+        try:
+            submitted = jobs_submit(
+                config,
+                jobs=[(specs[day], attempts[day]) for day in days],
+                log_path=log_path,
+                timeout=config.spark.timeout_seconds,
+            )
+        except SparkJobError as exc:
+            for day in days:
+                outcomes[day].details |= exc.facts
+            raise
+        for day in days:
+            outcomes[day].details |= submitted.facts()
+            try:
+                failed = attempts[day] / FAILED_FILE
+                if failed.exists():
+                    error = json.loads(failed.read_text(encoding="utf-8"))["error"]
+                    job = config.spark.job
+                    raise SparkJobError(f"spark job {job} failed on {day}: {error} (log: {log_path})")
+                publish = (refs[day], attempts[day], specs[day], contract, log_path, outcomes[day])
+                _attempt_publish(config, day, *publish)
+                outcomes[day].details["partition"] = str(refs[day].dir)
+                errors[day] = None
+            except ETL_ERRORS as exc:
+                staging.attempt_discard(attempts[day])
+                errors[day] = exc
+    return errors
+
+
+def _log_path(config: PipelineConfig, day: date, run_id: int, *, last: date | None = None) -> Path:
+    dates = day.isoformat() + (f"..{last.isoformat()}" if last is not None and last != day else "")
+    return config.staging_root / config.name / "logs" / f"{dates}-run{run_id}-transform.log"
+
+
+def _date_spec(config: PipelineConfig, business_date: date, attempt: Path) -> dict[str, Any]:
+    """The job spec of one date, from its raw partitions' manifests."""
+    staged: dict[str, tuple[list[Path], int]] = {}
+    pseudonymised: dict[str, list[str]] = {}
+    for dataset in config.datasets.values():
+        ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset.name, business_date)
+        manifest = staging.manifest_read(ref)
+        staged[dataset.name] = (staging.manifest_files(ref, manifest), manifest.row_count)
+        # Partitions staged before personal columns were pseudonymised at extraction hold clear values.
+        pseudonymised[dataset.name] = [c["name"] for c in manifest.schema if c.get("pii") == "hmac-sha256"]
+    return job_spec(
+        config, business_date=business_date, staged=staged, output_dir=attempt, pseudonymised=pseudonymised
+    )
+
+
+def _attempt_publish(
+    config: PipelineConfig,
+    business_date: date,
+    ref: staging.PartitionRef,
+    attempt: Path,
+    spec: Mapping[str, Any],
+    contract: JobContract,
+    log_path: Path,
+    outcome: StepOutcome,
+) -> None:
+    """A date's job result: counted on the outcome, reconciled, guarded, then published atomically."""
+    result = _job_result_read(attempt, log_path, contract)
+    datasets = result["datasets"]
+    outcome.rows_in = sum(d["rows_in"] for d in datasets.values())
+    outcome.rows_out = sum(d["rows_out"] for d in datasets.values())
+    outcome.rows_rejected = sum(d["rejected"] for d in datasets.values())
+    outcome.details["datasets"] = datasets
+    outcome.details["outputs"] = result["outputs"]
+    job_result_reconcile(result, spec["inputs"])
+    # Volume guards (etlcore/guards.py) before publishing: a failing guard leaves no partition to load.
+    guards_enforce(
+        config=config,
+        business_date=business_date,
+        counts=datasets,
+        previous=lambda: guards_previous(config=config, business_date=business_date),
+        outcome=outcome,
+    )
+    manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract)
+    staging.partition_publish(ref, manifest, attempt)
 
 
 def pseudonym_key_expect(*, config: PipelineConfig) -> None:
