@@ -172,7 +172,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"{path}: cannot read pipeline file: {exc}") from exc
-    doc = _substitute_env(raw, environ if environ is not None else os.environ, path)
+    doc = _substitute_env(raw, pipeline_environ(os.environ if environ is None else environ), path)
     where = str(path)
 
     name = _required_str(doc, "name", where)
@@ -532,6 +532,17 @@ def _pipeline_files() -> dict[str, Path]:
         for path in candidates:
             found.setdefault(path.stem, path)
     return found
+
+
+def pipeline_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """What `${VAR}` in a pipeline file reads: `environ` over the values the settings derive, so
+    `${ETL_DEMO_DIR}` follows ETL_VAR_DIR without the file repeating (and drifting from) its default."""
+    derived = {
+        "ETL_VAR_DIR": str(settings.VAR_DIR),
+        "ETL_DEMO_DIR": str(settings.ETL_DEMO_DIR),
+        "ETL_DEMO_API_URL": settings.ETL_DEMO_API_URL,
+    }
+    return {**derived, **{name: value for name, value in environ.items() if value}}
 
 
 def _substitute_env(value: Any, environ: Mapping[str, str], path: Path) -> Any:

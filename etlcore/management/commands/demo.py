@@ -3,8 +3,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from etlcore.demo.pipeline import demo_run
+from etlcore.demo.pipeline import DEMO_PIPELINE, demo_run
 from etlcore.errors import USER_ERRORS
+from etlcore.preflight import database_check, pipeline_database
 
 
 class Command(BaseCommand):
@@ -17,11 +18,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--data-dir",
             type=Path,
-            default=Path(settings.VAR_DIR) / "demo",
+            default=Path(settings.ETL_DEMO_DIR),
             help="where the demo sources are written (default: %(default)s)",
         )
 
     def handle(self, *args, data_dir: Path, **options) -> None:
+        try:
+            database_check(using=pipeline_database(pipeline=DEMO_PIPELINE))
+        except USER_ERRORS as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(
             f"Demo sources in {data_dir}; running the pipeline (Spark takes a few seconds a date)"
         )
