@@ -1,6 +1,8 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.errors import DatabaseNotReady
 from etlcore.guards import guard_lines
+from etlcore.preflight import database_check
 from etlcore.services import runs_latest
 
 
@@ -13,6 +15,10 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default", help="database alias (default: %(default)s)")
 
     def handle(self, *args, pipeline: str | None, limit: int, database: str, **options) -> None:
+        try:
+            database_check(using=database)
+        except DatabaseNotReady as exc:
+            raise CommandError(str(exc)) from exc
         runs = runs_latest(pipeline=pipeline, limit=limit, using=database)
         if not runs:
             self.stdout.write("no runs yet")
