@@ -259,3 +259,19 @@ def test_load_of_a_partition_naming_a_product_the_warehouse_lacks_fails_with_one
     assert (run.status, step.step, step.status) == ("failed", "load", "failed")
     assert step.error == run.error == "warehouse.DimProduct: no row for sku P9"
     assert not FactSalesLine.objects.using(shop["alias"]).exists()
+
+
+def test_extract_failing_mid_source_leaves_no_partition_folder_or_lock(pipeline_dir, tmp_path, db_alias):
+    """Two batches are staged before line 6 breaks: the failed attempt leaves nothing under staging."""
+    source = tmp_path / "products.jsonl"
+    source.write_text("".join(f'{{"SKU": "P{i}"}}\n' for i in range(5)) + "{not json\n")
+    products = dataset(
+        source={"kind": "file", "path": str(source), "format": "jsonl", "batch_size": 2},
+        sku={"from": "SKU", "required": True},
+    )
+    staging = tmp_path / "staging"
+    pipeline_write(pipeline_dir, datasets={"products": products}, database=db_alias, staging=staging)
+    with pytest.raises(CommandError, match=r"products\.jsonl line 6: malformed JSON"):
+        run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+    assert latest_run(db_alias).status == "failed"
+    assert not list(staging.rglob("date=*")) and not list(staging.rglob(".lock"))
