@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from io import StringIO
 
@@ -275,3 +276,39 @@ def test_extract_failing_mid_source_leaves_no_partition_folder_or_lock(pipeline_
         run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
     assert latest_run(db_alias).status == "failed"
     assert not list(staging.rglob("date=*")) and not list(staging.rglob(".lock"))
+
+
+CANARY = "canary.7f3a@example.com"
+
+
+@pytest.mark.parametrize(
+    ("broken_row", "says"),
+    [
+        # One field too many, holding the address and binary bytes: pyarrow's message quotes the row.
+        (f"P2,Tea,{CANARY},\xff\xfe\x00tail".encode("latin-1"), r"line 3: CSV parse error: Expected 3 col"),
+        # The address column itself not UTF-8.
+        (b"P2,Tea,\xff\xfe\x00" + CANARY.encode(), r"line 3, column 'Email': .*invalid UTF8"),
+    ],
+    ids=["extra-field", "binary-field"],
+)
+def test_broken_csv_row_is_reported_by_line_without_its_content(
+    pipeline_dir, tmp_path, db_alias, caplog, broken_row, says
+):
+    """The run record, the command's error and the log say where the row is, in one line, and never
+    quote it: not the personal column's value, not the bytes."""
+    source = tmp_path / "products.csv"
+    source.write_bytes(b"SKU,Product Name,Email\nP1,Mug,a@example.com\n" + broken_row + b"\nP3,Cup,b@x.org\n")
+    products = dataset(
+        source, sku={"from": "SKU", "required": True}, name={"from": "Product Name"}, email={"from": "Email"}
+    )
+    products["columns"]["email"]["pii"] = True
+    pipeline_write(pipeline_dir, datasets={"products": products}, database=db_alias, staging=tmp_path / "st")
+    with pytest.raises(CommandError) as failure:
+        run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+    run = latest_run(db_alias)
+    step = run.steps.get()
+    for text in (str(failure.value), run.error, step.error, caplog.text):
+        assert "canary" not in text
+        assert "\n" not in text.strip() and "\x00" not in text and "\ufffd" not in text, text
+    assert re.search(rf"products\.csv {says}", run.error), run.error
+    assert len(run.error) < 300
