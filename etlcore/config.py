@@ -50,6 +50,7 @@ DATASET_KEYS = (
     "version_column",
     "business_date_column",
     "drift",
+    "ignore_fields",
     "rules",
     "guards",
 )
@@ -104,6 +105,9 @@ class DatasetConfig:
     # default (ordered_at for the sales job). Not the partition's date (docs/loading.md).
     business_date_column: str | None = None
     drift: str = "warn"  # what a source delivering other fields than declared does: warn (and record) or fail
+    # Source fields (dotted paths) the dataset deliberately does not stage: the drift check ignores them
+    # and everything under them, as a deselected field in a Singer catalog.
+    ignore_fields: tuple[str, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
     pii: frozenset[str] = frozenset()  # columns shown as their pseudonym in quarantined raw records
     guards: tuple[GuardConfig, ...] = ()
@@ -284,6 +288,10 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     if drift not in DRIFT_POLICIES:
         raise ConfigurationError(f"{where}: drift {drift!r} is not one of {', '.join(DRIFT_POLICIES)}")
 
+    ignore_fields = doc.get("ignore_fields", [])
+    if not isinstance(ignore_fields, list) or not all(isinstance(f, str) and f for f in ignore_fields):
+        raise ConfigurationError(f"{where}: ignore_fields must be a list of source field paths")
+
     if source["kind"] == "file":
         source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
     if source["kind"] not in connector_kinds():
@@ -315,6 +323,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
         version_column=version_column,
         business_date_column=business_date_column,
         drift=drift,
+        ignore_fields=tuple(ignore_fields),
         rules=rules,
         pii=frozenset(pii),
         guards=_parse_guards(doc.get("guards", {}), f"{where.removesuffix(']')}.guards]"),

@@ -100,3 +100,14 @@ def test_the_shipped_pipelines_stage_under_the_staging_root_setting(shipped, tmp
     settings.ETL_STAGING_ROOT = tmp_path / "elsewhere"  # e.g. moved by ETL_VAR_DIR or ETL_STAGING_ROOT
     config = pipeline_parse(DEMO.with_name(f"{shipped}.toml"), environ={})
     assert config.staging_root == tmp_path / "elsewhere"
+
+
+def test_ignore_fields_is_a_list_of_source_paths(tmp_path):
+    ignoring = {"options": {"ignore_fields": ["customer.name", "Notes"]}}
+    config = pipeline_parse(write_pipeline(tmp_path, products=ignoring), environ={"DATA_DIR": "/d"})
+    assert config.datasets["products"].ignore_fields == ("customer.name", "Notes")
+    assert pipeline_parse(DEMO, environ={}).datasets["order_lines"].ignore_fields == ("customer.name",)
+    with pytest.raises(ConfigurationError, match=r"\[datasets.products\]: ignore_fields must be a list"):
+        pipeline_parse(
+            write_pipeline(tmp_path, products={"options": {"ignore_fields": "x"}}), environ={"DATA_DIR": "/d"}
+        )
