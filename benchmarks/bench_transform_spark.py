@@ -15,8 +15,9 @@ quantity); 3% returns (negative quantities) are valid. 5% of the lines are in GB
 EUR with the date's rates partition (the demo pipeline's `rates` dataset).
 
 - spark: the pipeline's job (conf/pipelines/retail_demo.toml `[spark] job`) submitted exactly as the
-  transform step does: a job spec JSON like `etlcore.services.transform_partition` writes (columns, keys
-  and version columns from the pipeline file, so the benchmark follows the job as it changes) and the
+  transform step does: a job spec JSON like `etlcore.services.transform.partition_transform` writes
+  (columns, keys and version columns from the pipeline file, so the benchmark follows the job as it
+  changes) and the
   command of `etlcore.spark.submit_command` (same defaults, same `[spark.conf]`, `--py-files` archive).
   Wall time includes spark-submit's JVM start-up; the job's own `_result.json` is checked for conservation.
 - duckdb (the single-machine reference): the same rules in SQL, in one child process: casts behind the
@@ -233,7 +234,7 @@ def job_spec(root: Path, output_dir: Path) -> dict[str, Any]:
     from datetime import date
 
     from etlcore.config import pipeline_load
-    from etlcore.services import job_spec as pipeline_job_spec
+    from etlcore.services.transform import job_spec as pipeline_job_spec
 
     config = pipeline_load(PIPELINE)
     rows = {
@@ -300,7 +301,7 @@ def measure(
 
 def run_spark(root: Path, work: Path) -> dict[str, Any]:
     from etlcore.config import pipeline_load
-    from etlcore.spark import jobs_archive, submit_command
+    from etlcore.spark import job_environment, jobs_archive, submit_command
 
     config = pipeline_load(PIPELINE)
     output_dir = work / "spark"
@@ -309,12 +310,7 @@ def run_spark(root: Path, work: Path) -> dict[str, Any]:
     spec_path = output_dir / "_spec.json"
     spec_path.write_text(json.dumps(job_spec(root, output_dir), indent=2), encoding="utf-8")
     command = submit_command(config, spec_path=spec_path, py_files=jobs_archive(work / "_build"))
-    env = {
-        **os.environ,
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        config.spark.pseudonym_key_env: PSEUDONYM_KEY,
-    }
+    env = job_environment(config, {**os.environ, config.spark.pseudonym_key_env: PSEUDONYM_KEY})
     result = measure(command, env=env, log=work / "spark.log")
     if result["exit_code"] != 0:
         raise SystemExit(f"spark job failed, see {result['log']}")

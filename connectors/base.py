@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, ClassVar
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from .errors import ConfigurationError
+from .options import Table, table_check
 
 # A batch of raw records as the source returned them (nested dicts/lists allowed) or, for tabular
 # sources, an Arrow record batch whose column names are the source's own.
@@ -52,6 +53,9 @@ class Connector(ABC):
     """
 
     kind: ClassVar[str]
+    # Every option the kind reads, with its type: the one declaration the pipeline file is checked
+    # against when it is read (`check_options`) and the connector's own unknown-option check.
+    option_schema: ClassVar[Table]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A class that names its own `kind` is a source kind: defining it is its registration.
@@ -62,6 +66,9 @@ class Connector(ABC):
         known = _KINDS.get(kind)
         if known is not None and known.__qualname__ != cls.__qualname__:
             raise TypeError(f"source kind {kind!r} is taken by {known.__module__}.{known.__qualname__}")
+        if not isinstance(getattr(cls, "option_schema", None), Table):
+            # Its options could not be checked when the pipeline file is read.
+            raise TypeError(f"source kind {kind!r} ({cls.__name__}) declares no option_schema")
         _KINDS[kind] = cls
 
     def __init__(
@@ -78,9 +85,10 @@ class Connector(ABC):
     @classmethod
     def check_options(cls, *, name: str, options: Mapping[str, Any]) -> None:
         """Checks that need neither the source nor the environment, run when the pipeline file is read
-        (so a misplaced option fails before any run). Raise `ConfigurationError`; the default checks
-        nothing beyond what `__init__` does at extract time."""
-        return None
+        (so a misspelt or misplaced option fails before any run): every key and type against
+        `option_schema`, raising `connectors.options.OptionError` (path and key from the options' root).
+        A kind adds its own checks after calling this one."""
+        table_check(options, cls.option_schema)
 
     @abstractmethod
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
@@ -92,7 +100,7 @@ class Connector(ABC):
 
 
 def reject_unknown_options(
-    source: str, options: Mapping[str, Any], known: frozenset[str] | set[str], *, prefix: str = ""
+    source: str, options: Mapping[str, Any], known: Collection[str], *, prefix: str = ""
 ) -> None:
     """Raise `ConfigurationError` for an option nobody reads: a misspelt key would silently fall back
     to its default."""

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
 from .errors import ECHOED_ROW, ConfigurationError, SourceError, library_error_text, value_excerpt
+from .options import FLAG, TEXT, TEXT_LIST, WHOLE, OneOf, Table
 
-__all__ = ["FileConnector"]
+__all__ = ["CSV_OPTIONS", "OPTIONS", "FileConnector"]
 
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {
@@ -32,20 +33,32 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_OPTIONS = frozenset(
-    {"kind", "path", "base_dir", "format", "csv", "encoding", "batch_size", "required", "window_filter"}
-)
-_WINDOW_FILTER_OPTIONS = frozenset({"column", "format", "timezone"})
-_CSV_OPTIONS = frozenset(
+# A character, or false for none (`quote_char = false`: fields are never quoted).
+CHARACTER = OneOf((TEXT, FLAG), "a character, or false")
+CSV_OPTIONS = Table(
     {
-        "delimiter",
-        "quote_char",
-        "escape_char",
-        "encoding",
-        "header",
-        "column_names",
-        "null_values",
-        "block_size",
+        "delimiter": TEXT,
+        "quote_char": CHARACTER,
+        "escape_char": CHARACTER,
+        "encoding": TEXT,
+        "header": FLAG,
+        "column_names": TEXT_LIST,
+        "null_values": TEXT_LIST,
+    }
+)
+_FILE_CSV_OPTIONS = Table({**CSV_OPTIONS.keys, "block_size": WHOLE})
+_WINDOW_FILTER_OPTIONS = Table({"column": TEXT, "format": TEXT, "timezone": TEXT})
+OPTIONS = Table(
+    {
+        "kind": TEXT,
+        "path": TEXT,
+        "base_dir": TEXT,  # set by the pipeline loader (the project folder), against which `path` resolves
+        "format": TEXT,
+        "csv": _FILE_CSV_OPTIONS,
+        "encoding": TEXT,
+        "batch_size": WHOLE,
+        "required": FLAG,
+        "window_filter": _WINDOW_FILTER_OPTIONS,
     }
 )
 # One CSV row must fit in a block, so blocks are never tiny; rows per Arrow batch are capped separately.
@@ -70,12 +83,13 @@ class FileConnector(Connector):
     """
 
     kind = "file"
+    option_schema = OPTIONS
 
     def __init__(
         self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(name=name, options=options, state=state)
-        reject_unknown_options(name, self.options, _OPTIONS)
+        reject_unknown_options(name, self.options, OPTIONS.keys)
         path = self.options.get("path")
         if not isinstance(path, str) or not path.strip():
             raise ConfigurationError(f"source {name!r}: 'path' is required (a file name or glob)")
@@ -90,7 +104,7 @@ class FileConnector(Connector):
         csv_options = self.options.get("csv", {})
         if not isinstance(csv_options, Mapping):
             raise ConfigurationError(f"source {name!r}: 'csv' must be a table")
-        reject_unknown_options(name, csv_options, _CSV_OPTIONS, prefix="csv.")
+        reject_unknown_options(name, csv_options, _FILE_CSV_OPTIONS.keys, prefix="csv.")
         self._csv = dict(csv_options)
         self._window_filter = _WindowFilter.from_options(name, self.options.get("window_filter"))
         self._last_pattern: str | None = None
@@ -269,7 +283,7 @@ class _WindowFilter:
             return None
         if not isinstance(options, Mapping):
             raise ConfigurationError(f"source {source!r}: 'window_filter' must be a table")
-        reject_unknown_options(source, options, _WINDOW_FILTER_OPTIONS, prefix="window_filter.")
+        reject_unknown_options(source, options, _WINDOW_FILTER_OPTIONS.keys, prefix="window_filter.")
         column, fmt = options.get("column"), options.get("format")
         if not isinstance(column, str) or not column or not isinstance(fmt, str) or not fmt:
             raise ConfigurationError(

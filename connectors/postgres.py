@@ -17,24 +17,26 @@ from psycopg2 import sql
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, secret_from_env
 from .errors import ConfigurationError, SourceError, library_error_text
+from .options import TEXT, TEXT_LIST, WHOLE, OneOf, Table
 from .watermarks import Ties, fingerprint
 
-__all__ = ["PostgresConnector", "pg_connect"]
+__all__ = ["OPTIONS", "PostgresConnector", "pg_connect"]
 
-_OPTIONS = frozenset(
+NAMES = OneOf((TEXT, TEXT_LIST), "a name or a list of names")
+OPTIONS = Table(
     {
-        "kind",
-        "dsn_env",
-        "table",
-        "columns",
-        "query",
-        "mode",
-        "watermark_column",
-        "tiebreaker_column",
-        "initial_watermark",
-        "batch_size",
-        "fetch",
-        "connect_timeout_seconds",
+        "kind": TEXT,
+        "dsn_env": TEXT,
+        "table": NAMES,
+        "columns": TEXT_LIST,
+        "query": TEXT,
+        "mode": TEXT,
+        "watermark_column": TEXT,
+        "tiebreaker_column": NAMES,
+        "initial_watermark": TEXT,
+        "batch_size": WHOLE,
+        "fetch": TEXT,
+        "connect_timeout_seconds": WHOLE,
     }
 )
 MODES = ("full", "incremental")
@@ -115,6 +117,7 @@ class PostgresConnector(Connector):
     """
 
     kind = "postgres"
+    option_schema = OPTIONS
     _type_oids: set[int]
 
     def __init__(
@@ -122,7 +125,7 @@ class PostgresConnector(Connector):
     ) -> None:
         super().__init__(name=name, options=options, state=state)
         opts = self.options
-        reject_unknown_options(name, opts, _OPTIONS)
+        reject_unknown_options(name, opts, OPTIONS.keys)
         self.dsn_env = opts.get("dsn_env")
         if not isinstance(self.dsn_env, str) or not self.dsn_env:
             raise ConfigurationError(

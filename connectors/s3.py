@@ -22,30 +22,28 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
 from .errors import ConfigurationError, SourceError, library_error_text
-from .files import FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
+from .files import CSV_OPTIONS, FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
+from .options import FLAG, TEXT, WHOLE, Table
 from .watermarks import Ties
 
-__all__ = ["S3Connector", "s3_client"]
+__all__ = ["OPTIONS", "S3Connector", "s3_client"]
 
-_OPTIONS = frozenset(
+OPTIONS = Table(
     {
-        "kind",
-        "bucket",
-        "prefix",
-        "glob",
-        "format",
-        "csv",
-        "encoding",
-        "mode",
-        "required",
-        "endpoint_url",
-        "region",
-        "profile",
-        "batch_size",
+        "kind": TEXT,
+        "bucket": TEXT,
+        "prefix": TEXT,
+        "glob": TEXT,
+        "format": TEXT,
+        "csv": CSV_OPTIONS,
+        "encoding": TEXT,
+        "mode": TEXT,
+        "required": FLAG,
+        "endpoint_url": TEXT,
+        "region": TEXT,
+        "profile": TEXT,
+        "batch_size": WHOLE,
     }
-)
-_CSV_OPTIONS = frozenset(
-    {"delimiter", "quote_char", "escape_char", "encoding", "header", "column_names", "null_values"}
 )
 MODES = ("full", "incremental")
 _READ_CHUNK = 1 << 20
@@ -97,13 +95,14 @@ class S3Connector(Connector):
     """
 
     kind = "s3"
+    option_schema = OPTIONS
 
     def __init__(
         self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(name=name, options=options, state=state)
         opts = self.options
-        reject_unknown_options(name, opts, _OPTIONS)
+        reject_unknown_options(name, opts, OPTIONS.keys)
         self.bucket = opts.get("bucket")
         if not isinstance(self.bucket, str) or not self.bucket:
             raise ConfigurationError(f"source {name!r}: 'bucket' is required")
@@ -126,7 +125,7 @@ class S3Connector(Connector):
         csv_options = opts.get("csv", {})
         if not isinstance(csv_options, Mapping):
             raise ConfigurationError(f"source {name!r}: 'csv' must be a table")
-        reject_unknown_options(name, csv_options, _CSV_OPTIONS, prefix="csv.")
+        reject_unknown_options(name, csv_options, CSV_OPTIONS.keys, prefix="csv.")
         self._csv = dict(csv_options)
         self.endpoint_url = opts.get("endpoint_url")
         self.region = opts.get("region")

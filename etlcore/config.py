@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -18,6 +17,22 @@ from django.conf import settings
 
 from connectors import connector_kinds
 from connectors.base import ExtractWindow
+from connectors.options import (
+    ANY,
+    ANY_TABLE,
+    FLAG,
+    NUMBER,
+    SCALAR,
+    TEXT,
+    TEXT_LIST,
+    WHOLE,
+    Entries,
+    ListOf,
+    OneOf,
+    OptionError,
+    Table,
+    table_check,
+)
 from connectors.records import ColumnSpec
 
 from .errors import ConfigurationError
@@ -36,25 +51,66 @@ RULE_CHECKS: dict[str, tuple[str, ...]] = {
     "reference": ("column", "dataset", "key"),
 }
 RULE_SEVERITIES = ("reject", "warn", "filter")
-_RULE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+# Names that become folders, file names or reason codes (pipelines, datasets, rule codes): one pattern, so
+# none can climb out of the staging root ("../x") or outgrow a database column.
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_WORDS = "a lowercase letter, then lowercase letters, digits or _ (at most 63 characters)"
+_RULE_CODE = NAME
 _RANGE_TYPES = re.compile(r"^(int|long|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
 # Volume guards ([datasets.<name>.guards], docs/configuration.md "Volume guards"): the bounds a dataset's
 # transform accounting must keep, each failing the run or warning.
 GUARD_NAMES = ("min_rows", "max_quarantined_share", "max_filtered_share", "max_drop")
 GUARD_ACTIONS = ("fail", "warn")
-DATASET_KEYS = (
-    "source",
-    "columns",
-    "explode",
-    "key",
-    "version_column",
-    "business_date_column",
-    "drift",
-    "ignore_fields",
-    "rules",
-    "guards",
+
+# The pipeline file, declared table by table (docs/configuration.md): `pipeline_parse` checks every key
+# and type against these before it reads a value, so a misspelt key fails instead of falling back to its
+# default. A source's keys are its kind's (`Connector.option_schema`); a rule's are checked by `_parse_rule`.
+COLUMN = Table(
+    {"from": TEXT, "type": TEXT, "required": FLAG, "pii": FLAG}, "a table like { from = ..., type = ... }"
+)
+# A guard is its bound, or `{ value = bound, on_breach = ... }`; the bound's own check says what it must be.
+GUARD = OneOf((Table({"value": ANY, "on_breach": TEXT}), ANY), "a bound or { value = ..., on_breach = ... }")
+GUARDS = Table({**dict.fromkeys(GUARD_NAMES, GUARD), "on_breach": TEXT}, "a table of guards")
+DATASET = Table(
+    {
+        "source": ANY_TABLE,  # its keys: the `kind`'s declaration, checked with the kind
+        "columns": Entries(COLUMN),
+        "explode": TEXT,
+        "key": TEXT_LIST,
+        "version_column": TEXT,
+        "business_date_column": TEXT,
+        "drift": TEXT,
+        "ignore_fields": TEXT_LIST,  # source field paths the drift check ignores
+        "rules": ListOf(ANY_TABLE, "an array of tables ([[datasets.<name>.rules]])"),
+        "guards": GUARDS,
+    }
+)
+SPARK = Table(
+    {
+        "job": TEXT,
+        "master": TEXT,
+        "conf": Entries(SCALAR),
+        "pseudonym_key_env": TEXT,
+        "reporting_currency": TEXT,
+        "timeout_seconds": NUMBER,
+        "env": TEXT_LIST,
+        "options": ANY_TABLE,  # the job's own options: the job validates them
+    }
+)
+PIPELINE = Table(
+    {
+        "name": TEXT,
+        "description": TEXT,
+        "timezone": TEXT,
+        "staging_root": TEXT,
+        "extract_workers": WHOLE,
+        "spark": SPARK,
+        "warehouse": Table({"database": TEXT}),
+        "datasets": Entries(DATASET),
+    }
 )
 DEFAULT_EXTRACT_WORKERS = 4
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -134,6 +190,8 @@ class SparkConfig:
     timeout_seconds: float | None = None
     # The job's own options ([spark.options]), passed verbatim in the job spec; the job validates them.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Variables the job's processes get besides the pseudonym key (etlcore.spark.job_environment).
+    env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,7 +217,14 @@ def pipeline_names() -> list[str]:
     return sorted(_pipeline_files())
 
 
+def pipeline_name_check(name: str) -> None:
+    """A pipeline name as given (`--pipeline`), before it is looked up, recorded or made a path."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigurationError(f"pipeline name {_shown(name)} is not valid: {NAME_WORDS}")
+
+
 def pipeline_load(name: str) -> PipelineConfig:
+    pipeline_name_check(name)
     files = _pipeline_files()
     if name not in files:
         known = ", ".join(sorted(files)) or "none"
@@ -178,8 +243,10 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         raise ConfigurationError(f"{path}: cannot read pipeline file: {exc}") from exc
     doc = _substitute_env(raw, pipeline_environ(os.environ if environ is None else environ), path)
     where = str(path)
+    _schema_check(doc, PIPELINE, where)
 
     name = _required_str(doc, "name", where)
+    _name_check("name", name, where)
     tz_name = doc.get("timezone", "UTC")
     try:
         timezone = ZoneInfo(tz_name)
@@ -195,6 +262,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         reporting_currency=spark_doc.get("reporting_currency", "EUR"),
         timeout_seconds=spark_doc.get("timeout_seconds"),
         options=_table(spark_doc.get("options", {}), f"{where} [spark.options]"),
+        env=_env_names(spark_doc.get("env", []), f"{where} [spark] env"),
     )
 
     database = doc.get("warehouse", {}).get("database", "default")
@@ -206,8 +274,10 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
     datasets_doc = doc.get("datasets")
     if not isinstance(datasets_doc, dict) or not datasets_doc:
         raise ConfigurationError(f"{where}: at least one [datasets.<name>] table is required")
+    for ds_name in datasets_doc:
+        _name_check("dataset name", ds_name, f"{where} [datasets]")
     datasets = {
-        ds_name: _parse_dataset(ds_name, ds_doc, f"{where} [datasets.{ds_name}]")
+        ds_name: _parse_dataset(ds_name, ds_doc, f"{where} [datasets.{ds_name}]", file=where)
         for ds_name, ds_doc in datasets_doc.items()
     }
     _check_references(datasets, where)
@@ -233,8 +303,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
     )
 
 
-def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConfig:
-    _reject_unknown(doc, DATASET_KEYS, where)
+def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) -> DatasetConfig:
     source = doc.get("source")
     if not isinstance(source, dict) or "kind" not in source:
         raise ConfigurationError(f"{where}: a [source] table with a `kind` is required")
@@ -245,16 +314,12 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     pii = set()
     for col_name, col in columns_doc.items():
         col_where = f"{where} column {col_name!r}"
-        if not isinstance(col, dict):
-            raise ConfigurationError(f"{col_where}: expected a table like {{ from = ..., type = ... }}")
         col_type = col.get("type", "string")
         if not COLUMN_TYPES.match(col_type):
             raise ConfigurationError(
                 f"{col_where}: unknown type {col_type!r} "
                 "(string, int, long, boolean, date, timestamp, decimal(p,s))"
             )
-        if not isinstance(col.get("pii", False), bool):
-            raise ConfigurationError(f"{col_where}: pii must be true or false")
         if col.get("pii"):
             pii.add(col_name)
         columns.append(
@@ -288,21 +353,26 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str) -> DatasetConf
     if drift not in DRIFT_POLICIES:
         raise ConfigurationError(f"{where}: drift {drift!r} is not one of {', '.join(DRIFT_POLICIES)}")
 
-    ignore_fields = doc.get("ignore_fields", [])
-    if not isinstance(ignore_fields, list) or not all(isinstance(f, str) and f for f in ignore_fields):
-        raise ConfigurationError(f"{where}: ignore_fields must be a list of source field paths")
+    ignore_fields = tuple(doc.get("ignore_fields", ()))  # its type: the DATASET declaration
+    if not all(ignore_fields):
+        raise ConfigurationError(f"{where}: ignore_fields holds an empty field path")
 
-    if source["kind"] == "file":
-        source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
+    source_where = ("datasets", name, "source")
     if source["kind"] not in connector_kinds():
         raise ConfigurationError(
-            f"{where} [source]: unknown kind {source['kind']!r} "
+            f"{_located(file, source_where)}: unknown kind {source['kind']!r} "
             f"(expected one of: {', '.join(sorted(connector_kinds()))})"
         )
     try:
         connector_kinds()[source["kind"]].check_options(name=name, options=source)
+    except OptionError as exc:
+        raise ConfigurationError(f"{_located(file, (*source_where, *exc.path))}: {exc.problem}") from None
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{where} [source]: {exc}") from None
+        # The connector names the source; here the table path does.
+        problem = str(exc).removeprefix(f"source {name!r}: ")
+        raise ConfigurationError(f"{_located(file, source_where)}: {problem}") from None
+    if source["kind"] == "file":
+        source = {"base_dir": str(settings.BASE_DIR), **source}  # relative paths are from the project
     types = {c.name: c.type for c in columns}
     rules_doc = doc.get("rules", [])
     if not isinstance(rules_doc, list):
@@ -337,9 +407,6 @@ def types_of(columns: Sequence[ColumnSpec]) -> dict[str, str]:
 def _parse_guards(doc: Any, where: str) -> tuple[GuardConfig, ...]:
     """[datasets.<name>.guards]: `min_rows = 1`, `max_drop = 0.5`, ..., `on_breach = "fail"` for all of
     them; one guard may take its own action: `max_drop = { value = 0.8, on_breach = "warn" }`."""
-    if not isinstance(doc, dict):
-        raise ConfigurationError(f"{where}: expected a table of guards")
-    _reject_unknown(doc, (*GUARD_NAMES, "on_breach"), where)
     default = _guard_action(doc.get("on_breach", "fail"), f"{where} on_breach")
     guards = []
     for name in GUARD_NAMES:
@@ -347,7 +414,6 @@ def _parse_guards(doc: Any, where: str) -> tuple[GuardConfig, ...]:
             continue
         value, action = doc[name], default
         if isinstance(value, dict):
-            _reject_unknown(value, ("value", "on_breach"), f"{where} {name}")
             if "value" not in value:
                 raise ConfigurationError(f"{where} {name}: the table needs a `value`")
             action = _guard_action(value.get("on_breach", default), f"{where} {name}.on_breach")
@@ -376,13 +442,41 @@ def _guard_action(value: Any, where: str) -> str:
     return value
 
 
-def _reject_unknown(doc: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
-    """An unknown key is an error, never ignored: a misspelt guard would otherwise guard nothing."""
-    for key in doc:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigurationError(f"{where}: unknown key {key!r} ({hint}known: {', '.join(known)})")
+def _env_names(names: Sequence[str], where: str) -> tuple[str, ...]:
+    """`[spark] env`: the variables the job needs besides the pseudonym key (its child's allow-list)."""
+    bad = [name for name in names if not _ENV_NAME.match(name)]
+    if bad:
+        raise ConfigurationError(f"{where}: {bad[0]!r} is not an environment variable name")
+    return tuple(names)
+
+
+def _schema_check(doc: Mapping[str, Any], schema: Table, file: str) -> None:
+    """Every key and type of the document against its declaration, as one line naming the file, the
+    table and the key."""
+    try:
+        table_check(doc, schema)
+    except OptionError as exc:
+        raise ConfigurationError(f"{_located(file, exc.path)}: {exc.problem}") from None
+
+
+def _located(file: str, table: tuple[str, ...]) -> str:
+    """`<file> [datasets.orders.columns.quantity]`; the file alone for a top-level key."""
+    return f"{file} [{'.'.join(table)}]" if table else file
+
+
+def _name_check(what: str, name: str, where: str) -> None:
+    if not NAME.match(name):
+        raise ConfigurationError(f"{where}: {what} {_shown(name)} is not valid: {NAME_WORDS}")
+
+
+def _shown(value: Any) -> str:
+    """A value for a one-line message: a hostile 500-character name is cut, with its length."""
+    text = repr(value)
+    return (
+        text
+        if len(text) <= 70
+        else f"{text[:60]}... ({len(value) if isinstance(value, str) else '?'} characters)"
+    )
 
 
 def _parse_rule(doc: Any, types: Mapping[str, str], where: str) -> RuleConfig:

@@ -13,7 +13,7 @@ partition that a later ``load`` could pick up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import GuardConfig, PipelineConfig
 from .errors import VolumeGuardError
-from .models import StepRun
+from .runs import StepOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -154,45 +154,29 @@ def _check(
     raise ValueError(f"unknown guard {guard.name!r}")  # config validation rejects it; teach it here first
 
 
-def guards_previous(*, config: PipelineConfig, business_date: date) -> PreviousCounts | None:
-    """The transform accounting of the nearest earlier date with a successful run (its latest one).
-
-    Earlier *dates*, not earlier runs: re-running a date never compares it with itself, and a backfill
-    of an old date compares with the date before it. A run that failed (a guard, the load) is no
-    reference; one that succeeded with a warning is.
-    """
-    step = (
-        StepRun.objects.using(config.database)
-        .filter(
-            step="transform",
-            status="succeeded",
-            run__pipeline=config.name,
-            run__status="succeeded",
-            run__business_date__lt=business_date,
-        )
-        .select_related("run")
-        .order_by("-run__business_date", "-run_id", "-id")
-        .first()
-    )
-    if step is None:
-        return None
-    return PreviousCounts(
-        business_date=step.run.business_date, run_id=step.run_id, datasets=step.details.get("datasets") or {}
-    )
-
-
 def guards_enforce(
-    *, config: PipelineConfig, business_date: date, counts: Mapping[str, Mapping[str, Any]], step: StepRun
+    *,
+    config: PipelineConfig,
+    business_date: date,
+    counts: Mapping[str, Mapping[str, Any]],
+    previous: Callable[[], PreviousCounts | None],
+    outcome: StepOutcome,
 ) -> GuardReport | None:
-    """Evaluate the pipeline's guards, record them on the step, log warnings; raise on a `fail` breach."""
+    """Evaluate the pipeline's guards, report them on the step, log warnings; raise on a `fail` breach.
+
+    ``previous`` is asked for the reference counts only when a ``max_drop`` guard needs them.
+    """
     guards = {name: ds.guards for name, ds in config.datasets.items() if ds.guards}
     if not guards:
         return None
-    previous = None
-    if any(g.name == "max_drop" for declared in guards.values() for g in declared):
-        previous = guards_previous(config=config, business_date=business_date)
-    report = guards_evaluate(business_date=business_date, guards=guards, counts=counts, previous=previous)
-    step.details["guards"] = report.as_dict()
+    needs_previous = any(g.name == "max_drop" for declared in guards.values() for g in declared)
+    report = guards_evaluate(
+        business_date=business_date,
+        guards=guards,
+        counts=counts,
+        previous=previous() if needs_previous else None,
+    )
+    outcome.details["guards"] = report.as_dict()
     for breach in report.breaches:
         if breach.on_breach == "warn":
             logger.warning("pipeline %s: volume guard: %s", config.name, breach.message)

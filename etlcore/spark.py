@@ -6,10 +6,13 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,20 @@ from django.conf import settings
 from .config import PipelineConfig
 from .errors import ConfigurationError, SparkJobError
 
-_SECRET_CONF = re.compile(r"(secret|password|token|credential|access\.key|secret\.key)", re.IGNORECASE)
+# Secret-looking `[spark.conf]` keys: their values go to spark-submit in a file only the user can read, never
+# on its command line (which every local user can read in `ps`), and are masked in logs and records.
+_SECRET_CONF = re.compile(
+    r"(secret|password|token|credential|access\.key|^spark\.executorEnv\.)", re.IGNORECASE
+)
 JOBS_PACKAGE = "spark_jobs"
+# What spark-submit, its JVM and the job's Python driver inherit from this process: what they need to run,
+# the pseudonym key and the variables the pipeline names in `[spark] env`; never the rest (DATABASE_URL,
+# API tokens, DJANGO_SECRET_KEY).
+_CHILD_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "JAVA_HOME", "JAVA_TOOL_OPTIONS"}
+    | {"PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH", "PYTHONHASHSEED"}
+)
+_CHILD_ENV_PREFIXES = ("LC_", "SPARK_", "HADOOP_", "YARN_")
 
 
 @dataclass(frozen=True)
@@ -141,10 +156,28 @@ def default_conf(master: str) -> dict[str, str]:
     return conf
 
 
+def conf_is_secret(key: str) -> bool:
+    return bool(_SECRET_CONF.search(key))
+
+
+def submit_conf(config: PipelineConfig, extra_conf: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every Spark setting of the submit: the defaults for the master, the pipeline's, then the caller's."""
+    return {**default_conf(config.spark.master), **config.spark.conf, **(extra_conf or {})}
+
+
 def submit_command(
-    config: PipelineConfig, *, spec_path: Path, py_files: Path, extra_conf: dict[str, str] | None = None
+    config: PipelineConfig,
+    *,
+    spec_path: Path,
+    py_files: Path,
+    extra_conf: dict[str, str] | None = None,
+    properties_file: Path | None = None,
 ) -> list[str]:
-    conf = {**default_conf(config.spark.master), **config.spark.conf, **(extra_conf or {})}
+    """The spark-submit argument list. Secret settings are not in it: they are in `properties_file`
+    (written by :func:`properties_write`), which spark-submit reads beside conf/spark-defaults.conf."""
+    conf = submit_conf(config, extra_conf)
+    if any(conf_is_secret(key) for key in conf) and properties_file is None:
+        raise ValueError("secret Spark settings need a properties file, never the command line")
     command = [
         spark_submit_binary(),
         "--master",
@@ -154,10 +187,57 @@ def submit_command(
         "--py-files",
         str(py_files),
     ]
+    if properties_file is not None:
+        command += ["--properties-file", str(properties_file), "--load-spark-defaults"]
     for key, value in conf.items():
-        command += ["--conf", f"{key}={value}"]
+        if not conf_is_secret(key):
+            command += ["--conf", f"{key}={value}"]
     command += [str(job_script(config.spark.job)), "--spec", str(spec_path)]
     return command
+
+
+def properties_write(conf: Mapping[str, str], directory: Path) -> Path:
+    """The secret settings as a Java properties file readable by this user only (created 0600, without
+    following a symlink), in a private directory the caller removes after the submit."""
+    path = directory / "secret.properties"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for key, value in conf.items():
+            if conf_is_secret(key):
+                fh.write(f"{_properties_escape(key, key=True)}={_properties_escape(value)}\n")
+    return path
+
+
+def _properties_escape(text: str, *, key: bool = False) -> str:
+    """java.util.Properties syntax (Spark reads the file as UTF-8): backslash escapes, control characters,
+    a leading space or comment mark, and in keys the separators."""
+    out = []
+    for i, char in enumerate(text):
+        if char == "\\":
+            out.append("\\\\")
+        elif char in "\n\r\t\f":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}[char])
+        elif (key and char in "=: #!") or (i == 0 and char in " #!"):
+            out.append("\\" + char)
+        elif ord(char) < 0x20:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def job_environment(config: PipelineConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The spark-submit child's environment: an allow-list of this process's (see `_CHILD_ENV_NAMES`)."""
+    environ = os.environ if environ is None else environ
+    wanted = {config.spark.pseudonym_key_env, *config.spark.env}
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in _CHILD_ENV_NAMES or name.startswith(_CHILD_ENV_PREFIXES) or name in wanted
+    }
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return env
 
 
 def mask_command(command: list[str]) -> list[str]:
@@ -179,14 +259,24 @@ def job_submit(
     """Write the job spec, run spark-submit, capture its output in `log_path`; raise if it fails."""
     spec_path = work_dir / "_spec.json"
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
-    command = submit_command(
-        config, spec_path=spec_path, py_files=jobs_archive(config.staging_root / "_build")
-    )
-    env = {
-        **os.environ,
-        "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
-        "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
-    }
+    private = Path(tempfile.mkdtemp(prefix="etl-spark-"))  # 0700
+    try:
+        conf = submit_conf(config)
+        properties = properties_write(conf, private) if any(map(conf_is_secret, conf)) else None
+        command = submit_command(
+            config,
+            spec_path=spec_path,
+            py_files=jobs_archive(config.staging_root / "_build"),
+            properties_file=properties,
+        )
+        return _command_run(config, command, job_environment(config), log_path, timeout)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _command_run(
+    config: PipelineConfig, command: list[str], env: dict[str, str], log_path: Path, timeout: float | None
+) -> SubmitResult:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with open(log_path, "wb") as log:

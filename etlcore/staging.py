@@ -41,6 +41,14 @@ class PartitionRef:
     business_date: date
     dataset: str | None = None
 
+    @classmethod
+    def raw(cls, root: Path, pipeline: str, dataset: str, business_date: date) -> PartitionRef:
+        return cls(root, pipeline, RAW, business_date, dataset)
+
+    @classmethod
+    def transformed(cls, root: Path, pipeline: str, business_date: date) -> PartitionRef:
+        return cls(root, pipeline, TRANSFORMED, business_date)
+
     @property
     def dir(self) -> Path:
         parts = [self.pipeline, self.layer] + ([self.dataset] if self.dataset else [])
@@ -69,6 +77,8 @@ class Manifest:
     run_id: int | None
     window: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Transformed partitions: which pseudonym key made the customer keys (contract.pseudonym_key_fingerprint).
+    key_fingerprint: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_json(self) -> str:
@@ -79,10 +89,24 @@ def manifest_read(ref: PartitionRef) -> Manifest:
     try:
         doc = json.loads(ref.manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        published = partition_dates(ref)
+        ready = f"latest {ref.layer}: {published[-1]}" if published else f"no {ref.layer} date yet"
         raise PartitionNotFound(
-            f"no published partition for {ref.label()} (expected {ref.manifest_path})"
+            f"no published partition for {ref.label()} ({ready}; expected {ref.manifest_path})"
         ) from None
     return Manifest(**doc)
+
+
+def partition_dates(ref: PartitionRef) -> list[date]:
+    """The business dates published in `ref`'s layer (and dataset), oldest first: what a step could read."""
+    parent = ref.dir.parent
+    dates = []
+    for path in parent.glob("date=*/" + MANIFEST) if parent.is_dir() else ():
+        try:
+            dates.append(date.fromisoformat(path.parent.name.removeprefix("date=")))
+        except ValueError:
+            continue  # not a partition this project wrote
+    return sorted(dates)
 
 
 def manifest_files(ref: PartitionRef, manifest: Manifest) -> list[Path]:

@@ -9,6 +9,8 @@ Adding an output or a job: docs/architecture.md, "The transform-output contract"
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -186,3 +188,12 @@ def arrow_schema(output: Output) -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema([(name, arrow_type(text)) for name, text in output.columns])
+
+
+# The job reports which key made its customer pseudonyms by this fingerprint, never the key: an HMAC of a
+# fixed label, so it identifies the key without revealing it (and differs from every customer_key).
+_FINGERPRINT_LABEL = b"django-spark-etl pseudonym key fingerprint v1"
+
+
+def pseudonym_key_fingerprint(key: bytes) -> str:
+    return hmac.new(key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]

@@ -792,7 +792,11 @@ def run_job(spark: SparkSession, spec: Mapping[str, Any], pseudonym_key: bytes |
     finally:
         transformed.unpersist()
 
-    result = {"datasets": transformed.datasets, "outputs": outputs}
+    result = {
+        "datasets": transformed.datasets,
+        "outputs": outputs,
+        "pseudonym_key_fingerprint": contract.pseudonym_key_fingerprint(options.pseudonym_key),
+    }
     _check_conservation(result)
     _write_json_atomically(os.path.join(output_dir, "_result.json"), result)
     return result

@@ -31,7 +31,8 @@ def toml_value(value: Any) -> str:
 
 
 def _key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+    bare = key.replace("_", "").replace("-", "")
+    return key if bare.isascii() and bare.isalnum() else json.dumps(key, ensure_ascii=False)
 
 
 def dataset(
@@ -76,7 +77,8 @@ def pipeline_toml(
         lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in spark_conf.items()]
     if database is not None:
         lines += ["[warehouse]", f"database = {toml_value(database)}"]
-    for table, declared in datasets.items():
+    for name, declared in datasets.items():
+        table = _key(name)  # quoted when it is not a bare key, so a hostile name reaches the parser as is
         lines.append(f"[datasets.{table}]")
         if declared["key"]:
             lines.append(f"key = {toml_value(declared['key'])}")

@@ -285,7 +285,7 @@ def shop(request, db_alias, pipeline_dir, monkeypatch, transformed_once) -> dict
             run_job(spark, spec)
             return SimpleNamespace(facts=lambda: {})
 
-        monkeypatch.setattr("etlcore.services.job_submit", submit_in_session)
+        monkeypatch.setattr("etlcore.services.transform.job_submit", submit_in_session)
         history = shop_history()
         with sales_api("shopify") as api:
             write_pipeline(pipeline_dir, cache, alias=db_alias, url=api.url)

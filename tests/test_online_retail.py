@@ -108,7 +108,7 @@ def retail_env(tmp_path, monkeypatch, request, staging_root):
         run_job(spark, spec)
         return SimpleNamespace(facts=lambda: {})
 
-    monkeypatch.setattr("etlcore.services.job_submit", submit_in_session)
+    monkeypatch.setattr("etlcore.services.transform.job_submit", submit_in_session)
 
 
 def test_online_retail_revenue_quantity_and_lines_per_country_match_pandas_to_the_cent_and_rerun_is_a_noop(

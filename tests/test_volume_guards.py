@@ -45,7 +45,7 @@ def demo(tmp_path, monkeypatch, spark, pipeline_dir, staging_root):
         run_job(spark, spec)
         return SimpleNamespace(facts=lambda: {})
 
-    monkeypatch.setattr("etlcore.services.job_submit", submit_in_session)
+    monkeypatch.setattr("etlcore.services.transform.job_submit", submit_in_session)
     with start_demo_api(orders_path=data_dir / "orders.jsonl", token=token) as api:
         monkeypatch.setenv("ETL_DEMO_API_URL", api.url)
         yield SimpleNamespace(data=data_dir, staging=tmp_path / "staging", pipelines=pipeline_dir)

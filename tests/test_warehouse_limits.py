@@ -104,7 +104,7 @@ def limits_pipeline(pipeline_dir, tmp_path, monkeypatch, spark):
         run_job(spark, spec)
         return SimpleNamespace(facts=lambda: {})
 
-    monkeypatch.setattr("etlcore.services.job_submit", submit_in_session)
+    monkeypatch.setattr("etlcore.services.transform.job_submit", submit_in_session)
 
     def write(database: str) -> None:
         pipeline_write(

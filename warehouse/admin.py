@@ -106,8 +106,23 @@ class LoadedPartitionAdmin(ReadOnlyAdmin):
     list_filter = ("pipeline",)
 
 
+RAW_RECORD_PERMISSION = "warehouse.view_raw_record"
+_RAW_FIELDS = ("raw_record", "record_fingerprint")
+
+
 @admin.register(models.QuarantinedRow)
 class QuarantinedRowAdmin(ReadOnlyAdmin):
     list_display = ("pipeline", "business_date", "dataset", "reason_code", "occurrences", "first_run")
     list_filter = ("pipeline", "dataset", "reason_code", "business_date")
     search_fields = ("message", "raw_record")
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if request.user.has_perm(RAW_RECORD_PERMISSION):
+            return fields
+        return [f for f in fields if f not in _RAW_FIELDS]
+
+    def get_search_fields(self, request):
+        if request.user.has_perm(RAW_RECORD_PERMISSION):
+            return self.search_fields
+        return tuple(f for f in self.search_fields if f not in _RAW_FIELDS)

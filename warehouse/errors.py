@@ -35,3 +35,16 @@ class DailyMismatchError(WarehouseError):
 
 class LoadStrategyError(WarehouseError):
     """The load strategy asked for cannot run on this database (COPY needs PostgreSQL)."""
+
+
+class PseudonymKeyMismatchError(WarehouseError):
+    """A partition's customers were pseudonymised under another key than the warehouse's: loading it would
+    give every customer a second identity."""
+
+    def __init__(self, pipeline: str, *, warehouse: str, given: str, by: str = "this partition's") -> None:
+        super().__init__(
+            f"pipeline {pipeline!r}: the warehouse's customer keys were made with the pseudonym key of "
+            f"fingerprint {warehouse}, {by} with {given}: loading it would give every "
+            "customer a second identity. Set the key the warehouse was made with; a new key needs every "
+            "stored pseudonym rewritten (a key rotation), which no load does"
+        )

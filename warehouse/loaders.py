@@ -29,7 +29,7 @@ from typing import Literal
 
 from django.db import connections, transaction
 
-from .errors import LoadStrategyError, MissingDimensionError
+from .errors import LoadStrategyError, MissingDimensionError, PseudonymKeyMismatchError
 from .loading import portable, postgres
 from .loading.specs import (
     DIMENSIONS,
@@ -40,7 +40,7 @@ from .loading.specs import (
     dim_date_row,
     fault_point,
 )
-from .models import LoadedPartition
+from .models import LoadedPartition, PseudonymKey
 
 __all__ = ["LoadResult", "MissingDimensionError", "date_key", "dim_date_row", "partition_load"]
 
@@ -72,11 +72,14 @@ def partition_load(
     run_id: int | None,
     using: str,
     strategy: Strategy = "auto",
+    key_fingerprint: str | None = None,
 ) -> LoadResult:
     """Load the transform outputs (output name -> Parquet files) for one business date.
 
     `strategy`: "auto" takes the COPY path on PostgreSQL and the portable path elsewhere; "portable" forces
-    the ORM path (the equivalence tests load the same partition both ways)."""
+    the ORM path (the equivalence tests load the same partition both ways). `key_fingerprint`: the pseudonym
+    key the partition's customer keys were made with; the first load records it, a different one is
+    refused (None, from a partition written before fingerprints, is not checked)."""
     connection = connections[using]
     if strategy == "auto":
         strategy = "copy" if connection.vendor == "postgresql" else "portable"
@@ -86,6 +89,8 @@ def partition_load(
         if strategy == "copy":
             with connection.cursor() as cursor:  # before the partition's rows, as every load of it
                 postgres.lock_partition(cursor.cursor, pipeline, business_date)
+        if key_fingerprint is not None:
+            pseudonym_key_check(using, pipeline, key_fingerprint)
         _record_partition(using, pipeline, business_date)
         if strategy == "copy":
             result = _load_copy(connection, outputs, pipeline, business_date, run_id)
@@ -143,6 +148,18 @@ def _dates_to_hold(outputs: dict[str, Sequence[Path]], partition_date: date) -> 
     for fact in FACTS:
         days.update(business_dates(outputs[fact.output]))
     return sorted(days)
+
+
+def pseudonym_key_check(using: str, pipeline: str, fingerprint: str) -> None:
+    """Record the pipeline's pseudonym key fingerprint on its first load; refuse a load under another key.
+    The row is locked until the load commits, so two first loads under two keys cannot both pass."""
+    held, _ = (
+        PseudonymKey.objects.using(using)
+        .select_for_update()
+        .get_or_create(pipeline=pipeline, defaults={"fingerprint": fingerprint})
+    )
+    if held.fingerprint != fingerprint:
+        raise PseudonymKeyMismatchError(pipeline, warehouse=held.fingerprint, given=fingerprint)
 
 
 def _record_partition(using: str, pipeline: str, partition_date: date) -> None:

@@ -132,6 +132,20 @@ class LoadedPartition(PipelineOwned):
         return f"{self.pipeline} {self.date}"
 
 
+class PseudonymKey(PipelineOwned):
+    """The pseudonym key the pipeline's customer keys were made with, by its fingerprint (never the key):
+    a load under another key is refused (warehouse.errors.PseudonymKeyMismatchError)."""
+
+    fingerprint = models.CharField(max_length=64)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["pipeline"], name="uniq_pseudonym_key_pipeline")]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} {self.fingerprint}"
+
+
 class FactSalesLine(PipelineOwned):
     """One order line, once per pipeline: the newest version any loaded partition carried, on the business
     date of the record itself (docs/loading.md#exactly-once-across-partitions)."""
@@ -248,6 +262,9 @@ class QuarantinedRow(models.Model):
 
     class Meta:
         ordering = ["pipeline", "business_date", "dataset", "id"]
+        # Personal fields are pseudonyms in the raw record, but the record still describes a customer's
+        # purchase: only users given this permission see it; other staff see reasons and counts.
+        permissions = [("view_raw_record", "Can see the (pseudonymised) raw record of a quarantined row")]
         constraints = [
             models.UniqueConstraint(
                 fields=["pipeline", "business_date", "dataset", "record_fingerprint"],

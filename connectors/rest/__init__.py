@@ -20,9 +20,11 @@ import urllib3.exceptions
 
 from ..base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
 from ..errors import ConfigurationError, SourceError, value_excerpt
+from ..options import ANY_TABLE, FLAG, NUMBER, SCALAR, TEXT, WHOLE, Entries, Table
 from ..presets import with_preset
 from ..records import MISSING, resolve_path
 from .http import (
+    AUTH,
     BODY_ATTEMPTS,
     RETRY_STATUSES,
     Masker,
@@ -33,13 +35,14 @@ from .http import (
     credentials_from_env,
     reason,
 )
-from .incremental import Incremental, WatermarkFilter, incremental_options, saved_ties
-from .paging import DEFAULT_MAX_PAGES, PAGINATORS, Page, Paginator, build_paginator
+from .incremental import INCREMENTAL_OPTIONS, Incremental, WatermarkFilter, incremental_options, saved_ties
+from .paging import DEFAULT_MAX_PAGES, PAGINATION, PAGINATORS, Page, Paginator, build_paginator
 
 __all__ = [
     "BODY_ATTEMPTS",
     "DEFAULT_MAX_PAGES",
     "PAGINATORS",
+    "OPTIONS",
     "Incremental",
     "Paginator",
     "RestConnector",
@@ -52,27 +55,28 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("GET", "POST")  # POST for read-only search endpoints (Square), paged through the JSON body
 
-_OPTIONS = frozenset(
+# Every key a REST source takes (after its preset is merged in), with the tables' own declarations.
+OPTIONS = Table(
     {
-        "kind",
-        "preset",
-        "method",
-        "body",
-        "records_optional",
-        "base_url",
-        "path",
-        "params",
-        "headers",
-        "records_path",
-        "auth",
-        "pagination",
-        "timeout_seconds",
-        "max_retries",
-        "backoff_factor",
-        "backoff_jitter",
-        "batch_size",
-        "incremental",
-        "rate_limit_per_second",
+        "kind": TEXT,
+        "preset": TEXT,
+        "method": TEXT,
+        "body": ANY_TABLE,
+        "records_optional": FLAG,
+        "base_url": TEXT,
+        "path": TEXT,
+        "params": ANY_TABLE,
+        "headers": Entries(SCALAR),
+        "records_path": TEXT,
+        "auth": AUTH,
+        "pagination": PAGINATION,
+        "timeout_seconds": NUMBER,
+        "max_retries": WHOLE,
+        "backoff_factor": NUMBER,
+        "backoff_jitter": NUMBER,
+        "batch_size": WHOLE,
+        "incremental": INCREMENTAL_OPTIONS,
+        "rate_limit_per_second": NUMBER,
     }
 )
 
@@ -101,13 +105,14 @@ class RestConnector(Connector):
     """
 
     kind = "rest"
+    option_schema = OPTIONS
 
     def __init__(
         self, *, name: str, options: Mapping[str, Any], state: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(name=name, options=with_preset(name, options), state=state)
         opts = self.options
-        reject_unknown_options(name, opts, _OPTIONS)
+        reject_unknown_options(name, opts, OPTIONS.keys)
         base_url = opts.get("base_url")
         if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
             raise ConfigurationError(f"source {name!r}: base_url must be an http(s) URL, got {base_url!r}")
@@ -145,9 +150,10 @@ class RestConnector(Connector):
 
     @classmethod
     def check_options(cls, *, name: str, options: Mapping[str, Any]) -> None:
-        """The pagination table, checked when the pipeline file is read: a key its style does not read
-        fails there, before any run."""
+        """Every key and type of the source with its preset merged in (the preset's keys are declared
+        too), then the paging style's own checks, when the pipeline file is read, before any run."""
         merged = with_preset(name, options)
+        super().check_options(name=name, options=merged)
         build_paginator(name, _table(name, "pagination", merged.get("pagination", {})))
 
     # --- public -----------------------------------------------------------------------------------------

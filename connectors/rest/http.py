@@ -19,8 +19,10 @@ from urllib3.util.retry import Retry
 
 from ..base import reject_unknown_options, secret_from_env
 from ..errors import ConfigurationError
+from ..options import TEXT, Table, Tagged
 
 __all__ = [
+    "AUTH",
     "AUTH_OPTIONS",
     "BODY_ATTEMPTS",
     "RETRY_STATUSES",
@@ -37,11 +39,13 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # A 200 whose body is cut short or not JSON is usually transient (a dropped connection, a proxy's error
 # page); it is fetched again this many times in all before the run fails.
 BODY_ATTEMPTS = 3
+# auth.type -> the keys it takes; every other key is named by its variable (`*_env`), never the secret.
 AUTH_OPTIONS = {
-    "bearer": frozenset({"type", "token_env"}),
-    "header": frozenset({"type", "header", "value_env"}),
-    "basic": frozenset({"type", "username_env", "password_env"}),
+    "bearer": Table({"type": TEXT, "token_env": TEXT}),
+    "header": Table({"type": TEXT, "header": TEXT, "value_env": TEXT}),
+    "basic": Table({"type": TEXT, "username_env": TEXT, "password_env": TEXT}),
 }
+AUTH = Tagged("type", lambda: AUTH_OPTIONS)
 # Query parameters and header names whose values are masked in messages.
 SECRET_NAME = re.compile(r"(?i)token|secret|passw|pwd|key|signature|sig|auth|credential|session")
 _SECRET_QUERY = re.compile(
@@ -146,8 +150,8 @@ def auth_options(source: str, auth: dict[str, Any]) -> dict[str, Any]:
         raise ConfigurationError(
             f"source {source!r}: auth.type {kind!r} is not one of {', '.join(AUTH_OPTIONS)}"
         )
-    reject_unknown_options(source, auth, AUTH_OPTIONS[kind], prefix="auth.")
-    for key in sorted(AUTH_OPTIONS[kind] - {"type"}):
+    reject_unknown_options(source, auth, AUTH_OPTIONS[kind].keys, prefix="auth.")
+    for key in sorted(set(AUTH_OPTIONS[kind].keys) - {"type"}):
         if not isinstance(auth.get(key), str) or not auth[key]:
             raise ConfigurationError(f"source {source!r}: auth type {kind!r} needs auth.{key}")
     return auth

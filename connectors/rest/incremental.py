@@ -11,12 +11,14 @@ from typing import Any
 
 from ..base import ExtractWindow, reject_unknown_options
 from ..errors import ConfigurationError, SourceError, value_excerpt
+from ..options import ANY, NUMBER, TEXT, Table
 from ..records import MISSING, resolve_path
 from ..watermarks import Ties, fingerprint
 
 __all__ = [
     "BOUNDS",
     "EXCLUSIVE_STEP",
+    "INCREMENTAL_OPTIONS",
     "WATERMARK_FORMATS",
     "Incremental",
     "WatermarkFilter",
@@ -29,8 +31,17 @@ BOUNDS = ("inclusive", "exclusive")
 # An exclusive filter is sent this much early, so records stamped later within the watermark's own second
 # (the precision most APIs keep) are still read; what the step adds is dropped on arrival.
 EXCLUSIVE_STEP = timedelta(seconds=1)
-INCREMENTAL_OPTIONS = frozenset(
-    {"param", "cursor_field", "lookback_seconds", "initial", "format", "end_param", "bound", "id_field"}
+INCREMENTAL_OPTIONS = Table(
+    {
+        "param": TEXT,
+        "cursor_field": TEXT,
+        "lookback_seconds": NUMBER,
+        "initial": ANY,  # text (iso), a number (epoch) or a TOML date-time: read by `format`
+        "format": TEXT,
+        "end_param": TEXT,
+        "bound": TEXT,
+        "id_field": TEXT,
+    }
 )
 FORMAT_WORDS = {"iso": "an ISO 8601 instant", "epoch": "a Unix time in seconds"}
 
@@ -158,7 +169,7 @@ def incremental_options(
     filter sets must not also be set there or in `params`."""
     if not table:
         return None
-    reject_unknown_options(source, table, INCREMENTAL_OPTIONS, prefix="incremental.")
+    reject_unknown_options(source, table, INCREMENTAL_OPTIONS.keys, prefix="incremental.")
     for key in ("param", "cursor_field"):
         if not isinstance(table.get(key), str) or not table[key]:
             raise ConfigurationError(f"source {source!r}: incremental.{key} is required (a name)")

@@ -16,19 +16,22 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from ..errors import ConfigurationError, SourceError
+from ..options import TEXT, WHOLE, ListOf, Spec, Table, Tagged
 from ..records import MISSING, resolve_path
 
 __all__ = [
     "DEFAULT_MAX_PAGES",
+    "PAGINATION",
     "PAGINATORS",
     "Page",
     "PageClient",
     "Paginator",
     "build_paginator",
+    "paginator_style",
 ]
 
 DEFAULT_MAX_PAGES = 100_000
-COMMON_OPTIONS = frozenset({"style", "max_pages"})
+COMMON_OPTIONS: Mapping[str, Spec] = {"style": TEXT, "max_pages": WHOLE}
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,16 @@ class PageClient(Protocol):
 
 
 class Paginator(ABC):
-    """One paging style. Subclasses set `style`, the keys they read in `options`, and `pages`."""
+    """One paging style. Subclasses set `style`, the keys they read with their types in `options`, and
+    `pages`."""
 
     style: ClassVar[str]
-    options: ClassVar[frozenset[str]] = frozenset()
+    options: ClassVar[Mapping[str, Spec]] = {}
 
     def __init__(self, source: str, table: Mapping[str, Any]) -> None:
         self.source = source
-        _reject_foreign_options(source, self.style, table, self.options | COMMON_OPTIONS)
+        allowed = frozenset(self.options) | frozenset(COMMON_OPTIONS)
+        _reject_foreign_options(source, self.style, table, allowed)
         self.max_pages = _whole(source, "max_pages", table.get("max_pages", DEFAULT_MAX_PAGES), minimum=1)
 
     @abstractmethod
@@ -131,7 +136,12 @@ class PageNumberPaginator(Paginator):
     """`page_number`: page=1, 2, ... until an empty page, the total-pages header, or an end status."""
 
     style = "page_number"
-    options = frozenset({"page_param", "start", "total_pages_header", "end_statuses"})
+    options = {
+        "page_param": TEXT,
+        "start": WHOLE,
+        "total_pages_header": TEXT,
+        "end_statuses": ListOf(WHOLE, "a list of HTTP statuses"),
+    }
 
     def __init__(self, source: str, table: Mapping[str, Any]) -> None:
         super().__init__(source, table)
@@ -159,7 +169,7 @@ class CursorPaginator(Paginator):
     the cursor goes into the JSON body)."""
 
     style = "cursor"
-    options = frozenset({"cursor_path", "cursor_param"})
+    options = {"cursor_path": TEXT, "cursor_param": TEXT}
 
     def __init__(self, source: str, table: Mapping[str, Any]) -> None:
         super().__init__(source, table)
@@ -179,7 +189,7 @@ class HasMorePaginator(Paginator):
     of the page's last record (Stripe). `style = "cursor"` with `has_more_path` also chooses it."""
 
     style = "has_more"
-    options = frozenset({"has_more_path", "starting_after_param", "id_path"})
+    options = {"has_more_path": TEXT, "starting_after_param": TEXT, "id_path": TEXT}
 
     def __init__(self, source: str, table: Mapping[str, Any]) -> None:
         super().__init__(source, table)
@@ -213,7 +223,14 @@ class OffsetPaginator(Paginator):
     reached."""
 
     style = "offset"
-    options = frozenset({"offset_param", "limit_param", "limit", "start", "total_path", "total_header"})
+    options = {
+        "offset_param": TEXT,
+        "limit_param": TEXT,
+        "limit": WHOLE,
+        "start": WHOLE,
+        "total_path": TEXT,
+        "total_header": TEXT,
+    }
 
     def __init__(self, source: str, table: Mapping[str, Any]) -> None:
         super().__init__(source, table)
@@ -266,11 +283,27 @@ PAGINATORS: dict[str, type[Paginator]] = {
 }
 
 
-def build_paginator(source: str, table: Mapping[str, Any]) -> Paginator:
-    """The paginator a source's `pagination` table asks for (no table: one request)."""
+def paginator_style(table: Mapping[str, Any]) -> Any:
+    """The style a `pagination` table chooses (no table: one request)."""
     style = table.get("style", "none")
     if style == "cursor" and "has_more_path" in table:
-        style = "has_more"  # Stripe's has_more, as first spelt: a cursor style with has_more_path
+        return "has_more"  # Stripe's has_more, as first spelt: a cursor style with has_more_path
+    return style
+
+
+# The `pagination` table as declared: its keys are those of the style it chooses (PAGINATORS).
+PAGINATION = Tagged(
+    "style",
+    lambda: {name: Table({**COMMON_OPTIONS, **cls.options}) for name, cls in PAGINATORS.items()},
+    default="none",
+    choose=paginator_style,
+)
+
+
+def build_paginator(source: str, table: Mapping[str, Any]) -> Paginator:
+    """The paginator a source's `pagination` table asks for (no table: one request)."""
+    style = paginator_style(table)
+    if style != table.get("style", "none"):
         table = {**table, "style": style}
     if style not in PAGINATORS:
         raise ConfigurationError(

@@ -431,6 +431,8 @@ def _day_orders(
 
     `earlier` holds the previous date's returnable purchases (empty on the first date): one of them is
     returned today. Currencies come from `currency_rng`, so the rest of the date does not depend on them.
+    Long on purpose: it reads as the one sequence of draws from `rng` that the demo's data (and the
+    figures its tests and README state) depend on; moving a draw changes every date after it.
     """
     count = rng.randint(*ORDERS_PER_DAY)
     day_start = datetime.combine(business_date, time(0), tzinfo=UTC)
@@ -597,7 +599,8 @@ def generate_demo_data(
     A date's orders and rates depend only on `seed` and the date, so they are the same whichever other
     dates are generated with it, except for what follows from the date's position in the list: from the
     second date on, one product's list price has changed and one order returns a purchase of the
-    previous date of the list.
+    previous date of the list. (One function: the files and their order are the demo's fixed sequence of
+    draws, as in `_day_orders`.)
     """
     dates = sorted(set(business_dates))
     if not dates:

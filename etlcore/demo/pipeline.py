@@ -14,7 +14,7 @@ from django.db.models import Count, Sum
 
 from etlcore.config import pipeline_load
 from etlcore.models import PipelineRun
-from etlcore.services import STEPS, pipeline_execute
+from etlcore.services.pipeline import STEPS, pipeline_execute
 from warehouse.checks import warehouse_checksums
 from warehouse.models import FactSalesLine, QuarantinedRow
 

@@ -9,7 +9,7 @@ from etlcore.errors import USER_ERRORS
 from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
 from etlcore.preflight import database_check, pipeline_database
-from etlcore.services import pipeline_execute
+from etlcore.services.pipeline import pipeline_execute
 
 
 class PipelineStepCommand(BaseCommand):

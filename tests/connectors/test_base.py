@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from connectors import build_connector, connector_kinds
-from etlcore.errors import ConfigurationError
+from connectors.errors import ConfigurationError
+from connectors.options import TEXT, WHOLE, Table
 
 
 @pytest.mark.parametrize("kind", sorted(connector_kinds()))
@@ -20,6 +21,7 @@ def test_a_connector_class_that_names_its_kind_registers_itself():
 
         class Echo(base.Connector):
             kind = "echo"
+            option_schema = Table({"kind": TEXT, "batch_size": WHOLE})
 
             def iter_batches(self, window):
                 yield [{"name": self.name}]
@@ -40,3 +42,20 @@ def test_two_connector_classes_cannot_claim_one_kind():
 
         class OtherFiles(base.Connector):
             kind = "file"
+
+
+def test_a_connector_class_must_declare_the_options_it_reads():
+    from connectors import base
+
+    with pytest.raises(TypeError, match=r"source kind 'undeclared' \(Undeclared\) declares no option_schema"):
+
+        class Undeclared(base.Connector):
+            kind = "undeclared"
+
+            def iter_batches(self, window):
+                yield []
+
+            def describe(self):
+                return "undeclared"
+
+    assert "undeclared" not in connector_kinds()

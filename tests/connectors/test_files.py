@@ -15,10 +15,15 @@ import pytest
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
-from connectors.errors import EXCERPT_CHARS, library_error_text, value_excerpt
+from connectors.errors import (
+    EXCERPT_CHARS,
+    ConfigurationError,
+    SourceError,
+    library_error_text,
+    value_excerpt,
+)
 from connectors.files import FileConnector
 from connectors.records import to_staging_batch
-from etlcore.errors import ConfigurationError, SourceError
 
 RETAIL_CSV = Path("/work/shared/datasets/online_retail_ii_subset/online_retail_ii_subset.csv")
 

@@ -10,9 +10,9 @@ import pytest
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
+from connectors.errors import ConfigurationError, SourceError
 from connectors.postgres import PostgresConnector
 from connectors.records import to_staging_batch
-from etlcore.errors import ConfigurationError, SourceError
 
 pytestmark = pytest.mark.postgres
 

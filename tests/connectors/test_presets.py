@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from connectors import build_connector
+from connectors.errors import ConfigurationError, SourceError
 from connectors.presets import PRESETS, with_preset
-from etlcore.errors import ConfigurationError, SourceError
 
 from .sales_apis import TOKEN, sales_api
 from .test_rest_incremental import day, extract, versions

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
+from connectors.errors import SourceError
 from connectors.records import (
     ColumnSpec,
     FieldObserver,
@@ -18,7 +19,6 @@ from connectors.records import (
     to_staging_batch,
     to_text,
 )
-from etlcore.errors import SourceError
 
 ORDER_COLUMNS = {
     "order_id": {"from": "id", "required": True},

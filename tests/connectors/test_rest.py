@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from connectors import build_connector
+from connectors.errors import ConfigurationError, SourceError
 from connectors.records import to_staging_batch
 from connectors.rest import BODY_ATTEMPTS, RestConnector, TokenBucket
-from etlcore.errors import ConfigurationError, SourceError
 
 TOKEN = "s3cr3t-T0KEN-value"
 

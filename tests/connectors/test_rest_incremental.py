@@ -15,7 +15,7 @@ import pytest
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
-from etlcore.errors import ConfigurationError
+from connectors.errors import ConfigurationError
 
 from .sales_apis import TOKEN, sales_api
 

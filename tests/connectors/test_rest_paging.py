@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from connectors import build_connector
+from connectors.errors import ConfigurationError
 from connectors.presets import PRESETS, with_preset
 from connectors.rest import RestConnector
 from connectors.rest.paging import (
@@ -22,7 +23,6 @@ from connectors.rest.paging import (
     build_paginator,
 )
 from etlcore.config import pipeline_parse
-from etlcore.errors import ConfigurationError
 from tests.pipelines import dataset, pipeline_write
 
 EXPECTED_CLASS = {
@@ -75,7 +75,7 @@ def test_an_option_of_another_style_fails_naming_the_key_and_the_styles_keys(sty
     assert message.startswith(
         f"source 'orders': pagination.{key} is not an option of pagination style {style!r}"
     )
-    allowed = sorted(EXPECTED_CLASS[style].options | {"style", "max_pages"})
+    allowed = sorted({*EXPECTED_CLASS[style].options, "style", "max_pages"})
     assert f"(its options: {', '.join(allowed)};" in message
     assert "\n" not in message
 
@@ -132,7 +132,7 @@ def test_every_presets_pagination_is_valid_for_its_style(preset):
 def test_a_key_added_to_a_presets_pagination_must_fit_the_presets_style():
     options = with_preset("orders", {"preset": "woocommerce", "base_url": "https://shop.example.com"})
     RestConnector.check_options(name="orders", options=options)
-    with pytest.raises(ConfigurationError, match=r"pagination\.limit is not an option .*'page_number'"):
+    with pytest.raises(ConfigurationError, match=r"^pagination: unknown key 'limit' for style 'page_number'"):
         RestConnector.check_options(
             name="orders",
             options={"preset": "woocommerce", "base_url": "https://x.example", "pagination": {"limit": 5}},
@@ -158,5 +158,6 @@ def test_a_misplaced_pagination_key_fails_when_the_pipeline_file_is_read(tmp_pat
     with pytest.raises(ConfigurationError) as raised:
         pipeline_parse(path, environ={})
     message = str(raised.value)
-    assert message.startswith(f"{path} [datasets.orders] [source]: ")
-    assert "pagination.limit is not an option of pagination style 'cursor'" in message
+    where = f"{path} [datasets.orders.source.pagination]"
+    assert message.startswith(f"{where}: unknown key 'limit' for style 'cursor'")
+    assert message.endswith("(known: style, max_pages, cursor_path, cursor_param; style 'offset' reads it)")

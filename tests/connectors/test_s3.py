@@ -13,9 +13,9 @@ import pytest
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
+from connectors.errors import ConfigurationError, SourceError
 from connectors.records import to_staging_batch
 from connectors.s3 import S3Connector
-from etlcore.errors import ConfigurationError, SourceError
 
 COLUMNS = {"sku": {"from": "sku", "required": True}, "name": {"from": "name"}, "price": {"from": "price"}}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from datetime import date
 from io import StringIO
@@ -15,7 +17,7 @@ from etlcore.models import PipelineRun, StepRun
 from etlcore.staging import TRANSFORMED, Manifest, PartitionRef, partition_attempt, partition_publish
 from tests.pipelines import dataset, pipeline_write
 from tests.warehouse.partitions import default_outputs, sale, write_outputs
-from warehouse.models import FactSalesLine
+from warehouse.models import FactSalesLine, PseudonymKey
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -91,8 +93,20 @@ def test_transform_before_extract_says_which_partition_is_missing(shop):
 
 
 def test_load_before_transform_says_which_partition_is_missing(shop):
-    with pytest.raises(CommandError, match=r"no published partition for shop transformed 2026-11-01"):
+    with pytest.raises(
+        CommandError,
+        match=r"no published partition for shop transformed 2026-11-01 \(no transformed date yet",
+    ):
         run_command("load", "--pipeline", "shop", "--date", "2026-11-01")
+
+
+def test_load_without_a_date_names_the_latest_date_that_is_ready(shop):
+    # Yesterday was never extracted here: the error says which dates a load could take instead.
+    for day in ("2026-11-03", "2026-11-01"):
+        publish_transformed(shop, day, default_outputs([sale("O1", 1)]))
+    with pytest.raises(CommandError, match=r"\(latest transformed: 2026-11-03; expected "):
+        run_command("load", "--pipeline", "shop")
+    assert latest_run(shop["alias"]).status == "failed"
 
 
 def test_pipeline_status_lists_runs_with_steps_and_errors(shop):
@@ -216,20 +230,22 @@ def test_pipeline_status_shows_dataset_accounting_warnings_replays_and_what_load
 
 def test_reconciliation_counts_rows_filtered_by_a_named_rule_and_fails_when_they_do_not_balance():
     from etlcore.errors import ReconciliationError
-    from etlcore.services import _reconcile
+    from etlcore.services.transform import job_result_reconcile
 
     inputs = {"order_lines": {"rows": 10}, "products": {"rows": 3}}
-    _reconcile({"datasets": _transform_counts(filtered={"postage": 2})}, inputs)
+    job_result_reconcile({"datasets": _transform_counts(filtered={"postage": 2})}, inputs)
 
     with pytest.raises(
         ReconciliationError, match=r"accounted 9 \(out 5 \+ rejected 2 \+ duplicates 1 \+ postage 1\)"
     ):
-        _reconcile({"datasets": _transform_counts(filtered={"postage": 1})}, inputs)
+        job_result_reconcile({"datasets": _transform_counts(filtered={"postage": 1})}, inputs)
     with pytest.raises(ReconciliationError, match=r"'order_lines': 10 rows staged, job read 10, accounted 8"):
-        _reconcile({"datasets": _transform_counts()}, inputs)
+        job_result_reconcile({"datasets": _transform_counts()}, inputs)
 
 
-def publish_transformed(shop: dict, day: str, outputs: dict[str, list[dict]]) -> None:
+def publish_transformed(
+    shop: dict, day: str, outputs: dict[str, list[dict]], key_fingerprint: str | None = None
+) -> None:
     """A transformed partition as the transform step publishes it, with outputs the test writes."""
     ref = PartitionRef(shop["staging"], "shop", TRANSFORMED, date.fromisoformat(day))
     with partition_attempt(ref) as attempt:
@@ -247,6 +263,7 @@ def publish_transformed(shop: dict, day: str, outputs: dict[str, list[dict]]) ->
             checksum="test",
             run_id=None,
             outputs={name: {"files": files[name], "rows": len(outputs.get(name, []))} for name in files},
+            key_fingerprint=key_fingerprint,
         )
         partition_publish(ref, manifest, attempt)
 
@@ -262,6 +279,36 @@ def test_load_of_a_partition_naming_a_product_the_warehouse_lacks_fails_with_one
     assert (run.status, step.step, step.status) == ("failed", "load", "failed")
     assert step.error == run.error == "warehouse.DimProduct: no row for sku P9"
     assert not FactSalesLine.objects.using(shop["alias"]).exists()
+
+
+def _fingerprint(key: bytes) -> str:
+    # Independent of the code under test: the documented HMAC of the fixed label.
+    return hmac.new(key, b"django-spark-etl pseudonym key fingerprint v1", hashlib.sha256).hexdigest()[:16]
+
+
+def test_load_under_another_pseudonym_key_is_refused_and_changes_nothing(shop):
+    first, other = _fingerprint(b"key-one"), _fingerprint(b"key-two")
+    publish_transformed(shop, "2026-11-01", default_outputs([sale("O1", 1)]), key_fingerprint=first)
+    run_command("load", "--pipeline", "shop", "--date", "2026-11-01")
+    publish_transformed(
+        shop, "2026-11-02", default_outputs([sale("O2", 1, day=date(2026, 11, 2))]), key_fingerprint=other
+    )
+
+    with pytest.raises(CommandError, match=rf"fingerprint {first}, this partition's with {other}: .*second"):
+        run_command("load", "--pipeline", "shop", "--date", "2026-11-02")
+    assert latest_run(shop["alias"]).status == "failed"
+    assert list(FactSalesLine.objects.using(shop["alias"]).values_list("order_id", flat=True)) == ["O1"]
+    assert list(PseudonymKey.objects.using(shop["alias"]).values_list("fingerprint", flat=True)) == [first]
+
+
+def test_transform_under_another_pseudonym_key_fails_before_spark_starts(shop, monkeypatch):
+    PseudonymKey.objects.using(shop["alias"]).create(pipeline="shop", fingerprint=_fingerprint(b"key-one"))
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "key-two")
+    expected = rf"fingerprint {_fingerprint(b'key-one')}, ETL_PSEUDONYM_KEY's with {_fingerprint(b'key-two')}"
+    with pytest.raises(CommandError, match=expected):
+        run_command("transform", "--pipeline", "shop", "--date", "2026-11-01")  # no raw partition: not read
+    step = latest_run(shop["alias"]).steps.get()
+    assert (step.step, step.status, step.details) == ("transform", "failed", {})
 
 
 def test_extract_failing_mid_source_leaves_no_partition_folder_or_lock(pipeline_dir, tmp_path, db_alias):

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from etlcore.config import pipeline_load, pipeline_names, pipeline_parse
 from etlcore.errors import ConfigurationError
-from etlcore.services import transform_contract
+from etlcore.services.transform import transform_contract
 from spark_jobs.contract import SALES_DAILY
 from tests.pipelines import dataset, pipeline_write
 

@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from etlcore.config import GuardConfig, pipeline_load, pipeline_parse
 from etlcore.errors import ConfigurationError
-from etlcore.guards import PreviousCounts, guards_evaluate, guards_previous
+from etlcore.guards import PreviousCounts, guards_evaluate
 from etlcore.models import PipelineRun, StepRun
+from etlcore.selectors import guards_previous
 from tests.pipelines import dataset, pipeline_toml
 
 DAY = date(2026, 11, 2)
@@ -222,7 +223,7 @@ on_breach = "fail"
         ),
         (
             '[datasets.products.guards]\nmax_drop = { value = 0.5, on_breech = "warn" }\n',
-            r"\[datasets\.products\.guards\] max_drop: unknown key 'on_breech' \(did you mean 'on_breach'\?",
+            r"\[datasets\.products\.guards\.max_drop\]: unknown key 'on_breech' \(did you mean 'on_breach'\?",
         ),
         (
             '[datasets.products.guards]\nmax_drop = { on_breach = "warn" }\n',
@@ -246,7 +247,7 @@ on_breach = "fail"
             '[datasets.products.guards]\nmin_rows = 1\non_breach = "ignore"\n',
             r"\[datasets\.products\.guards\] on_breach: 'ignore' is not one of fail, warn",
         ),
-        ("[datasets.products]\nguards = 1\n", r"\[datasets\.products\.guards\]: expected a table of guards"),
+        ("[datasets.products]\nguards = 1\n", r"\[datasets\.products\]: guards must be a table of guards"),
     ],
     ids=[
         "misspelt-guard",

@@ -15,7 +15,8 @@ from django.utils import timezone
 from etlcore.config import pipeline_load
 from etlcore.errors import PartitionNotFound
 from etlcore.models import PipelineRun
-from etlcore.services import quarantine_replay, quarantine_select
+from etlcore.selectors import quarantine_select
+from etlcore.services.replay import quarantine_replay
 from tests.pipelines import dataset, pipeline_write
 from warehouse.models import FactSalesLine, QuarantinedRow
 

@@ -150,5 +150,5 @@ def test_invalid_rule_is_refused_at_load_naming_the_file_dataset_and_rule(tmp_pa
 def test_pii_flag_must_be_a_boolean(tmp_path):
     path = tmp_path / "shop.toml"
     path.write_text(pipeline("").replace("pii = true", 'pii = "yes"'))
-    with pytest.raises(ConfigurationError, match=r"column 'email': pii must be true or false"):
+    with pytest.raises(ConfigurationError, match=r"\[datasets\.lines\.columns\.email\]: pii must be true or"):
         pipeline_parse(path, environ={})

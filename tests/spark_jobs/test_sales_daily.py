@@ -444,6 +444,10 @@ def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp
             "customers": 1,
             "quarantine": 3,
         },
+        # Which key made the pseudonyms, never the key (the loader refuses a partition under another one).
+        "pseudonym_key_fingerprint": hmac.new(
+            KEY, b"django-spark-etl pseudonym key fingerprint v1", hashlib.sha256
+        ).hexdigest()[:16],
     }
     assert result == expected
     assert json.loads((tmp_path / "out" / "_result.json").read_text()) == expected

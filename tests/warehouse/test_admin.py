@@ -3,11 +3,13 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from etlcore.models import PipelineRun
 from tests.admin_pages import assert_every_column_shows_a_value, registered
 from warehouse.loaders import partition_load
+from warehouse.models import QuarantinedRow
 
 from .partitions import default_outputs, history_outputs, sale, write_outputs
 
@@ -60,3 +62,34 @@ def test_the_column_test_covers_every_warehouse_admin():  # an empty parametrize
         "loadedpartition",
         "quarantinedrow",
     ]
+
+
+def _staff(django_user_model, *, raw: bool):
+    user = django_user_model.objects.create_user(username=f"staff-{raw}", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_quarantinedrow"))
+    if raw:
+        user.user_permissions.add(Permission.objects.get(codename="view_raw_record"))
+    return user
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_quarantined_rows_raw_record_is_shown_only_with_its_own_permission(
+    client, django_user_model, tmp_path, raw
+):
+    outputs = default_outputs([sale("O1", 1)])
+    outputs["quarantine"][0]["raw_record"] = '{"customer_email":"hmac-PSEUDONYM","sku":"X9"}'
+    partition_load(
+        outputs=write_outputs(tmp_path, outputs),
+        pipeline="shop",
+        business_date=date(2026, 11, 1),
+        run_id=None,
+        using="default",
+    )
+    row = QuarantinedRow.objects.get()
+    client.force_login(_staff(django_user_model, raw=raw))
+
+    page = client.get(f"/admin/warehouse/quarantinedrow/{row.pk}/change/").content.decode()
+    assert "unknown_product" in page and "sku X9 is not a product" in page  # reasons for every staff user
+    assert ("hmac-PSEUDONYM" in page) is raw
+    found = client.get("/admin/warehouse/quarantinedrow/?q=PSEUDONYM").content.decode()
+    assert ("0 quarantined rows" in found or "0 results" in found) is not raw

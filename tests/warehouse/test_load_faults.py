@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from psycopg2.errors import LockNotAvailable
 from tests.conftest import _postgres_or_skip
 from warehouse.checks import warehouse_checksums
 from warehouse.loaders import partition_load
-from warehouse.models import DimProduct, FactSalesLine
+from warehouse.models import DimProduct, FactDailySales, FactSalesLine
 
 from .partitions import DAY, default_outputs, history_outputs, sale, write_outputs
 
@@ -301,3 +302,58 @@ def test_a_load_waits_for_a_load_of_a_later_date_then_revisits_its_returns(tmp_p
     assert return_links() == {"C3": "O1"}
     load_here("postgres", tmp_path / "day2", DAY2, day2)
     assert return_links() == {"C3": "O2"}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", ["after_merge", "before_commit"])
+def test_a_late_line_held_mid_load_counts_in_its_dates_daily_fact_whatever_commits_first(tmp_path, fault):
+    """Partition D1 carries a late line of business date D2. While D1's load is held mid-merge, the load of
+    partition D2 (lines of the same date, store and products) starts: it must wait for D1's lock on D2, and
+    D2's daily figures must then hold every line of both partitions, summed here from the lines as written."""
+    _postgres_or_skip()
+
+    # The dimensions' members and D2's date row exist already and the partitions share no other row (guest
+    # lines, no quarantine): only the lock on D2 can make a load wait.
+    def outputs(lines: list[dict]) -> dict:
+        return default_outputs(lines) | {"customers": [], "quarantine": []}
+
+    early = sale("E2", 1, qty=5, day=DAY2, customer=None)
+    load_here("postgres", tmp_path / "d3", DAY3, outputs([sale("O3", 1, day=DAY3, customer=None), early]))
+    late = sale("L1", 1, qty=3, price="4.10", day=DAY2, customer=None)
+    own = [
+        sale("O21", 1, qty=2, day=DAY2, customer=None),
+        sale("O22", 1, qty=1, sku="P2", price="1.25", day=DAY2, customer=None),
+    ]
+    first = load_job(tmp_path / "d1", DAY, outputs([sale("O1", 1, customer=None), late]))
+    held = start_child(tmp_path, first, postgres_url(), fault)
+    wait_paused(held, tmp_path / "paused")
+    other = start_child(tmp_path, load_job(tmp_path / "d2", DAY2, outputs(own)), postgres_url())
+    try:
+        _wait_until_blocked_or_done(other)
+    finally:
+        (tmp_path / "paused").unlink()
+    assert held.wait(CHILD_TIMEOUT) == 0, held.stderr.read().decode()
+    assert other.wait(CHILD_TIMEOUT) == 0, other.stderr.read().decode()
+
+    expected: dict[str, tuple[int, Decimal, int]] = {}
+    for line in (early, late, *own):
+        qty, revenue, count = expected.get(line["sku"], (0, Decimal("0"), 0))
+        expected[line["sku"]] = (qty + line["quantity"], revenue + line["amount_reporting"], count + 1)
+    daily = FactDailySales.objects.using("postgres").filter(pipeline="shop", date_id=20261102)
+    got = {r.product.sku: (r.quantity, r.revenue, r.line_count) for r in daily.select_related("product")}
+    assert got == expected
+
+
+def _wait_until_blocked_or_done(proc: subprocess.Popen) -> None:
+    """Until `proc` has ended or a second session of the test database waits on a lock (the first is the
+    held load, paused in Python, not waiting): the interleaving the test is about has then happened."""
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    with connections["postgres"].cursor() as cursor:
+        while proc.poll() is None and time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.05)

@@ -111,6 +111,27 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
     # Dates loaded before later dates' returns may change their links: what they bought before this load.
     revisit = spec.links_returns and bool(touched) and _later_returns(facts, touched).exists()
     purchased_before = _purchased_items(facts, touched) if revisit else None
+    _winning_lines_write(using, spec, pipeline, day, files, won, facts)
+    # Lines of an order this partition wins that its version does not hold; lines this partition supplied
+    # of orders it no longer carries (a corrected re-extraction, an order now quarantined).
+    dropped = [key for key in held if key[order] in won and key not in staged]
+    result.deleted = _delete_keys(facts, key_names, dropped) + _delete_not_kept(
+        using, facts.filter(**{SOURCE_DATE_FIELD: day}), (spec.versioned_by,), {(o,) for o in staged_orders}
+    )
+    if purchased_before is not None:
+        _relink_later_returns(facts, touched, purchased_before | _purchased_items(facts, touched))
+    _recompute_daily(using, facts, pipeline, touched)
+    _check_daily(using, facts, pipeline, touched)
+    return result
+
+
+def _winning_lines_write(
+    using: str, spec: Fact, pipeline: str, day: date, files: Sequence[Path], won: set, facts
+) -> None:
+    """Upsert the staged lines of the orders this partition wins, batch by batch, with surrogate keys
+    looked up (the version valid on each line's date) and returns linked."""
+    meta = spec.model._meta
+    date_attname = meta.get_field(PARTITION_FIELD).attname
     for batch in _read_batches(files, spec.staging_columns):
         ids = {
             ref.field: _key_map(
@@ -151,17 +172,6 @@ def load_fact(using: str, spec: Fact, pipeline: str, day: date, files: Sequence[
             )
         _upsert(using, spec.model, objs, list(spec.unique_fields))
         fault_point("portable_after_fact_batch")
-    # Lines of an order this partition wins that its version does not hold; lines this partition supplied
-    # of orders it no longer carries (a corrected re-extraction, an order now quarantined).
-    dropped = [key for key in held if key[order] in won and key not in staged]
-    result.deleted = _delete_keys(facts, key_names, dropped) + _delete_not_kept(
-        using, facts.filter(**{SOURCE_DATE_FIELD: day}), (spec.versioned_by,), {(o,) for o in staged_orders}
-    )
-    if purchased_before is not None:
-        _relink_later_returns(facts, touched, purchased_before | _purchased_items(facts, touched))
-    _recompute_daily(using, facts, pipeline, touched)
-    _check_daily(using, facts, pipeline, touched)
-    return result
 
 
 @dataclass(frozen=True)

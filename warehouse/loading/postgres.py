@@ -692,9 +692,9 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
     of the order any partition carried, each line once on its own business date; delete the lines the
     partition supplied before and no longer holds; recompute the daily aggregate of every business date
     the load touched."""
-    meta = spec.model._meta
     business_date = models.DateField()
     business_date.set_attributes_from_name(DATE_COLUMN)
+    meta = spec.model._meta
     staged_fields = (
         [meta.get_field(a) for a in spec.attributes]
         + [business_date]
@@ -723,20 +723,26 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
             relink_pairs = sql.Identifier("pg_temp", "relink_pairs")
             _note_purchased_items(cursor, spec, pipeline, touched, relink_pairs, create=True)
 
-    table = sql.Identifier(meta.db_table)
-    names = dict(
-        table=table,
-        staging=staging,
-        pipeline=_column(spec.model, PIPELINE_FIELD),
-        source=_column(spec.model, SOURCE_DATE_FIELD),
-        day=sql.Literal(day),
-        name=sql.Literal(pipeline),
-        staged_day=sql.Identifier(DATE_COLUMN),
-    )
     held, won = sql.Identifier("pg_temp", "held_orders"), sql.Identifier("pg_temp", "won_orders")
     _winning_orders(cursor, spec, pipeline, day, staging, held, won)
-    names |= {"held": held, "won": won}
-    # What the partition's lines are to the warehouse, per business date, before the merge (FactLoad).
+    _fact_load_count(cursor, staging, day, held, won, result)
+    result.deleted = _stale_lines_delete(cursor, spec, pipeline, day, staging, won)
+    _winning_lines_upsert(cursor, spec, pipeline, day, staging, won)
+    if relink_pairs is not None:
+        _note_purchased_items(cursor, spec, pipeline, touched, relink_pairs, create=False)
+        _relink_later_returns(cursor, spec, pipeline, keys, relink_pairs)
+        _drop(cursor, relink_pairs)
+    fault_point("after_merge")
+    _recompute_daily(cursor, spec, pipeline, touched)
+    _check_daily(cursor, spec, pipeline, touched)
+    for table in (staging, touched, held, won):
+        _drop(cursor, table)
+    return result
+
+
+def _fact_load_count(cursor, staging, day: date, held, won, result: FactLoad) -> None:
+    """What the partition's lines are to the warehouse, per business date, before the merge (FactLoad):
+    new, replacing another partition's version, superseded by a newer one held, or this partition's own."""
     cursor.execute(
         sql.SQL(
             "SELECT s.{staged_day}, count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.order_id IS NULL),"
@@ -745,7 +751,9 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
             " count(*) FILTER (WHERE w.order_id IS NOT NULL AND h.source_date = {day})"
             " FROM {staging} s LEFT JOIN {won} w ON w.order_id = s.order_id"
             " LEFT JOIN {held} h ON h.order_id = s.order_id GROUP BY 1 ORDER BY 1"
-        ).format(**names)
+        ).format(
+            staged_day=sql.Identifier(DATE_COLUMN), day=sql.Literal(day), staging=staging, held=held, won=won
+        )
     )
     for staged_day, inserted, updated, superseded, reloaded in cursor.fetchall():
         result.inserted += inserted
@@ -754,18 +762,32 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
         if updated:
             result.updated[staged_day.isoformat()] = updated
 
-    # Lines of an order this partition wins that its version does not hold; lines this partition supplied
-    # of orders it no longer carries (a corrected re-extraction, an order now quarantined).
+
+def _stale_lines_delete(cursor, spec: Fact, pipeline: str, day: date, staging, won) -> int:
+    """Lines of an order this partition wins that its version does not hold; lines this partition supplied
+    of orders it no longer carries (a corrected re-extraction, an order now quarantined)."""
     cursor.execute(
         sql.SQL(
             "DELETE FROM {table} t WHERE t.{pipeline} = {name} AND ("
             " (t.order_id IN (SELECT order_id FROM {won}) AND NOT EXISTS (SELECT 1 FROM {staging} s"
             "   WHERE s.order_id = t.order_id AND s.line_number = t.line_number))"
             " OR (t.{source} = {day} AND t.order_id NOT IN (SELECT s.order_id FROM {staging} s)))"
-        ).format(**names)
+        ).format(
+            table=sql.Identifier(spec.model._meta.db_table),
+            staging=staging,
+            pipeline=_column(spec.model, PIPELINE_FIELD),
+            source=_column(spec.model, SOURCE_DATE_FIELD),
+            day=sql.Literal(day),
+            name=sql.Literal(pipeline),
+            won=won,
+        )
     )
-    result.deleted = cursor.rowcount
+    return cursor.rowcount
 
+
+def _winning_lines_upsert(cursor, spec: Fact, pipeline: str, day: date, staging, won) -> None:
+    """Insert or update the staged lines of the orders this partition wins, with surrogate keys joined in;
+    a row whose values did not change is not rewritten."""
     # Joins that turn staged natural keys into surrogate keys, aliased r0, r1, ...
     joins = []
     for i, ref in enumerate(spec.references):
@@ -802,7 +824,7 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
             "JOIN {won} w ON w.order_id = s.order_id {joins} "
             "ON CONFLICT ({conflict}) DO UPDATE SET {sets} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
         ).format(
-            table=table,
+            table=sql.Identifier(spec.model._meta.db_table),
             columns=sql.SQL(", ").join(columns),
             values=sql.SQL(", ").join(values),
             staging=staging,
@@ -814,16 +836,6 @@ def load_fact(cursor, connection, spec: Fact, pipeline: str, day: date, files: S
             new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in update),
         )
     )
-    if relink_pairs is not None:
-        _note_purchased_items(cursor, spec, pipeline, touched, relink_pairs, create=False)
-        _relink_later_returns(cursor, spec, pipeline, keys, relink_pairs)
-        _drop(cursor, relink_pairs)
-    fault_point("after_merge")
-    _recompute_daily(cursor, spec, pipeline, touched)
-    _check_daily(cursor, spec, pipeline, touched)
-    for table in (staging, touched, held, won):
-        _drop(cursor, table)
-    return result
 
 
 def _daily_query(spec: Fact, pipeline: str, touched: sql.Composable) -> sql.Composable:

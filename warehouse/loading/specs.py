@@ -200,25 +200,6 @@ def field_constraint(field: models.Field) -> dict[str, Any]:
     return constraint
 
 
-def output_constraints() -> dict[str, dict[str, dict[str, Any]]]:
-    """Per transform output and column, what the warehouse accepts (:func:`field_constraint`), read from
-    the models: the job rejects a row that could not be loaded instead of failing the load with it
-    (docs/configuration.md, "Implicit rules"). A fact's dimension reference (store_code...) is limited by
-    the dimension's natural key, and may be null when the foreign key may."""
-    outputs: dict[str, dict[str, dict[str, Any]]] = {}
-    for dim in DIMENSIONS:
-        outputs[dim.output] = {c: field_constraint(dim.model._meta.get_field(c)) for c in dim.columns}
-    for fact in FACTS:
-        columns = {a: field_constraint(fact.model._meta.get_field(a)) for a in fact.attributes}
-        for ref in fact.references:
-            key = ref.dimension(fact.model)._meta.get_field(ref.column)
-            columns[ref.column] = {**field_constraint(key), "nullable": ref.nullable(fact.model)}
-        outputs[fact.output] = columns
-    meta = QuarantinedRow._meta
-    outputs[QUARANTINE_OUTPUT] = {c: field_constraint(meta.get_field(c)) for c in QUARANTINE_COLUMNS}
-    return outputs
-
-
 def staged_fields() -> dict[str, dict[str, models.Field]]:
     """Per transform output, the model field behind each column the loader reads: what the job's output
     schemas (spark_jobs/contract.py) must match. A fact's business date is DimDate's date, a dimension
@@ -234,6 +215,28 @@ def staged_fields() -> dict[str, dict[str, models.Field]]:
             columns[ref.column] = ref.dimension(fact.model)._meta.get_field(ref.column)
         outputs[fact.output] = columns
     outputs[QUARANTINE_OUTPUT] = {c: QuarantinedRow._meta.get_field(c) for c in QUARANTINE_COLUMNS}
+    return outputs
+
+
+def output_constraints() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per transform output and column, what the warehouse accepts (:func:`field_constraint` of the
+    :func:`staged_fields`): the job rejects a row that could not be loaded instead of failing the load
+    with it (docs/configuration.md, "Implicit rules"). A fact's dimension reference (store_code...) is
+    limited by the dimension's natural key, and may be null when the foreign key may; its business date
+    is the job's own (a line without one is quarantined as ``missing_business_date``)."""
+    facts = {fact.output: fact for fact in FACTS}
+    outputs: dict[str, dict[str, dict[str, Any]]] = {}
+    for output, fields in staged_fields().items():
+        fact = facts.get(output)
+        references = {ref.column: ref for ref in fact.references} if fact else {}
+        columns = {}
+        for column, model_field in fields.items():
+            if fact is not None and column == DATE_COLUMN:
+                continue
+            columns[column] = field_constraint(model_field)
+            if column in references:
+                columns[column]["nullable"] = references[column].nullable(fact.model)
+        outputs[output] = columns
     return outputs
 
 

@@ -28,7 +28,7 @@ class Command(BaseCommand):
         except USER_ERRORS as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
-            f"Demo sources in {data_dir}; running the pipeline (one spark-submit a date, 20 s to a minute each)"
+            f"Demo sources in {data_dir}; running the pipeline (a spark-submit a date, 20 s to a minute each)"
         )
         try:
             report = demo_run(data_dir=data_dir)

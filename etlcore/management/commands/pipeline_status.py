@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from etlcore.errors import DatabaseNotReady
 from etlcore.guards import guard_lines
 from etlcore.preflight import database_check
-from etlcore.services import runs_latest
+from etlcore.selectors import runs_latest
 
 
 class Command(BaseCommand):

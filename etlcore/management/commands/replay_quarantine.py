@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from etlcore.errors import ETL_ERRORS
 from etlcore.preflight import database_check, pipeline_database
-from etlcore.services import quarantine_replay
+from etlcore.services.replay import quarantine_replay
 
 
 class Command(BaseCommand):

@@ -1,5 +1,5 @@
 from etlcore.management.pipeline_command import PipelineStepCommand
-from etlcore.services import STEPS
+from etlcore.services.pipeline import STEPS
 
 
 class Command(PipelineStepCommand):

@@ -1,0 +1,111 @@
+"""Reads of the run records, staged partitions and quarantine that the services and commands need.
+
+Selectors only read: everything that writes a run, a partition or a warehouse row is in
+`etlcore/services/`. Each takes the pipeline's configuration, or its name and the database alias.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from warehouse.models import PseudonymKey, QuarantinedRow
+
+from .config import PipelineConfig
+from .errors import ConfigurationError
+from .guards import PreviousCounts
+from .models import PipelineRun, RunStatus, StagedPartition, StepRun
+
+
+@dataclass(frozen=True)
+class ExtractState:
+    """Where a dataset's extract of one date starts: the connector state, and the source fields of the
+    previous partition (the reference for type drift)."""
+
+    state: dict[str, Any] | None
+    previous_fields: dict[str, str] | None
+
+
+def extract_state_lookup(*, config: PipelineConfig, dataset: str, business_date: date) -> ExtractState:
+    """The date's own `state_in` if it was extracted before (a re-run reads the same range again), else
+    the `state_out` of the latest earlier date, else None (the connector's configured start)."""
+    rows = StagedPartition.objects.using(config.database).filter(pipeline=config.name, dataset=dataset)
+    same = rows.filter(business_date=business_date).first()
+    before = rows.filter(business_date__lt=business_date).order_by("-business_date").first()
+    if same is not None:
+        state = same.state_in
+    else:
+        state = before.state_out if before is not None else None
+    return ExtractState(state=state, previous_fields=before.source_fields if before is not None else None)
+
+
+def guards_previous(*, config: PipelineConfig, business_date: date) -> PreviousCounts | None:
+    """The transform accounting of the nearest earlier date with a successful run (its latest one).
+
+    Earlier *dates*, not earlier runs: re-running a date never compares it with itself, and a backfill
+    of an old date compares with the date before it. A run that failed (a guard, the load) is no
+    reference; one that succeeded with a warning is.
+    """
+    step = (
+        StepRun.objects.using(config.database)
+        .filter(
+            step="transform",
+            status=RunStatus.SUCCEEDED,
+            run__pipeline=config.name,
+            run__status=RunStatus.SUCCEEDED,
+            run__business_date__lt=business_date,
+        )
+        .select_related("run")
+        .order_by("-run__business_date", "-run_id", "-id")
+        .first()
+    )
+    if step is None:
+        return None
+    return PreviousCounts(
+        business_date=step.run.business_date, run_id=step.run_id, datasets=step.details.get("datasets") or {}
+    )
+
+
+def pseudonym_key_held(*, config: PipelineConfig) -> str | None:
+    """The fingerprint of the pseudonym key the pipeline's warehouse customers were made with, if any."""
+    held = PseudonymKey.objects.using(config.database).filter(pipeline=config.name).first()
+    return held.fingerprint if held is not None else None
+
+
+def quarantine_select(
+    *,
+    config: PipelineConfig,
+    run_id: int | None = None,
+    dataset: str | None = None,
+    rule: str | None = None,
+    business_date: date | None = None,
+) -> QuerySet[QuarantinedRow]:
+    """Quarantined records of the pipeline matching every given filter.
+
+    ``run_id`` is the run that first quarantined the record; ``rule`` matches any of the record's codes
+    (the first is ``reason_code``, all of them head a part of ``message``).
+    """
+    if dataset is not None and dataset not in config.datasets:
+        known = ", ".join(sorted(config.datasets))
+        raise ConfigurationError(f"pipeline {config.name!r} has no dataset {dataset!r} (known: {known})")
+    rows = QuarantinedRow.objects.using(config.database).filter(pipeline=config.name)
+    if run_id is not None:
+        rows = rows.filter(first_run_id=run_id)
+    if dataset is not None:
+        rows = rows.filter(dataset=dataset)
+    if rule is not None:
+        rows = rows.filter(Q(reason_code=rule) | Q(message__regex=rf"(^|; ){re.escape(rule)}(:| \(|;|$)"))
+    if business_date is not None:
+        rows = rows.filter(business_date=business_date)
+    return rows
+
+
+def runs_latest(*, pipeline: str | None = None, limit: int = 20, using: str = "default") -> list[PipelineRun]:
+    runs = PipelineRun.objects.using(using).prefetch_related("steps")
+    if pipeline:
+        runs = runs.filter(pipeline=pipeline)
+    return list(runs.order_by("-started_at", "-id")[:limit])

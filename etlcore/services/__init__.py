@@ -1,0 +1,13 @@
+"""The pipeline's service functions. Commands, cron, tests and a task queue are thin interfaces over them.
+
+One module per concern; each step finds its input from (pipeline, business date) alone:
+
+  pipeline.py   pipeline_execute: a run record, then the steps in order
+  extract.py    sources_extract       source -> raw/<dataset>/date=D   (one partition per dataset)
+  transform.py  partition_transform   raw/*/date=D -> transformed/date=D (spark-submit)
+  load.py       warehouse_load        transformed/date=D -> warehouse tables (one transaction)
+  replay.py     quarantine_replay     quarantined rows through the current rules again
+
+A step function takes ``(config, business_date, outcome)`` and reports only through the `StepOutcome`
+(etlcore/runs.py). Reads that several of them share live in etlcore/selectors.py.
+"""

@@ -1,0 +1,217 @@
+"""The extract step: every dataset's window from its source into a published raw partition."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from connectors import build_connector
+from connectors.base import ExtractWindow
+from connectors.errors import SchemaDriftError
+from connectors.records import (
+    FieldObserver,
+    SchemaDrift,
+    schema_drift,
+    staging_schema,
+    to_staging_batch,
+)
+
+from .. import staging
+from ..config import DatasetConfig, PipelineConfig
+from ..errors import ETL_ERRORS, SourceError
+from ..models import StagedPartition
+from ..runs import StepOutcome, error_text
+from ..selectors import extract_state_lookup
+
+logger = logging.getLogger(__name__)
+
+
+def sources_extract(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
+    """Pull every dataset's window from its source into a published raw partition.
+
+    Sources are independent: they run concurrently (`extract_workers` at a time), each from its own saved
+    state, and one failing does not stop the others. Each partition is recorded with its connector's
+    next state once published, in the main thread; the step then fails naming every source that failed.
+    """
+    window = config.window(business_date)
+    plans = {
+        name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
+        for name in config.datasets
+    }
+    failures: dict[str, BaseException] = {}
+    workers = max(1, min(config.extract_workers, len(config.datasets)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+        futures = {
+            pool.submit(
+                _dataset_extract,
+                config=config,
+                dataset=dataset,
+                window=window,
+                run_id=outcome.run_id,
+                state=plans[name].state,
+                previous_fields=plans[name].previous_fields,
+            ): name
+            for name, dataset in config.datasets.items()
+        }
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                extracted = future.result()
+            except Exception as exc:
+                failures[name] = exc
+                outcome.details[name] = {"error": error_text(exc)}
+                if isinstance(exc, SchemaDriftError):
+                    outcome.details[name]["drift"] = exc.drift.as_dict()
+                continue
+            _partition_record(
+                extracted, run_id=outcome.run_id, state_in=plans[name].state, using=config.database
+            )
+            outcome.rows_in += extracted.manifest.row_count
+            outcome.rows_out += extracted.manifest.row_count
+            outcome.details[name] = {
+                "rows": extracted.manifest.row_count,
+                "partition": str(extracted.ref.dir),
+                "checksum": extracted.manifest.checksum,
+                "seconds": extracted.seconds,
+            }
+            if extracted.drift:
+                outcome.details[name]["drift"] = extracted.drift.as_dict()
+    if failures:
+        raise _extract_failure(failures, total=len(config.datasets))
+
+
+@dataclass
+class _Extracted:
+    dataset: str
+    ref: staging.PartitionRef
+    manifest: staging.Manifest
+    source: str
+    state_out: dict[str, Any] | None
+    fields: dict[str, str]
+    drift: SchemaDrift
+    seconds: float
+
+
+def _dataset_extract(
+    *,
+    config: PipelineConfig,
+    dataset: DatasetConfig,
+    window: ExtractWindow,
+    run_id: int,
+    state: Mapping[str, Any] | None,
+    previous_fields: Mapping[str, str] | None,
+) -> _Extracted:
+    """One source into its partition; runs in a worker thread and touches no database."""
+    started = time.monotonic()
+    connector = None
+    try:
+        connector = build_connector(name=dataset.name, options=dataset.source, state=state)
+        source = connector.describe()
+        label = f"source {dataset.name!r} ({source})"
+        observer = FieldObserver(explode=dataset.explode)
+        drift: list[SchemaDrift] = []
+
+        def batches() -> Iterator[Any]:
+            for batch in connector.iter_batches(window):
+                observer.observe(batch)
+                yield to_staging_batch(
+                    batch, columns=dataset.columns, explode=dataset.explode, source_label=label
+                )
+            # Raising here, after the last batch, still prevents the partition from being published.
+            drift.append(_drift_check(dataset, observer, previous_fields))
+
+        ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset.name, window.business_date)
+        manifest = staging.raw_partition_write(
+            ref,
+            schema=staging_schema(dataset.columns),
+            batches=batches(),
+            source=source,
+            window={"start": window.start.isoformat(), "end": window.end.isoformat()},
+            run_id=run_id,
+        )
+        return _Extracted(
+            dataset=dataset.name,
+            ref=ref,
+            manifest=manifest,
+            source=source,
+            state_out=connector.next_state,
+            fields=observer.fields(),
+            drift=drift[0],
+            seconds=round(time.monotonic() - started, 3),
+        )
+    finally:
+        close = getattr(connector, "close", None)
+        if close is not None:
+            close()
+        connections.close_all()  # this thread's own connections, if anything opened one
+
+
+def _drift_check(
+    dataset: DatasetConfig, observer: FieldObserver, previous_fields: Mapping[str, str] | None
+) -> SchemaDrift:
+    if not observer.rows:
+        return SchemaDrift()  # nothing delivered says nothing about the fields
+    drift = schema_drift(
+        observed=observer.fields(),
+        columns=dataset.columns,
+        null_paths=observer.null_paths,
+        previous=previous_fields,
+    )
+    if drift and dataset.drift == "fail":
+        raise SchemaDriftError(
+            f'source {dataset.name!r}: schema drift (drift = "fail"): {drift.describe()}', drift=drift
+        )
+    if drift:
+        logger.warning("source %r: schema drift: %s", dataset.name, drift.describe())
+    return drift
+
+
+def _partition_record(
+    extracted: _Extracted, *, run_id: int, state_in: Mapping[str, Any] | None, using: str
+) -> StagedPartition:
+    """Record the published partition and the state to continue from, in one transaction."""
+    manifest = extracted.manifest
+    with transaction.atomic(using=using):
+        row, _ = StagedPartition.objects.using(using).update_or_create(
+            pipeline=manifest.pipeline,
+            dataset=extracted.dataset,
+            business_date=extracted.ref.business_date,
+            defaults={
+                "run_id": run_id,
+                "row_count": manifest.row_count,
+                "checksum": manifest.checksum,
+                "manifest": str(extracted.ref.manifest_path),
+                "source": extracted.source[:1000],
+                "state_in": state_in,
+                "state_out": extracted.state_out,
+                "source_fields": extracted.fields,
+                "drift": extracted.drift.as_dict() if extracted.drift else {},
+                "published_at": timezone.now(),
+            },
+        )
+    return row
+
+
+def _extract_failure(failures: Mapping[str, BaseException], *, total: int) -> BaseException:
+    """One failure as it was (it names its source); several as one SourceError naming each."""
+    messages = []
+    for name, exc in sorted(failures.items()):
+        text = error_text(exc)
+        messages.append(text if f"source {name!r}" in text else f"source {name!r}: {text}")
+    if len(failures) == 1:
+        ((name, exc),) = failures.items()
+        if isinstance(exc, ETL_ERRORS) and messages[0] == error_text(exc):
+            return exc
+        error = SourceError(messages[0])
+    else:
+        error = SourceError(f"{len(failures)} of {total} sources failed: " + " | ".join(messages))
+    error.__cause__ = next(iter(failures.values()))
+    return error

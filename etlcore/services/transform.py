@@ -1,0 +1,189 @@
+"""The transform step: the pipeline's Spark job over a date's raw partitions, published atomically once
+every staged row is accounted for and the volume guards pass."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from spark_jobs.contract import JobContract, job_contract, pseudonym_key_fingerprint
+from warehouse.errors import PseudonymKeyMismatchError
+from warehouse.loading.specs import output_constraints
+
+from .. import staging
+from ..config import PipelineConfig
+from ..errors import ConfigurationError, ReconciliationError, SparkJobError
+from ..guards import guards_enforce
+from ..runs import StepOutcome
+from ..selectors import guards_previous, pseudonym_key_held
+from ..spark import job_submit
+
+
+def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
+    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
+    contract = transform_contract(config=config)
+    pseudonym_key_expect(config=config)
+    staged: dict[str, tuple[list[Path], int]] = {}
+    for dataset in config.datasets.values():
+        ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset.name, business_date)
+        manifest = staging.manifest_read(ref)
+        staged[dataset.name] = (staging.manifest_files(ref, manifest), manifest.row_count)
+    ref = staging.PartitionRef.transformed(config.staging_root, config.name, business_date)
+    log_path = (
+        config.staging_root
+        / config.name
+        / "logs"
+        / f"{business_date.isoformat()}-run{outcome.run_id}-transform.log"
+    )
+    with staging.partition_attempt(ref) as attempt:
+        spec = job_spec(config, business_date=business_date, staged=staged, output_dir=attempt)
+        # Facts about the submit go on the outcome before anything can fail, so a failure keeps them.
+        outcome.details["log"] = str(log_path)
+        try:
+            submitted = job_submit(
+                config, spec=spec, work_dir=attempt, log_path=log_path, timeout=config.spark.timeout_seconds
+            )
+        except SparkJobError as exc:
+            outcome.details |= exc.facts
+            raise
+        outcome.details |= submitted.facts()
+        result = _job_result_read(attempt, log_path, contract)
+        datasets = result["datasets"]
+        outcome.rows_in = sum(d["rows_in"] for d in datasets.values())
+        outcome.rows_out = sum(d["rows_out"] for d in datasets.values())
+        outcome.rows_rejected = sum(d["rejected"] for d in datasets.values())
+        outcome.details["datasets"] = datasets
+        outcome.details["outputs"] = result["outputs"]
+        job_result_reconcile(result, spec["inputs"])
+        # Volume guards (etlcore/guards.py) before publishing: a failing guard leaves no partition to load.
+        guards_enforce(
+            config=config,
+            business_date=business_date,
+            counts=datasets,
+            previous=lambda: guards_previous(config=config, business_date=business_date),
+            outcome=outcome,
+        )
+        manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract)
+        staging.partition_publish(ref, manifest, attempt)
+    outcome.details["partition"] = str(ref.dir)
+
+
+def pseudonym_key_expect(*, config: PipelineConfig) -> None:
+    """Refuse, before Spark starts, a key other than the one the warehouse's customers were made with (the
+    load refuses it too, by the fingerprint the job reports). An unset key is the job's error to report."""
+    env = config.spark.pseudonym_key_env
+    key = os.environ.get(env, "")
+    held = pseudonym_key_held(config=config)
+    if not key or held is None:
+        return
+    given = pseudonym_key_fingerprint(key.encode("utf-8"))
+    if given != held:
+        raise PseudonymKeyMismatchError(config.name, warehouse=held, given=given, by=f"{env}'s")
+
+
+def transform_contract(*, config: PipelineConfig) -> JobContract:
+    """The outputs the pipeline's job declares (spark_jobs/contract.py)."""
+    try:
+        return job_contract(config.spark.job)
+    except KeyError as exc:
+        raise ConfigurationError(f"pipeline {config.name!r}: {exc.args[0]}") from None
+
+
+def job_spec(
+    config: PipelineConfig,
+    *,
+    business_date: date,
+    staged: Mapping[str, tuple[Sequence[Path], int]],
+    output_dir: Path,
+) -> dict[str, Any]:
+    """The Spark job's spec (docs/architecture.md) from the pipeline and each dataset's staged files and
+    row count. The transform step and the transform benchmark both build it here. ``constraints`` are
+    the warehouse's limits on each output column, from the models: the job checks them row by row."""
+    inputs = {
+        dataset.name: {
+            "files": [str(p) for p in staged[dataset.name][0]],
+            "columns": dataset.spark_columns(),
+            "rules": dataset.spark_rules(),
+            "key": list(dataset.key),
+            "version_column": dataset.version_column,
+            "business_date_column": dataset.business_date_column,
+            "rows": staged[dataset.name][1],
+        }
+        for dataset in config.datasets.values()
+    }
+    return {
+        "pipeline": config.name,
+        "business_date": business_date.isoformat(),
+        "timezone": config.timezone.key,
+        "inputs": inputs,
+        "output_dir": str(output_dir),
+        "pseudonym_key_env": config.spark.pseudonym_key_env,
+        "reporting_currency": config.spark.reporting_currency,
+        "options": dict(config.spark.options),
+        "constraints": output_constraints(),
+    }
+
+
+def job_result_reconcile(result: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+    """Every staged row must come out as kept, rejected, a removed duplicate or filtered by a named rule:
+    rows extracted = rows_out + rejected + duplicates + sum(filtered). Nothing unaccounted."""
+    for name, spec in inputs.items():
+        counts = result["datasets"].get(name)
+        if counts is None:
+            raise ReconciliationError(f"transform reported nothing for dataset {name!r}")
+        filtered = counts.get("filtered") or {}
+        accounted = counts["rows_out"] + counts["rejected"] + counts["duplicates"] + sum(filtered.values())
+        if counts["rows_in"] != spec["rows"] or accounted != spec["rows"]:
+            by_rule = "".join(f" + {code} {n}" for code, n in sorted(filtered.items()))
+            raise ReconciliationError(
+                f"dataset {name!r}: {spec['rows']} rows staged, job read {counts['rows_in']}, "
+                f"accounted {accounted} (out {counts['rows_out']} + rejected {counts['rejected']} "
+                f"+ duplicates {counts['duplicates']}{by_rule})"
+            )
+
+
+def _job_result_read(attempt: Path, log_path: Path, contract: JobContract) -> dict[str, Any]:
+    try:
+        result = json.loads((attempt / "_result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SparkJobError(f"spark job wrote no readable _result.json ({exc}); log: {log_path}") from None
+    missing = [name for name in contract.names if not (attempt / name).is_dir()]
+    if missing:
+        raise SparkJobError(f"spark job did not write output(s) {missing}; log: {log_path}")
+    return result
+
+
+def _transformed_manifest(
+    ref: staging.PartitionRef, attempt: Path, result: Mapping[str, Any], run_id: int, contract: JobContract
+) -> staging.Manifest:
+    outputs: dict[str, dict[str, Any]] = {}
+    all_files: list[Path] = []
+    for name in contract.names:
+        files = sorted((attempt / name).glob("*.parquet"))
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows != result["outputs"][name]:
+            raise ReconciliationError(
+                f"output {name!r}: job reported {result['outputs'][name]} rows, files hold {rows}"
+            )
+        outputs[name] = {"files": [str(f.relative_to(ref.dir)) for f in files], "rows": rows}
+        all_files += files
+    return staging.Manifest(
+        pipeline=ref.pipeline,
+        layer=ref.layer,
+        dataset=None,
+        business_date=ref.business_date.isoformat(),
+        files=[str(f.relative_to(ref.dir)) for f in all_files],
+        row_count=outputs[contract.primary]["rows"],
+        schema=[],
+        source=f"spark job over raw partitions of {ref.business_date.isoformat()}",
+        checksum=staging.files_checksum(all_files),
+        run_id=run_id,
+        outputs=outputs,
+        key_fingerprint=result.get("pseudonym_key_fingerprint"),
+    )
