@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its test tools
 
-demo: $(STAMP) ## generate demo data, serve it over HTTP on loopback, run the pipeline for the demo dates
+demo: $(STAMP) ## demo data served on loopback, the pipeline for 3 dates (1-4 min: a spark-submit a date)
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py demo
 
-test: $(STAMP) ## run the whole test suite (SQLite and PostgreSQL, one real spark-submit)
+test: $(STAMP) ## the whole suite: 650+ tests, SQLite and PostgreSQL, real spark-submits (~7 min, 2 cores)
 	$(PY) -m pytest
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json

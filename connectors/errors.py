@@ -4,12 +4,28 @@ etlcore (which imports connectors), so etlcore re-exports these very classes as
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .records import SchemaDrift
 
-__all__ = ["ConfigurationError", "ConnectorError", "SchemaDriftError", "SourceError"]
+__all__ = [
+    "EXCERPT_CHARS",
+    "ConfigurationError",
+    "ConnectorError",
+    "SchemaDriftError",
+    "SourceError",
+    "library_error_text",
+    "value_excerpt",
+]
+
+# Errors go to the run record, the command's stderr and the cron log: they may say where a source went
+# wrong and quote a little of it, never carry its content (a whole CSV row, personal data, binary bytes).
+EXCERPT_CHARS = 80
+LIBRARY_ERROR_CHARS = 240
+# pyarrow's CSV parser appends the row it could not split ("Expected 3 columns, got 2: <the row>").
+ECHOED_ROW = re.compile(r"(Expected \d+ columns, got \d+)\s*: ?(.*)", re.S)
 
 
 class ConnectorError(Exception):
@@ -30,3 +46,21 @@ class SchemaDriftError(SourceError):
     def __init__(self, message: str, *, drift: SchemaDrift) -> None:
         super().__init__(message)
         self.drift = drift
+
+
+def value_excerpt(value: Any, *, limit: int = EXCERPT_CHARS) -> str:
+    """One value a source gave, quoted for an error message: its `repr` (quotes, control characters and
+    undecodable bytes escaped, so it stays one printable line), cut to `limit` characters with "…".
+    Never call it on a value that may be personal data: say where the value is instead."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in repr(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def library_error_text(exc: BaseException, *, limit: int = LIBRARY_ERROR_CHARS) -> str:
+    """A library's error message (pyarrow, a driver) for a one-line error: without the source content
+    the library echoes (pyarrow's CSV parser quotes the whole offending row), whitespace collapsed, control
+    characters escaped, cut to `limit` characters."""
+    text = ECHOED_ROW.sub(r"\1", str(exc))
+    text = " ".join(text.split()) or type(exc).__name__
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -6,6 +6,7 @@ import glob
 import gzip
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -18,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
-from .errors import ConfigurationError, SourceError
+from .errors import ECHOED_ROW, ConfigurationError, SourceError, library_error_text, value_excerpt
 from .options import FLAG, TEXT, TEXT_LIST, WHOLE, OneOf, Table
 
 __all__ = ["CSV_OPTIONS", "OPTIONS", "FileConnector"]
@@ -152,6 +153,7 @@ class FileConnector(Connector):
         read_options = self._csv_read_options()
         parse_options = self._csv_parse_options(path)
         null_values = self._csv.get("null_values", [""])
+        names: list[str] = []
         try:
             names = read_options.column_names or self._csv_header(path, read_options, parse_options)
             convert_options = pacsv.ConvertOptions(
@@ -172,7 +174,10 @@ class FileConnector(Connector):
                 for batch in reader:
                     yield from _bounded(batch, self.batch_size)
         except (pa.ArrowException, OSError, EOFError) as exc:
-            raise SourceError(f"source {self.name!r}: cannot read CSV file {path}: {exc}") from exc
+            where = _csv_where(path, exc, names, read_options.encoding)
+            raise SourceError(
+                f"source {self.name!r}: cannot read CSV file {path}{where}: {library_error_text(exc)}"
+            ) from None
 
     def _csv_header(
         self, path: str, read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions
@@ -340,9 +345,39 @@ class _WindowFilter:
 
     def _fail(self, source: str, path: str, value: Any) -> None:
         raise SourceError(
-            f"source {source!r}: {path}: window_filter column {self.column!r} value {value!r} "
+            f"source {source!r}: {path}: window_filter column {self.column!r} value {value_excerpt(value)} "
             f"is not a timestamp in format {self.format!r}"
         )
+
+
+def _csv_where(path: str, exc: BaseException, names: list[str], encoding: str) -> str:
+    """` line N` (and `, column 'name'`) of the row a CSV read failed on, found again in the file: pyarrow
+    does not number rows when values may hold line breaks, and its message quotes the row instead (the
+    caller drops that quote: `library_error_text`)."""
+    message = str(exc)
+    column = re.search(r"CSV column #(\d+)", message)
+    label = ""
+    if column and int(column.group(1)) < len(names):
+        label = f", column {value_excerpt(names[int(column.group(1))])}"
+    echoed = ECHOED_ROW.search(message)
+    wanted = echoed.group(2).splitlines()[0] if echoed and echoed.group(2) else None
+    if wanted is None and "invalid UTF8" not in message:
+        return label
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if wanted is not None:
+                    if raw.decode(encoding, "replace").rstrip("\r\n") == wanted:
+                        return f" line {number}{label}"
+                    continue
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f" line {number}{label}"
+    except (OSError, EOFError, LookupError):
+        pass
+    return label
 
 
 def format_from_name(name: str) -> str | None:

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 from psycopg2 import sql
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, secret_from_env
-from .errors import ConfigurationError, SourceError
+from .errors import ConfigurationError, SourceError, library_error_text
 from .options import TEXT, TEXT_LIST, WHOLE, OneOf, Table
 from .watermarks import Ties, fingerprint
 
@@ -91,7 +91,8 @@ def _message(exc: BaseException, dsn: str | None = None) -> str:
         text = text.replace(dsn, "<dsn>")
         if password:
             text = text.replace(password, "***")
-    return text.removeprefix("ERROR:").strip()
+    # "invalid input syntax for type ...: <the value>": a driver may quote a row's value; keep it short.
+    return library_error_text(Exception(text.removeprefix("ERROR:").strip()))
 
 
 def _text(value: str | None, _cursor: Any) -> str | None:

@@ -494,8 +494,12 @@ def schema_drift(
     columns: Mapping[str, Any] | Iterable[ColumnSpec],
     null_paths: Iterable[str] = (),
     previous: Mapping[str, str] | None = None,
+    ignored: Iterable[str] = (),
 ) -> SchemaDrift:
     """Compare the delivered fields (`FieldObserver.fields()`) with the declared columns.
+
+    `ignored` are source fields the dataset knowingly leaves unstaged (its `ignore_fields`): they and the
+    fields under them are neither added nor changed.
 
     added: a delivered field no declared column reads, reported at its highest unread level (a new
     `shipping` object is one entry, not one per key inside it). missing: a declared source never
@@ -504,6 +508,12 @@ def schema_drift(
     """
     sources = {spec.source for spec in column_specs(columns)}
     nulls = set(null_paths)
+    skipped = tuple(ignored)
+    observed = {
+        path: kind
+        for path, kind in observed.items()
+        if not any(path == field or path.startswith(field + ".") for field in skipped)
+    }
 
     def read(path: str) -> bool:
         # The field itself, a parent of a declared field, or a child of one (kept inside its JSON text).

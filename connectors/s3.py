@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
-from .errors import ConfigurationError, SourceError
+from .errors import ConfigurationError, SourceError, library_error_text
 from .files import CSV_OPTIONS, FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
 from .options import FLAG, TEXT, WHOLE, Table
 from .watermarks import Ties
@@ -232,7 +232,9 @@ class S3Connector(Connector):
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, f"cannot read {where}") from None
         except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as exc:
-            raise SourceError(f"source {self.name!r}: cannot read {fmt} object {where}: {exc}") from exc
+            raise SourceError(
+                f"source {self.name!r}: cannot read {fmt} object {where}: {library_error_text(exc)}"
+            ) from None
 
     def _read_csv(self, stream: io.BufferedIOBase, key: str, where: str) -> Iterator[pa.RecordBatch]:
         encoding = str(self._csv.get("encoding", self.encoding))

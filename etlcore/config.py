@@ -82,6 +82,7 @@ DATASET = Table(
         "version_column": TEXT,
         "business_date_column": TEXT,
         "drift": TEXT,
+        "ignore_fields": TEXT_LIST,  # source field paths the drift check ignores
         "rules": ListOf(ANY_TABLE, "an array of tables ([[datasets.<name>.rules]])"),
         "guards": GUARDS,
     }
@@ -162,6 +163,9 @@ class DatasetConfig:
     # default (ordered_at for the sales job). Not the partition's date (docs/loading.md).
     business_date_column: str | None = None
     drift: str = "warn"  # what a source delivering other fields than declared does: warn (and record) or fail
+    # Source fields (dotted paths) the dataset deliberately does not stage: the drift check ignores them
+    # and everything under them, as a deselected field in a Singer catalog.
+    ignore_fields: tuple[str, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
     pii: frozenset[str] = frozenset()  # columns shown as their pseudonym in quarantined raw records
     guards: tuple[GuardConfig, ...] = ()
@@ -240,7 +244,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"{path}: cannot read pipeline file: {exc}") from exc
-    doc = _substitute_env(raw, environ if environ is not None else os.environ, path)
+    doc = _substitute_env(raw, pipeline_environ(os.environ if environ is None else environ), path)
     where = str(path)
     _schema_check(doc, PIPELINE, where)
 
@@ -392,6 +396,10 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
     if drift not in DRIFT_POLICIES:
         raise ConfigurationError(f"{where}: drift {drift!r} is not one of {', '.join(DRIFT_POLICIES)}")
 
+    ignore_fields = tuple(doc.get("ignore_fields", ()))  # its type: the DATASET declaration
+    if not all(ignore_fields):
+        raise ConfigurationError(f"{where}: ignore_fields holds an empty field path")
+
     source_where = ("datasets", name, "source")
     if source["kind"] not in connector_kinds():
         raise ConfigurationError(
@@ -429,6 +437,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
         version_column=version_column,
         business_date_column=business_date_column,
         drift=drift,
+        ignore_fields=tuple(ignore_fields),
         rules=rules,
         pii=frozenset(pii),
         guards=_parse_guards(doc.get("guards", {}), f"{where.removesuffix(']')}.guards]"),
@@ -699,6 +708,17 @@ def _pipeline_files() -> dict[str, Path]:
         for path in candidates:
             found.setdefault(path.stem, path)
     return found
+
+
+def pipeline_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """What `${VAR}` in a pipeline file reads: `environ` over the values the settings derive, so
+    `${ETL_DEMO_DIR}` follows ETL_VAR_DIR without the file repeating (and drifting from) its default."""
+    derived = {
+        "ETL_VAR_DIR": str(settings.VAR_DIR),
+        "ETL_DEMO_DIR": str(settings.ETL_DEMO_DIR),
+        "ETL_DEMO_API_URL": settings.ETL_DEMO_API_URL,
+    }
+    return {**derived, **{name: value for name, value in environ.items() if value}}
 
 
 def _substitute_env(value: Any, environ: Mapping[str, str], path: Path) -> Any:

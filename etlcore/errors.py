@@ -15,6 +15,7 @@ __all__ = [
     "USER_ERRORS",
     "ConfigurationError",
     "ConnectorError",
+    "DatabaseNotReady",
     "ETL_ERRORS",
     "EtlError",
     "PartitionNotFound",
@@ -33,6 +34,11 @@ class EtlError(Exception):
 USER_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError, WarehouseError)
 # The errors etlcore's own steps raise: its classes and the connectors' (whose base is not EtlError).
 ETL_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError)
+
+
+class DatabaseNotReady(EtlError):
+    """A command's database cannot be reached, or has not been migrated: nothing can be recorded there,
+    not even a failed run, so the command stops before starting one."""
 
 
 class PartitionNotFound(EtlError):

@@ -28,6 +28,7 @@ from .errors import PartitionNotFound
 
 MANIFEST = "_manifest.json"
 ATTEMPT_PREFIX = "attempt-"
+LOCK = ".lock"
 RAW = "raw"
 TRANSFORMED = "transformed"
 
@@ -114,22 +115,68 @@ def manifest_files(ref: PartitionRef, manifest: Manifest) -> list[Path]:
 
 @contextmanager
 def partition_attempt(ref: PartitionRef) -> Iterator[Path]:
-    """Hold the partition's lock and give a fresh attempt directory; remove it again on failure."""
-    ref.dir.mkdir(parents=True, exist_ok=True)
-    with open(ref.dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """Hold the partition's lock and give a fresh attempt directory; remove it again on failure, and with
+    it the partition's folder and lock file when nothing was ever published there."""
+    with partition_lock(ref):
         attempt = ref.dir / f"{ATTEMPT_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         attempt.mkdir()
         try:
             yield attempt
         except BaseException:
             shutil.rmtree(attempt, ignore_errors=True)
+            partition_unpublished_remove(ref)
             raise
 
 
-def attempt_discard(attempt: Path) -> None:
-    """Drop an attempt that will not be published (inside its `partition_attempt`, which holds the lock)."""
+def attempt_discard(ref: PartitionRef, attempt: Path) -> None:
+    """Drop an attempt that will not be published, as a failed `partition_attempt` does (call it inside
+    the attempt's block, which holds the lock)."""
     shutil.rmtree(attempt, ignore_errors=True)
+    partition_unpublished_remove(ref)
+
+
+@contextmanager
+def partition_lock(ref: PartitionRef) -> Iterator[None]:
+    """The partition's writer lock (`.lock`, flock). A failed writer may delete the lock file while
+    another waits on it, so a waiter that wakes up holding a file no longer at that path locks again."""
+    path = ref.dir / LOCK
+    while True:
+        try:
+            ref.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a")  # noqa: SIM115 (held for the whole block)
+        except FileNotFoundError:
+            continue  # a failed writer removed the folder between our mkdir and open
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(handle.fileno())
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def partition_unpublished_remove(ref: PartitionRef) -> None:
+    """After a failed attempt, under the lock: a partition that has no manifest is only debris (attempt
+    folders of killed writers, a manifest never swapped in, the lock file); remove it, and its dataset's
+    folder if that is then empty, so failed extracts leave no empty `date=` folders behind."""
+    if ref.manifest_path.exists():
+        return
+    for leftover in ref.dir.glob(f"{ATTEMPT_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in ref.dir.glob(f".{MANIFEST}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    (ref.dir / LOCK).unlink(missing_ok=True)
+    for folder in [ref.dir, ref.dir.parent] if ref.dataset else [ref.dir]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty: something else lives there
 
 
 def partition_publish(ref: PartitionRef, manifest: Manifest, attempt: Path) -> None:

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-VAR_DIR = Path(os.environ.get("ETL_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR = Path(os.environ.get("ETL_VAR_DIR") or BASE_DIR / "var")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -51,7 +52,15 @@ WSGI_APPLICATION = "conf.wsgi.application"
 # SQLite is the embedded default; DATABASE_URL (postgres://user@host:port/db) switches the warehouse.
 if not os.environ.get("DATABASE_URL"):
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-DATABASES = {"default": dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0)}
+try:
+    DATABASES = {
+        "default": dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0)
+    }
+except ValueError as exc:  # the message quotes no part of the URL, so no password reaches a log
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django can use: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A server that does not answer fails the command in seconds, not after the kernel's TCP timeout.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 USE_TZ = True
@@ -69,6 +78,10 @@ ETL_DEFAULT_PIPELINE = os.environ.get("ETL_DEFAULT_PIPELINE", "retail_demo")
 ETL_STAGING_ROOT = Path(os.environ.get("ETL_STAGING_ROOT", VAR_DIR / "staging"))
 ETL_SPARK_MASTER = os.environ.get("ETL_SPARK_MASTER", "local[*]")
 ETL_SPARK_SUBMIT = os.environ.get("ETL_SPARK_SUBMIT", "")  # empty: the one shipped with pyspark
+# The demo's generated sources (`manage.py demo`, `serve_demo_api`); retail_demo.toml reads its exports here.
+ETL_DEMO_DIR = Path(os.environ.get("ETL_DEMO_DIR") or VAR_DIR / "demo")
+# Where the demo orders API listens (serve_demo_api's default port) and where retail_demo.toml asks.
+ETL_DEMO_API_URL = os.environ.get("ETL_DEMO_API_URL") or "http://127.0.0.1:8765"
 ETL_EXTRACT_WORKERS = int(os.environ.get("ETL_EXTRACT_WORKERS", "4"))  # sources extracted at once
 
 LOGGING = {

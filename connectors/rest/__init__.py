@@ -19,7 +19,7 @@ import requests
 import urllib3.exceptions
 
 from ..base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
-from ..errors import ConfigurationError, SourceError
+from ..errors import ConfigurationError, SourceError, value_excerpt
 from ..options import ANY_TABLE, FLAG, NUMBER, SCALAR, TEXT, WHOLE, Entries, Table
 from ..presets import with_preset
 from ..records import MISSING, resolve_path
@@ -219,8 +219,8 @@ class RestConnector(Connector):
             try:
                 body = json.loads(response.content, parse_float=Decimal)
             except ValueError as exc:
-                excerpt = self.scrub(response.content[:200].decode("utf-8", "replace"))
-                problem = f"HTTP {response.status_code} with malformed JSON ({exc}); body starts: {excerpt!r}"
+                excerpt = value_excerpt(self.scrub(response.content[:200].decode("utf-8", "replace")))
+                problem = f"HTTP {response.status_code} with malformed JSON ({exc}); body starts: {excerpt}"
                 continue
             records = self._records(body, shown)
             return Page(response, body, records, shown)
@@ -247,7 +247,7 @@ class RestConnector(Connector):
                 f"source {self.name!r}: {shown} answered HTTP {status}, a redirect to {location}; "
                 "set base_url to the final address"
             )
-        body = self.scrub(response.text[:200])
+        body = value_excerpt(self.scrub(response.text[:200]))
         retried = f" (after {self.max_retries} retries)" if status in RETRY_STATUSES else ""
         raise SourceError(
             f"source {self.name!r}: {shown} answered HTTP {status} {response.reason or ''}".rstrip()

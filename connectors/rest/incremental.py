@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..base import ExtractWindow, reject_unknown_options
-from ..errors import ConfigurationError, SourceError
+from ..errors import ConfigurationError, SourceError, value_excerpt
 from ..options import ANY, NUMBER, TEXT, Table
 from ..records import MISSING, resolve_path
 from ..watermarks import Ties, fingerprint
@@ -114,9 +114,11 @@ class WatermarkFilter:
                 continue
             instant = parse_instant(value, incremental.format)
             if instant is None:
+                record_id = value_excerpt(record.get("id", "?"))
                 raise SourceError(
-                    f"source {self.source!r}: {shown}: record {index} (id {record.get('id', '?')!r}) has "
-                    f"{incremental.cursor_field} = {value!r}, not {FORMAT_WORDS[incremental.format]}"
+                    f"source {self.source!r}: {shown}: record {index} (id {record_id}) "
+                    f"has {incremental.cursor_field} = {value_excerpt(value)}, "
+                    f"not {FORMAT_WORDS[incremental.format]}"
                 )
             key, print_ = self._identity(record)
             self.seen.observe(instant, key, print_, source=self.source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.database import database_check, pipeline_database
 from etlcore.errors import USER_ERRORS
 from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
@@ -29,6 +30,7 @@ class PipelineStepCommand(BaseCommand):
 
     def handle(self, *args, pipeline: str, business_date: str | None, **options) -> None:
         try:
+            database_check(using=pipeline_database(pipeline=pipeline))
             run = pipeline_execute(
                 pipeline=pipeline, business_date=business_date, steps=self.steps, command=self.command_name
             )

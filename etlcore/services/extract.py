@@ -189,6 +189,7 @@ def _drift_check(
         columns=dataset.columns,
         null_paths=observer.null_paths,
         previous=previous_fields,
+        ignored=dataset.ignore_fields,
     )
     if drift and dataset.drift == "fail":
         raise SchemaDriftError(

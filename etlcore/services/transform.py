@@ -97,7 +97,7 @@ def partitions_transform(
                 outcomes[day].details["partition"] = str(refs[day].dir)
                 errors[day] = None
             except ETL_ERRORS as exc:
-                staging.attempt_discard(attempts[day])
+                staging.attempt_discard(refs[day], attempts[day])
                 errors[day] = exc
     return errors
 

@@ -15,7 +15,13 @@ import pytest
 
 from connectors import build_connector
 from connectors.base import ExtractWindow
-from connectors.errors import ConfigurationError, SourceError
+from connectors.errors import (
+    EXCERPT_CHARS,
+    ConfigurationError,
+    SourceError,
+    library_error_text,
+    value_excerpt,
+)
 from connectors.files import FileConnector
 from connectors.records import to_staging_batch
 
@@ -213,14 +219,27 @@ def test_csv_without_header_row_takes_the_configured_names(tmp_path, window):
     ]
 
 
-def test_malformed_csv_row_is_a_source_error_naming_the_file(tmp_path, window):
+def test_malformed_csv_row_is_a_source_error_naming_the_file_and_line_not_the_row(tmp_path, window):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n3,4,5\n")
 
     with pytest.raises(
-        SourceError, match=rf"source 'products': cannot read CSV file {bad}: .*Expected 2 columns, got 3"
+        SourceError,
+        match=rf"source 'products': cannot read CSV file {bad} line 3: .*Expected 2 columns, got 3$",
     ):
         list(connector(path=str(bad)).iter_batches(window))
+
+
+def test_value_excerpt_is_one_short_escaped_line():
+    assert value_excerpt("a\x00b\nc") == "'a\\x00b\\nc'"
+    assert value_excerpt(b"\xff\xfe") == "b'\\xff\\xfe'"
+    long = value_excerpt("x" * 500)
+    assert len(long) == EXCERPT_CHARS and long.endswith("…")
+
+
+def test_library_error_text_drops_the_row_pyarrow_echoes():
+    exc = ValueError("CSV parse error: Expected 3 columns, got 2: 2,someone@example.com\nnext")
+    assert library_error_text(exc) == "CSV parse error: Expected 3 columns, got 2"
 
 
 def test_empty_csv_file_is_a_source_error(tmp_path, window):

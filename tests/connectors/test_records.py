@@ -379,6 +379,29 @@ def test_new_nested_object_is_one_added_entry_and_new_key_in_a_read_object_is_na
     assert drift.missing == ()
 
 
+def test_ignored_fields_and_what_is_under_them_are_no_drift_but_other_new_fields_still_are():
+    batch = [
+        {
+            "id": "A1",
+            "customer": {"email": "a@x", "name": "Ann", "phone": "1"},
+            "shipping": {"city": "Graz", "zip": "8010"},
+            "lines": [{"sku": "X", "unit_price": Decimal("2.5"), "line_number": 1}],
+        }
+    ]
+    fields = observed(batch, explode="lines")
+    previous = {"shipping.zip": "number"}  # a type change under an ignored field is not reported either
+
+    drift = schema_drift(
+        observed=fields.fields(),
+        columns=ORDER_COLUMNS,
+        null_paths=fields.null_paths,
+        previous=previous,
+        ignored=["customer.name", "shipping"],
+    )
+
+    assert (drift.added, drift.changed) == (("customer.phone",), ())
+
+
 def test_declared_field_never_delivered_is_missing_but_one_under_a_null_parent_is_not():
     batch = [{"id": "A1", "customer": None, "lines": [{"line_number": 1, "sku": "X"}]}]
     fields = observed(batch, explode="lines")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from datetime import date
 from io import StringIO
 
@@ -12,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
 
+from etlcore.demo.api_server import start_demo_api
+from etlcore.demo.generate import DEMO_API_TOKEN_DEFAULT, generate_demo_data
 from etlcore.models import PipelineRun, StepRun
 from etlcore.staging import TRANSFORMED, Manifest, PartitionRef, partition_attempt, partition_publish
 from tests.pipelines import dataset, pipeline_write, sales_datasets
@@ -361,3 +364,71 @@ def test_extract_of_personal_columns_without_the_key_fails_before_reading_the_so
         run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
     assert latest_run(customers["alias"]).status == "failed"
     assert not list(customers["staging"].rglob("*.parquet"))
+
+
+def test_extract_failing_mid_source_leaves_no_partition_folder_or_lock(pipeline_dir, tmp_path, db_alias):
+    """Two batches are staged before line 6 breaks: the failed attempt leaves nothing under staging."""
+    source = tmp_path / "products.jsonl"
+    source.write_text("".join(f'{{"SKU": "P{i}"}}\n' for i in range(5)) + "{not json\n")
+    products = dataset(
+        source={"kind": "file", "path": str(source), "format": "jsonl", "batch_size": 2},
+        sku={"from": "SKU", "required": True},
+    )
+    staging = tmp_path / "staging"
+    pipeline_write(pipeline_dir, datasets={"products": products}, database=db_alias, staging=staging)
+    with pytest.raises(CommandError, match=r"products\.jsonl line 6: malformed JSON"):
+        run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+    assert latest_run(db_alias).status == "failed"
+    assert not list(staging.rglob("date=*")) and not list(staging.rglob(".lock"))
+
+
+CANARY = "canary.7f3a@example.com"
+
+
+@pytest.mark.parametrize(
+    ("broken_row", "says"),
+    [
+        # One field too many, holding the address and binary bytes: pyarrow's message quotes the row.
+        (f"P2,Tea,{CANARY},\xff\xfe\x00tail".encode("latin-1"), r"line 3: CSV parse error: Expected 3 col"),
+        # The address column itself not UTF-8.
+        (b"P2,Tea,\xff\xfe\x00" + CANARY.encode(), r"line 3, column 'Email': .*invalid UTF8"),
+    ],
+    ids=["extra-field", "binary-field"],
+)
+def test_broken_csv_row_is_reported_by_line_without_its_content(
+    pipeline_dir, tmp_path, db_alias, caplog, broken_row, says
+):
+    """The run record, the command's error and the log say where the row is, in one line, and never
+    quote it: not the personal column's value, not the bytes."""
+    source = tmp_path / "products.csv"
+    source.write_bytes(b"SKU,Product Name,Email\nP1,Mug,a@example.com\n" + broken_row + b"\nP3,Cup,b@x.org\n")
+    products = dataset(
+        source, sku={"from": "SKU", "required": True}, name={"from": "Product Name"}, email={"from": "Email"}
+    )
+    products["columns"]["email"]["pii"] = True
+    pipeline_write(pipeline_dir, datasets={"products": products}, database=db_alias, staging=tmp_path / "st")
+    with pytest.raises(CommandError) as failure:
+        run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
+    run = latest_run(db_alias)
+    step = run.steps.get()
+    for text in (str(failure.value), run.error, step.error, caplog.text):
+        assert "canary" not in text
+        assert "\n" not in text.strip() and "\x00" not in text and "\ufffd" not in text, text
+    assert re.search(rf"products\.csv {says}", run.error), run.error
+    assert len(run.error) < 300
+
+
+def test_demo_extract_reports_no_schema_drift_about_the_demo_s_own_data(
+    tmp_path, monkeypatch, staging_root, caplog
+):
+    data_dir = tmp_path / "demo"
+    generate_demo_data(out_dir=data_dir, business_dates=[date(2026, 11, 1)])
+    monkeypatch.setenv("ETL_DEMO_DIR", str(data_dir))
+    monkeypatch.setenv("ETL_DEMO_API_TOKEN", DEMO_API_TOKEN_DEFAULT)
+    with start_demo_api(orders_path=data_dir / "orders.jsonl", token=DEMO_API_TOKEN_DEFAULT) as api:
+        monkeypatch.setenv("ETL_DEMO_API_URL", api.url)
+        run_command("extract", "--pipeline", "retail_demo", "--date", "2026-11-01")
+    step = latest_run("default").steps.get()
+    assert step.status == "succeeded" and step.details["order_lines"]["rows"] > 0
+    assert "drift" not in caplog.text
+    assert not any("drift" in details for details in step.details.values() if isinstance(details, dict))

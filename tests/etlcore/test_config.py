@@ -125,3 +125,14 @@ def test_a_rule_cannot_read_the_text_of_a_personal_column_staged_as_its_pseudony
             pipeline_parse(path)
     else:
         assert pipeline_parse(path).datasets["customers"].rules[0].code == "email_rule"
+
+
+def test_ignore_fields_is_a_list_of_source_paths(tmp_path):
+    ignoring = {"options": {"ignore_fields": ["customer.name", "Notes"]}}
+    config = pipeline_parse(write_pipeline(tmp_path, products=ignoring), environ={"DATA_DIR": "/d"})
+    assert config.datasets["products"].ignore_fields == ("customer.name", "Notes")
+    assert pipeline_parse(DEMO, environ={}).datasets["order_lines"].ignore_fields == ("customer.name",)
+    with pytest.raises(ConfigurationError, match=r"\[datasets.products\]: ignore_fields must be a list"):
+        pipeline_parse(
+            write_pipeline(tmp_path, products={"options": {"ignore_fields": "x"}}), environ={"DATA_DIR": "/d"}
+        )

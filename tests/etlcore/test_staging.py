@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date
 
 import pyarrow as pa
@@ -83,3 +85,54 @@ def test_empty_source_publishes_an_empty_partition_with_schema(tmp_path):
 def test_missing_partition_tells_which_step_input_is_absent(tmp_path):
     with pytest.raises(PartitionNotFound, match=r"no published partition for shop raw/products 2026-11-01"):
         staging.manifest_read(ref_for(tmp_path))
+
+
+def test_a_failed_first_attempt_leaves_no_folder_or_lock_behind(tmp_path):
+    ref = ref_for(tmp_path)
+    debris = ref.dir / "attempt-20261101T000000-killed00"  # a writer killed before it could clean up
+    debris.mkdir(parents=True)
+    with pytest.raises(RuntimeError), staging.partition_attempt(ref) as attempt:
+        (attempt / "part-00000.parquet").write_bytes(b"half a file")
+        raise RuntimeError("source failed mid-extract")
+    assert not ref.dir.exists()
+    assert not ref.dir.parent.exists()  # the dataset's folder held only this date
+    assert list(tmp_path.rglob("*")) == [tmp_path / "shop", tmp_path / "shop" / "raw"]
+
+
+def test_a_failed_attempt_keeps_the_published_partition_and_its_lock(tmp_path):
+    ref = ref_for(tmp_path)
+    staging.raw_partition_write(
+        ref, schema=SCHEMA, batches=batches([{"sku": "A", "name": "a"}]), source="s", window={}, run_id=1
+    )
+    with pytest.raises(RuntimeError), staging.partition_attempt(ref):
+        raise RuntimeError("boom")
+    assert read_partition(ref) == [{"sku": "A", "name": "a"}]
+    assert (ref.dir / staging.LOCK).exists()
+
+
+def test_a_writer_waiting_on_a_lock_a_failed_writer_removed_still_excludes_the_next_one(tmp_path):
+    """The failed writer deletes the lock file another writer is blocked on; that writer must lock the
+    file now at the path, or a third writer would lock a new file and both would write at once."""
+    ref = ref_for(tmp_path)
+    inside, most = [0], [0]
+    guard = threading.Lock()
+
+    def write() -> None:
+        with staging.partition_attempt(ref):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.5)
+            with guard:
+                inside[0] -= 1
+
+    second = threading.Thread(target=write)
+    with pytest.raises(RuntimeError), staging.partition_attempt(ref):
+        second.start()
+        time.sleep(0.5)  # the second writer is now blocked on this attempt's lock file
+        raise RuntimeError("first writer fails: its cleanup removes the lock file")
+    third = threading.Thread(target=write)
+    third.start()
+    second.join(timeout=10)
+    third.join(timeout=10)
+    assert most[0] == 1

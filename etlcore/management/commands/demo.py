@@ -3,7 +3,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from etlcore.demo.pipeline import demo_run
+from etlcore.database import database_check, pipeline_database
+from etlcore.demo.pipeline import DEMO_PIPELINE, demo_run
 from etlcore.errors import USER_ERRORS
 
 
@@ -17,13 +18,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--data-dir",
             type=Path,
-            default=Path(settings.VAR_DIR) / "demo",
+            default=Path(settings.ETL_DEMO_DIR),
             help="where the demo sources are written (default: %(default)s)",
         )
 
     def handle(self, *args, data_dir: Path, **options) -> None:
+        try:
+            database_check(using=pipeline_database(pipeline=DEMO_PIPELINE))
+        except USER_ERRORS as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(
-            f"Demo sources in {data_dir}; running the pipeline (Spark takes a few seconds a date)"
+            f"Demo sources in {data_dir}; running the pipeline (a spark-submit a date, 20 s to a minute each)"
         )
         try:
             report = demo_run(data_dir=data_dir)

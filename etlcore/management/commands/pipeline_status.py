@@ -1,5 +1,7 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.database import database_check
+from etlcore.errors import DatabaseNotReady
 from etlcore.guards import guard_lines
 from etlcore.selectors import runs_latest
 
@@ -13,6 +15,10 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default", help="database alias (default: %(default)s)")
 
     def handle(self, *args, pipeline: str | None, limit: int, database: str, **options) -> None:
+        try:
+            database_check(using=database)
+        except DatabaseNotReady as exc:
+            raise CommandError(str(exc)) from exc
         runs = runs_latest(pipeline=pipeline, limit=limit, using=database)
         if not runs:
             self.stdout.write("no runs yet")

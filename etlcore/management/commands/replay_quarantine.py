@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.database import database_check, pipeline_database
 from etlcore.errors import ETL_ERRORS
 from etlcore.services.replay import quarantine_replay
 
@@ -28,6 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, pipeline, run_id, dataset, rule, business_date, **options) -> None:
         try:
+            database_check(using=pipeline_database(pipeline=pipeline))
             outcomes = quarantine_replay(
                 pipeline=pipeline, run_id=run_id, dataset=dataset, rule=rule, business_date=business_date
             )

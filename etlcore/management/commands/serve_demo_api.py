@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -11,7 +12,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from etlcore.demo.api_server import DemoApiServer, demo_api_token
 from etlcore.demo.generate import DEMO_BUSINESS_DATES, ensure_demo_data
 
-DEFAULT_PORT = 8765
+
+def default_port() -> int:
+    """The port of the ETL_DEMO_API_URL setting, where the demo pipeline asks (8765 unless moved)."""
+    try:
+        return urlsplit(settings.ETL_DEMO_API_URL).port or 8765
+    except ValueError:
+        return 8765
 
 
 class Command(BaseCommand):
@@ -24,19 +31,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--port",
             type=int,
-            default=DEFAULT_PORT,
-            help=f"Port to listen on (default {DEFAULT_PORT}; 0 picks a free one).",
+            default=default_port(),
+            help="Port to listen on (default: the port of ETL_DEMO_API_URL, %(default)s; 0: a free one).",
         )
         parser.add_argument(
             "--data-dir",
             type=Path,
             default=None,
-            help="Directory holding orders.jsonl and exports/ (default: VAR_DIR/demo, ETL_DEMO_DIR in the "
-            "pipeline file).",
+            help="Directory holding orders.jsonl and exports/ (default: the ETL_DEMO_DIR setting, "
+            "$ETL_VAR_DIR/demo, where the demo pipeline reads the exports).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        data_dir: Path = options["data_dir"] or Path(settings.VAR_DIR) / "demo"
+        data_dir: Path = options["data_dir"] or Path(settings.ETL_DEMO_DIR)
         port: int = options["port"]
         if not 0 <= port <= 65535:
             raise CommandError(f"--port must be between 0 and 65535, got {port}")
