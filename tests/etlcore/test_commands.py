@@ -396,10 +396,11 @@ CANARY = "canary.7f3a@example.com"
     ids=["extra-field", "binary-field"],
 )
 def test_broken_csv_row_is_reported_by_line_without_its_content(
-    pipeline_dir, tmp_path, db_alias, caplog, broken_row, says
+    pipeline_dir, tmp_path, db_alias, caplog, broken_row, says, monkeypatch
 ):
     """The run record, the command's error and the log say where the row is, in one line, and never
     quote it: not the personal column's value, not the bytes."""
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "csv-test-key")
     source = tmp_path / "products.csv"
     source.write_bytes(b"SKU,Product Name,Email\nP1,Mug,a@example.com\n" + broken_row + b"\nP3,Cup,b@x.org\n")
     products = dataset(
@@ -421,6 +422,7 @@ def test_broken_csv_row_is_reported_by_line_without_its_content(
 def test_demo_extract_reports_no_schema_drift_about_the_demo_s_own_data(
     tmp_path, monkeypatch, staging_root, caplog
 ):
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "drift-test-key")
     data_dir = tmp_path / "demo"
     generate_demo_data(out_dir=data_dir, business_dates=[date(2026, 11, 1)])
     monkeypatch.setenv("ETL_DEMO_DIR", str(data_dir))

@@ -18,9 +18,12 @@ from etlcore.database import database_check, database_label
 from etlcore.errors import DatabaseNotReady
 
 COMMANDS_DIR = Path(settings.BASE_DIR) / "etlcore" / "management" / "commands"
-# Every command of the project that uses the database; serve_demo_api serves files and touches none.
+# Every command of the project that uses the database; serve_demo_api serves files and validate_pipeline
+# reads pipeline files only: they touch none.
 DATABASE_COMMANDS = sorted(
-    p.stem for p in COMMANDS_DIR.glob("*.py") if p.stem not in ("__init__", "serve_demo_api")
+    p.stem
+    for p in COMMANDS_DIR.glob("*.py")
+    if p.stem not in ("__init__", "serve_demo_api", "validate_pipeline")
 )
 
 
