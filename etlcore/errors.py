@@ -8,6 +8,8 @@ command, step and run record catches."""
 
 from __future__ import annotations
 
+import signal
+
 from connectors.errors import ConfigurationError, ConnectorError, SourceError
 from warehouse.errors import WarehouseError
 
@@ -17,9 +19,12 @@ __all__ = [
     "ConnectorError",
     "DatabaseNotReady",
     "ETL_ERRORS",
+    "EXIT_ALREADY_RUNNING",
     "EtlError",
     "PartitionNotFound",
+    "PipelineBusy",
     "ReconciliationError",
+    "RunTerminated",
     "SourceError",
     "SparkJobError",
     "VolumeGuardError",
@@ -39,6 +44,26 @@ ETL_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError)
 class DatabaseNotReady(EtlError):
     """A command's database cannot be reached, or has not been migrated: nothing can be recorded there,
     not even a failed run, so the command stops before starting one."""
+
+
+# sysexits.h EX_TEMPFAIL: "try again later", what cron wrappers and systemd can tell from a failure.
+EXIT_ALREADY_RUNNING = 75
+
+
+class PipelineBusy(EtlError):
+    """Another process holds the pipeline's run lock: this start changes nothing and exits 75."""
+
+    exit_code = EXIT_ALREADY_RUNNING
+
+
+class RunTerminated(BaseException):
+    """SIGTERM or SIGINT reached a run. A BaseException, like KeyboardInterrupt, so that no `except
+    Exception` on the way swallows it: every step and run record on the stack is closed as failed."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention for "ended by signal N": 143, 130
+        super().__init__(f"terminated by signal {signal.Signals(signum).name}")
 
 
 class PartitionNotFound(EtlError):

@@ -9,6 +9,9 @@ class RunStatus(models.TextChoices):
     RUNNING = "running", "running"
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
+    # Its process ended without finishing it (kill -9, a lost machine): set by the next run that takes
+    # the pipeline's lock, shown by pipeline_status and the admin as soon as the lock is free.
+    ABANDONED = "abandoned", "abandoned"
 
 
 class PipelineRun(models.Model):
@@ -21,6 +24,9 @@ class PipelineRun(models.Model):
     parameters = models.JSONField(default=dict, blank=True, help_text="as given; never holds a secret")
     hostname = models.CharField(max_length=255, blank=True)
     pid = models.IntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="when its process was last seen alive (the run's 'last seen')"
+    )
     error = models.TextField(blank=True)
 
     class Meta:

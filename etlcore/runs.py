@@ -26,15 +26,49 @@ def run_start(
 ) -> PipelineRun:
     # A name the configuration refused is still recorded, cut to its column (PostgreSQL enforces the
     # length); the name as given stays in `parameters`.
+    now = timezone.now()
     return PipelineRun.objects.using(using).create(
         pipeline=pipeline[: PipelineRun._meta.get_field("pipeline").max_length],
         command=command,
         business_date=business_date,
         parameters=parameters,
-        started_at=timezone.now(),
+        started_at=now,
+        heartbeat_at=now,
         hostname=socket.gethostname()[:255],
         pid=os.getpid(),
     )
+
+
+def run_heartbeat(run: PipelineRun) -> None:
+    """The run's process is alive now (written at each step's start; on PostgreSQL also by a thread)."""
+    run.heartbeat_at = timezone.now()
+    PipelineRun.objects.using(run._state.db).filter(pk=run.pk).update(heartbeat_at=run.heartbeat_at)
+
+
+def runs_abandon(*, by: PipelineRun) -> list[PipelineRun]:
+    """Close the pipeline's `running` runs as abandoned. Only the holder of the pipeline's lock may call
+    this, with its own run `by` started: holding the lock proves no other process runs the pipeline.
+
+    `finished_at` is the run's last sign of life (its heartbeat), the best known time of its death."""
+    using = by._state.db
+    dead = list(
+        PipelineRun.objects.using(using)
+        .filter(pipeline=by.pipeline, status=RunStatus.RUNNING)
+        .exclude(pk=by.pk)
+    )
+    for run in dead:
+        seen = run.heartbeat_at or run.started_at
+        run.status = RunStatus.ABANDONED
+        run.finished_at = seen
+        run.error = (
+            f"abandoned: its process (pid {run.pid} on {run.hostname}) ended without finishing the run; "
+            f"last seen {seen:%Y-%m-%d %H:%M:%S %Z}; taken over by run #{by.pk}"
+        )
+        run.save(using=using, update_fields=["status", "finished_at", "error"])
+    StepRun.objects.using(using).filter(run__in=dead, status=RunStatus.RUNNING).update(
+        status=RunStatus.ABANDONED, error="abandoned with its run"
+    )
+    return dead
 
 
 def run_finish(run: PipelineRun, *, error: str = "") -> PipelineRun:
@@ -80,7 +114,8 @@ def step_tracked(run: PipelineRun, step: str) -> Iterator[StepOutcome]:
 
 def error_text(exc: BaseException) -> str:
     """One line for the user: our errors speak for themselves, anything else shows its type too."""
-    from .errors import USER_ERRORS
+    from .errors import USER_ERRORS, RunTerminated
 
     message = " ".join(str(exc).split()) or exc.__class__.__name__
-    return message if isinstance(exc, USER_ERRORS) else f"{exc.__class__.__name__}: {message}"
+    speaks_for_itself = isinstance(exc, (*USER_ERRORS, RunTerminated))
+    return message if speaks_for_itself else f"{exc.__class__.__name__}: {message}"

@@ -83,6 +83,10 @@ ETL_DEMO_DIR = Path(os.environ.get("ETL_DEMO_DIR") or VAR_DIR / "demo")
 # Where the demo orders API listens (serve_demo_api's default port) and where retail_demo.toml asks.
 ETL_DEMO_API_URL = os.environ.get("ETL_DEMO_API_URL") or "http://127.0.0.1:8765"
 ETL_EXTRACT_WORKERS = int(os.environ.get("ETL_EXTRACT_WORKERS", "4"))  # sources extracted at once
+# Run control (docs/operations.md): pipeline lock files for databases that are not a SQLite file or
+# PostgreSQL, and how often a run on PostgreSQL writes its heartbeat.
+ETL_LOCK_DIR = Path(os.environ.get("ETL_LOCK_DIR", VAR_DIR / "locks"))
+ETL_HEARTBEAT_SECONDS = float(os.environ.get("ETL_HEARTBEAT_SECONDS", "30"))
 
 LOGGING = {
     "version": 1,

@@ -5,6 +5,10 @@ same migrations."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from .base import *  # noqa: F403
 
 SECRET_KEY = "test-only"
@@ -15,4 +19,6 @@ DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memor
 # Set with the `postgres` alias by tests.postgres_server.postgres_alias_configure at session start.
 POSTGRES_URL: str | None = None
 POSTGRES_FOUND = "not looked for: pytest's session start (tests/conftest.py) does"
+# Lock files of the in-memory test databases: this test process's own, never the checkout's var/.
+ETL_LOCK_DIR = Path(tempfile.gettempdir()) / f"dse-test-locks-{os.getpid()}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from etlcore.database import database_check, pipeline_database
-from etlcore.errors import USER_ERRORS
+from etlcore.errors import USER_ERRORS, RunTerminated
 from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
 from etlcore.services.pipeline import pipeline_execute
@@ -34,8 +34,10 @@ class PipelineStepCommand(BaseCommand):
             run = pipeline_execute(
                 pipeline=pipeline, business_date=business_date, steps=self.steps, command=self.command_name
             )
-        except USER_ERRORS as exc:
-            raise CommandError(str(exc)) from exc
+        except (*USER_ERRORS, RunTerminated) as exc:
+            raise command_error(exc) from exc
+        for dead in run.taken_over:
+            self.stdout.write(self.style.WARNING(f"run #{dead.pk} {dead.error}"))
         self.stdout.write(self.style.SUCCESS(run_summary(run)))
         for step in run.steps.all():
             for kind, line in guard_lines(step.details or {}):
@@ -45,6 +47,12 @@ class PipelineStepCommand(BaseCommand):
     @property
     def command_name(self) -> str:
         return self.__module__.rsplit(".", 1)[-1]
+
+
+def command_error(exc: BaseException) -> CommandError:
+    """One line on stderr and the exit status docs/operations.md lists: 75 already running, 128 + N ended
+    by signal N, 1 any other failure."""
+    return CommandError(str(exc), returncode=getattr(exc, "exit_code", 1))
 
 
 def run_summary(run: PipelineRun) -> str:

@@ -10,7 +10,8 @@ from ..config import PipelineConfig, pipeline_load
 from ..errors import ETL_ERRORS, ConfigurationError
 from ..models import PipelineRun
 from ..preflight import preflight_enforce
-from ..runs import error_text, run_finish, run_start, step_tracked
+from ..runs import error_text, run_finish, run_heartbeat, run_start, step_tracked
+from .control import pipeline_controlled, run_tracked
 from .extract import sources_extract
 from .load import warehouse_load
 from .transform import partition_transform
@@ -43,10 +44,12 @@ def business_date_parse(text: str | None, *, config: PipelineConfig | None = Non
 def pipeline_execute(
     *, pipeline: str, business_date: str | None, steps: Sequence[str], command: str
 ) -> PipelineRun:
-    """Run the given steps for one pipeline and date under one run record.
+    """Run the given steps for one pipeline and date under one run record, holding the pipeline's lock.
 
-    The run record is written first, so a bad pipeline name or date still leaves a failed run behind.
-    Raises one of `ETL_ERRORS` (after recording it) when a step fails.
+    A bad pipeline name or date still leaves a failed run behind. A start that finds the pipeline
+    running raises `PipelineBusy` and writes nothing. Raises one of `ETL_ERRORS` (after recording it)
+    when a step fails, `RunTerminated` on SIGTERM or SIGINT. The runs this one took over (abandoned by a
+    dead process) are on `run.taken_over`.
     """
     parameters = {"pipeline": pipeline, "date": business_date, "steps": list(steps)}
     config: PipelineConfig | None = None
@@ -58,23 +61,31 @@ def pipeline_execute(
         )
         run_finish(run, error=error_text(exc))
         raise
-    run = run_start(
-        pipeline=pipeline, command=command, business_date=None, parameters=parameters, using=config.database
-    )
     try:
-        run.business_date = business_date_parse(business_date, config=config)
-        # Fail before the first step spends time on what a later one would fail for (etlcore/preflight.py).
-        preflight_enforce(config=config, steps=steps)
-        steps_run(run, config=config, steps=steps)
-    except BaseException as exc:
+        day = business_date_parse(business_date, config=config)
+    except ETL_ERRORS as exc:
+        run = run_start(
+            pipeline=pipeline,
+            command=command,
+            business_date=None,
+            parameters=parameters,
+            using=config.database,
+        )
         run_finish(run, error=error_text(exc))
         raise
-    run_finish(run)
+    with pipeline_controlled(config=config) as lock:
+        with run_tracked(
+            config=config, lock=lock, command=command, business_date=day, parameters=parameters
+        ) as run:
+            # Fail before the first step spends time on what a later one fails for (etlcore/preflight.py).
+            preflight_enforce(config=config, steps=steps)
+            steps_run(run, config=config, steps=steps)
     return run
 
 
 def steps_run(run: PipelineRun, *, config: PipelineConfig, steps: Sequence[str]) -> None:
     """Each step of the run's business date in turn, each under its own step record."""
     for step in steps:
+        run_heartbeat(run)
         with step_tracked(run, step) as outcome:
             STEP_FUNCTIONS[step](config=config, business_date=run.business_date, outcome=outcome)

@@ -14,9 +14,11 @@ from warehouse.models import QuarantinedRow
 from .. import staging
 from ..config import PipelineConfig, pipeline_load
 from ..errors import ETL_ERRORS, PartitionNotFound
+from ..locks import HeldLock
 from ..models import PipelineRun
 from ..runs import error_text, run_finish, run_start, step_tracked
 from ..selectors import quarantine_select
+from .control import pipeline_controlled, run_tracked
 from .pipeline import business_date_parse, steps_run
 
 
@@ -53,6 +55,21 @@ def quarantine_replay(
     config = pipeline_load(pipeline)
     day = business_date_parse(business_date, config=config) if business_date is not None else None
     filters = {"pipeline": pipeline, "run": run_id, "dataset": dataset, "rule": rule, "date": business_date}
+    # One lock for every date: a run_pipeline of the pipeline never rewrites a partition mid-replay.
+    with pipeline_controlled(config=config) as lock:
+        return _selection_replay(config, lock, filters, run_id=run_id, dataset=dataset, rule=rule, day=day)
+
+
+def _selection_replay(
+    config: PipelineConfig,
+    lock: HeldLock,
+    filters: dict[str, Any],
+    *,
+    run_id: int | None,
+    dataset: str | None,
+    rule: str | None,
+    day: date | None,
+) -> list[ReplayOutcome]:
     selection = quarantine_select(config=config, run_id=run_id, dataset=dataset, rule=rule, business_date=day)
     dates = sorted(set(selection.values_list("business_date", flat=True)))
     missing = []
@@ -78,20 +95,23 @@ def quarantine_replay(
         )
         run_finish(run, error=error_text(error))
         raise error
-    return [_date_replay(config, replay_day, selection, filters) for replay_day in dates]
+    return [_date_replay(config, lock, replay_day, selection, filters) for replay_day in dates]
 
 
 def _date_replay(
-    config: PipelineConfig, day: date, selection: QuerySet[QuarantinedRow], filters: dict[str, Any]
+    config: PipelineConfig,
+    lock: HeldLock,
+    day: date,
+    selection: QuerySet[QuarantinedRow],
+    filters: dict[str, Any],
 ) -> ReplayOutcome:
     using = config.database
     table = QuarantinedRow.objects.using(using).filter(pipeline=config.name, business_date=day)
     chosen = set(selection.filter(business_date=day).values_list("dataset", "record_fingerprint"))
     before = table.count()
-    run = run_start(
-        pipeline=config.name, command="replay_quarantine", business_date=day, parameters=filters, using=using
-    )
-    try:
+    with run_tracked(
+        config=config, lock=lock, command="replay_quarantine", business_date=day, parameters=filters
+    ) as run:
         steps_run(run, config=config, steps=("transform", "load"))
         with step_tracked(run, "replay") as outcome:
             reasons_now = Counter(
@@ -120,8 +140,4 @@ def _date_replay(
                 "quarantine_before": before,
                 "quarantine_after": table.count(),
             }
-    except BaseException as exc:
-        run_finish(run, error=error_text(exc))
-        raise
-    run_finish(run)
     return replayed

@@ -95,7 +95,7 @@ def test_replay_fails_before_replaying_anything_when_a_dates_raw_partition_is_go
 def test_replay_command_reports_no_match_and_refuses_an_unknown_dataset(shop, records):
     out = StringIO()
     call_command("replay_quarantine", "--pipeline", "shop", "--rule", "no_such_rule", stdout=out)
-    assert out.getvalue().strip() == "no quarantined rows match"
+    assert out.getvalue().strip() == "nothing to do: no quarantined rows match"
 
     with pytest.raises(
         CommandError, match=r"pipeline 'shop' has no dataset 'orders' \(known: lines, products\)"

@@ -1,8 +1,9 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from etlcore.database import database_check, pipeline_database
-from etlcore.errors import ETL_ERRORS
+from etlcore.errors import ETL_ERRORS, RunTerminated
+from etlcore.management.pipeline_command import command_error
 from etlcore.services.replay import quarantine_replay
 
 
@@ -33,10 +34,10 @@ class Command(BaseCommand):
             outcomes = quarantine_replay(
                 pipeline=pipeline, run_id=run_id, dataset=dataset, rule=rule, business_date=business_date
             )
-        except ETL_ERRORS as exc:
-            raise CommandError(str(exc)) from exc
-        if not outcomes:
-            self.stdout.write("no quarantined rows match")
+        except (*ETL_ERRORS, RunTerminated) as exc:
+            raise command_error(exc) from exc
+        if not outcomes:  # nothing to do: exit 0 with one line (docs/operations.md, exit codes)
+            self.stdout.write("nothing to do: no quarantined rows match")
             return
         for o in outcomes:
             reasons = ", ".join(f"{code}={n}" for code, n in o.reasons_now.items()) or "-"
