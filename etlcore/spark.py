@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pyspark
 from django.conf import settings
 
+from . import child_guard
 from .config import PipelineConfig
 from .errors import ConfigurationError, SparkJobError
 
@@ -32,6 +33,7 @@ _SECRET_CONF = re.compile(
 JOBS_PACKAGE = "spark_jobs"
 # What a job run over several dates leaves in a date's work dir when that date failed (spark_jobs main()).
 FAILED_FILE = "_failed.json"
+CHILD_GUARD = Path(child_guard.__file__)
 # What spark-submit, its JVM and the job's Python driver inherit from this process: what they need to run,
 # the pseudonym key and the variables the pipeline names in `[spark] env`; never the rest (DATABASE_URL,
 # API tokens, DJANGO_SECRET_KEY).
@@ -318,15 +320,24 @@ def _command_run(
     with open(log_path, "wb") as log:
         log.write(("$ " + " ".join(mask_command(command)) + "\n").encode())
         log.flush()
+        # Through the guard (etlcore/child_guard.py): the JVM and its Python driver die with this process,
+        # even by kill -9, and a signal that ends the run (RunTerminated) stops them before it unwinds.
+        proc = subprocess.Popen(
+            [sys.executable, "-I", str(CHILD_GUARD), str(os.getpid()), "--", *command],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
-            proc = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
-            )
-            returncode = proc.returncode
+            returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            guard_stop(proc)
             raise SparkJobError(
                 f"spark job {config.spark.job} timed out after {timeout} s; log: {log_path}"
             ) from None
+        except BaseException:
+            guard_stop(proc)
+            raise
     result = SubmitResult(
         command=mask_command(command),
         returncode=returncode,
@@ -340,6 +351,16 @@ def _command_run(
             facts=result.facts(),
         )
     return result
+
+
+def guard_stop(proc: subprocess.Popen) -> None:
+    """Ask the guard to end the job's process group and wait for it (it gives the JVM a grace period)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=child_guard.GRACE_SECONDS + 5)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # its child (the JVM: spark-submit execs it) has a parent-death signal of its own
+        proc.wait()
 
 
 def last_error_line(log_path: Path, job_module: str) -> str:

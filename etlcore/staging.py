@@ -15,7 +15,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -29,6 +29,9 @@ from .errors import PartitionNotFound
 MANIFEST = "_manifest.json"
 ATTEMPT_PREFIX = "attempt-"
 LOCK = ".lock"
+# Readers hold a shared flock on this file while they read a partition's files; a publish removes older
+# attempts only when it can take it exclusively at once (`partitions_reading`, `partition_publish`).
+READERS_LOCK = ".readers"
 RAW = "raw"
 TRANSFORMED = "transformed"
 
@@ -191,9 +194,40 @@ def partition_publish(ref: PartitionRef, manifest: Manifest, attempt: Path) -> N
     _fsync_file(tmp)
     os.replace(tmp, ref.manifest_path)
     _fsync_dir(ref.dir)
-    for old in ref.dir.glob(f"{ATTEMPT_PREFIX}*"):
-        if old != attempt:
-            shutil.rmtree(old, ignore_errors=True)
+    attempts_prune(ref, keep=attempt)
+
+
+def attempts_prune(ref: PartitionRef, *, keep: Path) -> bool:
+    """Remove the partition's attempts other than `keep`, unless a reader holds the partition: a Spark
+    job or a load may be reading the attempt the previous manifest named. Then they stay until the next
+    publish finds no reader. Returns whether they were removed."""
+    fd = os.open(ref.dir / READERS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        for old in ref.dir.glob(f"{ATTEMPT_PREFIX}*"):
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def partitions_reading(refs: Iterable[PartitionRef]) -> Iterator[None]:
+    """Hold the partitions for reading: read their manifests inside the block, and their files stay until
+    it ends, whatever another process publishes meanwhile. A partition not published yet is not locked
+    (reading its manifest fails as usual). Waits only while a publish removes old attempts."""
+    with ExitStack() as stack:
+        for ref in sorted(refs, key=lambda r: str(r.dir)):
+            if not ref.manifest_path.exists():
+                continue
+            fd = os.open(ref.dir / READERS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+            stack.callback(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
 
 
 def raw_partition_write(

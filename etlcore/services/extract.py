@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -50,7 +52,11 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     }
     failures: dict[str, BaseException] = {}
     workers = max(1, min(config.extract_workers, len(config.datasets)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+    stopped = threading.Event()
+    # `_stop_on_exit` exits first: on SIGTERM or SIGINT the workers stop at their next batch, before
+    # publishing, instead of the pool waiting for every source to finish while the run is recorded failed.
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
+    with pool, _stop_on_exit(stopped):
         futures = {
             pool.submit(
                 _dataset_extract,
@@ -61,6 +67,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 pseudonym_key=key,
                 state=plans[name].state,
                 previous_fields=plans[name].previous_fields,
+                stopped=stopped,
             ): name
             for name, dataset in config.datasets.items()
         }
@@ -108,6 +115,14 @@ def pseudonym_key_read(config: PipelineConfig) -> bytes | None:
     return key.encode("utf-8")
 
 
+@contextmanager
+def _stop_on_exit(stopped: threading.Event) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        stopped.set()  # after a normal end every worker is done already
+
+
 @dataclass
 class _Extracted:
     dataset: str
@@ -129,6 +144,7 @@ def _dataset_extract(
     pseudonym_key: bytes | None,
     state: Mapping[str, Any] | None,
     previous_fields: Mapping[str, str] | None,
+    stopped: threading.Event,
 ) -> _Extracted:
     """One source into its partition; runs in a worker thread and touches no database."""
     started = time.monotonic()
@@ -142,6 +158,8 @@ def _dataset_extract(
 
         def batches() -> Iterator[Any]:
             for batch in connector.iter_batches(window):
+                if stopped.is_set():  # the attempt is removed, nothing is published
+                    raise SourceError(f"{label}: extract stopped: the run is ending")
                 observer.observe(batch)
                 yield to_staging_batch(
                     batch,

@@ -15,18 +15,19 @@ from ..runs import StepOutcome
 def warehouse_load(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
     """Load the date's transformed partition into the warehouse in one transaction."""
     ref = staging.PartitionRef.transformed(config.staging_root, config.name, business_date)
-    manifest = staging.manifest_read(ref)
-    outputs = {name: [ref.dir / f for f in out["files"]] for name, out in manifest.outputs.items()}
-    outcome.rows_in = sum(out["rows"] for out in manifest.outputs.values())
-    outcome.details |= {"partition": str(ref.dir), "checksum": manifest.checksum}
-    result = partition_load(
-        outputs=outputs,
-        pipeline=config.name,
-        business_date=business_date,
-        run_id=outcome.run_id,
-        using=config.database,
-        key_fingerprint=manifest.key_fingerprint,
-    )
+    with staging.partitions_reading([ref]):  # a transform re-publishing the date keeps these files
+        manifest = staging.manifest_read(ref)
+        outputs = {name: [ref.dir / f for f in out["files"]] for name, out in manifest.outputs.items()}
+        outcome.rows_in = sum(out["rows"] for out in manifest.outputs.values())
+        outcome.details |= {"partition": str(ref.dir), "checksum": manifest.checksum}
+        result = partition_load(
+            outputs=outputs,
+            pipeline=config.name,
+            business_date=business_date,
+            run_id=outcome.run_id,
+            using=config.database,
+            key_fingerprint=manifest.key_fingerprint,
+        )
     outcome.rows_out = result.fact_rows
     outcome.rows_rejected = result.rows_loaded.get("quarantine", 0)
     outcome.details |= {

@@ -28,7 +28,19 @@ from ..spark import FAILED_FILE, job_submit, jobs_submit
 
 
 def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
-    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically."""
+    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically.
+
+    The raw partitions are held for reading from before their manifests are read until the job is done,
+    so an extract re-publishing the date meanwhile leaves the files the job reads."""
+    raw = [
+        staging.PartitionRef.raw(config.staging_root, config.name, name, business_date)
+        for name in config.datasets
+    ]
+    with staging.partitions_reading(raw):
+        _partition_transform_held(config=config, business_date=business_date, outcome=outcome)
+
+
+def _partition_transform_held(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
     # What the job needs (its module, inputs, key, Java) before the JVM starts, not 30 s into it.
     preflight_enforce(config=config, steps=("transform",))
     contract = transform_contract(config=config)
