@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from .models import PipelineRun, StagedPartition, StepRun
+from .selectors import run_status_shown
 
 
 class StepRunInline(admin.TabularInline):
@@ -14,12 +15,29 @@ class StepRunInline(admin.TabularInline):
 
 @admin.register(PipelineRun)
 class PipelineRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "pipeline", "business_date", "command", "status", "started_at", "duration_seconds")
+    list_display = (
+        "id",
+        "pipeline",
+        "business_date",
+        "command",
+        "status_shown",
+        "started_at",
+        "heartbeat_at",
+        "duration_seconds",
+    )
     list_filter = ("status", "pipeline", "command")
     date_hierarchy = "started_at"
     search_fields = ("pipeline", "error")
     readonly_fields = [f.name for f in PipelineRun._meta.fields]
     inlines = [StepRunInline]
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, run: PipelineRun) -> str:
+        """`abandoned` for a `running` run whose pipeline lock is free: its process is gone."""
+        status = run_status_shown(run)
+        if status != run.status:
+            return f"{status} (last seen {run.heartbeat_at or run.started_at:%Y-%m-%d %H:%M:%S %Z})"
+        return status
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -18,6 +18,7 @@ from warehouse.models import PseudonymKey, QuarantinedRow
 from .config import PipelineConfig
 from .errors import ConfigurationError
 from .guards import PreviousCounts
+from .locks import lock_held
 from .models import PipelineRun, RunStatus, StagedPartition, StepRun
 
 
@@ -109,3 +110,17 @@ def runs_latest(*, pipeline: str | None = None, limit: int = 20, using: str = "d
     if pipeline:
         runs = runs.filter(pipeline=pipeline)
     return list(runs.order_by("-started_at", "-id")[:limit])
+
+
+def run_status_shown(run: PipelineRun, *, held: dict[tuple[str, str], bool] | None = None) -> str:
+    """A run's status as an operator should read it: a `running` run whose pipeline's lock is free has no
+    process left (killed, machine lost), so it shows as `abandoned` until the next run records it so.
+    `held` caches the lock probes of one listing."""
+    if run.status != RunStatus.RUNNING:
+        return run.status
+    key = (run.pipeline, run._state.db or "default")
+    if held is None:
+        held = {}
+    if key not in held:
+        held[key] = lock_held(pipeline=run.pipeline, using=key[1])
+    return RunStatus.RUNNING if held[key] else RunStatus.ABANDONED

@@ -43,6 +43,7 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
         business_date=date(2026, 11, 1),
         command="extract",
         started_at=timezone.now() - timedelta(seconds=3),
+        heartbeat_at=timezone.now() - timedelta(seconds=1),
         finished_at=timezone.now(),
         status="succeeded",
     )

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from etlcore.database import database_check
 from etlcore.errors import DatabaseNotReady
 from etlcore.guards import guard_lines
-from etlcore.selectors import runs_latest
+from etlcore.selectors import run_status_shown, runs_latest
 
 
 class Command(BaseCommand):
@@ -23,13 +23,22 @@ class Command(BaseCommand):
         if not runs:
             self.stdout.write("no runs yet")
             return
+        held: dict[tuple[str, str], bool] = {}
         for run in runs:
-            style = self.style.SUCCESS if run.status == "succeeded" else self.style.ERROR
-            took = f"{run.duration_seconds:.1f}s" if run.duration_seconds is not None else "running"
+            status = run_status_shown(run, held=held)
+            styles = {"succeeded": self.style.SUCCESS, "running": self.style.WARNING}
+            style = styles.get(status, self.style.ERROR)
+            if status == "abandoned":  # its process is gone: when it was last seen, and which it was
+                seen = run.heartbeat_at or run.started_at
+                took = f"last seen {seen:%Y-%m-%d %H:%M:%S} (pid {run.pid} on {run.hostname})"
+            elif status == "running":
+                took = f"running, pid {run.pid} on {run.hostname}"
+            else:
+                took = f"{run.duration_seconds:.1f}s"
             self.stdout.write(
                 style(
                     f"#{run.pk:<5} {run.pipeline:<16} {run.business_date!s:<10} {run.command:<13} "
-                    f"{run.status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}"
+                    f"{status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}"
                 )
             )
             for step in run.steps.all():
