@@ -136,3 +136,37 @@ def test_a_writer_waiting_on_a_lock_a_failed_writer_removed_still_excludes_the_n
     second.join(timeout=10)
     third.join(timeout=10)
     assert most[0] == 1
+
+
+def publish(ref, sku: str) -> staging.Manifest:
+    return staging.raw_partition_write(
+        ref,
+        schema=SCHEMA,
+        batches=batches([{"sku": sku, "name": sku.lower()}]),
+        source="file:/x.csv",
+        window={},
+        run_id=None,
+    )
+
+
+def test_a_publish_keeps_the_files_a_reader_holds_and_the_next_publish_removes_them(tmp_path):
+    """A transform reading the raw partition while an extract re-publishes it: the job's files stay."""
+    ref = ref_for(tmp_path)
+    publish(ref, "A")
+    with staging.partitions_reading([ref]):
+        held = staging.manifest_files(ref, staging.manifest_read(ref))
+        publish(ref, "B")  # another process's extract: its own lock file descriptor, as here
+        assert pa.concat_tables(pq.read_table(p) for p in held).to_pylist() == [{"sku": "A", "name": "a"}]
+        assert read_partition(ref) == [{"sku": "B", "name": "b"}]
+    assert all(p.exists() for p in held)  # left for the next publish: this one met a reader
+    publish(ref, "C")
+    assert not any(p.exists() for p in held)
+    assert len(list(ref.dir.glob(f"{staging.ATTEMPT_PREFIX}*"))) == 1
+    assert read_partition(ref) == [{"sku": "C", "name": "c"}]
+
+
+def test_reading_a_partition_not_published_yet_fails_as_usual_and_creates_nothing(tmp_path):
+    ref = ref_for(tmp_path)
+    with pytest.raises(PartitionNotFound), staging.partitions_reading([ref]):
+        staging.manifest_read(ref)
+    assert not ref.dir.exists()
