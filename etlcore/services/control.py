@@ -75,8 +75,9 @@ def run_tracked(
         parameters=parameters,
         using=config.database,
     )
-    run.taken_over = runs_abandon(by=run)
+    run.taken_over = []
     try:
+        run.taken_over = runs_abandon(by=run)
         with lock.heartbeat(run):
             yield run
     except BaseException as exc:

@@ -16,8 +16,10 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -86,11 +88,11 @@ class Site:
         out, err = proc.communicate(timeout=WAIT)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def runs(self) -> list[dict]:
+    def runs(self, pipeline: str = "shop") -> list[dict]:
         """The pipeline's run records, oldest first (read as the operator's database holds them)."""
         fields = ["id", "status", "business_date", "command", "pid", "heartbeat_at", "finished_at", "error"]
         if self.backend == "postgres":
-            rows = PipelineRun.objects.using("postgres").filter(pipeline="shop").order_by("id")
+            rows = PipelineRun.objects.using("postgres").filter(pipeline=pipeline).order_by("id")
             return [
                 {k: (str(v) if k == "business_date" else v) for k, v in r.items()}
                 for r in rows.values(*fields)
@@ -98,7 +100,8 @@ class Site:
         with sqlite3.connect(self.root / "db.sqlite3") as db:
             db.row_factory = sqlite3.Row
             cursor = db.execute(
-                f"SELECT {', '.join(fields)} FROM etlcore_pipelinerun WHERE pipeline = 'shop' ORDER BY id"
+                f"SELECT {', '.join(fields)} FROM etlcore_pipelinerun WHERE pipeline = ? ORDER BY id",
+                (pipeline,),
             )
             return [dict(row) for row in cursor]
 
@@ -349,6 +352,59 @@ def test_a_run_killed_during_its_load_is_abandoned_and_the_next_start_takes_over
     assert old["finished_at"] == old["heartbeat_at"] and f"taken over by run #{new['id']}" in old["error"]
     assert site.steps(old["id"]) == [("load", "abandoned", "abandoned with its run")]
     assert site.sales_lines() == 2
+
+
+@pytest.fixture
+def stalling_api():
+    """An orders API on loopback whose first request never gets an answer (a source hanging mid-extract);
+    every later request gets one order."""
+    first_request, release = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not first_request.is_set():
+                first_request.set()
+                release.wait(WAIT)
+                return
+            body = b'[{"id": "O1"}]'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", first_request
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_run_killed_during_its_extract_is_abandoned_and_the_next_extract_takes_over(site, stalling_api):
+    url, first_request = stalling_api
+    source = {"kind": "rest", "base_url": url, "max_retries": 0}
+    orders = dataset(source=source, order_id={"from": "id", "required": True})
+    pipeline_write(site.root / "pipelines", "slow", datasets={"orders": orders}, staging=site.staging)
+    victim = site.manage("extract", "--pipeline", "slow", "--date", DAY)
+    wait_for(first_request.is_set, "the extract's request", [victim])
+    partition = site.staging / "slow" / "raw" / "orders" / f"date={DAY}"
+    (dead_attempt,) = partition.glob("attempt-*")
+
+    victim.kill()
+    victim.wait(timeout=WAIT)
+    rerun = site.run("extract", "--pipeline", "slow", "--date", DAY)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"abandoned: its process (pid {victim.pid} on " in rerun.stdout
+    assert not dead_attempt.exists() and len(list(partition.glob("attempt-*"))) == 1
+    dead, new = site.runs("slow")
+    assert (dead["pid"], dead["status"], dead["business_date"]) == (victim.pid, "abandoned", DAY)
+    assert new["status"] == "succeeded" and site.steps(dead["id"]) == [
+        ("extract", "abandoned", "abandoned with its run")
+    ]
 
 
 def test_a_run_killed_during_its_spark_job_takes_the_job_with_it_and_is_taken_over(site):
