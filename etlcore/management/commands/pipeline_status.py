@@ -34,7 +34,7 @@ class Command(BaseCommand):
             elif status == "running":
                 took = f"running, pid {run.pid} on {run.hostname}"
             else:
-                took = f"{run.duration_seconds:.1f}s"
+                took = f"{run.duration_seconds:.1f}s" if run.duration_seconds is not None else "-"
             self.stdout.write(
                 style(
                     f"#{run.pk:<5} {run.pipeline:<16} {run.business_date!s:<10} {run.command:<13} "
