@@ -41,7 +41,7 @@ FAKE_SPARK_SUBMIT = """#!/bin/sh
 # Like spark-submit: the process started execs the "JVM", which starts the "Python driver".
 exec {python} -c '
 import os, subprocess, sys, time
-folder = os.environ["FAKE_PIDS"]
+folder = os.environ["SPARK_FAKE_PIDS"]
 driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 open(folder + "/jvm", "w").write(str(os.getpid()))
 open(folder + "/driver.tmp", "w").write(str(driver.pid))
@@ -168,7 +168,7 @@ def site(request, tmp_path, sqlite_template) -> Site:
         "ETL_PIPELINE_PATH": str(pipelines),
         "ETL_SPARK_SUBMIT": str(fake),
         "ETL_HEARTBEAT_SECONDS": "0.2",
-        "FAKE_PIDS": str(pids),
+        "SPARK_FAKE_PIDS": str(pids),
         "PYTHONPATH": str(settings.BASE_DIR),
     }
     env.pop("ETL_FAULT_POINT", None)
