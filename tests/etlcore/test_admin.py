@@ -73,3 +73,22 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
 def test_the_column_test_covers_every_etlcore_admin():  # an empty parametrize would pass silently
     names = [m._meta.model_name for m in registered("etlcore")]
     assert names == ["pipelinerun", "stagedpartition", "steprun"]
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_admin_shows_a_running_run_whose_pipeline_lock_is_free_as_abandoned_with_when_last_seen(admin_client):
+    from etlcore.locks import lock_try
+
+    seen = timezone.now() - timedelta(minutes=5)
+    run = PipelineRun.objects.create(
+        pipeline="shop", command="load", started_at=seen, heartbeat_at=seen, status="running", pid=1
+    )
+    held = lock_try(pipeline="shop", using="default")
+    try:
+        assert b">running<" in admin_client.get("/admin/etlcore/pipelinerun/").content
+    finally:
+        held.release()
+    listing = admin_client.get("/admin/etlcore/pipelinerun/").content.decode()
+    assert f"abandoned (last seen {seen:%Y-%m-%d %H:%M:%S}" in listing
+    run.refresh_from_db()
+    assert run.status == "running"  # showing it is not recording it: the next run of the pipeline does
