@@ -30,7 +30,7 @@ from etlcore.locks import lock_key
 from etlcore.models import PipelineRun, StepRun
 from tests.conftest import _postgres_or_skip
 from tests.etlcore.test_commands import publish_transformed
-from tests.pipelines import dataset, pipeline_write
+from tests.pipelines import dataset, pipeline_write, sales_datasets
 from tests.warehouse.partitions import default_outputs, sale
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
@@ -150,13 +150,16 @@ def site(request, tmp_path, sqlite_template) -> Site:
     pipelines, data, pids = tmp_path / "pipelines", tmp_path / "data", tmp_path / "pids"
     for folder in (pipelines, data, pids):
         folder.mkdir()
-    (data / "products_20261101.csv").write_text("SKU,Product Name\nP1,Mug\nP2,Tea\n", encoding="utf-8")
-    products = dataset(
-        f"{data}/products_{{date:%Y%m%d}}.csv",
-        sku={"from": "SKU", "required": True},
-        name={"from": "Product Name"},
-    )
-    pipeline_write(pipelines, datasets={"products": products}, staging=tmp_path / "staging")
+    # Every dataset and column the sales job reads, so that a transform passes its preflight.
+    sources = {
+        "products": "SKU,Product Name,category,list_price\nP1,Mug,Kitchen,9.99\n",
+        "stores": "store_code,name,city,region,country\nS1,Rivoli,Paris,West,FR\n",
+        "lines": "order_id,line_number,ordered_at,store_code,customer_email,sku,quantity,unit_price,"
+        "currency\nO1,1,2026-11-01T10:00:00Z,S1,a@example.com,P1,2,9.99,EUR\n",
+    }
+    for name, text in sources.items():
+        (data / f"{name}_20261101.csv").write_text(text, encoding="utf-8")
+    pipeline_write(pipelines, datasets=sales_datasets(data), staging=tmp_path / "staging")
     fake = tmp_path / "spark-submit"
     fake.write_text(FAKE_SPARK_SUBMIT.format(python=sys.executable), encoding="utf-8")
     fake.chmod(0o755)
@@ -168,6 +171,7 @@ def site(request, tmp_path, sqlite_template) -> Site:
         "ETL_PIPELINE_PATH": str(pipelines),
         "ETL_SPARK_SUBMIT": str(fake),
         "ETL_HEARTBEAT_SECONDS": "0.2",
+        "ETL_PSEUDONYM_KEY": "run-control-test-key",
         "SPARK_FAKE_PIDS": str(pids),
         "PYTHONPATH": str(settings.BASE_DIR),
     }
@@ -181,9 +185,13 @@ def transformed_publish(site: Site) -> None:
     )
 
 
-def wait_for(condition, what: str, procs: list[subprocess.Popen]) -> None:
+def wait_for(condition, what: str, procs: list[subprocess.Popen], *, alive: bool = True) -> None:
+    """Wait for `condition`; with `alive`, fail at once (with its stderr) when one of `procs` ends first."""
     deadline = time.monotonic() + WAIT
     while not condition():
+        ended = [p for p in procs if alive and p.poll() is not None]
+        if ended:
+            raise AssertionError(f"ended before {what}: exit {ended[0].returncode}: {ended[0].stderr.read()}")
         if time.monotonic() > deadline:
             for proc in procs:
                 proc.kill()
@@ -254,7 +262,7 @@ def test_simultaneous_starts_leave_one_holder_and_every_other_exits_75_naming_it
                 ended[proc.pid] = time.monotonic()
         return len(ended) == starts - 1 and marker.exists()
 
-    wait_for(losers_done, f"{starts - 1} refused starts and one paused holder", procs)
+    wait_for(losers_done, f"{starts - 1} refused starts and one paused holder", procs, alive=False)
     (holder,) = [p for p in procs if p.pid not in ended]
     assert int(marker.read_text()) == holder.pid and holder.poll() is None
     seconds = sorted(ended[pid] - begun[pid] for pid in ended)
