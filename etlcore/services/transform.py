@@ -80,6 +80,13 @@ def partitions_transform(
     log_path = _log_path(config, days[0], first.run_id, last=days[-1])
     errors: dict[date, BaseException | None] = {}
     with ExitStack() as stack:
+        # Every date's raw partitions held for reading until the job is done, as in `partition_transform`.
+        raw = [
+            staging.PartitionRef.raw(config.staging_root, config.name, name, day)
+            for day in days
+            for name in config.datasets
+        ]
+        stack.enter_context(staging.partitions_reading(raw))
         refs = {day: staging.PartitionRef.transformed(config.staging_root, config.name, day) for day in days}
         attempts = {day: stack.enter_context(staging.partition_attempt(refs[day])) for day in days}
         specs = {day: _date_spec(config, day, attempts[day]) for day in days}
