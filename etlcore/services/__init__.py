@@ -3,8 +3,10 @@
 One module per concern; each step finds its input from (pipeline, business date) alone:
 
   pipeline.py   pipeline_execute: a run record, then the steps in order
+  control.py    pipeline_controlled, run_tracked: the pipeline's lock, its run record, signals
   extract.py    sources_extract       source -> raw/<dataset>/date=D   (one partition per dataset)
   transform.py  partition_transform   raw/*/date=D -> transformed/date=D (spark-submit)
+                partitions_transform  the same for several dates in one Spark application
   load.py       warehouse_load        transformed/date=D -> warehouse tables (one transaction)
   replay.py     quarantine_replay     quarantined rows through the current rules again
   validate.py   pipeline_validate     parse + preflight + what a run would do; reads and writes nothing
