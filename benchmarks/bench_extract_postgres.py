@@ -170,7 +170,8 @@ def child_ours(table: str, mode: str) -> dict[str, Any]:
     if mode == "incremental":
         options |= {"mode": "incremental", "watermark_column": "updated_at", "tiebreaker_column": "id"}
     connector = PostgresConnector(name="orders", options=options)
-    columns = {c: {"from": c} for c in COLUMNS}
+    # The e-mail is personal, as in the shipped pipeline: staged as its keyed pseudonym.
+    columns = {c: {"from": c, "pii": c == "customer_email"} for c in COLUMNS}
     window = ExtractWindow(
         business_date=date(2026, 12, 31),
         start=datetime(2026, 12, 31, tzinfo=UTC),
@@ -186,7 +187,7 @@ def child_ours(table: str, mode: str) -> dict[str, Any]:
         )
         started = time.perf_counter()
         batches = (
-            to_staging_batch(b, columns=columns, source_label="orders")
+            to_staging_batch(b, columns=columns, source_label="orders", pseudonym_key=b"bench-pseudonym-key")
             for b in connector.iter_batches(window)
         )
         manifest = staging.raw_partition_write(
