@@ -132,7 +132,15 @@ def pseudonym(key: bytes, text: str | None) -> str | None:
     cleaned = _INNER_SPACE.sub(" ", _EDGE_SPACE.sub("", text))
     if not cleaned:
         return None
-    return hmac.new(key, cleaned.lower().encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, cleaned.lower().encode("utf-8"), hashlib.sha256).hex()
+
+
+def _pseudonyms(column: pa.Array, key: bytes) -> pa.Array:
+    """`pseudonym` of every value of a staged text column, computed once per distinct value (an order's
+    lines repeat its customer's e-mail, and customers come back)."""
+    encoded = column.dictionary_encode()
+    hashed = pa.array([pseudonym(key, v) for v in encoded.dictionary.to_pylist()], type=pa.string())
+    return pc.take(hashed, encoded.indices)
 
 
 # --- value -> text --------------------------------------------------------------------------------------
@@ -250,9 +258,7 @@ def to_staging_batch(
     if not personal:
         return staged
     arrays = [
-        pa.array([pseudonym(pseudonym_key, v) for v in column.to_pylist()], type=pa.string())
-        if spec.pii
-        else column
+        _pseudonyms(column, pseudonym_key) if spec.pii else column
         for spec, column in zip(specs, staged.columns, strict=True)
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=staged.schema)
