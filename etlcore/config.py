@@ -99,6 +99,17 @@ SPARK = Table(
         "options": ANY_TABLE,  # the job's own options: declared by its contract (spark_options_schema)
     }
 )
+# [run]: how the pipeline runs unattended (docs/operations.md): nightly catch-up, backfill batches, retries.
+RETRIES = Table(
+    {
+        "attempts": WHOLE,
+        "delay_seconds": NUMBER,
+        "backoff": NUMBER,
+        "max_delay_seconds": NUMBER,
+        "steps": TEXT_LIST,
+    }
+)
+RUN = Table({"catch_up": FLAG, "catch_up_max_dates": WHOLE, "dates_per_job": WHOLE, "retries": RETRIES})
 PIPELINE = Table(
     {
         "name": TEXT,
@@ -108,6 +119,7 @@ PIPELINE = Table(
         "extract_workers": WHOLE,
         "spark": SPARK,
         "warehouse": Table({"database": TEXT}),
+        "run": RUN,
         "datasets": Entries(DATASET),
     }
 )
@@ -198,6 +210,37 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing step is tried again ([run.retries]): `attempts` tries in all (1: never again),
+    waiting `delay_seconds`, then that times `backoff` for each further try, at most `max_delay_seconds`."""
+
+    attempts: int = 1
+    delay_seconds: float = 30.0
+    backoff: float = 2.0
+    max_delay_seconds: float = 600.0
+    steps: tuple[str, ...] = ("extract", "transform", "load")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based) before the next one."""
+        return min(self.delay_seconds * self.backoff ** (attempt - 1), self.max_delay_seconds)
+
+    def attempts_of(self, step: str) -> int:
+        return self.attempts if step in self.steps else 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """[run]: `catch_up` lets `run_pipeline --nightly` run every date missed since the last loaded one (off:
+    only yesterday), at most `catch_up_max_dates` of them; a backfill transforms up to `dates_per_job` dates
+    in one Spark application."""
+
+    catch_up: bool = True
+    catch_up_max_dates: int = 31
+    dates_per_job: int = 366
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     description: str
@@ -208,6 +251,7 @@ class PipelineConfig:
     datasets: Mapping[str, DatasetConfig]
     source_file: Path
     extract_workers: int = DEFAULT_EXTRACT_WORKERS  # sources extracted at once
+    run: RunConfig = field(default_factory=RunConfig)
 
     def window(self, business_date: date) -> ExtractWindow:
         """The business date as a [midnight, next midnight) range in the pipeline's time zone."""
@@ -304,6 +348,42 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         datasets=datasets,
         source_file=path,
         extract_workers=extract_workers,
+        run=_parse_run(doc.get("run", {}), f"{where} [run]"),
+    )
+
+
+def _parse_run(doc: Mapping[str, Any], where: str) -> RunConfig:
+    defaults, retry_defaults = RunConfig(), RetryPolicy()
+    for key in ("catch_up_max_dates", "dates_per_job"):
+        if key in doc and doc[key] < 1:
+            raise ConfigurationError(f"{where}: {key} must be 1 or more, got {doc[key]!r}")
+    retries = doc.get("retries", {})
+    where_retries = f"{where.removesuffix(']')}.retries]"
+    if retries.get("attempts", 1) < 1:
+        raise ConfigurationError(f"{where_retries}: attempts must be 1 or more (1: no retry)")
+    for key in ("delay_seconds", "max_delay_seconds"):
+        if retries.get(key, 0) < 0:
+            raise ConfigurationError(f"{where_retries}: {key} must be 0 or more, got {retries[key]!r}")
+    if retries.get("backoff", 1) < 1:
+        raise ConfigurationError(f"{where_retries}: backoff must be 1 or more, got {retries['backoff']!r}")
+    steps = tuple(retries.get("steps", retry_defaults.steps))
+    unknown = [s for s in steps if s not in retry_defaults.steps]
+    if unknown:
+        raise ConfigurationError(
+            f"{where_retries}: steps: {unknown[0]!r} is not one of {', '.join(retry_defaults.steps)}"
+        )
+    policy = RetryPolicy(
+        attempts=retries.get("attempts", retry_defaults.attempts),
+        delay_seconds=float(retries.get("delay_seconds", retry_defaults.delay_seconds)),
+        backoff=float(retries.get("backoff", retry_defaults.backoff)),
+        max_delay_seconds=float(retries.get("max_delay_seconds", retry_defaults.max_delay_seconds)),
+        steps=steps,
+    )
+    return RunConfig(
+        catch_up=doc.get("catch_up", defaults.catch_up),
+        catch_up_max_dates=doc.get("catch_up_max_dates", defaults.catch_up_max_dates),
+        dates_per_job=doc.get("dates_per_job", defaults.dates_per_job),
+        retries=policy,
     )
 
 

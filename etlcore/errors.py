@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import signal
 
-from connectors.errors import ConfigurationError, ConnectorError, SourceError
+from connectors.errors import ConfigurationError, ConnectorError, SchemaDriftError, SourceError
 from warehouse.errors import WarehouseError
 
 __all__ = [
     "USER_ERRORS",
+    "CatchUpTooFar",
     "ConfigurationError",
     "ConnectorError",
     "DatabaseNotReady",
@@ -24,6 +25,7 @@ __all__ = [
     "PartitionNotFound",
     "PipelineBusy",
     "ReconciliationError",
+    "error_retryable",
     "RunTerminated",
     "SourceError",
     "SparkJobError",
@@ -39,6 +41,23 @@ class EtlError(Exception):
 USER_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError, WarehouseError)
 # The errors etlcore's own steps raise: its classes and the connectors' (whose base is not EtlError).
 ETL_ERRORS: tuple[type[Exception], ...] = (EtlError, ConnectorError)
+
+
+def error_retryable(exc: BaseException) -> bool:
+    """Whether trying a step again may cure `exc` ([run.retries]): a source or a database that failed, the
+    Spark job dying, anything unforeseen; not a configuration, the data breaking a rule, guard or contract
+    (the same input fails the same way), nor a signal."""
+    permanent = (
+        ConfigurationError,
+        SchemaDriftError,
+        ReconciliationError,
+        VolumeGuardError,
+        PartitionNotFound,
+        DatabaseNotReady,
+        PipelineBusy,
+        WarehouseError,
+    )
+    return isinstance(exc, Exception) and not isinstance(exc, permanent)
 
 
 class DatabaseNotReady(EtlError):
@@ -64,6 +83,11 @@ class RunTerminated(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N": 143, 130
         super().__init__(f"terminated by signal {signal.Signals(signum).name}")
+
+
+class CatchUpTooFar(EtlError):
+    """`run_pipeline --nightly` found more dates missing than `[run] catch_up_max_dates`: a backfill to
+    start knowingly, not something a nightly run should take on by surprise."""
 
 
 class PartitionNotFound(EtlError):

@@ -76,7 +76,7 @@ class HeldLock:
     def heartbeat(self, run: PipelineRun, *, seconds: float | None = None) -> Iterator[None]:
         """Write the run's `heartbeat_at` every `seconds` from a thread, on PostgreSQL.
 
-        The thread writes through the lock's own connection (autocommit, one row by primary key, which no
+        The thread writes through the lock's own connection (autocommit, the pipeline's running rows, which no
         load locks), so it never waits on the run's transactions. On SQLite it writes nothing: SQLite has
         one writer at a time, and a second connection committing while a load's transaction upgrades from
         reading to writing makes that load fail with "database is locked". There the heartbeat is written
@@ -92,8 +92,10 @@ class HeldLock:
             while not stop.wait(interval):
                 try:
                     with self._guard, self._handle.cursor() as cursor:
+                        # Every running run of the pipeline is this holder's (a backfill has one a date).
                         cursor.execute(
-                            f'UPDATE "{table}" SET heartbeat_at = %s WHERE id = %s', [timezone.now(), run.pk]
+                            f'UPDATE "{table}" SET heartbeat_at = %s WHERE pipeline = %s AND status = %s',
+                            [timezone.now(), run.pipeline, RunStatus.RUNNING],
                         )
                 except Exception as exc:  # a lost connection also lost the lock: say so, keep running
                     logger.warning("run #%s: heartbeat not written: %s", run.pk, exc)

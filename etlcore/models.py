@@ -14,6 +14,29 @@ class RunStatus(models.TextChoices):
     ABANDONED = "abandoned", "abandoned"
 
 
+class Backfill(models.Model):
+    """Several business dates run as one command (`run_pipeline --from/--to`, or `--nightly` catching up):
+    each date has its own PipelineRun pointing here; their transforms share Spark applications."""
+
+    pipeline = models.CharField(max_length=100, db_index=True)
+    first_date = models.DateField()
+    last_date = models.DateField()
+    command = models.CharField(max_length=50, help_text="run_pipeline --from/--to, or --nightly catching up")
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    parameters = models.JSONField(default=dict, blank=True, help_text="as given; never holds a secret")
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="the dates that failed and why")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"backfill #{self.pk} {self.pipeline} {self.first_date}..{self.last_date} {self.status}"
+
+
 class PipelineRun(models.Model):
     pipeline = models.CharField(max_length=100, db_index=True)
     business_date = models.DateField(null=True, blank=True, help_text="null when the date given was invalid")
@@ -28,6 +51,22 @@ class PipelineRun(models.Model):
         null=True, blank=True, help_text="when its process was last seen alive (the run's 'last seen')"
     )
     error = models.TextField(blank=True)
+    backfill = models.ForeignKey(
+        Backfill,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="runs",
+        help_text="the backfill this date's run belongs to",
+    )
+    resumed_from = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="resumed_by",
+        help_text="the failed run this one resumed (--resume): its earlier steps' outputs were reused",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -55,9 +94,11 @@ class StepRun(models.Model):
     details = models.JSONField(
         default=dict,
         blank=True,
-        help_text="per-dataset counts, partition paths, spark-submit command and log",
+        help_text="per-dataset counts, partition paths, spark-submit command and log, attempts",
     )
     error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=1, help_text="tries of the step ([run.retries])")
+    traceback = models.TextField(blank=True, help_text="where the last attempt failed")
 
     class Meta:
         ordering = ["started_at", "id"]

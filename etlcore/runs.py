@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import os
 import socket
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from django.utils import timezone
 
-from .models import PipelineRun, RunStatus, StepRun
+from .models import Backfill, PipelineRun, RunStatus, StepRun
 
 
 def run_start(
-    *, pipeline: str, command: str, business_date: date | None, parameters: dict[str, Any], using: str
+    *,
+    pipeline: str,
+    command: str,
+    business_date: date | None,
+    parameters: dict[str, Any],
+    using: str,
+    resumed_from: PipelineRun | None = None,
+    backfill: Backfill | None = None,
 ) -> PipelineRun:
     # A name the configuration refused is still recorded, cut to its column (PostgreSQL enforces the
     # length); the name as given stays in `parameters`.
@@ -36,6 +44,8 @@ def run_start(
         heartbeat_at=now,
         hostname=socket.gethostname()[:255],
         pid=os.getpid(),
+        resumed_from=resumed_from,
+        backfill=backfill,
     )
 
 
@@ -45,28 +55,35 @@ def run_heartbeat(run: PipelineRun) -> None:
     PipelineRun.objects.using(run._state.db).filter(pk=run.pk).update(heartbeat_at=run.heartbeat_at)
 
 
-def runs_abandon(*, by: PipelineRun) -> list[PipelineRun]:
+def runs_abandon(*, by: PipelineRun | Backfill) -> list[PipelineRun]:
     """Close the pipeline's `running` runs as abandoned. Only the holder of the pipeline's lock may call
-    this, with its own run `by` started: holding the lock proves no other process runs the pipeline.
+    this, with its own run (or backfill) `by` started: holding the lock proves no other process runs the
+    pipeline.
 
     `finished_at` is the run's last sign of life (its heartbeat), the best known time of its death."""
     using = by._state.db
-    dead = list(
-        PipelineRun.objects.using(using)
-        .filter(pipeline=by.pipeline, status=RunStatus.RUNNING)
-        .exclude(pk=by.pk)
-    )
+    running = PipelineRun.objects.using(using).filter(pipeline=by.pipeline, status=RunStatus.RUNNING)
+    if isinstance(by, PipelineRun):
+        running, taker = running.exclude(pk=by.pk), f"run #{by.pk}"
+    else:
+        taker = f"backfill #{by.pk}"
+    dead = list(running)
     for run in dead:
         seen = run.heartbeat_at or run.started_at
         run.status = RunStatus.ABANDONED
         run.finished_at = seen
         run.error = (
             f"abandoned: its process (pid {run.pid} on {run.hostname}) ended without finishing the run; "
-            f"last seen {seen:%Y-%m-%d %H:%M:%S %Z}; taken over by run #{by.pk}"
+            f"last seen {seen:%Y-%m-%d %H:%M:%S %Z}; taken over by {taker}"
         )
         run.save(using=using, update_fields=["status", "finished_at", "error"])
     StepRun.objects.using(using).filter(run__in=dead, status=RunStatus.RUNNING).update(
         status=RunStatus.ABANDONED, error="abandoned with its run"
+    )
+    Backfill.objects.using(using).filter(pipeline=by.pipeline, status=RunStatus.RUNNING).exclude(
+        pk=by.pk if isinstance(by, Backfill) else None
+    ).update(
+        status=RunStatus.ABANDONED, finished_at=timezone.now(), error=f"abandoned; taken over by {taker}"
     )
     return dead
 
@@ -89,27 +106,59 @@ class StepOutcome:
     rows_out: int = 0
     rows_rejected: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    # Earlier tries of the step ([run.retries]): what each knew when it failed; kept on the record.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def attempt_failed(self, exc: BaseException, *, started: datetime, delay: float) -> None:
+        """Close a try that failed and is to be tried again after `delay` seconds: its error and details
+        go to `attempts`; the counts and details start afresh for the next try."""
+        self.attempts.append(
+            {
+                "attempt": len(self.attempts) + 1,
+                "started_at": started.isoformat(),
+                "seconds": round((timezone.now() - started).total_seconds(), 3),
+                "error": error_text(exc),
+                "retry_in_seconds": round(delay, 3),
+                "details": self.details,
+            }
+        )
+        self.rows_in = self.rows_out = self.rows_rejected = 0
+        self.details = {}
+
+
+def step_begin(run: PipelineRun, step: str) -> tuple[StepRun, StepOutcome]:
+    """A step's record, written `running`, and the outcome its function fills (see `step_tracked`)."""
+    record = StepRun.objects.using(run._state.db).create(run=run, step=step, started_at=timezone.now())
+    return record, StepOutcome(step=step, run_id=run.pk)
+
+
+def step_end(record: StepRun, outcome: StepOutcome, *, error: BaseException | None = None) -> None:
+    """Write what the step reported on its record, succeeded or failed with `error` and its traceback."""
+    if error is None:
+        record.status = RunStatus.SUCCEEDED
+    else:
+        record.status = RunStatus.FAILED
+        record.error = error_text(error)
+        record.traceback = "".join(traceback.format_exception(error)).strip()
+    record.rows_in, record.rows_out = outcome.rows_in, outcome.rows_out
+    record.rows_rejected, record.details = outcome.rows_rejected, outcome.details
+    if outcome.attempts:
+        record.details = {**outcome.details, "attempts": outcome.attempts}
+    record.attempts = len(outcome.attempts) + 1
+    record.finished_at = timezone.now()
+    record.save(using=record._state.db)
 
 
 @contextmanager
 def step_tracked(run: PipelineRun, step: str) -> Iterator[StepOutcome]:
     """Record a step: the body fills the yielded outcome, saved on the StepRun however the body ends."""
-    using = run._state.db
-    record = StepRun.objects.using(using).create(run=run, step=step, started_at=timezone.now())
-    outcome = StepOutcome(step=step, run_id=run.pk)
+    record, outcome = step_begin(run, step)
     try:
         yield outcome
     except BaseException as exc:
-        record.status = RunStatus.FAILED
-        record.error = error_text(exc)
+        step_end(record, outcome, error=exc)
         raise
-    else:
-        record.status = RunStatus.SUCCEEDED
-    finally:
-        record.rows_in, record.rows_out = outcome.rows_in, outcome.rows_out
-        record.rows_rejected, record.details = outcome.rows_rejected, outcome.details
-        record.finished_at = timezone.now()
-        record.save(using=using)
+    step_end(record, outcome)
 
 
 def error_text(exc: BaseException) -> str:

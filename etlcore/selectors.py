@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Max, Q, QuerySet
 
 from warehouse.models import PseudonymKey, QuarantinedRow
 
@@ -68,6 +68,15 @@ def guards_previous(*, config: PipelineConfig, business_date: date) -> PreviousC
         return None
     return PreviousCounts(
         business_date=step.run.business_date, run_id=step.run_id, datasets=step.details.get("datasets") or {}
+    )
+
+
+def last_loaded_date(*, config: PipelineConfig) -> date | None:
+    """The latest business date whose load succeeded (`run_pipeline --nightly` catches up from there)."""
+    return (
+        StepRun.objects.using(config.database)
+        .filter(step="load", status=RunStatus.SUCCEEDED, run__pipeline=config.name)
+        .aggregate(last=Max("run__business_date"))["last"]
     )
 
 

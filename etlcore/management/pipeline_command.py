@@ -29,10 +29,18 @@ class PipelineStepCommand(BaseCommand):
         )
 
     def handle(self, *args, pipeline: str, business_date: str | None, **options) -> None:
+        self.run_one(pipeline=pipeline, business_date=business_date)
+
+    def run_one(self, *, pipeline: str, business_date: str | None, steps=None, resumed_from=None) -> None:
+        """The command's steps (or `steps`) for one pipeline and date; its summary, or one error line."""
         try:
             database_check(using=pipeline_database(pipeline=pipeline))
             run = pipeline_execute(
-                pipeline=pipeline, business_date=business_date, steps=self.steps, command=self.command_name
+                pipeline=pipeline,
+                business_date=business_date,
+                steps=steps or self.steps,
+                command=self.command_name,
+                resumed_from=resumed_from,
             )
         except (*USER_ERRORS, RunTerminated) as exc:
             raise command_error(exc) from exc

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import PipelineConfig
 from ..errors import RunTerminated
 from ..locks import HeldLock, pipeline_lock
-from ..models import PipelineRun
+from ..models import Backfill, PipelineRun
 from ..runs import error_text, run_finish, run_start, runs_abandon
 
 TRAPPED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -64,6 +64,8 @@ def run_tracked(
     command: str,
     business_date: date,
     parameters: dict[str, Any],
+    resumed_from: PipelineRun | None = None,
+    backfill: Backfill | None = None,
 ) -> Iterator[PipelineRun]:
     """A run record for the block, written at its start with the date and the holder (host, pid); the
     pipeline's earlier `running` runs are closed as abandoned (the lock proves them dead) and listed on
@@ -74,6 +76,8 @@ def run_tracked(
         business_date=business_date,
         parameters=parameters,
         using=config.database,
+        resumed_from=resumed_from,
+        backfill=backfill,
     )
     run.taken_over = []
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
@@ -20,7 +20,7 @@ from warehouse.loading.specs import output_constraints
 from .. import staging
 from ..config import PipelineConfig
 from ..errors import ETL_ERRORS, ConfigurationError, ReconciliationError, SparkJobError
-from ..guards import guards_enforce
+from ..guards import PreviousCounts, guards_enforce
 from ..preflight import preflight_enforce
 from ..runs import StepOutcome
 from ..selectors import guards_previous, pseudonym_key_held
@@ -64,13 +64,20 @@ def _partition_transform_held(*, config: PipelineConfig, business_date: date, ou
 
 
 def partitions_transform(
-    *, config: PipelineConfig, outcomes: Mapping[date, StepOutcome]
+    *,
+    config: PipelineConfig,
+    outcomes: Mapping[date, StepOutcome],
+    previous: Callable[[date], PreviousCounts | None] | None = None,
+    published: dict[date, StepOutcome] | None = None,
 ) -> dict[date, BaseException | None]:
     """The transform step of several dates in ONE Spark application (a backfill pays the JVM's start and
     the session once, not per date). Each date is what `partition_transform` makes of it: its own attempt,
     result, reconciliation, guards and atomic publish, and its own outcome; a date that fails (in the job,
     its accounting or its guards) publishes nothing and does not stop the others. Returns each date's
     error, None when it succeeded.
+
+    `previous(day)`: the `max_drop` reference of a date (default: the database's, `guards_previous`);
+    `published` receives the outcome of every date published, in date order, as it is.
     """
     preflight_enforce(config=config, steps=("transform",))
     contract = transform_contract(config=config)
@@ -112,9 +119,11 @@ def partitions_transform(
                     job = config.spark.job
                     raise SparkJobError(f"spark job {job} failed on {day}: {error} (log: {log_path})")
                 publish = (refs[day], attempts[day], specs[day], contract, log_path, outcomes[day])
-                _attempt_publish(config, day, *publish)
+                _attempt_publish(config, day, *publish, previous=previous)
                 outcomes[day].details["partition"] = str(refs[day].dir)
                 errors[day] = None
+                if published is not None:
+                    published[day] = outcomes[day]
             except ETL_ERRORS as exc:
                 staging.attempt_discard(refs[day], attempts[day])
                 errors[day] = exc
@@ -150,6 +159,8 @@ def _attempt_publish(
     contract: JobContract,
     log_path: Path,
     outcome: StepOutcome,
+    *,
+    previous: Callable[[date], PreviousCounts | None] | None = None,
 ) -> None:
     """A date's job result: counted on the outcome, reconciled, guarded, then published atomically."""
     result = _job_result_read(attempt, log_path, contract)
@@ -165,7 +176,11 @@ def _attempt_publish(
         config=config,
         business_date=business_date,
         counts=datasets,
-        previous=lambda: guards_previous(config=config, business_date=business_date),
+        previous=lambda: (
+            previous(business_date)
+            if previous
+            else guards_previous(config=config, business_date=business_date)
+        ),
         outcome=outcome,
     )
     manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract)
