@@ -29,6 +29,9 @@ class ExtractState:
 
     state: dict[str, Any] | None
     previous_fields: dict[str, str] | None
+    # The date whose partition record `state` comes from: the date itself (its `state_in`, a re-run) or the
+    # latest earlier one (its `state_out`); None when there is none (the connector's configured start).
+    state_date: date | None = None
 
 
 def extract_state_lookup(*, config: PipelineConfig, dataset: str, business_date: date) -> ExtractState:
@@ -38,10 +41,16 @@ def extract_state_lookup(*, config: PipelineConfig, dataset: str, business_date:
     same = rows.filter(business_date=business_date).first()
     before = rows.filter(business_date__lt=business_date).order_by("-business_date").first()
     if same is not None:
-        state = same.state_in
+        state, state_date = same.state_in, business_date
+    elif before is not None:
+        state, state_date = before.state_out, before.business_date
     else:
-        state = before.state_out if before is not None else None
-    return ExtractState(state=state, previous_fields=before.source_fields if before is not None else None)
+        state, state_date = None, None
+    return ExtractState(
+        state=state,
+        previous_fields=before.source_fields if before is not None else None,
+        state_date=state_date,
+    )
 
 
 def guards_previous(*, config: PipelineConfig, business_date: date) -> PreviousCounts | None:

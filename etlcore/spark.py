@@ -31,6 +31,13 @@ _SECRET_CONF = re.compile(
     r"(secret|password|token|credential|access\.key|^spark\.executorEnv\.)", re.IGNORECASE
 )
 JOBS_PACKAGE = "spark_jobs"
+# What a submit writes before spark-submit starts (named here so `--dry-run` shows them without writing them):
+# each date's job spec in its work dir, the zipped jobs package under the staging root, and the secret
+# settings in a private temporary directory.
+SPEC_FILE = "_spec.json"
+JOBS_ARCHIVE = f"{JOBS_PACKAGE}.zip"
+PRIVATE_DIR_PREFIX = "etl-spark-"
+PROPERTIES_FILE = "secret.properties"
 # What a job run over several dates leaves in a date's work dir when that date failed (spark_jobs main()).
 FAILED_FILE = "_failed.json"
 CHILD_GUARD = Path(child_guard.__file__)
@@ -79,7 +86,7 @@ def jobs_archive(build_dir: Path) -> Path:
     package_dir = Path(importlib.util.find_spec(JOBS_PACKAGE).origin).parent
     sources = sorted(p for p in package_dir.rglob("*.py"))
     build_dir.mkdir(parents=True, exist_ok=True)
-    archive = build_dir / f"{JOBS_PACKAGE}.zip"
+    archive = build_dir / JOBS_ARCHIVE
     tmp = archive.with_suffix(f".{os.getpid()}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sources:
@@ -204,10 +211,15 @@ def submit_command(
     return command
 
 
+def jobs_build_dir(config: PipelineConfig) -> Path:
+    """Where the submit zips the jobs package (:func:`jobs_archive`)."""
+    return config.staging_root / "_build"
+
+
 def properties_write(conf: Mapping[str, str], directory: Path) -> Path:
     """The secret settings as a Java properties file readable by this user only (created 0600, without
     following a symlink), in a private directory the caller removes after the submit."""
-    path = directory / "secret.properties"
+    path = directory / PROPERTIES_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         for key, value in conf.items():
@@ -282,17 +294,17 @@ def jobs_submit(
     date raises; the caller reads each date's outcome."""
     spec_paths = []
     for spec, work_dir in jobs:
-        spec_path = work_dir / "_spec.json"
+        spec_path = work_dir / SPEC_FILE
         spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
         spec_paths.append(spec_path)
-    private = Path(tempfile.mkdtemp(prefix="etl-spark-"))  # 0700
+    private = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))  # 0700
     try:
         conf = submit_conf(config)
         properties = properties_write(conf, private) if any(map(conf_is_secret, conf)) else None
         command = submit_command(
             config,
             spec_path=spec_paths,
-            py_files=jobs_archive(config.staging_root / "_build"),
+            py_files=jobs_archive(jobs_build_dir(config)),
             properties_file=properties,
         )
         try:

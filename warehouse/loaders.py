@@ -27,11 +27,12 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 
 from .errors import LoadStrategyError, MissingDimensionError, PseudonymKeyMismatchError
 from .loading import portable, postgres
 from .loading.specs import (
+    DAILY_SALES,
     DIMENSIONS,
     FACTS,
     FactLoad,
@@ -40,9 +41,16 @@ from .loading.specs import (
     dim_date_row,
     fault_point,
 )
-from .models import LoadedPartition, PseudonymKey
+from .models import DimDate, LoadedPartition, PseudonymKey, QuarantinedRow
 
-__all__ = ["LoadResult", "MissingDimensionError", "date_key", "dim_date_row", "partition_load"]
+__all__ = [
+    "LoadResult",
+    "MissingDimensionError",
+    "date_key",
+    "dim_date_row",
+    "loaded_models",
+    "partition_load",
+]
 
 Strategy = Literal["auto", "copy", "portable"]
 
@@ -98,6 +106,19 @@ def partition_load(
             result = _load_portable(using, outputs, pipeline, business_date, run_id)
         fault_point("before_commit")
     return result
+
+
+def loaded_models() -> list[type[models.Model]]:
+    """Every model a load may write a row of (what `manage.py <step> --dry-run` names as its tables)."""
+    return [
+        DimDate,
+        LoadedPartition,
+        PseudonymKey,
+        *(dim.model for dim in DIMENSIONS),
+        *(fact.model for fact in FACTS),
+        DAILY_SALES.model,
+        QuarantinedRow,
+    ]
 
 
 def _load_copy(connection, outputs, pipeline: str, business_date: date, run_id: int | None) -> LoadResult:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.config import pipeline_load
 from etlcore.database import database_check, pipeline_database
 from etlcore.errors import USER_ERRORS, RunTerminated
 from etlcore.guards import guard_lines
 from etlcore.models import PipelineRun
-from etlcore.services.pipeline import pipeline_execute
+from etlcore.services.pipeline import business_date_parse, pipeline_execute
+from etlcore.services.plan import pipeline_plan, plan_lines
 
 
 class PipelineStepCommand(BaseCommand):
@@ -27,8 +29,17 @@ class PipelineStepCommand(BaseCommand):
             metavar="YYYY-MM-DD",
             help="business date to process (default: yesterday in the pipeline's time zone)",
         )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print what the run would do (dates, sources and their windows from the saved state, "
+            "staging paths, the masked spark-submit command, warehouse tables) and touch nothing",
+        )
 
     def handle(self, *args, pipeline: str, business_date: str | None, **options) -> None:
+        if options.get("dry_run"):
+            self.dry_run(pipeline=pipeline, business_date=business_date)
+            return
         self.run_one(pipeline=pipeline, business_date=business_date)
 
     def run_one(self, *, pipeline: str, business_date: str | None, steps=None, resumed_from=None) -> None:
@@ -51,6 +62,19 @@ class PipelineStepCommand(BaseCommand):
             for kind, line in guard_lines(step.details or {}):
                 if kind == "warn":
                     self.stdout.write(self.style.WARNING(line))
+
+    def dry_run(self, *, pipeline: str, business_date: str | None = None, dates=None, steps=None) -> None:
+        """The plan of the run, printed: no lock, no run record, no file (etlcore/services/plan.py).
+        `dates`: a callable of the pipeline's configuration giving the dates (a backfill's, --nightly's)."""
+        try:
+            config = pipeline_load(pipeline)
+            database_check(using=config.database)
+            days = dates(config) if dates else [business_date_parse(business_date, config=config)]
+            plan = pipeline_plan(config=config, dates=days, steps=steps or self.steps)
+        except USER_ERRORS as exc:
+            raise command_error(exc) from exc
+        for line in plan_lines(plan):
+            self.stdout.write(line)
 
     @property
     def command_name(self) -> str:

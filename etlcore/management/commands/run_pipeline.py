@@ -77,6 +77,8 @@ class Command(PipelineStepCommand):
             raise CommandError("--continue-on-failure applies to a backfill (--from/--to)", returncode=2)
         if not (ranged or nightly or resume is not None):
             return super().handle(*args, pipeline=pipeline, business_date=business_date, **options)
+        if options.get("dry_run"):
+            return self._dry_run(pipeline, first_date, last_date, nightly, resume)
         try:
             database_check(using=pipeline_database(pipeline=pipeline))
             if resume is not None:
@@ -89,6 +91,35 @@ class Command(PipelineStepCommand):
             self._backfill(pipeline, days, continue_on_failure=continue_on_failure)
         except (*USER_ERRORS, RunTerminated) as exc:
             raise command_error(exc) from exc
+
+    def _dry_run(
+        self, pipeline: str, first_date: str | None, last_date: str | None, nightly: bool, resume: int | None
+    ) -> None:
+        """The plan of a backfill, a nightly catch-up or a resume; nothing is run or written."""
+        if resume is not None:
+            try:
+                failed, steps = run_resumable(run_id=resume, using=pipeline_database(pipeline=pipeline))
+            except USER_ERRORS as exc:
+                raise command_error(exc) from exc
+            if not steps:
+                self.stdout.write(f"nothing to do: run #{failed.pk} {failed.status}")
+                return
+            day = failed.business_date.isoformat()
+            return self.dry_run(pipeline=failed.pipeline, business_date=day, steps=steps)
+        if nightly:
+            try:
+                if not nightly_dates(config=pipeline_load(pipeline)):
+                    self.stdout.write(f"nothing to do: {pipeline} has loaded yesterday's date already")
+                    return
+            except USER_ERRORS as exc:
+                raise command_error(exc) from exc
+            return self.dry_run(pipeline=pipeline, dates=lambda config: nightly_dates(config=config))
+        self.dry_run(
+            pipeline=pipeline,
+            dates=lambda config: dates_between(
+                business_date_parse(first_date, flag="--from"), business_date_parse(last_date, flag="--to")
+            ),
+        )
 
     def _nightly(self, pipeline: str) -> None:
         days = nightly_dates(config=pipeline_load(pipeline))
