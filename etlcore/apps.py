@@ -1,7 +1,13 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 
 
 class EtlcoreConfig(AppConfig):
     name = "etlcore"
     verbose_name = "ETL runs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .database import sqlite_files_private
+
+        connection_created.connect(sqlite_files_private, dispatch_uid="etlcore.sqlite_files_private")

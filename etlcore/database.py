@@ -6,6 +6,7 @@ and a database that is down is a psycopg one; both become one line naming the al
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from django.db.migrations.executor import MigrationExecutor
 
 from .config import pipeline_load
 from .errors import USER_ERRORS, DatabaseNotReady
+from .files import file_tighten
 from .models import PipelineRun
 
 
@@ -60,6 +62,21 @@ def database_label(config: Mapping[str, Any]) -> str:
     user = f"{config['USER']}@" if config.get("USER") else ""
     port = f":{config['PORT']}" if config.get("PORT") else ""
     return f"{engine} {user}{config.get('HOST') or 'localhost'}{port}/{config.get('NAME', '')}"
+
+
+# SQLite gives its journal, WAL and shared-memory files the database file's mode, so the file itself is
+# what must be private.
+SQLITE_COMPANIONS = ("", "-journal", "-wal", "-shm")
+
+
+def sqlite_files_private(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """`connection_created` receiver: a SQLite database file is made 0600 as soon as it is opened, whatever
+    the umask it was created under (`sqlite3.connect` creates it empty, before any row is written)."""
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return
+    name = Path(str(connection.settings_dict["NAME"]))
+    for suffix in SQLITE_COMPANIONS:
+        file_tighten(name.with_name(name.name + suffix))
 
 
 def _unapplied(connection) -> list:

@@ -29,6 +29,7 @@ __all__ = [
     "RunTerminated",
     "SourceError",
     "SparkJobError",
+    "UnsafePath",
     "VolumeGuardError",
 ]
 
@@ -109,3 +110,8 @@ class ReconciliationError(EtlError):
 class VolumeGuardError(EtlError):
     """A dataset's figures broke a volume guard declared `on_breach = "fail"` (an empty or truncated
     export, most rows quarantined): the message names the pipeline, dataset, date, figure and bound."""
+
+
+class UnsafePath(EtlError):
+    """A lock or temporary file's path is a symbolic link: it is refused, never followed, so a link planted
+    there cannot make the run write through it (etlcore/files.py)."""

@@ -27,6 +27,7 @@ from django.db import connections
 from django.utils import timezone
 
 from .errors import PipelineBusy
+from .files import private_dirs, private_open
 from .models import PipelineRun, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,10 @@ def lock_try(*, pipeline: str, using: str) -> HeldLock | None:
             return None
         return HeldLock(pipeline=pipeline, using=using, handle=conn, kind="advisory")
     path = lock_file(pipeline=pipeline, using=using)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children (PEP 446)
+    # `<db>.locks/` is the project's own folder (0700, tightened); ETL_LOCK_DIR may be shared: only made.
+    shared = path.parent == Path(settings.ETL_LOCK_DIR)
+    private_dirs(path.parent, owned_from=None if shared else path.parent)
+    fd = private_open(path, os.O_RDWR | os.O_CREAT)  # 0600, no symlink, not inherited by children
     deadline = time.monotonic() + FILE_LOCK_GRACE_SECONDS
     while True:
         try:
@@ -168,7 +171,7 @@ def lock_held(*, pipeline: str, using: str) -> bool:
             return cursor.fetchone()[0]
     path = lock_file(pipeline=pipeline, using=using)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = private_open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:

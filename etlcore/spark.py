@@ -24,6 +24,7 @@ from django.conf import settings
 from . import child_guard
 from .config import PipelineConfig
 from .errors import ConfigurationError, SparkJobError
+from .files import PRIVATE_UMASK, private_dirs, private_open, private_write
 
 # Secret-looking `[spark.conf]` keys: their values go to spark-submit in a file only the user can read, never
 # on its command line (which every local user can read in `ps`), and are masked in logs and records.
@@ -85,10 +86,11 @@ def jobs_archive(build_dir: Path) -> Path:
     """Zip the spark_jobs package for --py-files, so executors on a cluster can import it."""
     package_dir = Path(importlib.util.find_spec(JOBS_PACKAGE).origin).parent
     sources = sorted(p for p in package_dir.rglob("*.py"))
-    build_dir.mkdir(parents=True, exist_ok=True)
+    private_dirs(build_dir, owned_from=build_dir)
     archive = build_dir / JOBS_ARCHIVE
     tmp = archive.with_suffix(f".{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    fd = private_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sources:
             zf.write(path, Path(JOBS_PACKAGE) / path.relative_to(package_dir))
     os.replace(tmp, archive)  # concurrent submits never see a half-written zip
@@ -152,6 +154,9 @@ def default_conf(master: str) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.extraJavaOptions": _JIT_HUGE_METHODS,
         "spark.executor.extraJavaOptions": _JIT_HUGE_METHODS,
+        # Hadoop's local file system sets the mode of what it writes from this, not from the process's
+        # umask (its default, 022, makes the transformed Parquet files 0644 and their folders 0755).
+        "spark.hadoop.fs.permissions.umask-mode": f"{PRIVATE_UMASK:03o}",
     }
     cores = local_cores(master)
     if cores is not None:
@@ -295,7 +300,7 @@ def jobs_submit(
     spec_paths = []
     for spec, work_dir in jobs:
         spec_path = work_dir / SPEC_FILE
-        spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+        private_write(spec_path, json.dumps(spec, indent=2, sort_keys=True))
         spec_paths.append(spec_path)
     private = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))  # 0700
     try:
@@ -327,9 +332,10 @@ def jobs_submit(
 def _command_run(
     config: PipelineConfig, command: list[str], env: dict[str, str], log_path: Path, timeout: float | None
 ) -> SubmitResult:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline_dir = config.staging_root / config.name
+    private_dirs(log_path.parent, owned_from=pipeline_dir if pipeline_dir in log_path.parents else None)
     started = time.monotonic()
-    with open(log_path, "wb") as log:
+    with os.fdopen(private_open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as log:
         log.write(("$ " + " ".join(mask_command(command)) + "\n").encode())
         log.flush()
         # Through the guard (etlcore/child_guard.py): the JVM and its Python driver die with this process,
@@ -339,6 +345,7 @@ def _command_run(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            umask=PRIVATE_UMASK,  # what the JVM and the job's Python driver create is private too
         )
         try:
             returncode = proc.wait(timeout=timeout)

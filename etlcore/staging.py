@@ -4,6 +4,9 @@ A partition is `<root>/<pipeline>/<layer>/[<dataset>/]date=YYYY-MM-DD/`. Writers
 `attempt-<token>/` directory, make it durable, then replace `_manifest.json` in one `os.replace`, then
 remove older attempts. Readers trust only the manifest, so they see the previous complete partition or the
 new complete one, never a half-written one.
+
+Every file here is 0600 and every folder 0700 (etlcore/files.py): the pipeline's folder under the root is
+the project's own and is tightened when a writer finds it wider; the root's parents are never changed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import PartitionNotFound
+from .files import DIR_MODE, private_create, private_dirs, private_open, private_write
 
 MANIFEST = "_manifest.json"
 ATTEMPT_PREFIX = "attempt-"
@@ -122,7 +126,7 @@ def partition_attempt(ref: PartitionRef) -> Iterator[Path]:
     it the partition's folder and lock file when nothing was ever published there."""
     with partition_lock(ref):
         attempt = ref.dir / f"{ATTEMPT_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        attempt.mkdir()
+        attempt.mkdir(DIR_MODE)
         try:
             yield attempt
         except BaseException:
@@ -145,23 +149,23 @@ def partition_lock(ref: PartitionRef) -> Iterator[None]:
     path = ref.dir / LOCK
     while True:
         try:
-            ref.dir.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a")  # noqa: SIM115 (held for the whole block)
+            private_dirs(ref.dir, owned_from=ref.root / ref.pipeline)
+            fd = private_open(path, os.O_RDWR | os.O_CREAT)
         except FileNotFoundError:
             continue  # a failed writer removed the folder between our mkdir and open
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             current = os.stat(path)
         except FileNotFoundError:
             current = None
-        held = os.fstat(handle.fileno())
+        held = os.fstat(fd)
         if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
             break
-        handle.close()
+        os.close(fd)
     try:
         yield
     finally:
-        handle.close()
+        os.close(fd)
 
 
 def partition_unpublished_remove(ref: PartitionRef) -> None:
@@ -190,7 +194,7 @@ def partition_publish(ref: PartitionRef, manifest: Manifest, attempt: Path) -> N
     for directory in [*sorted(p for p in attempt.rglob("*") if p.is_dir()), attempt]:
         _fsync_dir(directory)
     tmp = ref.dir / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    private_write(tmp, manifest.to_json(), exclusive=True)
     _fsync_file(tmp)
     os.replace(tmp, ref.manifest_path)
     _fsync_dir(ref.dir)
@@ -201,7 +205,7 @@ def attempts_prune(ref: PartitionRef, *, keep: Path) -> bool:
     """Remove the partition's attempts other than `keep`, unless a reader holds the partition: a Spark
     job or a load may be reading the attempt the previous manifest named. Then they stay until the next
     publish finds no reader. Returns whether they were removed."""
-    fd = os.open(ref.dir / READERS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    fd = private_open(ref.dir / READERS_LOCK, os.O_RDONLY | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -224,7 +228,7 @@ def partitions_reading(refs: Iterable[PartitionRef]) -> Iterator[None]:
         for ref in sorted(refs, key=lambda r: str(r.dir)):
             if not ref.manifest_path.exists():
                 continue
-            fd = os.open(ref.dir / READERS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+            fd = private_open(ref.dir / READERS_LOCK, os.O_RDONLY | os.O_CREAT)
             stack.callback(os.close, fd)
             fcntl.flock(fd, fcntl.LOCK_SH)
         yield
@@ -246,6 +250,7 @@ def raw_partition_write(
     `to_staging_batch`), and arrive here as `schema` and `batches`."""
     with partition_attempt(ref) as attempt:
         data_file = attempt / "part-00000.parquet"
+        private_create(data_file)  # 0600 before pyarrow opens it (O_TRUNC keeps the mode)
         rows = 0
         with pq.ParquetWriter(data_file, schema, compression="zstd") as writer:
             for batch in batches:

@@ -566,7 +566,10 @@ def _check_constraints(spec: Mapping[str, Any], options: RetailOptions) -> None:
 
 def _write_json_atomically(path: str, payload: Mapping[str, Any]) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # 0600, not through a link: the work dir holds customer data (etlcore/files.py, which this package
+    # cannot import, says why).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()

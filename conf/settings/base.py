@@ -51,7 +51,7 @@ WSGI_APPLICATION = "conf.wsgi.application"
 
 # SQLite is the embedded default; DATABASE_URL (postgres://user@host:port/db) switches the warehouse.
 if not os.environ.get("DATABASE_URL"):
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the database: private when made here
 try:
     DATABASES = {
         "default": dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..errors import RunTerminated
+from ..files import umask_private
 from ..locks import HeldLock, pipeline_lock
 from ..models import Backfill, PipelineRun
 from ..runs import error_text, run_finish, run_start, runs_abandon
@@ -51,8 +52,13 @@ def signals_trapped() -> Iterator[None]:
 
 @contextmanager
 def pipeline_controlled(*, config: PipelineConfig) -> Iterator[HeldLock]:
-    """Hold the pipeline's lock (or raise `PipelineBusy`, exit 75), with the termination signals trapped."""
-    with signals_trapped(), pipeline_lock(pipeline=config.name, using=config.database) as lock:
+    """Hold the pipeline's lock (or raise `PipelineBusy`, exit 75), with the termination signals trapped
+    and a 0o077 umask: what the run and its Spark job create is private to this user (etlcore/files.py)."""
+    with (
+        umask_private(),
+        signals_trapped(),
+        pipeline_lock(pipeline=config.name, using=config.database) as lock,
+    ):
         yield lock
 
 
