@@ -50,7 +50,7 @@ def good_text(**parts) -> str:
 
 # --- unknown keys: each typo the issue lists, through pipeline_parse --------------------------------------
 
-TOP_KEYS = "name, description, timezone, staging_root, extract_workers, spark, warehouse, datasets"
+TOP_KEYS = "name, description, timezone, staging_root, extract_workers, spark, warehouse, run, datasets"
 
 
 @pytest.mark.parametrize(
@@ -394,7 +394,9 @@ def documented_keys(heading: str) -> set[str]:
 @pytest.mark.parametrize(
     ("heading", "declared", "undocumented"),
     [
-        ("## Top level", PIPELINE.keys, {"spark", "warehouse", "datasets"}),
+        ("## Top level", PIPELINE.keys, {"spark", "warehouse", "run", "datasets"}),
+        ("## `[run]`", PIPELINE.keys["run"].keys, {"retries"}),
+        ("### `[run.retries]`", PIPELINE.keys["run"].keys["retries"].keys, set()),
         ("## `[spark]`", PIPELINE.keys["spark"].keys, set()),
         ("## `[warehouse]`", PIPELINE.keys["warehouse"].keys, set()),
         ("## `[datasets.<name>]`", DATASET.keys, {"source", "columns", "rules"}),
@@ -421,7 +423,20 @@ def documented_keys(heading: str) -> set[str]:
         ),
         ("## Incremental extraction", INCREMENTAL_OPTIONS.keys, set()),
     ],
-    ids=["top", "spark", "warehouse", "dataset", "columns", "file", "rest", "postgres", "s3", "incremental"],
+    ids=[
+        "top",
+        "run",
+        "retries",
+        "spark",
+        "warehouse",
+        "dataset",
+        "columns",
+        "file",
+        "rest",
+        "postgres",
+        "s3",
+        "incremental",
+    ],
 )
 def test_every_declared_key_is_documented_and_every_documented_key_declared(heading, declared, undocumented):
     assert documented_keys(heading) == set(declared) - undocumented
