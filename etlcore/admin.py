@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import PipelineRun, StagedPartition, StepRun
+from .models import Backfill, PipelineRun, StagedPartition, StepRun
 from .selectors import run_status_shown
 
 
@@ -8,7 +8,17 @@ class StepRunInline(admin.TabularInline):
     model = StepRun
     extra = 0
     can_delete = False
-    fields = ("step", "status", "started_at", "finished_at", "rows_in", "rows_out", "rows_rejected", "error")
+    fields = (
+        "step",
+        "status",
+        "attempts",
+        "started_at",
+        "finished_at",
+        "rows_in",
+        "rows_out",
+        "rows_rejected",
+        "error",
+    )
     readonly_fields = fields
     show_change_link = True
 
@@ -24,8 +34,11 @@ class PipelineRunAdmin(admin.ModelAdmin):
         "started_at",
         "heartbeat_at",
         "duration_seconds",
+        "backfill",
+        "resumed_from",
     )
     list_filter = ("status", "pipeline", "command")
+    list_select_related = ("backfill",)
     date_hierarchy = "started_at"
     search_fields = ("pipeline", "error")
     readonly_fields = [f.name for f in PipelineRun._meta.fields]
@@ -43,9 +56,53 @@ class PipelineRunAdmin(admin.ModelAdmin):
         return False
 
 
+class BackfillRunInline(admin.TabularInline):
+    """The run of each date of a backfill, in date order."""
+
+    model = PipelineRun
+    fk_name = "backfill"
+    extra = 0
+    can_delete = False
+    fields = ("business_date", "status", "started_at", "finished_at", "error")
+    readonly_fields = fields
+    ordering = ("business_date",)
+    show_change_link = True
+
+
+@admin.register(Backfill)
+class BackfillAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "pipeline",
+        "first_date",
+        "last_date",
+        "command",
+        "status",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "pipeline")
+    date_hierarchy = "started_at"
+    readonly_fields = [f.name for f in Backfill._meta.fields]
+    inlines = [BackfillRunInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
 @admin.register(StepRun)
 class StepRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "run", "step", "status", "rows_in", "rows_out", "rows_rejected", "duration_seconds")
+    list_display = (
+        "id",
+        "run",
+        "step",
+        "status",
+        "attempts",
+        "rows_in",
+        "rows_out",
+        "rows_rejected",
+        "duration_seconds",
+    )
     list_filter = ("status", "step")
     readonly_fields = [f.name for f in StepRun._meta.fields]
 

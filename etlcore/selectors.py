@@ -124,7 +124,7 @@ def quarantine_select(
 
 
 def runs_latest(*, pipeline: str | None = None, limit: int = 20, using: str = "default") -> list[PipelineRun]:
-    runs = PipelineRun.objects.using(using).prefetch_related("steps")
+    runs = PipelineRun.objects.using(using).select_related("backfill").prefetch_related("steps")
     if pipeline:
         runs = runs.filter(pipeline=pipeline)
     return list(runs.order_by("-started_at", "-id")[:limit])

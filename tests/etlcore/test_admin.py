@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 import pytest
 from django.utils import timezone
 
-from etlcore.models import PipelineRun, StagedPartition, StepRun
+from etlcore.models import Backfill, PipelineRun, StagedPartition, StepRun
 from tests.admin_pages import assert_every_column_shows_a_value, registered
 
 pytestmark = pytest.mark.django_db
@@ -38,6 +39,22 @@ def test_admin_lists_runs_and_shows_their_steps(admin_client):
 
 @pytest.mark.parametrize("model", registered("etlcore"), ids=lambda m: m._meta.model_name)
 def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
+    backfill = Backfill.objects.create(
+        pipeline="retail_demo",
+        first_date=date(2026, 11, 1),
+        last_date=date(2026, 11, 2),
+        command="run_pipeline",
+        started_at=timezone.now() - timedelta(seconds=4),
+        finished_at=timezone.now(),
+        status="succeeded",
+    )
+    failed = PipelineRun.objects.create(
+        pipeline="retail_demo",
+        business_date=date(2026, 11, 1),
+        command="run_pipeline",
+        started_at=timezone.now() - timedelta(seconds=4),
+        status="failed",
+    )
     run = PipelineRun.objects.create(
         pipeline="retail_demo",
         business_date=date(2026, 11, 1),
@@ -46,6 +63,8 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
         heartbeat_at=timezone.now() - timedelta(seconds=1),
         finished_at=timezone.now(),
         status="succeeded",
+        backfill=backfill,
+        resumed_from=failed,
     )
     StepRun.objects.create(
         run=run,
@@ -56,6 +75,7 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
         rows_in=3,
         rows_out=2,
         rows_rejected=1,
+        attempts=2,
     )
     StagedPartition.objects.create(
         pipeline="retail_demo",
@@ -72,7 +92,7 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
 
 def test_the_column_test_covers_every_etlcore_admin():  # an empty parametrize would pass silently
     names = [m._meta.model_name for m in registered("etlcore")]
-    assert names == ["pipelinerun", "stagedpartition", "steprun"]
+    assert names == ["backfill", "pipelinerun", "stagedpartition", "steprun"]
 
 
 @pytest.mark.django_db(databases="__all__")
@@ -92,3 +112,31 @@ def test_admin_shows_a_running_run_whose_pipeline_lock_is_free_as_abandoned_with
     assert f"abandoned (last seen {seen:%Y-%m-%d %H:%M:%S}" in listing
     run.refresh_from_db()
     assert run.status == "running"  # showing it is not recording it: the next run of the pipeline does
+
+
+def test_a_backfill_page_lists_the_run_of_each_date_and_a_run_shows_its_attempts(admin_client):
+    backfill = Backfill.objects.create(
+        pipeline="retail_demo",
+        first_date=date(2026, 11, 1),
+        last_date=date(2026, 11, 2),
+        command="run_pipeline",
+        started_at=timezone.now(),
+        status="failed",
+        error="2026-11-02 run #2 failed at extract: source 'products': no file matches",
+    )
+    for day, status in ((date(2026, 11, 2), "failed"), (date(2026, 11, 1), "succeeded")):
+        run = PipelineRun.objects.create(
+            pipeline="retail_demo",
+            business_date=day,
+            command="run_pipeline",
+            started_at=timezone.now(),
+            status=status,
+            backfill=backfill,
+        )
+        StepRun.objects.create(run=run, step="extract", started_at=timezone.now(), status=status, attempts=3)
+
+    page = admin_client.get(f"/admin/etlcore/backfill/{backfill.pk}/change/").content.decode()
+    assert page.index("Nov. 1, 2026") < page.index("Nov. 2, 2026")  # in date order
+    assert "failed at extract: source &#x27;products&#x27;: no file matches" in page
+    run_page = admin_client.get(f"/admin/etlcore/pipelinerun/{run.pk}/change/").content.decode()
+    assert re.search(r'<td class="field-attempts">\s*<p>3</p>', run_page)

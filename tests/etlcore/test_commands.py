@@ -434,3 +434,36 @@ def test_demo_extract_reports_no_schema_drift_about_the_demo_s_own_data(
     assert step.status == "succeeded" and step.details["order_lines"]["rows"] > 0
     assert "drift" not in caplog.text
     assert not any("drift" in details for details in step.details.values() if isinstance(details, dict))
+
+
+def test_pipeline_status_says_which_backfill_ran_a_date_which_run_it_resumes_and_how_many_attempts(db_alias):
+    from django.utils import timezone
+
+    from etlcore.models import Backfill
+
+    now = timezone.now()
+    backfill = Backfill.objects.using(db_alias).create(
+        pipeline="shop",
+        first_date=date(2026, 11, 1),
+        last_date=date(2026, 11, 3),
+        command="run_pipeline",
+        status="failed",
+        started_at=now,
+    )
+    failed = PipelineRun.objects.using(db_alias).create(
+        pipeline="shop", command="run_pipeline", status="failed", started_at=now, backfill=backfill
+    )
+    resumed = PipelineRun.objects.using(db_alias).create(
+        pipeline="shop", command="run_pipeline", status="succeeded", started_at=now, resumed_from=failed
+    )
+    StepRun.objects.using(db_alias).create(run=resumed, step="transform", status="succeeded", started_at=now)
+    StepRun.objects.using(db_alias).create(
+        run=resumed, step="load", status="succeeded", started_at=now, attempts=2
+    )
+
+    lines = [line.strip() for line in run_command("pipeline_status", "--database", db_alias).splitlines()]
+
+    assert f"backfill #{backfill.pk} 2026-11-01..2026-11-03 (failed)" in lines
+    assert f"resumes run #{failed.pk}" in lines
+    steps = {line.split()[0]: line for line in lines if line.split()[0] in ("transform", "load")}
+    assert steps["load"].endswith(" attempts=2") and "attempts" not in steps["transform"]

@@ -41,11 +41,14 @@ class Command(BaseCommand):
                     f"{status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}"
                 )
             )
+            if run.backfill_id is not None or run.resumed_from_id is not None:
+                self.stdout.write(f"        {run_origin(run)}")
             for step in run.steps.all():
                 took = f"{step.duration_seconds:.1f}s" if step.duration_seconds is not None else "-"
                 self.stdout.write(
                     f"        {step.step:<10} {step.status:<9} {took:>7}  in={step.rows_in} "
                     f"out={step.rows_out} rejected={step.rows_rejected}"
+                    + (f" attempts={step.attempts}" if step.attempts > 1 else "")
                 )
                 for line in step_detail_lines(step.details or {}):
                     self.stdout.write(f"          {line}")
@@ -56,6 +59,17 @@ class Command(BaseCommand):
                     self.stdout.write(self.style.ERROR(f"        error: {step.error}"))
             if run.error and not any(s.error for s in run.steps.all()):
                 self.stdout.write(self.style.ERROR(f"        error: {run.error}"))
+
+
+def run_origin(run) -> str:
+    """Where a run belongs: the backfill that ran its date, the failed run it resumes."""
+    parts = []
+    if run.backfill_id is not None:
+        b = run.backfill
+        parts.append(f"backfill #{b.pk} {b.first_date}..{b.last_date} ({b.status})")
+    if run.resumed_from_id is not None:
+        parts.append(f"resumes run #{run.resumed_from_id}")
+    return ", ".join(parts)
 
 
 def _codes(counts: dict) -> str:
