@@ -29,6 +29,7 @@ from django.db import connections
 from etlcore.locks import lock_key
 from etlcore.models import PipelineRun, StepRun
 from tests.conftest import _postgres_or_skip
+from tests.etlcore.lock_contenders import contend
 from tests.etlcore.test_commands import publish_transformed
 from tests.pipelines import dataset, pipeline_write, sales_datasets
 from tests.warehouse.partitions import default_outputs, sale
@@ -292,6 +293,54 @@ def test_simultaneous_starts_leave_one_holder_and_every_other_exits_75_naming_it
     assert [(r["status"], r["pid"]) for r in runs] == [("succeeded", holder.pid)]
     assert named >= 1  # the holder writes its run at once: most refusals can name it
     print(f"{site.backend} {starts} starts: losers exited after {[round(s, 2) for s in seconds]} s")
+
+
+TRIALS = 50
+
+
+def test_fifty_trials_of_two_to_ten_simultaneous_starts_never_give_the_lock_to_two(site, record_property):
+    """The lock itself, many times over: ten spawned processes (their own Django, their own connections)
+    and 50 trials, each with 2 to 10 of them trying the pipeline's lock at the same instant. The holder
+    keeps it until every other has answered, so two holders in a trial would both report `took`; every
+    other must be refused, well within the second the issue promises (exit 75 on the full command: the
+    test above, with real manage.py starts)."""
+    import multiprocessing
+    import random
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    env = {k: v for k, v in site.env.items() if k.startswith(("DJANGO_", "DATABASE_", "ETL_"))}
+    workers = []
+    for _ in range(10):
+        orders = context.Queue()
+        proc = context.Process(target=contend, args=(env, "shop", orders, results), daemon=True)
+        proc.start()
+        workers.append((proc, orders))
+    try:
+        assert sorted(results.get(timeout=WAIT)[0] for _ in workers) == ["ready"] * 10
+        chooser = random.Random(13)
+        refusals: list[float] = []
+        for trial in range(TRIALS):
+            starters = chooser.sample(workers, chooser.randint(2, 10))
+            start_at = time.time() + 0.05
+            for _, orders in starters:
+                orders.put(("try", start_at))
+            answers = [results.get(timeout=WAIT) for _ in starters]
+            takers = [pid for outcome, pid, _ in answers if outcome == "took"]
+            assert len(takers) == 1, f"trial {trial}: {len(starters)} starts, holders {takers}"
+            refusals += [seconds for outcome, _, seconds in answers if outcome == "refused"]
+            (holder,) = [orders for proc, orders in starters if proc.pid == takers[0]]
+            holder.put(("release",))
+            assert results.get(timeout=WAIT) == ("released", takers[0], 0.0)
+    finally:
+        for _, orders in workers:
+            orders.put(None)
+        for proc, _ in workers:
+            proc.join(timeout=WAIT)
+            if proc.is_alive():
+                proc.kill()
+    record_property("slowest_refusal_seconds", max(refusals))
+    assert len(refusals) >= TRIALS and max(refusals) < 1.0, sorted(refusals)[-5:]
 
 
 def test_a_start_against_a_held_pipeline_is_refused_within_a_second(site, record_property):
