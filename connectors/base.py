@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import pyarrow as pa
 
 from .errors import ConfigurationError
 from .options import Table, table_check
+from .secrets import FILE_SUFFIX, secret_get
 
 # A batch of raw records as the source returned them (nested dicts/lists allowed) or, for tabular
 # sources, an Arrow record batch whose column names are the source's own.
@@ -128,8 +128,15 @@ def render_template(template: str, values: Mapping[str, Any], *, source: str, op
 
 
 def secret_from_env(variable: str | None, *, source: str, option: str) -> str:
-    """The value of the environment variable that a source's `option` names (secrets live only there)."""
-    value = os.environ.get(variable or "")
+    """The secret whose environment variable a source's `option` names (secrets live only there, or in
+    the file its `_FILE` twin names: connectors.secrets)."""
+    try:
+        value = secret_get(variable or "")
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"source {source!r}: {exc}") from None
     if not value:
-        raise ConfigurationError(f"source {source!r}: environment variable {variable} ({option}) is not set")
+        raise ConfigurationError(
+            f"source {source!r}: environment variable {variable} ({option}) is not set "
+            f"(nor {variable}{FILE_SUFFIX})"
+        )
     return value

@@ -18,6 +18,7 @@ from psycopg2 import sql
 from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, secret_from_env
 from .errors import ConfigurationError, SourceError, library_error_text
 from .options import TEXT, TEXT_LIST, WHOLE, OneOf, Table
+from .secrets import secret_get
 from .watermarks import Ties, fingerprint
 
 __all__ = ["OPTIONS", "PostgresConnector", "pg_connect"]
@@ -184,7 +185,10 @@ class PostgresConnector(Connector):
 
     def describe(self) -> str:
         """`postgres:user@host:port/db table schema.name` (or `query ...`); never the password."""
-        dsn = os.environ.get(self.dsn_env or "")
+        try:
+            dsn = secret_get(self.dsn_env or "")
+        except ConfigurationError:
+            dsn = ""  # the extract reports it; a description names the variable instead
         where = dsn_label(dsn) if dsn else f"${self.dsn_env}"
         if self.table is not None:
             return f"postgres:{where} table {'.'.join(self.table)}"

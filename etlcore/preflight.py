@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors import build_connector
+from connectors.secrets import secret_problem
 from spark_jobs.contract import CONTRACTS
 
 from .config import PipelineConfig
@@ -131,39 +132,36 @@ def job_check(*, config: PipelineConfig) -> list[Finding]:
 
 
 def pseudonym_key_check(*, config: PipelineConfig) -> list[Finding]:
-    env = config.spark.pseudonym_key_env
-    if os.environ.get(env):
+    problem = secret_problem(config.spark.pseudonym_key_env)
+    if problem is None:
         return []
     return [
         Finding(
             "pseudonym_key",
-            f"[spark] pseudonym_key_env: environment variable {env} is not set "
-            "(the key the customer pseudonyms are made with)",
+            f"[spark] pseudonym_key_env: {problem} (the key the customer pseudonyms are made with)",
         )
     ]
 
 
-def source_secret_variables(*, config: PipelineConfig) -> dict[str, dict[str, bool]]:
-    """Dataset -> {variable: set?} for every ``*_env`` option of its source (a preset's included)."""
-    found: dict[str, dict[str, bool]] = {}
+def source_secret_variables(*, config: PipelineConfig) -> dict[str, dict[str, str | None]]:
+    """Dataset -> {variable: why it cannot be read, None when it can} for every ``*_env`` option of its
+    source (a preset's included)."""
+    found: dict[str, dict[str, str | None]] = {}
     for dataset in config.datasets.values():
         try:
             connector = build_connector(name=dataset.name, options=dataset.source)
         except ETL_ERRORS:
             continue  # the extract reports it, naming the source
-        found[dataset.name] = {name: bool(os.environ.get(name)) for name in _env_options(connector.options)}
+        found[dataset.name] = {name: secret_problem(name) for name in _env_options(connector.options)}
     return found
 
 
 def source_secrets_check(*, config: PipelineConfig) -> list[Finding]:
     return [
-        Finding(
-            "source_secret",
-            f"[datasets.{dataset}.source]: environment variable {name} is not set",
-        )
+        Finding("source_secret", f"[datasets.{dataset}.source]: {problem}")
         for dataset, variables in source_secret_variables(config=config).items()
-        for name, is_set in variables.items()
-        if not is_set
+        for problem in variables.values()
+        if problem is not None
     ]
 
 

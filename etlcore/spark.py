@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import pyspark
 from django.conf import settings
 
+from connectors.secrets import secret_get
+
 from . import child_guard
 from .config import PipelineConfig
 from .errors import ConfigurationError, SparkJobError
@@ -260,6 +262,11 @@ def job_environment(config: PipelineConfig, environ: Mapping[str, str] | None = 
         for name, value in environ.items()
         if name in _CHILD_ENV_NAMES or name.startswith(_CHILD_ENV_PREFIXES) or name in wanted
     }
+    # A secret given as a file (`NAME_FILE`) reaches the job as NAME: the job reads variables only.
+    for name in sorted(wanted - env.keys()):
+        value = secret_get(name, environ)
+        if value:
+            env[name] = value
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     return env

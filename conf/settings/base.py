@@ -8,6 +8,9 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from connectors.errors import ConfigurationError
+from connectors.secrets import secret_get
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 VAR_DIR = Path(os.environ.get("ETL_VAR_DIR") or BASE_DIR / "var")
 
@@ -49,13 +52,18 @@ TEMPLATES = [
 ]
 WSGI_APPLICATION = "conf.wsgi.application"
 
-# SQLite is the embedded default; DATABASE_URL (postgres://user@host:port/db) switches the warehouse.
-if not os.environ.get("DATABASE_URL"):
-    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the database: private when made here
+# SQLite is the embedded default; DATABASE_URL (postgres://user@host:port/db), or the file that
+# DATABASE_URL_FILE names, switches the warehouse.
+# Lower-case: not a setting, so that `diffsettings` and error pages never show the password.
 try:
-    DATABASES = {
-        "default": dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0)
-    }
+    _database_url = secret_get("DATABASE_URL")
+except ConfigurationError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+if not _database_url:
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the database: private when made here
+_database_url = _database_url or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
 except ValueError as exc:  # the message quotes no part of the URL, so no password reaches a log
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django can use: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":

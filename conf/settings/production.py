@@ -6,13 +6,20 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
+from connectors.errors import ConfigurationError
+from connectors.secrets import secret_get
+
 from .base import *  # noqa: F403
 
 
 def _required(name: str) -> str:
-    value = os.environ.get(name)
+    """A secret from `$name` or the file `$name_FILE` names; production has no default for any."""
+    try:
+        value = secret_get(name)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
     if not value:
-        raise ImproperlyConfigured(f"environment variable {name} is required in production")
+        raise ImproperlyConfigured(f"environment variable {name} (or {name}_FILE) is required in production")
     return value
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,7 @@ from connectors.records import (
     staging_schema,
     to_staging_batch,
 )
+from connectors.secrets import secret_get
 
 from .. import staging
 from ..config import DatasetConfig, PipelineConfig
@@ -105,12 +105,12 @@ def pseudonym_key_read(config: PipelineConfig) -> bytes | None:
     if not personal:
         return None
     env = config.spark.pseudonym_key_env
-    key = os.environ.get(env, "")
+    key = secret_get(env)
     if not key:
         listed = "; ".join(f"{name}: {', '.join(columns)}" for name, columns in personal.items())
         raise ConfigurationError(
-            f"pipeline {config.name!r}: environment variable {env} is not set; personal columns ({listed}) "
-            "are staged as pseudonyms made with it"
+            f"pipeline {config.name!r}: environment variable {env} (or {env}_FILE) is not set; personal "
+            f"columns ({listed}) are staged as pseudonyms made with it"
         )
     return key.encode("utf-8")
 

@@ -4,7 +4,6 @@ every staged row is accounted for and the volume guards pass."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import date
@@ -13,6 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from connectors.secrets import secret_get
 from spark_jobs.contract import JobContract, job_contract, pseudonym_key_fingerprint
 from warehouse.errors import PseudonymKeyMismatchError
 from warehouse.loading.specs import output_constraints
@@ -191,7 +191,7 @@ def pseudonym_key_expect(*, config: PipelineConfig) -> None:
     """Refuse, before Spark starts, a key other than the one the warehouse's customers were made with (the
     load refuses it too, by the fingerprint the job reports). An unset key is the preflight's to report."""
     env = config.spark.pseudonym_key_env
-    key = os.environ.get(env, "")
+    key = secret_get(env)
     held = pseudonym_key_held(config=config)
     if not key or held is None:
         return

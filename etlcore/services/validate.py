@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors import build_connector
+from connectors.secrets import secret_problem
 from spark_jobs.contract import CONTRACTS
 
 from .. import staging
@@ -78,8 +79,8 @@ def pipeline_plan(*, config: PipelineConfig) -> list[str]:
         except ETL_ERRORS as exc:
             source = f"not buildable: {exc}"
         variables = ", ".join(
-            f"{name} ({'set' if is_set else 'NOT SET'})"
-            for name, is_set in secrets.get(dataset.name, {}).items()
+            f"{name} ({'NOT SET' if problem else 'set'})"
+            for name, problem in secrets.get(dataset.name, {}).items()
         )
         key = ", ".join(dataset.key) or "none"
         lines.append(
@@ -101,6 +102,6 @@ def pipeline_plan(*, config: PipelineConfig) -> list[str]:
         f"  written to {staging.PartitionRef.transformed(config.staging_root, config.name, day).dir}"
     )
     key_env = config.spark.pseudonym_key_env
-    lines.append(f"  pseudonym key from {key_env} ({'set' if os.environ.get(key_env) else 'NOT SET'})")
+    lines.append(f"  pseudonym key from {key_env} ({'NOT SET' if secret_problem(key_env) else 'set'})")
     lines.append(f"load: into warehouse database alias {config.database!r} (run records there too)")
     return lines

@@ -68,4 +68,21 @@ def test_production_without_its_database_or_secret_key_refuses_to_start(missing)
     del env[missing]
     done = deploy_check(env)
     assert done.returncode != 0
-    assert f"environment variable {missing} is required in production" in done.stderr
+    assert f"environment variable {missing} (or {missing}_FILE) is required in production" in done.stderr
+
+
+def test_secrets_may_come_from_files_the_variables_name_and_never_from_both(tmp_path):
+    """Docker and Kubernetes secrets, systemd's LoadCredential=: `NAME_FILE` names a file holding the
+    value; the deployment checks pass with it as with the variable."""
+    env = documented_environment()
+    for name in ("DJANGO_SECRET_KEY", "DATABASE_URL"):
+        (tmp_path / name).write_text(env.pop(name) + "\n", encoding="utf-8")
+        env[f"{name}_FILE"] = str(tmp_path / name)
+    done = deploy_check(env)
+    assert done.returncode == 0 and "no issues" in done.stdout, done.stderr
+
+    env["DATABASE_URL"] = "postgres://etl:canary-password-4711@db:5432/etl"
+    done = deploy_check(env)
+    assert done.returncode != 0
+    assert "environment variables DATABASE_URL and DATABASE_URL_FILE are both set: keep one" in done.stderr
+    assert "canary-password-4711" not in done.stderr + done.stdout

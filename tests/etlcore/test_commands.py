@@ -359,7 +359,10 @@ def test_extract_stages_a_personal_column_as_its_pseudonym_only(customers, monke
 
 def test_extract_of_personal_columns_without_the_key_fails_before_reading_the_source(customers, monkeypatch):
     monkeypatch.delenv("ETL_PSEUDONYM_KEY", raising=False)
-    missing = r"^pipeline 'shop': environment variable ETL_PSEUDONYM_KEY is not set; personal columns"
+    missing = (
+        r"^pipeline 'shop': environment variable ETL_PSEUDONYM_KEY \(or ETL_PSEUDONYM_KEY_FILE\) is not set; "
+        "personal columns"
+    )
     with pytest.raises(CommandError, match=missing):
         run_command("extract", "--pipeline", "shop", "--date", "2026-11-01")
     assert latest_run(customers["alias"]).status == "failed"

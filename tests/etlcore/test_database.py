@@ -101,7 +101,9 @@ def test_unusable_database_url_fails_in_one_line_without_the_password(tmp_path):
 def test_production_settings_without_a_secret_key_fail_in_one_line(tmp_path):
     done = manage("run_pipeline", var_dir=tmp_path, DJANGO_SETTINGS_MODULE="conf.settings.production")
     assert_one_line_failure(
-        done, "conf.settings.production", "environment variable DJANGO_SECRET_KEY is required in production"
+        done,
+        "conf.settings.production",
+        "environment variable DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) is required in production",
     )
 
 

@@ -88,7 +88,9 @@ def test_an_unset_pseudonym_key_fails_the_run_in_under_a_second_before_anything_
     took = time.monotonic() - started
 
     message = str(raised.value)
-    assert f"[spark] pseudonym_key_env: environment variable {KEY_ENV} is not set" in message
+    assert (
+        f"[spark] pseudonym_key_env: environment variable {KEY_ENV} (or {KEY_ENV}_FILE) is not set" in message
+    )
     assert message.startswith(f"{shop['dir'] / 'shop.toml'}: ")
     assert took < 1.0, f"the run took {took:.2f} s to refuse"
     assert_failed_before_extract(shop, message)
@@ -181,7 +183,8 @@ def test_an_unset_source_secret_variable_fails_the_run_before_anything_is_extrac
     monkeypatch.delenv("PREFLIGHT_TEST_TOKEN", raising=False)
     with pytest.raises(
         CommandError,
-        match=r"\[datasets\.rates\.source\]: environment variable PREFLIGHT_TEST_TOKEN is not set",
+        match=r"\[datasets\.rates\.source\]: environment variable PREFLIGHT_TEST_TOKEN "
+        r"\(or PREFLIGHT_TEST_TOKEN_FILE\) is not set",
     ):
         run_command("run_pipeline", "--pipeline", "shop", "--date", DAY)
     assert_failed_before_extract(shop, PipelineRun.objects.latest("id").error)
@@ -328,7 +331,9 @@ def test_every_shipped_pipeline_validates_and_an_unset_variable_is_a_finding(pip
     settings.ETL_PIPELINE_PATHS = [settings.BASE_DIR / "conf" / "pipelines"]
     for name in (KEY_ENV, "ETL_DEMO_API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(CommandError, match=rf"environment variable {KEY_ENV} is not set"):
+    with pytest.raises(
+        CommandError, match=rf"environment variable {KEY_ENV} \(or {KEY_ENV}_FILE\) is not set"
+    ):
         run_command("validate_pipeline", "--pipeline", pipeline)
 
     output = run_command("validate_pipeline", "--pipeline", pipeline, "--demo-defaults")

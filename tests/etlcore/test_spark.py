@@ -41,7 +41,10 @@ def test_secret_looking_conf_values_are_masked_and_everything_else_is_kept(key):
     ]
 
 
-def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(tmp_path, settings, monkeypatch):
+@pytest.mark.parametrize("key_from", ["variable", "file"])
+def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(
+    tmp_path, settings, monkeypatch, key_from
+):
     # A real process in spark-submit's place records what it was given: arguments, environment, the
     # properties file's mode and content.
     seen = tmp_path / "seen"
@@ -58,7 +61,14 @@ def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(tmp_pa
     settings.ETL_SPARK_SUBMIT = str(fake)
     monkeypatch.setenv("DATABASE_URL", "postgres://etl:db-CANARY@db/etl")
     monkeypatch.setenv("DJANGO_SECRET_KEY", "django-CANARY")
-    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "pseudonym-key")
+    if key_from == "file":  # the job reads variables only: it gets the file's content as the variable
+        (tmp_path / "key").write_text("pseudonym-key\n")
+        monkeypatch.delenv("ETL_PSEUDONYM_KEY", raising=False)
+        monkeypatch.setenv("ETL_PSEUDONYM_KEY_FILE", str(tmp_path / "key"))
+        (tmp_path / "db").write_text("postgres://etl:db-CANARY@db/etl")
+        monkeypatch.setenv("DATABASE_URL_FILE", str(tmp_path / "db"))
+    else:
+        monkeypatch.setenv("ETL_PSEUDONYM_KEY", "pseudonym-key")
     monkeypatch.setenv("JOB_NEEDS_THIS", "declared")
     products = dataset("/nowhere/products.csv", sku={"from": "SKU", "required": True})
     toml = pipeline_write(
@@ -95,7 +105,7 @@ def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(tmp_pa
     env = dict(line.split("=", 1) for line in (seen / "env").read_text().splitlines() if "=" in line)
     assert env["ETL_PSEUDONYM_KEY"] == "pseudonym-key" and env["JOB_NEEDS_THIS"] == "declared"
     assert "PATH" in env and "PYSPARK_PYTHON" in env
-    assert "CANARY" not in (seen / "env").read_text()
+    assert "CANARY" not in (seen / "env").read_text() and "_FILE" not in (seen / "env").read_text()
 
 
 @pytest.mark.parametrize(
