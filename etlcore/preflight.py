@@ -32,7 +32,7 @@ from spark_jobs.contract import CONTRACTS
 
 from .config import PipelineConfig
 from .errors import ETL_ERRORS, ConfigurationError
-from .spark import job_script, spark_submit_binary
+from .spark import child_environment, job_script, spark_submit_binary
 
 # Spark 4 (the pyspark this project installs) runs on Java 17 or newer only.
 JAVA_MIN = 17
@@ -190,7 +190,12 @@ def java_find() -> JavaFound | Finding:
         key = (path, stat.st_mtime_ns, stat.st_size)
         if key not in _java_outputs:  # once per java binary and process: a run checks before each step
             proc = subprocess.run(
-                [path, "-version"], capture_output=True, text=True, timeout=_JAVA_TIMEOUT_SECONDS, check=False
+                [path, "-version"],
+                capture_output=True,
+                text=True,
+                timeout=_JAVA_TIMEOUT_SECONDS,
+                check=False,
+                env=child_environment(),
             )
             _java_outputs[key] = (proc.returncode, (proc.stderr or "") + (proc.stdout or ""))
         returncode, output = _java_outputs[key]

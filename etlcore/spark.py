@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,15 +253,24 @@ def _properties_escape(text: str, *, key: bool = False) -> str:
     return "".join(out)
 
 
-def job_environment(config: PipelineConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The spark-submit child's environment: an allow-list of this process's (see `_CHILD_ENV_NAMES`)."""
+def child_environment(environ: Mapping[str, str] | None = None, wanted: Iterable[str] = ()) -> dict[str, str]:
+    """The environment of any process the project starts (spark-submit, `java -version`): an allow-list of
+    this process's (see `_CHILD_ENV_NAMES`) and the `wanted` variables, so that no secret a child does not
+    need (DATABASE_URL, API tokens, DJANGO_SECRET_KEY) reaches it."""
     environ = os.environ if environ is None else environ
-    wanted = {config.spark.pseudonym_key_env, *config.spark.env}
-    env = {
+    wanted = set(wanted)
+    return {
         name: value
         for name, value in environ.items()
         if name in _CHILD_ENV_NAMES or name.startswith(_CHILD_ENV_PREFIXES) or name in wanted
     }
+
+
+def job_environment(config: PipelineConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The spark-submit child's environment: the allow-list, the pseudonym key and `[spark] env`."""
+    environ = os.environ if environ is None else environ
+    wanted = {config.spark.pseudonym_key_env, *config.spark.env}
+    env = child_environment(environ, wanted)
     # A secret given as a file (`NAME_FILE`) reaches the job as NAME: the job reads variables only.
     for name in sorted(wanted - env.keys()):
         value = secret_get(name, environ)
