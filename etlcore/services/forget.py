@@ -234,11 +234,8 @@ def _staging_erase(
     transformed = staging.PartitionRef.transformed(config.staging_root, config.name, _ANY_DATE)
     for day in staging.partition_dates(transformed):
         ref = staging.PartitionRef.transformed(config.staging_root, config.name, day)
-        rows = _partition_erase(
-            ref,
-            lambda output, table: _transformed_erase(output, table, hexed, links_declared),
-            publish=publish,
-        )
+        rewrite = partial(_transformed_erase, hexed=hexed, links_declared=links_declared)
+        rows = _partition_erase(ref, rewrite, publish=publish)
         if rows:
             counts["transformed_partitions"] += 1
             counts["transformed_rows"] += rows
@@ -329,7 +326,7 @@ def _transformed_erase(
             arrays["record_fingerprint"] = pa.array(
                 [
                     hashlib.sha256(r.encode("utf-8")).hexdigest() if hit else p
-                    for r, p, hit in zip(new_records, prints, strict=True)
+                    for r, p, hit in zip(new_records, prints, hits, strict=True)
                 ],
                 type=table.schema.field("record_fingerprint").type,
             )
