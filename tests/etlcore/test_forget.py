@@ -3,8 +3,9 @@ identity in the erasure record, and kept out by a replay of quarantine and a re-
 
 from __future__ import annotations
 
+import hashlib
 import json
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
@@ -164,3 +165,64 @@ def test_forget_refuses_a_missing_or_malformed_identity_and_an_unset_key_in_one_
     with pytest.raises(CommandError, match="blank"):
         call_command("forget_customer", "--pipeline", "retail_demo", "--email", " \t", stdout=StringIO())
     assert not ErasedCustomer.objects.exists() and not Erasure.objects.exists()
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_forget_repoints_lines_to_no_customer_unlinks_their_returns_and_merges_their_quarantine_records(
+    db_alias, pipeline_dir, monkeypatch, staging_root
+):
+    """The warehouse half on both databases, with rows made by hand: the member goes, the lines stay."""
+    from datetime import datetime
+
+    from tests.pipelines import pipeline_write, sales_datasets
+    from warehouse.models import DimDate, DimProduct, DimStore
+
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "k")
+    pipeline_write(pipeline_dir, datasets=sales_datasets(pipeline_dir), database=db_alias)
+    hexed, other = pseudonym(b"k", "ann@example.com"), pseudonym(b"k", "bob@example.com")
+    objects = {model: model.objects.using(db_alias) for model in (DimCustomer, FactSalesLine, QuarantinedRow)}
+    day = DimDate.objects.using(db_alias).create(
+        date_key=20261101, date=DAY, year=2026, quarter=4, month=11, day=1, day_of_week=7, is_weekend=True
+    )
+    versioned = {"pipeline": "shop", "valid_from": DAY, "is_current": True}
+    store = DimStore.objects.using(db_alias).create(store_code="S1", name="S", **versioned)
+    product = DimProduct.objects.using(db_alias).create(sku="P1", name="P", **versioned)
+    ann, bob = (objects[DimCustomer].create(pipeline="shop", customer_key=k) for k in (hexed, other))
+    at = datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+    def line(order_id: str, customer, quantity: int, original: str | None = None):
+        return objects[FactSalesLine].create(
+            pipeline="shop", order_id=order_id, line_number=1, date=day, store=store, product=product,
+            customer=customer, ordered_at=at, quantity=quantity, unit_price=Decimal("2.5000"),
+            amount=Decimal("2.50") * quantity, currency="EUR", is_return=quantity < 0, stock_code="P1",
+            amount_reporting=Decimal("2.50") * quantity, original_order_id=original,
+            linked_by_loader=bool(original), source_date=DAY, source_version=1,
+        )  # fmt: skip
+
+    line("o1", ann, 2), line("o2", ann, -1, "o1"), line("o3", bob, -1, "o9"), line("o4", None, 1)
+    record = '{"customer_email":%s,"sku":"X"}'
+    for email in (f'"{hexed}"', "null"):
+        objects[QuarantinedRow].create(
+            pipeline="shop", business_date=DAY, dataset="order_lines", reason_code="unknown_product",
+            message="m", raw_record=record % email, occurrences=1,
+            record_fingerprint=hashlib.sha256((record % email).encode()).hexdigest(),
+        )  # fmt: skip
+    total = objects[FactSalesLine].aggregate(s=Sum("amount_reporting"))["s"]
+
+    out = StringIO()
+    call_command("forget_customer", "--pipeline", "shop", "--email", "ANN@example.com", stdout=out)
+
+    assert (
+        "dim_customers=1 sales_lines=2 returns_unlinked=1 quarantined_rows=1 raw_partitions=0"
+        in out.getvalue()
+    )
+    assert list(objects[DimCustomer].values_list("customer_key", flat=True)) == [other]
+    assert objects[FactSalesLine].aggregate(s=Sum("amount_reporting"))["s"] == total
+    lines = {f.order_id: f for f in objects[FactSalesLine].all()}
+    assert lines["o1"].customer_id is None and lines["o2"].customer_id is None
+    assert (lines["o2"].original_order_id, lines["o2"].linked_by_loader) == (None, False)
+    assert (lines["o3"].customer_id, lines["o3"].original_order_id) == (bob.pk, "o9")  # another's: kept
+    # Without the identity the record is the guest's copy: one record, both occurrences.
+    (merged,) = objects[QuarantinedRow].all()
+    assert (merged.raw_record, merged.occurrences) == (record % "null", 2)
+    assert Erasure.objects.using(db_alias).get().counts["quarantined_rows"] == 1
