@@ -88,14 +88,17 @@ def customer_forget(
         raise ForgetError("name the customer by exactly one of --value (or --email) and --customer-key")
     if customer_key is not None and not PSEUDONYM_SHAPE.fullmatch(customer_key):
         raise ForgetError("--customer-key must be a pseudonym: 64 lower-case hexadecimal digits")
-    names = [pipeline] if pipeline else pipeline_names()
-    outcomes = []
-    for name in names:
+    # Every pipeline's key and pseudonym first: a missing key fails before any pipeline is changed.
+    targets = []
+    for name in [pipeline] if pipeline else pipeline_names():
         config = pipeline_load(name)
         key = erasure_key(config)
         hexed = customer_key if customer_key is not None else pseudonym(key, value)
         if hexed is None:
             raise ForgetError("the value is blank: a blank identity is a guest's, not a customer's")
+        targets.append((config, key, hexed))
+    outcomes = []
+    for config, key, hexed in targets:
         if dry_run:
             outcomes.append(_forget_plan(config, key, hexed))
             continue

@@ -226,3 +226,25 @@ def test_forget_repoints_lines_to_no_customer_unlinks_their_returns_and_merges_t
     (merged,) = objects[QuarantinedRow].all()
     assert (merged.raw_record, merged.occurrences) == (record % "null", 2)
     assert Erasure.objects.using(db_alias).get().counts["quarantined_rows"] == 1
+
+
+@pytest.mark.django_db
+def test_forget_without_a_pipeline_erases_from_every_pipeline_reading_the_value_from_stdin(
+    pipeline_dir, monkeypatch, staging_root
+):
+    from tests.pipelines import pipeline_write, sales_datasets
+
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "k")
+    for name in ("shop", "shop2"):
+        pipeline_write(pipeline_dir, name, datasets=sales_datasets(pipeline_dir))
+    DimCustomer.objects.create(pipeline="shop2", customer_key=pseudonym(b"k", "ann@example.com"))
+    monkeypatch.setattr("sys.stdin", StringIO("Ann@Example.com\n"))
+    out = StringIO()
+    call_command("forget_customer", "--value", "-", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["shop", "shop2"]
+    assert "dim_customers=0" in lines[0] and "dim_customers=1" in lines[1]
+    assert not DimCustomer.objects.exists()
+    assert sorted(ErasedCustomer.objects.values_list("pipeline", flat=True)) == ["shop", "shop2"]
+    assert sorted(Erasure.objects.values_list("pipeline", flat=True)) == ["shop", "shop2"]
