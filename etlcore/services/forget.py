@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from connectors.records import pseudonym, rows_erase, rows_erased, suppression_token
@@ -169,7 +170,7 @@ def _warehouse_erase(config: PipelineConfig, hexed: str, *, apply: bool) -> dict
         else lines.filter(is_return=True, original_order_id__isnull=False)
     )
     quarantined = QuarantinedRow.objects.using(db).filter(
-        pipeline=config.name, raw_record__contains=f'"{hexed}"'
+        Q(raw_record__contains=f'"{hexed}"') | Q(message__contains=hexed), pipeline=config.name
     )
     counts = {
         "dim_customers": members.count(),
@@ -192,7 +193,13 @@ def _raw_record_erase(raw_record: str, hexed: str) -> str:
     return raw_record.replace(f'"{hexed}"', "null")
 
 
+def _message_erase(message: str, hexed: str) -> str:
+    """A rule on a personal column (presence, equality) shows its value as `column='<pseudonym>'`."""
+    return message.replace(f"'{hexed}'", "null").replace(hexed, "null")
+
+
 def _quarantined_erase(row: QuarantinedRow, hexed: str, *, using: str) -> None:
+    row.message = _message_erase(row.message, hexed)
     row.raw_record = _raw_record_erase(row.raw_record, hexed)
     row.record_fingerprint = hashlib.sha256(row.raw_record.encode("utf-8")).hexdigest()
     same = (
@@ -211,7 +218,7 @@ def _quarantined_erase(row: QuarantinedRow, hexed: str, *, using: str) -> None:
         same.save(using=using, update_fields=["occurrences"])
         row.delete(using=using)
         return
-    row.save(using=using, update_fields=["raw_record", "record_fingerprint"])
+    row.save(using=using, update_fields=["message", "raw_record", "record_fingerprint"])
 
 
 # --- staging ------------------------------------------------------------------------------------------
@@ -324,6 +331,11 @@ def _transformed_erase(
         ]
         arrays = dict(zip(table.schema.names, table.columns, strict=True))
         arrays["raw_record"] = pa.array(new_records, type=table.schema.field("raw_record").type)
+        if "message" in arrays:
+            arrays["message"] = pa.array(
+                [m if m is None else _message_erase(m, hexed) for m in table.column("message").to_pylist()],
+                type=table.schema.field("message").type,
+            )
         if "record_fingerprint" in arrays:
             prints = table.column("record_fingerprint").to_pylist()
             arrays["record_fingerprint"] = pa.array(

@@ -204,7 +204,8 @@ def test_forget_repoints_lines_to_no_customer_unlinks_their_returns_and_merges_t
     for email in (f'"{hexed}"', "null"):
         objects[QuarantinedRow].create(
             pipeline="shop", business_date=DAY, dataset="order_lines", reason_code="unknown_product",
-            message="m", raw_record=record % email, occurrences=1,
+            message="unknown_product: customer_email=" + email.replace('"', "'"),
+            raw_record=record % email, occurrences=1,
             record_fingerprint=hashlib.sha256((record % email).encode()).hexdigest(),
         )  # fmt: skip
     total = objects[FactSalesLine].aggregate(s=Sum("amount_reporting"))["s"]
@@ -225,6 +226,7 @@ def test_forget_repoints_lines_to_no_customer_unlinks_their_returns_and_merges_t
     # Without the identity the record is the guest's copy: one record, both occurrences.
     (merged,) = objects[QuarantinedRow].all()
     assert (merged.raw_record, merged.occurrences) == (record % "null", 2)
+    assert merged.message == "unknown_product: customer_email=null"
     assert Erasure.objects.using(db_alias).get().counts["quarantined_rows"] == 1
 
 
