@@ -250,3 +250,27 @@ def test_forget_without_a_pipeline_erases_from_every_pipeline_reading_the_value_
     assert not DimCustomer.objects.exists()
     assert sorted(ErasedCustomer.objects.values_list("pipeline", flat=True)) == ["shop", "shop2"]
     assert sorted(Erasure.objects.values_list("pipeline", flat=True)) == ["shop", "shop2"]
+
+
+@pytest.mark.django_db
+def test_forget_waits_for_no_run_it_exits_75_and_changes_nothing_while_the_pipeline_runs(
+    pipeline_dir, monkeypatch, staging_root
+):
+    from etlcore.locks import lock_try
+    from tests.pipelines import pipeline_write, sales_datasets
+
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "k")
+    pipeline_write(pipeline_dir, datasets=sales_datasets(pipeline_dir))
+    DimCustomer.objects.create(pipeline="shop", customer_key=pseudonym(b"k", "ann@example.com"))
+    held = lock_try(pipeline="shop", using="default")
+    try:
+        with pytest.raises(CommandError) as raised:
+            call_command(
+                "forget_customer", "--pipeline", "shop", "--email", "ann@example.com", stdout=StringIO()
+            )
+    finally:
+        held.release()
+    assert raised.value.returncode == 75
+    assert (
+        DimCustomer.objects.exists() and not ErasedCustomer.objects.exists() and not Erasure.objects.exists()
+    )
