@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -27,13 +27,17 @@ from .errors import ConfigurationError, SourceError
 __all__ = [
     "MISSING",
     "ColumnSpec",
+    "Erasure",
     "FieldObserver",
     "SchemaDrift",
     "column_specs",
     "pseudonym",
     "schema_drift",
     "resolve_path",
+    "rows_erase",
+    "rows_erased",
     "staging_schema",
+    "suppression_token",
     "to_staging_batch",
     "to_text",
 ]
@@ -143,6 +147,72 @@ def _pseudonyms(column: pa.Array, key: bytes) -> pa.Array:
     return pc.take(hashed, encoded.indices)
 
 
+# An erased customer's rows stay (every row is loaded or quarantined, sales totals stay right) with their
+# identity columns made null, as a guest's: docs/architecture.md, "Erasure (forget_customer)".
+_SUPPRESSION_LABEL = b"django-spark-etl erasure list v1"
+
+
+def suppression_token(key: bytes, pseudonym_hex: str) -> str:
+    """The erasure list's form of a customer pseudonym: HMAC-SHA256 under a key derived from the pseudonym
+    key for this use alone. It matches incoming rows, but is not the warehouse's customer_key, so the list
+    by itself links to no row; without the key it cannot be recomputed from an e-mail."""
+    derived = hmac.digest(key, _SUPPRESSION_LABEL, hashlib.sha256)
+    return hmac.digest(derived, pseudonym_hex.encode("ascii"), hashlib.sha256).hex()
+
+
+def rows_erased(
+    columns: Mapping[str, pa.Array | pa.ChunkedArray],
+    *,
+    key: bytes,
+    tokens: Container[str],
+    pseudonymised: Container[str],
+) -> pa.Array:
+    """Which rows belong to an erased customer: any of `columns` whose pseudonym's `suppression_token` is
+    in `tokens`. A column named in `pseudonymised` holds pseudonyms already; another holds clear values
+    and is pseudonymised here the way extraction does (`pseudonym`). Once per distinct value."""
+    length = len(next(iter(columns.values()))) if columns else 0
+    erased = pa.array([False] * length, type=pa.bool_())
+    for name, column in columns.items():
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        encoded = column.cast(pa.string()).dictionary_encode()
+        hits = []
+        for value in encoded.dictionary.to_pylist():
+            hexed = value if name in pseudonymised else pseudonym(key, value)
+            hits.append(hexed is not None and suppression_token(key, hexed) in tokens)
+        matched = pc.fill_null(pc.take(pa.array(hits, type=pa.bool_()), encoded.indices), False)
+        erased = pc.or_(erased, matched)
+    return erased
+
+
+def rows_erase(table: pa.RecordBatch | pa.Table, columns: Iterable[str], erased: pa.Array) -> Any:
+    """`table` with `columns` made null on the `erased` rows; every other value, and the schema, kept."""
+    arrays = list(table.columns)
+    for name in columns:
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        field_type = table.schema.field(index).type
+        column = arrays[index]
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        arrays[index] = pc.if_else(erased, pa.scalar(None, type=field_type), column)
+    if isinstance(table, pa.Table):
+        return pa.Table.from_arrays(
+            [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays], schema=table.schema
+        )
+    return pa.RecordBatch.from_arrays(arrays, schema=table.schema)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """The erasure list as extraction applies it: rows whose `columns` give a pseudonym listed in `tokens`
+    are staged with those columns (and every personal column) null."""
+
+    tokens: frozenset[str]
+    columns: tuple[str, ...]
+
+
 # --- value -> text --------------------------------------------------------------------------------------
 
 MISSING: Any = object()  # what `resolve_path` answers for an absent field (None is a present null)
@@ -230,9 +300,11 @@ def to_staging_batch(
     explode: str | None = None,
     source_label: str,
     pseudonym_key: bytes | None = None,
+    erasure: Erasure | None = None,
 ) -> pa.RecordBatch:
     """Turn one raw batch into the staged Arrow batch: exactly the declared columns, in order, as text.
     A personal column (`pii`) holds its `pseudonym` under `pseudonym_key`: the clear value is never staged.
+    With `erasure`, an erased customer's rows are staged with their identity columns null (`rows_erased`).
 
     Records (`list[dict]`): a column reads its source by exact key, then by dotted path; a missing field is
     null. With `explode`, each element of the list at that path becomes one row carrying the parent's
@@ -255,13 +327,26 @@ def to_staging_batch(
     else:
         records = batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
         staged = _records_to_batch(records, specs, explode, source_label)
-    if not personal:
+    if personal:
+        arrays = [
+            _pseudonyms(column, pseudonym_key) if spec.pii else column
+            for spec, column in zip(specs, staged.columns, strict=True)
+        ]
+        staged = pa.RecordBatch.from_arrays(arrays, schema=staged.schema)
+    if erasure is None or not erasure.tokens:
         return staged
-    arrays = [
-        _pseudonyms(column, pseudonym_key) if spec.pii else column
-        for spec, column in zip(specs, staged.columns, strict=True)
-    ]
-    return pa.RecordBatch.from_arrays(arrays, schema=staged.schema)
+    if not pseudonym_key:
+        raise ConfigurationError(f"source {source_label!r}: the erasure list needs the pseudonym key")
+    identity = [name for name in erasure.columns if name in staged.schema.names]
+    erased = rows_erased(
+        {name: staged.column(name) for name in identity},
+        key=pseudonym_key,
+        tokens=erasure.tokens,
+        pseudonymised=set(personal),
+    )
+    if not pc.any(erased).as_py():
+        return staged
+    return rows_erase(staged, dict.fromkeys([*identity, *personal]), erased)
 
 
 def _records_to_batch(

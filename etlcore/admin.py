@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Backfill, PipelineRun, StagedPartition, StepRun
+from .models import Backfill, Erasure, PipelineRun, StagedPartition, StepRun
 from .selectors import run_status_shown
 
 
@@ -116,6 +116,18 @@ class StagedPartitionAdmin(admin.ModelAdmin):
     list_filter = ("pipeline", "dataset")
     date_hierarchy = "business_date"
     readonly_fields = [f.name for f in StagedPartition._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(Erasure)
+class ErasureAdmin(admin.ModelAdmin):
+    """That erasures happened (forget_customer), by whom and what they changed; never whom they erased."""
+
+    list_display = ("id", "pipeline", "erased_at", "operator", "hostname", "newly_listed", "counts")
+    list_filter = ("pipeline",)
+    readonly_fields = [f.name for f in Erasure._meta.fields]
 
     def has_add_permission(self, request) -> bool:
         return False

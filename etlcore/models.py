@@ -149,3 +149,39 @@ class StagedPartition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pipeline} {self.dataset} {self.business_date} ({self.row_count} rows)"
+
+
+class ErasedCustomer(models.Model):
+    """The erasure list: a customer erased from a pipeline stays erased. Held as a keyed token of the
+    pseudonym (`connectors.records.suppression_token`), never the e-mail and never the warehouse's
+    customer_key, so the list alone links to no row; extraction stages a listed customer's rows with their
+    identity columns null (docs/architecture.md, "Erasure")."""
+
+    pipeline = models.CharField(max_length=100)
+    token = models.CharField(max_length=64, help_text="HMAC of the pseudonym, list-derived key")
+
+    class Meta:
+        ordering = ["pipeline", "id"]
+        constraints = [models.UniqueConstraint(fields=["pipeline", "token"], name="uniq_erased_customer")]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} #{self.pk}"
+
+
+class Erasure(models.Model):
+    """That an erasure happened, by whom and what it changed where, and not whom it erased: no e-mail,
+    pseudonym or token is kept here."""
+
+    pipeline = models.CharField(max_length=100, db_index=True)
+    erased_at = models.DateTimeField()
+    command = models.CharField(max_length=50, help_text="forget_customer")
+    operator = models.CharField(max_length=150, blank=True, help_text="the OS user that ran the command")
+    hostname = models.CharField(max_length=255, blank=True)
+    counts = models.JSONField(default=dict, blank=True, help_text="rows changed per place")
+    newly_listed = models.BooleanField(help_text="false when the customer was on the erasure list already")
+
+    class Meta:
+        ordering = ["-erased_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"erasure #{self.pk} {self.pipeline} {self.erased_at:%Y-%m-%d %H:%M}"

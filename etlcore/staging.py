@@ -17,9 +17,9 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,62 @@ def raw_partition_write(
         )
         partition_publish(ref, manifest, attempt)
     return manifest
+
+
+def partition_rewrite(
+    ref: PartitionRef, rewrite: Callable[[str | None, pa.Table], pa.Table | None]
+) -> Manifest | None:
+    """Publish a new version of a partition whose data files are `rewrite(output, table)` of the current
+    ones (`output`: the transformed output the file belongs to, None in the raw layer; None back: the file
+    is unchanged). Under the partition's writer lock, into a fresh attempt, behind a manifest swap, like
+    any publish: a reader holding the partition keeps reading the files it started with. The new manifest
+    keeps everything but the files, their rows and the checksum. None when nothing changed (nothing is
+    published)."""
+    if not ref.manifest_path.exists():
+        return None
+    with partition_attempt(ref) as attempt:
+        manifest = manifest_read(ref)
+        owner = {f: name for name, out in manifest.outputs.items() for f in out.get("files", ())}
+        tables: dict[str, pa.Table] = {}
+        for name in manifest.files:
+            changed = rewrite(owner.get(name), pq.read_table(ref.dir / name))
+            if changed is not None:
+                tables[name] = changed
+        if not tables:
+            attempt_discard(ref, attempt)
+            return None
+        renamed: dict[str, str] = {}
+        for name in manifest.files:
+            relative = Path(name)
+            inside = Path(*relative.parts[1:]) if relative.parts[0].startswith(ATTEMPT_PREFIX) else relative
+            target = attempt / inside
+            private_dirs(target.parent, owned_from=attempt)
+            private_create(target)
+            if name in tables:
+                pq.write_table(tables[name], target, compression="zstd")
+            else:
+                shutil.copyfile(ref.dir / name, target)
+            renamed[name] = str(target.relative_to(ref.dir))
+        files = [renamed[name] for name in manifest.files]
+        outputs = {
+            output: out
+            | {
+                "files": [renamed[f] for f in out["files"]],
+                "rows": sum(pq.ParquetFile(ref.dir / renamed[f]).metadata.num_rows for f in out["files"]),
+            }
+            for output, out in manifest.outputs.items()
+        }
+        rows = sum(pq.ParquetFile(ref.dir / f).metadata.num_rows for f in files)
+        updated = replace(
+            manifest,
+            files=files,
+            outputs=outputs,
+            checksum=files_checksum(ref.dir / f for f in files),
+            row_count=rows if not outputs else manifest.row_count,
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        partition_publish(ref, updated, attempt)
+    return updated
 
 
 def files_checksum(paths: Iterable[Path]) -> str:

@@ -19,6 +19,7 @@ from connectors import build_connector
 from connectors.base import ExtractWindow
 from connectors.errors import SchemaDriftError
 from connectors.records import (
+    Erasure,
     FieldObserver,
     SchemaDrift,
     schema_drift,
@@ -29,6 +30,7 @@ from connectors.secrets import secret_get
 
 from .. import staging
 from ..config import DatasetConfig, PipelineConfig
+from ..erasure import dataset_erasures, erasure_key
 from ..errors import ETL_ERRORS, ConfigurationError, SourceError
 from ..models import StagedPartition
 from ..runs import StepOutcome, error_text
@@ -46,6 +48,10 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     """
     window = config.window(business_date)
     key = pseudonym_key_read(config)
+    # Read here: the workers touch no database. Erased customers' rows are staged without their identity.
+    erasures = dataset_erasures(config)
+    if erasures and key is None:
+        key = erasure_key(config)
     plans = {
         name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
         for name in config.datasets
@@ -65,6 +71,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 window=window,
                 run_id=outcome.run_id,
                 pseudonym_key=key,
+                erasure=erasures.get(name),
                 state=plans[name].state,
                 previous_fields=plans[name].previous_fields,
                 stopped=stopped,
@@ -142,6 +149,7 @@ def _dataset_extract(
     window: ExtractWindow,
     run_id: int,
     pseudonym_key: bytes | None,
+    erasure: Erasure | None,
     state: Mapping[str, Any] | None,
     previous_fields: Mapping[str, str] | None,
     stopped: threading.Event,
@@ -167,6 +175,7 @@ def _dataset_extract(
                     explode=dataset.explode,
                     source_label=label,
                     pseudonym_key=pseudonym_key,
+                    erasure=erasure,
                 )
             # Raising here, after the last batch, still prevents the partition from being published.
             drift.append(_drift_check(dataset, observer, previous_fields))

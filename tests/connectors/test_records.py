@@ -14,11 +14,13 @@ import pytest
 from connectors.errors import ConfigurationError, SourceError
 from connectors.records import (
     ColumnSpec,
+    Erasure,
     FieldObserver,
     column_specs,
     pseudonym,
     schema_drift,
     staging_schema,
+    suppression_token,
     to_staging_batch,
     to_text,
 )
@@ -521,3 +523,47 @@ def test_a_personal_column_without_the_key_is_refused_not_staged_in_clear():
 )
 def test_the_pseudonym_cleans_white_space_as_the_job_does_then_lower_cases(text, cleaned):
     assert pseudonym(KEY, text) == _hmac(cleaned)
+
+
+def test_an_erased_customers_rows_are_staged_with_their_identity_null_and_every_other_value_kept():
+    """The erasure list on the way in: matched through the same normalised pseudonym, personal or clear."""
+    key = b"k"
+    columns = {
+        "order_id": {"from": "id"},
+        "customer_email": {"from": "email", "pii": True},
+        "customer_id": {"from": "cid"},  # the job's customer_key_from in clear (online_retail.toml)
+        "country": {"from": "country"},
+    }
+    records = [
+        {"id": "1", "email": "Ann@Example.com ", "cid": "c1", "country": "FR"},
+        {"id": "2", "email": "bob@example.com", "cid": "c2", "country": "DE"},
+        {"id": "3", "email": None, "cid": "C9", "country": "IT"},
+    ]
+    tokens = frozenset(
+        {
+            suppression_token(key, pseudonym(key, "ann@example.com")),
+            suppression_token(key, pseudonym(key, "c9")),
+        }
+    )
+    staged = to_staging_batch(
+        records,
+        columns=columns,
+        source_label="t",
+        pseudonym_key=key,
+        erasure=Erasure(tokens, ("customer_email", "customer_id")),
+    ).to_pylist()
+
+    assert staged == [
+        {"order_id": "1", "customer_email": None, "customer_id": None, "country": "FR"},
+        {
+            "order_id": "2",
+            "customer_email": pseudonym(key, "bob@example.com"),
+            "customer_id": "c2",
+            "country": "DE",
+        },
+        {"order_id": "3", "customer_email": None, "customer_id": None, "country": "IT"},
+    ]
+    # The list's token is not the customer key the warehouse holds.
+    assert not tokens & {pseudonym(key, "ann@example.com"), pseudonym(key, "c9")}
+    unlisted = to_staging_batch(records, columns=columns, source_label="t", pseudonym_key=key)
+    assert unlisted.column("customer_id").to_pylist() == ["c1", "c2", "C9"]

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 import pytest
 from django.utils import timezone
 
-from etlcore.models import Backfill, PipelineRun, StagedPartition, StepRun
+from etlcore.models import Backfill, Erasure, PipelineRun, StagedPartition, StepRun
 from tests.admin_pages import assert_every_column_shows_a_value, registered
 
 pytestmark = pytest.mark.django_db
@@ -87,12 +87,21 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
         manifest="/staging/retail_demo/raw/orders/date=2026-11-01/_manifest.json",
         published_at=timezone.now(),
     )
+    Erasure.objects.create(
+        pipeline="retail_demo",
+        erased_at=timezone.now(),
+        command="forget_customer",
+        operator="etl",
+        hostname="etl-host",
+        counts={"sales_lines": 2},
+        newly_listed=True,
+    )
     assert_every_column_shows_a_value(admin_client, model)
 
 
 def test_the_column_test_covers_every_etlcore_admin():  # an empty parametrize would pass silently
     names = [m._meta.model_name for m in registered("etlcore")]
-    assert names == ["backfill", "pipelinerun", "stagedpartition", "steprun"]
+    assert names == ["backfill", "erasure", "pipelinerun", "stagedpartition", "steprun"]
 
 
 @pytest.mark.django_db(databases="__all__")

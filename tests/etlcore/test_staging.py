@@ -170,3 +170,36 @@ def test_reading_a_partition_not_published_yet_fails_as_usual_and_creates_nothin
     with pytest.raises(PartitionNotFound), staging.partitions_reading([ref]):
         staging.manifest_read(ref)
     assert not ref.dir.exists()
+
+
+def test_a_rewrite_publishes_new_files_behind_a_new_manifest_and_keeps_the_files_a_reader_holds(tmp_path):
+    """forget_customer's rewrite is a publish: readers see the old or the new partition, whole."""
+    ref = ref_for(tmp_path)
+    staging.raw_partition_write(
+        ref,
+        schema=SCHEMA,
+        batches=batches([{"sku": "A", "name": "a"}, {"sku": "B", "name": "b"}]),
+        source="t",
+        window={},
+        run_id=7,
+    )
+    old = staging.manifest_read(ref)
+    with staging.partitions_reading([ref]):
+        held = staging.manifest_files(ref, old)
+        new = staging.partition_rewrite(
+            ref,
+            lambda output, table: pa.table(
+                {"sku": table["sku"], "name": pa.array(["a", None])}, schema=table.schema
+            ),
+        )
+        assert pa.concat_tables(pq.read_table(p) for p in held).column("name").to_pylist() == ["a", "b"]
+    assert read_partition(ref) == [{"sku": "A", "name": "a"}, {"sku": "B", "name": None}]
+    assert staging.manifest_read(ref) == new
+    assert (new.row_count, new.run_id, new.window, new.schema) == (2, 7, old.window, old.schema)
+    assert new.files != old.files and new.checksum != old.checksum
+    assert new.checksum == staging.files_checksum(staging.manifest_files(ref, new))
+    assert all(p.exists() for p in held)  # a reader held them: the next publish removes them
+
+    assert staging.partition_rewrite(ref, lambda output, table: None) is None  # nothing changed
+    assert staging.manifest_read(ref) == new
+    assert len(list(ref.dir.glob(f"{staging.ATTEMPT_PREFIX}*"))) == 2

@@ -1,0 +1,63 @@
+"""The erasure list as the pipeline applies it: which staged columns identify a customer, and the tokens of
+the customers erased from a pipeline (`etlcore.models.ErasedCustomer`). Extraction and forget_customer
+share them, so what forget_customer removes from staging is what extraction keeps out of it."""
+
+from __future__ import annotations
+
+import os
+
+from connectors.records import Erasure
+from spark_jobs.contract import job_contract
+
+from .config import PipelineConfig
+from .errors import ConfigurationError
+from .models import ErasedCustomer
+
+
+def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
+    """Per dataset, the staged columns that identify a customer: its personal (`pii`) columns and, for the
+    dataset the job derives the customer key from, that column (customer_key_from), declared personal or
+    not (online_retail.toml stages the customer id in clear and the job pseudonymises it)."""
+    columns = {name: list(sorted(ds.pii)) for name, ds in config.datasets.items()}
+    try:
+        inputs = job_contract(config.spark.job).inputs
+    except KeyError:
+        inputs = ()
+    for spec in inputs:
+        dataset = config.datasets.get(spec.name)
+        if dataset is None:
+            continue
+        declared = {c.name for c in dataset.columns}
+        for option, default in spec.column_options:
+            column = str(config.spark.options.get(option, default))
+            if column in declared and column not in columns[spec.name]:
+                columns[spec.name].append(column)
+    return {name: tuple(cols) for name, cols in columns.items() if cols}
+
+
+def erasure_key(config: PipelineConfig) -> bytes:
+    """The pipeline's pseudonym key: pseudonyms and erasure-list tokens are made with it."""
+    env = config.spark.pseudonym_key_env
+    key = os.environ.get(env, "")
+    if not key:
+        raise ConfigurationError(
+            f"pipeline {config.name!r}: environment variable {env} is not set; customer pseudonyms and the "
+            "erasure list are made with it"
+        )
+    return key.encode("utf-8")
+
+
+def erasure_tokens(config: PipelineConfig) -> frozenset[str]:
+    return frozenset(
+        ErasedCustomer.objects.using(config.database)
+        .filter(pipeline=config.name)
+        .values_list("token", flat=True)
+    )
+
+
+def dataset_erasures(config: PipelineConfig) -> dict[str, Erasure]:
+    """What extraction applies per dataset; empty while nobody is on the pipeline's list."""
+    tokens = erasure_tokens(config)
+    if not tokens:
+        return {}
+    return {name: Erasure(tokens, columns) for name, columns in identity_columns(config).items()}

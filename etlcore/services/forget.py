@@ -1,0 +1,349 @@
+"""GDPR erasure: a customer out of a pipeline's warehouse, quarantine and staging, and kept out.
+
+The customer is named by the value the source gives (the e-mail), turned into the pipeline's pseudonym by
+the function extraction uses, or by the pseudonym itself; the clear value is never stored or logged. Their
+rows stay, attributed to no customer as a guest's are, so every total stays right to the cent and every
+row is still loaded or quarantined; what identifies them is removed. docs/architecture.md, "Erasure".
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import re
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from connectors.records import pseudonym, rows_erase, rows_erased, suppression_token
+from warehouse.models import DimCustomer, FactSalesLine, QuarantinedRow
+
+from .. import staging
+from ..config import PipelineConfig, pipeline_load, pipeline_names
+from ..erasure import erasure_key, identity_columns
+from ..errors import EtlError
+from ..models import ErasedCustomer, Erasure
+from .control import pipeline_controlled
+
+COMMAND = "forget_customer"
+PSEUDONYM_SHAPE = re.compile(r"[0-9a-f]{64}")
+# The order of the summary line and of Erasure.counts.
+PLACES = (
+    "dim_customers",
+    "sales_lines",
+    "returns_unlinked",
+    "quarantined_rows",
+    "raw_partitions",
+    "raw_rows",
+    "transformed_partitions",
+    "transformed_rows",
+)
+
+
+class ForgetError(EtlError):
+    """The customer could not be named: no value, a blank one, or a pseudonym of the wrong shape."""
+
+
+@dataclass
+class ForgetOutcome:
+    pipeline: str
+    dry_run: bool
+    newly_listed: bool
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PLACES, 0))
+    erasure: Erasure | None = None
+
+    def summary(self) -> str:
+        counts = " ".join(f"{place}={self.counts[place]}" for place in PLACES)
+        if self.dry_run:
+            return f"{self.pipeline}: dry run, would change {counts}; nothing changed"
+        listed = "added to the erasure list" if self.newly_listed else "on the erasure list already"
+        return f"{self.pipeline}: erasure #{self.erasure.pk}: {counts}; {listed}"
+
+
+def customer_forget(
+    *,
+    pipeline: str | None,
+    value: str | None = None,
+    customer_key: str | None = None,
+    dry_run: bool = False,
+    operator: str | None = None,
+) -> list[ForgetOutcome]:
+    """Erase one customer from `pipeline` (None: every pipeline), named by `value` as the source gives the
+    customer key's column (the e-mail) or by `customer_key`, the pseudonym. Per pipeline, under its lock:
+    the token goes on the erasure list first (a crash after it leaves the customer kept out of every later
+    extraction; running the command again finishes the job), then staging's raw and transformed
+    partitions are republished without the identity, then the warehouse changes in one transaction, then
+    the `Erasure` record is written with the counts. `dry_run`: the counts only, nothing changed or
+    locked."""
+    if (value is None) == (customer_key is None):
+        raise ForgetError("name the customer by exactly one of --value (or --email) and --customer-key")
+    if customer_key is not None and not PSEUDONYM_SHAPE.fullmatch(customer_key):
+        raise ForgetError("--customer-key must be a pseudonym: 64 lower-case hexadecimal digits")
+    # Every pipeline's key and pseudonym first: a missing key fails before any pipeline is changed.
+    targets = []
+    for name in [pipeline] if pipeline else pipeline_names():
+        config = pipeline_load(name)
+        key = erasure_key(config)
+        hexed = customer_key if customer_key is not None else pseudonym(key, value)
+        if hexed is None:
+            raise ForgetError("the value is blank: a blank identity is a guest's, not a customer's")
+        targets.append((config, key, hexed))
+    outcomes = []
+    for config, key, hexed in targets:
+        if dry_run:
+            outcomes.append(_forget_plan(config, key, hexed))
+            continue
+        with pipeline_controlled(config=config):
+            outcomes.append(_forget(config, key, hexed, operator=operator))
+    return outcomes
+
+
+def _forget(config: PipelineConfig, key: bytes, hexed: str, *, operator: str | None) -> ForgetOutcome:
+    _, created = ErasedCustomer.objects.using(config.database).get_or_create(
+        pipeline=config.name, token=suppression_token(key, hexed)
+    )
+    outcome = ForgetOutcome(pipeline=config.name, dry_run=False, newly_listed=created)
+    _staging_erase(config, key, hexed, outcome.counts, publish=True)
+    with transaction.atomic(using=config.database):
+        outcome.counts |= _warehouse_erase(config, hexed, apply=True)
+        outcome.erasure = Erasure.objects.using(config.database).create(
+            pipeline=config.name,
+            erased_at=timezone.now(),
+            command=COMMAND,
+            operator=operator if operator is not None else _os_user(),
+            hostname=socket.gethostname(),
+            counts=dict(outcome.counts),
+            newly_listed=created,
+        )
+    return outcome
+
+
+def _forget_plan(config: PipelineConfig, key: bytes, hexed: str) -> ForgetOutcome:
+    listed = (
+        ErasedCustomer.objects.using(config.database)
+        .filter(pipeline=config.name, token=suppression_token(key, hexed))
+        .exists()
+    )
+    outcome = ForgetOutcome(pipeline=config.name, dry_run=True, newly_listed=not listed)
+    _staging_erase(config, key, hexed, outcome.counts, publish=False)
+    outcome.counts |= _warehouse_erase(config, hexed, apply=False)
+    return outcome
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+# --- warehouse ----------------------------------------------------------------------------------------
+
+
+def _links_declared(config: PipelineConfig) -> bool:
+    """Whether a source names a return's original order: then the link is the source's, not one found by
+    the customer, and it stays."""
+    return any(c.name == "original_order_id" for ds in config.datasets.values() for c in ds.columns)
+
+
+def _warehouse_erase(config: PipelineConfig, hexed: str, *, apply: bool) -> dict[str, int]:
+    """The customer's member goes; their lines stay, attributed to no customer, as a guest's, so no total
+    changes. A return linked to its purchase by the customer loses the link, as a load of the date would
+    now leave it (declared links stay). Quarantined raw records show the identity null, as extraction now
+    stages it, under the fingerprint a re-run gives them."""
+    db = config.database
+    members = DimCustomer.objects.using(db).filter(pipeline=config.name, customer_key=hexed)
+    lines = FactSalesLine.objects.using(db).filter(pipeline=config.name, customer__in=members)
+    unlinked = (
+        FactSalesLine.objects.none()
+        if _links_declared(config)
+        else lines.filter(is_return=True, original_order_id__isnull=False)
+    )
+    quarantined = QuarantinedRow.objects.using(db).filter(
+        Q(raw_record__contains=f'"{hexed}"') | Q(message__contains=hexed), pipeline=config.name
+    )
+    counts = {
+        "dim_customers": members.count(),
+        "sales_lines": lines.count(),
+        "returns_unlinked": unlinked.count(),
+        "quarantined_rows": quarantined.count(),
+    }
+    if not apply:
+        return counts
+    unlinked.update(original_order_id=None, linked_by_loader=False)
+    lines.update(customer=None)
+    members.delete()
+    for row in quarantined.select_for_update().order_by("id"):
+        _quarantined_erase(row, hexed, using=db)
+    return counts
+
+
+def _raw_record_erase(raw_record: str, hexed: str) -> str:
+    # A pseudonym is 64 hex digits: as a JSON string it occurs only as a value, never inside another.
+    return raw_record.replace(f'"{hexed}"', "null")
+
+
+def _message_erase(message: str, hexed: str) -> str:
+    """A rule on a personal column (presence, equality) shows its value as `column='<pseudonym>'`."""
+    return message.replace(f"'{hexed}'", "null").replace(hexed, "null")
+
+
+def _quarantined_erase(row: QuarantinedRow, hexed: str, *, using: str) -> None:
+    row.message = _message_erase(row.message, hexed)
+    row.raw_record = _raw_record_erase(row.raw_record, hexed)
+    row.record_fingerprint = hashlib.sha256(row.raw_record.encode("utf-8")).hexdigest()
+    same = (
+        QuarantinedRow.objects.using(using)
+        .filter(
+            pipeline=row.pipeline,
+            business_date=row.business_date,
+            dataset=row.dataset,
+            record_fingerprint=row.record_fingerprint,
+        )
+        .exclude(pk=row.pk)
+        .first()
+    )
+    if same is not None:  # without the identity it is another record's copy: one record, both counted
+        same.occurrences += row.occurrences
+        same.save(using=using, update_fields=["occurrences"])
+        row.delete(using=using)
+        return
+    row.save(using=using, update_fields=["message", "raw_record", "record_fingerprint"])
+
+
+# --- staging ------------------------------------------------------------------------------------------
+
+
+def _staging_erase(
+    config: PipelineConfig, key: bytes, hexed: str, counts: dict[str, int], *, publish: bool
+) -> None:
+    """Every published raw partition of a dataset with identity columns, and every transformed one, that
+    holds the customer: republished without the identity (`staging.partition_rewrite`), or only counted."""
+    tokens = {suppression_token(key, hexed)}
+    links_declared = _links_declared(config)
+    for dataset, columns in identity_columns(config).items():
+        refs = staging.PartitionRef.raw(config.staging_root, config.name, dataset, _ANY_DATE)
+        for day in staging.partition_dates(refs):
+            ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset, day)
+            rows = _partition_erase(
+                ref, partial(_raw_erase, columns=columns, key=key, tokens=tokens), publish=publish
+            )
+            if rows:
+                counts["raw_partitions"] += 1
+                counts["raw_rows"] += rows
+    transformed = staging.PartitionRef.transformed(config.staging_root, config.name, _ANY_DATE)
+    for day in staging.partition_dates(transformed):
+        ref = staging.PartitionRef.transformed(config.staging_root, config.name, day)
+        rewrite = partial(_transformed_erase, hexed=hexed, links_declared=links_declared)
+        rows = _partition_erase(ref, rewrite, publish=publish)
+        if rows:
+            counts["transformed_partitions"] += 1
+            counts["transformed_rows"] += rows
+
+
+# partition_dates lists a layer's (or dataset's) dates from any of its partitions' references.
+_ANY_DATE = date.min
+
+# (rewritten table or None when unchanged, rows changed)
+Rewrite = Callable[[str | None, pa.Table], tuple[pa.Table | None, int]]
+
+
+def _partition_erase(ref: staging.PartitionRef, rewrite: Rewrite, *, publish: bool) -> int:
+    changed = Counter[str]()
+
+    def counted(output: str | None, table: pa.Table) -> pa.Table | None:
+        new, rows = rewrite(output, table)
+        changed["rows"] += rows
+        return new
+
+    if publish:
+        staging.partition_rewrite(ref, counted)
+        return changed["rows"]
+    with staging.partitions_reading([ref]):
+        manifest = staging.manifest_read(ref)
+        owner = {f: name for name, out in manifest.outputs.items() for f in out.get("files", ())}
+        for name in manifest.files:
+            counted(owner.get(name), pq.read_table(ref.dir / name))
+    return changed["rows"]
+
+
+def _raw_erase(
+    _output: str | None, table: pa.Table, *, columns: tuple[str, ...], key: bytes, tokens: set[str]
+) -> tuple[pa.Table | None, int]:
+    """The raw rows of the customer with their identity columns null: what extraction stages for a
+    customer on the erasure list. A column the file marks as pseudonyms is compared as it is; one staged
+    in clear (before pseudonyms, or not declared personal) through `pseudonym`."""
+    present = [name for name in columns if name in table.schema.names]
+    pseudonymised = {
+        name
+        for name in table.schema.names
+        if (table.schema.field(name).metadata or {}).get(b"pii") == b"hmac-sha256"
+    }
+    if not present:
+        return None, 0
+    erased = rows_erased(
+        {name: table.column(name) for name in present}, key=key, tokens=tokens, pseudonymised=pseudonymised
+    )
+    rows = pc.sum(pc.cast(erased, pa.int64())).as_py() or 0
+    if not rows:
+        return None, 0
+    return rows_erase(table, dict.fromkeys([*present, *sorted(pseudonymised)]), erased), rows
+
+
+def _transformed_erase(
+    output: str | None, table: pa.Table, *, hexed: str, links_declared: bool
+) -> tuple[pa.Table | None, int]:
+    """What the job now makes of the rewritten raw rows: sales lines of no customer (and a return linked by
+    the customer unlinked), no customer row, quarantine records with the identity null."""
+    if output == "sales_lines" and "customer_key" in table.schema.names:
+        erased = pc.fill_null(pc.equal(table.column("customer_key"), hexed), False)
+        rows = pc.sum(pc.cast(erased, pa.int64())).as_py() or 0
+        if not rows:
+            return None, 0
+        columns = ["customer_key"]
+        if not links_declared and "original_order_id" in table.schema.names:
+            returns = pc.and_(erased, pc.fill_null(table.column("is_return"), False))
+            table = rows_erase(table, ["original_order_id"], returns)
+        return rows_erase(table, columns, erased), rows
+    if output == "customers" and "customer_key" in table.schema.names:
+        keep = pc.invert(pc.fill_null(pc.equal(table.column("customer_key"), hexed), False))
+        kept = table.filter(keep)
+        rows = table.num_rows - kept.num_rows
+        return (kept, rows) if rows else (None, 0)
+    if output == "quarantine" and "raw_record" in table.schema.names:
+        records = table.column("raw_record").to_pylist()
+        hits = [r is not None and f'"{hexed}"' in r for r in records]
+        rows = sum(hits)
+        if not rows:
+            return None, 0
+        new_records = [
+            _raw_record_erase(r, hexed) if hit else r for r, hit in zip(records, hits, strict=True)
+        ]
+        arrays = dict(zip(table.schema.names, table.columns, strict=True))
+        arrays["raw_record"] = pa.array(new_records, type=table.schema.field("raw_record").type)
+        if "message" in arrays:
+            arrays["message"] = pa.array(
+                [m if m is None else _message_erase(m, hexed) for m in table.column("message").to_pylist()],
+                type=table.schema.field("message").type,
+            )
+        if "record_fingerprint" in arrays:
+            prints = table.column("record_fingerprint").to_pylist()
+            arrays["record_fingerprint"] = pa.array(
+                [
+                    hashlib.sha256(r.encode("utf-8")).hexdigest() if hit else p
+                    for r, p, hit in zip(new_records, prints, hits, strict=True)
+                ],
+                type=table.schema.field("record_fingerprint").type,
+            )
+        return pa.Table.from_arrays(list(arrays.values()), schema=table.schema), rows
+    return None, 0
