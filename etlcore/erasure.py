@@ -4,9 +4,8 @@ share them, so what forget_customer removes from staging is what extraction keep
 
 from __future__ import annotations
 
-import os
-
 from connectors.records import Erasure
+from connectors.secrets import secret_get
 from spark_jobs.contract import job_contract
 
 from .config import PipelineConfig
@@ -38,11 +37,11 @@ def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
 def erasure_key(config: PipelineConfig) -> bytes:
     """The pipeline's pseudonym key: pseudonyms and erasure-list tokens are made with it."""
     env = config.spark.pseudonym_key_env
-    key = os.environ.get(env, "")
+    key = secret_get(env)
     if not key:
         raise ConfigurationError(
-            f"pipeline {config.name!r}: environment variable {env} is not set; customer pseudonyms and the "
-            "erasure list are made with it"
+            f"pipeline {config.name!r}: environment variable {env} (or {env}_FILE) is not set; customer "
+            "pseudonyms and the erasure list are made with it"
         )
     return key.encode("utf-8")
 
