@@ -15,7 +15,8 @@ staging), Spark in local mode, JVM start-up included.
   date. Median of `--repeat` runs, each into a fresh warehouse.
 - date by date (the baseline): `manage.py run_pipeline --date D`, one process and one spark-submit a date,
   as a nightly cron line runs it. Running all N would take N times ~20 s, so only the first `--sample`
-  dates of the N run, in date order; the median of their times, times N, is the extrapolated date-by-date
+  dates of the N run, in date order, half before the backfill and half after it (so that drift in the
+  machine's load falls on both sides); the median of their times, times N, is the extrapolated date-by-date
   time (`extrapolated_seconds`; `extrapolated: true` in the results).
 
 `ratio` = backfill seconds / extrapolated date-by-date seconds (lower is better; `speedup` is its
@@ -103,11 +104,11 @@ def run_backfill(days: list[date], var_dir: Path) -> dict[str, Any]:
     result = measure(argv, env=env, log=var_dir / "backfill.log")
     if result["exit_code"] != 0:
         raise SystemExit(f"backfill failed, see {result['log']}")
-    return result
+    return result | {"load_average": _load()}
 
 
-def run_date_by_date(days: list[date], var_dir: Path) -> list[dict[str, Any]]:
-    env = fresh_warehouse(var_dir)
+def run_date_by_date(days: list[date], var_dir: Path, *, fresh: bool) -> list[dict[str, Any]]:
+    env = fresh_warehouse(var_dir) if fresh else side_env(var_dir)
     results = []
     for day in days:
         argv = [sys.executable, str(REPO / "manage.py"), "run_pipeline", "--pipeline", PIPELINE]
@@ -115,8 +116,8 @@ def run_date_by_date(days: list[date], var_dir: Path) -> list[dict[str, Any]]:
         result = measure(argv, env=env, log=var_dir / f"run-{day}.log")
         if result["exit_code"] != 0:
             raise SystemExit(f"run_pipeline --date {day} failed, see {result['log']}")
-        results.append(result)
-        print(f"date by date {day}: {result['seconds']:6.1f} s", file=sys.stderr)
+        results.append(result | {"load_average": _load()})
+        print(f"date by date {day}: {result['seconds']:6.1f} s (load {_load()})", file=sys.stderr)
     return results
 
 
@@ -182,6 +183,7 @@ def _load() -> str:
 def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": [round(r["seconds"], 2) for r in runs],
+        "load_average_after_each": [r["load_average"] for r in runs],
         "peak_memory_mb": round(max(r["peak_memory_mb"] for r in runs), 1),
         "max_process_rss_mb": round(max(r["max_process_rss_mb"] for r in runs), 1),
     }
@@ -215,11 +217,18 @@ def main() -> None:
     days = list(lines)
     sampled = days[: args.sample]
     figures: dict[str, Any] = {"load_average_before": _load()}
-    one_by_one = run_date_by_date(sampled, ROOT / "date_by_date")
+    # The backfill runs between the two halves of the sample, so drift in the machine's load (other jobs
+    # on the same cores) falls on both sides alike.
+    half = (len(sampled) + 1) // 2
+    one_by_one = run_date_by_date(sampled[:half], ROOT / "date_by_date", fresh=True)
     backfills = []
     for n in range(args.repeat):
         backfills.append(run_backfill(days, ROOT / f"backfill-{n}"))
-        print(f"backfill of {len(days)} dates: {backfills[-1]['seconds']:6.1f} s", file=sys.stderr)
+        print(
+            f"backfill of {len(days)} dates: {backfills[-1]['seconds']:6.1f} s (load {_load()})",
+            file=sys.stderr,
+        )
+    one_by_one += run_date_by_date(sampled[half:], ROOT / "date_by_date", fresh=False)
     figures["load_average_after"] = _load()
 
     ours = inspect(ROOT / f"backfill-{args.repeat - 1}", sampled)
