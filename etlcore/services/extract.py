@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -20,6 +21,7 @@ from connectors import build_connector
 from connectors.base import ExtractWindow
 from connectors.errors import SchemaDriftError
 from connectors.records import (
+    Encrypter,
     FieldObserver,
     SchemaDrift,
     schema_drift,
@@ -31,6 +33,7 @@ from .. import staging
 from ..config import DatasetConfig, PipelineConfig
 from ..errors import ETL_ERRORS, ConfigurationError, SourceError
 from ..models import StagedPartition
+from ..pii import pii_cipher
 from ..runs import StepOutcome, error_text
 from ..selectors import extract_state_lookup
 
@@ -46,6 +49,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     """
     window = config.window(business_date)
     key = pseudonym_key_read(config)
+    encrypter = pii_encrypter_read(config)
     plans = {
         name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
         for name in config.datasets
@@ -65,6 +69,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 window=window,
                 run_id=outcome.run_id,
                 pseudonym_key=key,
+                encrypter=encrypter,
                 state=plans[name].state,
                 previous_fields=plans[name].previous_fields,
                 stopped=stopped,
@@ -115,6 +120,21 @@ def pseudonym_key_read(config: PipelineConfig) -> bytes | None:
     return key.encode("utf-8")
 
 
+def pii_encrypter_read(config: PipelineConfig) -> MultiFernet | None:
+    """The cipher encrypted columns (`pii = "encrypt"`) are staged with; a pipeline with any fails here,
+    before a source is read, when its keys' variable is not set or not Fernet keys. None without any."""
+    encrypted = {name: sorted(ds.encrypted) for name, ds in config.datasets.items() if ds.encrypted}
+    if not encrypted:
+        return None
+    try:
+        return pii_cipher(env=config.spark.pii_keys_env)
+    except ConfigurationError as exc:
+        listed = "; ".join(f"{name}: {', '.join(columns)}" for name, columns in encrypted.items())
+        raise ConfigurationError(
+            f"pipeline {config.name!r}: {exc}; encrypted columns ({listed}) are staged with it"
+        ) from None
+
+
 @contextmanager
 def _stop_on_exit(stopped: threading.Event) -> Iterator[None]:
     try:
@@ -143,6 +163,7 @@ def _dataset_extract(
     run_id: int,
     pseudonym_key: bytes | None,
     state: Mapping[str, Any] | None,
+    encrypter: Encrypter | None = None,
     previous_fields: Mapping[str, str] | None,
     stopped: threading.Event,
 ) -> _Extracted:
@@ -167,6 +188,7 @@ def _dataset_extract(
                     explode=dataset.explode,
                     source_label=label,
                     pseudonym_key=pseudonym_key,
+                    encrypter=encrypter,
                 )
             # Raising here, after the last batch, still prevents the partition from being published.
             drift.append(_drift_check(dataset, observer, previous_fields))

@@ -120,7 +120,7 @@ def load_dimension(
 
 def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composable) -> None:
     """Type 1: insert new members, then update members whose attributes changed; unchanged rows are not
-    touched.
+    touched. A `kept` column is written on insert, and later only where it is null.
 
     Two statements instead of `ON CONFLICT DO UPDATE`, which locks every conflicting row even when its
     WHERE is false: concurrent loads of other dates share these dimension rows and must not wait on them."""
@@ -165,6 +165,23 @@ def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composabl
                 skey=sql.Identifier(spec.natural_key),
                 old=sql.SQL(", ").join(sql.SQL("d.{}").format(t) for t in targets),
                 new=sql.SQL(", ").join(sources),
+            )
+        )
+    for name in spec.kept:
+        # Set once: only where the stored member has none (as the portable path's `_fill_kept`).
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {table} d SET {target} = s.{source} FROM {staging} s WHERE d.{pipeline} = {name} "
+                "AND d.{key} = s.{skey} AND d.{target} IS NULL AND s.{source} IS NOT NULL"
+            ).format(
+                table=table,
+                target=sql.Identifier(meta.get_field(name).column),
+                source=sql.Identifier(name),
+                staging=staging,
+                pipeline=_column(spec.model, PIPELINE_FIELD),
+                name=sql.Literal(pipeline),
+                key=key,
+                skey=sql.Identifier(spec.natural_key),
             )
         )
 
