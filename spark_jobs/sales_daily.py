@@ -159,7 +159,8 @@ def quarantine_masks(
     input_spec: Mapping[str, Any], pseudonym_key: bytes, customer_key_from: str | None = None
 ) -> dict[str, Callable[[Column], Column]]:
     """How personal data shows in a quarantined record: as its pseudonym, for the columns declared
-    ``pii`` and the customer key's source column (the e-mail), so the warehouse holds no address."""
+    ``pii`` and the customer key's source column (the e-mail), so the warehouse holds no address; an
+    encrypted column (``encrypted``) as :data:`ENCRYPTED_MARK`."""
 
     def mask(text: Column) -> Column:
         return customer_key(pseudonym_key, clean_text(text, collapse=True))
@@ -169,7 +170,18 @@ def quarantine_masks(
         masks[customer_key_from] = mask
     for column in input_spec.get("pseudonymised") or ():
         masks[column] = lambda text: text  # staged as its pseudonym already
+    for column in input_spec.get("encrypted") or ():
+        masks[column] = encrypted_mark
     return masks
+
+
+# How a Fernet token (a `pii = "encrypt"` column) shows in a quarantined record: a fixed mark, since the
+# token differs at every extraction and the record's fingerprint must not (a re-run changes no row).
+ENCRYPTED_MARK = "[encrypted]"
+
+
+def encrypted_mark(text: Column) -> Column:
+    return F.when(text.isNotNull(), F.lit(ENCRYPTED_MARK))
 
 
 def prepare_order_lines(

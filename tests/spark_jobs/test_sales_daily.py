@@ -19,6 +19,7 @@ from spark_jobs import sales_daily as job
 from spark_jobs.quality import clean_text
 from spark_jobs.sales_daily import (
     CUSTOMERS_SCHEMA,
+    ENCRYPTED_MARK,
     SALES_LINES_SCHEMA,
     accepted_rows,
     build_customers,
@@ -378,6 +379,19 @@ def test_the_customer_key_source_is_masked_in_quarantine_even_when_not_declared_
 
     assert emails.select(mask(emails["customer_email"])).first()[0] == py_key("ann@example.com")
     assert "customer_email" not in quarantine_masks(spec, KEY)
+
+
+def test_an_encrypted_column_shows_as_a_fixed_mark_in_quarantine_so_a_re_extraction_keeps_the_record(spark):
+    spec = {**LINE_SPEC, "encrypted": ["customer_email_encrypted"]}
+    tokens = spark.createDataFrame([("gAAAAA-token-one",), ("gAAAAA-token-two",), (None,)], "t string")
+
+    mask = quarantine_masks(spec, KEY, "customer_email")["customer_email_encrypted"]
+
+    assert [r[0] for r in tokens.select(mask(tokens["t"])).collect()] == [
+        ENCRYPTED_MARK,
+        ENCRYPTED_MARK,
+        None,
+    ]
 
 
 def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_email(spark):
