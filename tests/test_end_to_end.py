@@ -24,6 +24,7 @@ from etlcore.demo.generate import PriceChange, generate_demo_data
 from etlcore.demo.pipeline import demo_run
 from etlcore.models import PipelineRun
 from etlcore.pii import customer_emails
+from spark_jobs.sales_daily import ENCRYPTED_MARK
 from warehouse.models import DimCustomer, DimProduct, DimStore, FactDailySales, FactSalesLine, QuarantinedRow
 
 pytestmark = [pytest.mark.spark_submit, pytest.mark.django_db(transaction=True)]
@@ -150,6 +151,12 @@ def test_demo_dates_land_with_every_row_accounted_for_price_history_and_cross_da
     tokens = dict(DimCustomer.objects.values_list("customer_key", "email_encrypted"))
     assert None not in tokens.values() and not set(tokens.values()) & emails
     assert customer_emails(keys) == {key: by_key[key] for key in keys}
+    # A quarantined line shows its token as a fixed mark (a re-extraction must quarantine the same record).
+    records = [
+        json.loads(r) for r in quarantine.filter(dataset="order_lines").values_list("raw_record", flat=True)
+    ]
+    assert {r.get("customer_email_encrypted") for r in records} <= {ENCRYPTED_MARK, None}
+    assert ENCRYPTED_MARK in {r.get("customer_email_encrypted") for r in records}
     # Neither staging layer holds an address in clear, whatever its column.
     staged = demo_env / "staging" / "retail_demo"
     for path in staged.rglob("*.parquet"):
