@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import pyarrow.parquet as pq
 import pytest
 
 from warehouse.checks import warehouse_checksums
@@ -62,3 +63,17 @@ def test_a_customer_stored_without_a_token_takes_the_first_one_a_load_brings(db_
     assert stored(db_alias) == [(KEY, "FR", "token-of-day-one")]
     load(db_alias, tmp_path, NEXT_DAY, token="token-again", country="FR", hour=18)
     assert stored(db_alias) == [(KEY, "FR", "token-of-day-one")]
+
+
+def test_a_partition_transformed_before_the_job_wrote_the_token_still_loads(db_alias, tmp_path):
+    seen = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    outputs = default_outputs([sale("O1", 1, day=DAY)]) | {
+        "customers": [{"customer_key": KEY, "country": "DE", "country_seen_at": seen}],
+        "quarantine": [],
+    }
+    paths = write_outputs(tmp_path / "old", outputs)
+    (customers,) = paths["customers"]
+    pq.write_table(pq.read_table(customers).drop_columns(["email_encrypted"]), customers)
+
+    partition_load(outputs=paths, pipeline="shop", business_date=DAY, run_id=None, using=db_alias)
+    assert stored(db_alias) == [(KEY, "DE", None)]

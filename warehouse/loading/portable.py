@@ -55,7 +55,7 @@ def load_date_row(using: str, day: date) -> None:
 
 def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[Path], day: date) -> int:
     rows = 0
-    for batch in _read_batches(files, spec.columns):
+    for batch in _read_batches(files, spec.columns, optional=spec.kept):
         if spec.history:
             _observe_members(using, spec, pipeline, batch, day)
         else:
@@ -668,11 +668,20 @@ def _delete_not_kept(
     return deleted
 
 
-def _read_batches(files: Sequence[Path], columns: list[str]) -> Iterator[list[dict[str, Any]]]:
+def _read_batches(
+    files: Sequence[Path], columns: list[str], *, optional: Sequence[str] = ()
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows of the files' `columns`; an `optional` column a file lacks (written before the job had it) is
+    null."""
     for path in files:
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield batch.to_pylist()
+        absent = [c for c in optional if c not in parquet.schema_arrow.names]
+        present = [c for c in columns if c not in absent]
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=present):
+            rows = batch.to_pylist()
+            for row in rows:
+                row.update(dict.fromkeys(absent))
+            yield rows
 
 
 def _python_value(value: Any) -> Any:
