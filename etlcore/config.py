@@ -341,6 +341,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         for ds_name, ds_doc in datasets_doc.items()
     }
     _check_references(datasets, where)
+    _encrypted_identity_check(spark, datasets, where)
 
     staging_root = Path(doc.get("staging_root") or settings.ETL_STAGING_ROOT)
     workers = doc.get("extract_workers", settings.ETL_EXTRACT_WORKERS)
@@ -613,6 +614,28 @@ def _personal_rules_check(
                 f"{where}: rule {rule.code!r}: its `when` compares personal column {sorted(read)[0]!r}, "
                 f"which is staged as {staged_as} (only `is null` / `is not null` can test it)"
             )
+
+
+def _encrypted_identity_check(spark: SparkConfig, datasets: Mapping[str, DatasetConfig], where: str) -> None:
+    """A Fernet token differs at every extraction of the same value: it cannot identify a row (key,
+    version) nor a customer (a job's column option such as customer_key_from)."""
+    for name, dataset in datasets.items():
+        used = [c for c in (*dataset.key, dataset.version_column) if c in dataset.encrypted]
+        if used:
+            raise ConfigurationError(
+                f'{where} [datasets.{name}]: column {used[0]!r} is encrypted (pii = "encrypt"), a new token '
+                "at every extraction: it cannot be the key or the version_column"
+            )
+    contract = CONTRACTS.get(spark.job)
+    for job_input in contract.inputs if contract else ():
+        dataset = datasets.get(job_input.name)
+        for option, default in job_input.column_options:
+            column = spark.options.get(option, default)
+            if dataset is not None and column in dataset.encrypted:
+                raise ConfigurationError(
+                    f'{where} [spark.options]: {option} {column!r} is encrypted (pii = "encrypt"), a new '
+                    "token at every extraction: name a clear or pseudonymised (pii = true) column"
+                )
 
 
 def _env_names(names: Sequence[str], where: str) -> tuple[str, ...]:

@@ -235,3 +235,18 @@ def test_warehouse_checksums_count_a_token_by_its_presence(keys):
     assert warehouse_checksums(using="default") == before
     DimCustomer.objects.filter(customer_key="k1").update(email_encrypted=None)
     assert warehouse_checksums(using="default") != before
+
+
+def test_an_encrypted_column_cannot_identify_a_row_or_a_customer(tmp_path):
+    keyed = dataset("/x.csv", key=["sealed"], sealed={"pii": "encrypt"})
+    with pytest.raises(ConfigurationError, match=r"\[datasets.products\]: column 'sealed' is encrypted"):
+        pipeline_parse(pipeline_write(tmp_path, datasets={"products": keyed}))
+
+    lines = dataset("/x.csv", order_id={}, email={"pii": "encrypt"})
+    path = pipeline_write(
+        tmp_path, datasets={"order_lines": lines}, spark={"options": {"customer_key_from": "email"}}
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"\[spark.options\]: customer_key_from 'email' is encrypted"
+    ):
+        pipeline_parse(path)
