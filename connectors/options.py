@@ -26,6 +26,7 @@ __all__ = [
     "TEXT",
     "TEXT_LIST",
     "WHOLE",
+    "Among",
     "Entries",
     "ListOf",
     "OneOf",
@@ -137,6 +138,17 @@ class Entries(Spec):
         where = (*path, key) if key else path
         for name, item in value.items():
             self.value.check(item, where, name)
+
+
+@dataclass(frozen=True)
+class Among(Spec):
+    """One of a few fixed values (`pii = "encrypt"`); a boolean never equals a text."""
+
+    values: tuple[Any, ...]
+    words: str
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +27,7 @@ from .errors import ConfigurationError, SourceError
 __all__ = [
     "MISSING",
     "ColumnSpec",
+    "Encrypter",
     "Erasure",
     "FieldObserver",
     "SchemaDrift",
@@ -53,6 +54,8 @@ class ColumnSpec:
     required: bool = False
     # Personal data: staged as its keyed pseudonym (`pseudonym`), never as the clear value.
     pii: bool = False
+    # Personal data authorised code must read back (`pii = "encrypt"`): staged as a Fernet token.
+    encrypt: bool = False
 
     @classmethod
     def from_config(cls, name: str, table: Mapping[str, Any]) -> ColumnSpec:
@@ -66,6 +69,7 @@ class ColumnSpec:
             type=str(table.get("type", "string")),
             required=bool(table.get("required", False)),
             pii=table.get("pii") is True,
+            encrypt=table.get("pii") == "encrypt",
         )
 
 
@@ -88,7 +92,7 @@ def column_specs(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> list[Colu
             spec = (
                 decl
                 if decl.name == name
-                else ColumnSpec(name, decl.source, decl.type, decl.required, decl.pii)
+                else ColumnSpec(name, decl.source, decl.type, decl.required, decl.pii, decl.encrypt)
             )
         elif isinstance(decl, Mapping):
             spec = ColumnSpec.from_config(name, decl)
@@ -100,23 +104,37 @@ def column_specs(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> list[Colu
                 type=str(getattr(decl, "type", "string")),
                 required=bool(getattr(decl, "required", False)),
                 pii=getattr(decl, "pii", False) is True,
+                encrypt=getattr(decl, "pii", False) == "encrypt" or getattr(decl, "encrypt", False) is True,
             )
         specs.append(spec)
     return specs
 
 
-# A staged column's field metadata saying it holds pseudonyms (the manifest's schema repeats it).
+# A staged column's field metadata saying it holds pseudonyms, or Fernet tokens (the manifest's schema
+# repeats it).
 PSEUDONYM_METADATA = {b"pii": b"hmac-sha256"}
+ENCRYPTED_METADATA = {b"pii": b"fernet"}
 
 
 def staging_schema(columns: Mapping[str, Any] | Iterable[ColumnSpec]) -> pa.Schema:
     """The staged schema: every declared column, in order, as nullable text; personal ones say so."""
     return pa.schema(
         [
-            pa.field(spec.name, pa.string(), metadata=PSEUDONYM_METADATA if spec.pii else None)
+            pa.field(
+                spec.name,
+                pa.string(),
+                metadata=PSEUDONYM_METADATA if spec.pii else ENCRYPTED_METADATA if spec.encrypt else None,
+            )
             for spec in column_specs(columns)
         ]
     )
+
+
+class Encrypter(Protocol):
+    """What encrypts a `pii = "encrypt"` column: cryptography's `MultiFernet` (or `Fernet`), built from the
+    keys by the caller, so connectors never read a key."""
+
+    def encrypt(self, data: bytes) -> bytes: ...
 
 
 # --- personal data ----------------------------------------------------------------------------------------
@@ -137,6 +155,18 @@ def pseudonym(key: bytes, text: str | None) -> str | None:
     if not cleaned:
         return None
     return hmac.digest(key, cleaned.lower().encode("utf-8"), hashlib.sha256).hex()
+
+
+def _encrypted(column: pa.Array, encrypter: Encrypter) -> pa.Array:
+    """Every value of a staged text column as its own Fernet token (a fresh one per value: equal values
+    give different tokens, so the raw layer does not even show which rows share one); null stays null."""
+    return pa.array(
+        [
+            None if v is None else encrypter.encrypt(v.encode("utf-8")).decode("ascii")
+            for v in column.to_pylist()
+        ],
+        type=pa.string(),
+    )
 
 
 def _pseudonyms(column: pa.Array, key: bytes) -> pa.Array:
@@ -300,11 +330,14 @@ def to_staging_batch(
     explode: str | None = None,
     source_label: str,
     pseudonym_key: bytes | None = None,
+    encrypter: Encrypter | None = None,
     erasure: Erasure | None = None,
 ) -> pa.RecordBatch:
     """Turn one raw batch into the staged Arrow batch: exactly the declared columns, in order, as text.
-    A personal column (`pii`) holds its `pseudonym` under `pseudonym_key`: the clear value is never staged.
-    With `erasure`, an erased customer's rows are staged with their identity columns null (`rows_erased`).
+    A personal column (`pii`) holds its `pseudonym` under `pseudonym_key`, an encrypted one
+    (`pii = "encrypt"`) its Fernet token made by `encrypter`: the clear value is never staged.
+    With `erasure`, an erased customer's rows are staged with their identity, personal and encrypted
+    columns null (`rows_erased`).
 
     Records (`list[dict]`): a column reads its source by exact key, then by dotted path; a missing field is
     null. With `explode`, each element of the list at that path becomes one row carrying the parent's
@@ -322,14 +355,24 @@ def to_staging_batch(
             f"source {source_label!r}: column(s) {', '.join(personal)} are personal (pii = true) and are "
             "staged as pseudonyms: the pseudonym key is needed"
         )
+    encrypted = [spec.name for spec in specs if spec.encrypt]
+    if encrypted and encrypter is None:
+        raise ConfigurationError(
+            f'source {source_label!r}: column(s) {", ".join(encrypted)} are encrypted (pii = "encrypt"): '
+            "the personal-data keys are needed"
+        )
     if isinstance(batch, pa.RecordBatch) and not explode:
         staged = _arrow_to_batch(batch, specs, source_label)
     else:
         records = batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
         staged = _records_to_batch(records, specs, explode, source_label)
-    if personal:
+    if personal or encrypted:
         arrays = [
-            _pseudonyms(column, pseudonym_key) if spec.pii else column
+            _pseudonyms(column, pseudonym_key)
+            if spec.pii
+            else _encrypted(column, encrypter)
+            if spec.encrypt
+            else column
             for spec, column in zip(specs, staged.columns, strict=True)
         ]
         staged = pa.RecordBatch.from_arrays(arrays, schema=staged.schema)
@@ -337,7 +380,7 @@ def to_staging_batch(
         return staged
     if not pseudonym_key:
         raise ConfigurationError(f"source {source_label!r}: the erasure list needs the pseudonym key")
-    identity = [name for name in erasure.columns if name in staged.schema.names]
+    identity = [name for name in erasure.columns if name in staged.schema.names and name not in encrypted]
     erased = rows_erased(
         {name: staged.column(name) for name in identity},
         key=pseudonym_key,
@@ -346,7 +389,7 @@ def to_staging_batch(
     )
     if not pc.any(erased).as_py():
         return staged
-    return rows_erase(staged, dict.fromkeys([*identity, *personal]), erased)
+    return rows_erase(staged, dict.fromkeys([*identity, *personal, *encrypted]), erased)
 
 
 def _records_to_batch(

@@ -26,6 +26,7 @@ from connectors.options import (
     TEXT,
     TEXT_LIST,
     WHOLE,
+    Among,
     Entries,
     ListOf,
     OneOf,
@@ -67,8 +68,12 @@ GUARD_ACTIONS = ("fail", "warn")
 # The pipeline file, declared table by table (docs/configuration.md): `pipeline_parse` checks every key
 # and type against these before it reads a value, so a misspelt key fails instead of falling back to its
 # default. A source's keys are its kind's (`Connector.option_schema`); a rule's are checked by `_parse_rule`.
+# `pii`: true stages the column as its keyed pseudonym, "encrypt" as a Fernet token authorised code can read
+# back (etlcore.pii); docs/configuration.md "Personal data".
+PII_ENCRYPT = "encrypt"
+PII = OneOf((FLAG, Among((PII_ENCRYPT,), '"encrypt"')), 'true, false or "encrypt"')
 COLUMN = Table(
-    {"from": TEXT, "type": TEXT, "required": FLAG, "pii": FLAG}, "a table like { from = ..., type = ... }"
+    {"from": TEXT, "type": TEXT, "required": FLAG, "pii": PII}, "a table like { from = ..., type = ... }"
 )
 # A guard is its bound, or `{ value = bound, on_breach = ... }`; the bound's own check says what it must be.
 GUARD = OneOf((Table({"value": ANY, "on_breach": TEXT}), ANY), "a bound or { value = ..., on_breach = ... }")
@@ -93,6 +98,7 @@ SPARK = Table(
         "master": TEXT,
         "conf": Entries(SCALAR),
         "pseudonym_key_env": TEXT,
+        "pii_keys_env": TEXT,
         "reporting_currency": TEXT,
         "timeout_seconds": NUMBER,
         "env": TEXT_LIST,
@@ -181,12 +187,14 @@ class DatasetConfig:
     rules: tuple[RuleConfig, ...] = ()
     pii: frozenset[str] = frozenset()  # columns shown as their pseudonym in quarantined raw records
     guards: tuple[GuardConfig, ...] = ()
+    # Columns staged as Fernet tokens (`pii = "encrypt"`); masked in quarantined raw records like `pii`.
+    encrypted: frozenset[str] = frozenset()
 
     def spark_columns(self) -> dict[str, dict[str, Any]]:
         columns: dict[str, dict[str, Any]] = {}
         for c in self.columns:
             columns[c.name] = {"type": c.type, "required": c.required}
-            if c.name in self.pii:
+            if c.name in self.pii or c.name in self.encrypted:
                 columns[c.name]["pii"] = True
         return columns
 
@@ -200,6 +208,9 @@ class SparkConfig:
     master: str
     conf: Mapping[str, str] = field(default_factory=dict)
     pseudonym_key_env: str = "ETL_PSEUDONYM_KEY"
+    # The variable holding the Fernet keys of `pii = "encrypt"` columns, newest first (etlcore.pii). Read by
+    # extraction and authorised readers only: the job passes tokens through and never gets it.
+    pii_keys_env: str = "ETL_PII_KEYS"
     reporting_currency: str = "EUR"
     timeout_seconds: float | None = None
     # The job's own options ([spark.options]), passed verbatim in the job spec; their keys are the job's
@@ -306,6 +317,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         master=spark_doc.get("master") or settings.ETL_SPARK_MASTER,
         conf={str(k): str(v) for k, v in spark_doc.get("conf", {}).items()},
         pseudonym_key_env=spark_doc.get("pseudonym_key_env", "ETL_PSEUDONYM_KEY"),
+        pii_keys_env=spark_doc.get("pii_keys_env", "ETL_PII_KEYS"),
         reporting_currency=spark_doc.get("reporting_currency", "EUR"),
         timeout_seconds=spark_doc.get("timeout_seconds"),
         options=_table(spark_doc.get("options", {}), f"{where} [spark.options]"),
@@ -329,6 +341,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         for ds_name, ds_doc in datasets_doc.items()
     }
     _check_references(datasets, where)
+    _encrypted_identity_check(spark, datasets, where)
 
     staging_root = Path(doc.get("staging_root") or settings.ETL_STAGING_ROOT)
     workers = doc.get("extract_workers", settings.ETL_EXTRACT_WORKERS)
@@ -439,6 +452,7 @@ def _parse_columns(columns_doc: Mapping[str, Any], where: str) -> list[ColumnSpe
                 type=col_type,
                 required=bool(col.get("required", False)),
                 pii=col.get("pii") is True,
+                encrypt=col.get("pii") == PII_ENCRYPT,
             )
         )
     return columns
@@ -453,6 +467,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
         raise ConfigurationError(f"{where}: a [columns] table declaring the dataset's columns is required")
     columns = _parse_columns(columns_doc, where)
     pii = {c.name for c in columns if c.pii}
+    encrypted = {c.name for c in columns if c.encrypt}
     column_names = {c.name for c in columns}
     key = tuple(doc.get("key", ()))
     unknown = [k for k in key if k not in column_names]
@@ -508,6 +523,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
     if repeated:
         raise ConfigurationError(f"{where}: rule code(s) {repeated} are declared more than once")
     _personal_rules_check(rules, pii, types, where)
+    _personal_rules_check(rules, encrypted, types, where, safe=_ENCRYPTED_SAFE_CHECKS, staged_as="a token")
     return DatasetConfig(
         name=name,
         source=source,
@@ -520,6 +536,7 @@ def _parse_dataset(name: str, doc: Mapping[str, Any], where: str, *, file: str) 
         ignore_fields=tuple(ignore_fields),
         rules=rules,
         pii=frozenset(pii),
+        encrypted=frozenset(encrypted),
         guards=_parse_guards(doc.get("guards", {}), f"{where.removesuffix(']')}.guards]"),
     )
 
@@ -568,26 +585,57 @@ def _guard_action(value: Any, where: str) -> str:
 
 # Checks that hold on a pseudonym as on the clear value: equal values have equal pseudonyms.
 _PSEUDONYM_SAFE_CHECKS = ("required", "unique", "reference")
+# A Fernet token differs at every encryption, even of the same value: only presence can be checked.
+_ENCRYPTED_SAFE_CHECKS = ("required",)
 
 
 def _personal_rules_check(
-    rules: Sequence[RuleConfig], pii: set[str], types: Mapping[str, str], where: str
+    rules: Sequence[RuleConfig],
+    pii: set[str],
+    types: Mapping[str, str],
+    where: str,
+    *,
+    safe: Sequence[str] = _PSEUDONYM_SAFE_CHECKS,
+    staged_as: str = "its pseudonym",
 ) -> None:
-    """A personal column is staged as its pseudonym: a rule may test its presence or equality, not text."""
+    """A personal column is staged as its pseudonym (or a token): a rule may test its presence or equality
+    (presence alone for a token), not text."""
     for rule in rules:
         columns = {rule.column, *rule.columns} & pii
-        if columns and rule.check not in _PSEUDONYM_SAFE_CHECKS:
+        if columns and rule.check not in safe:
             raise ConfigurationError(
                 f"{where}: rule {rule.code!r} ({rule.check}) reads personal column {sorted(columns)[0]!r}, "
-                f"which is staged as its pseudonym: only {', '.join(_PSEUDONYM_SAFE_CHECKS)} can check it"
+                f"which is staged as {staged_as}: only {', '.join(safe)} can check it"
             )
         when = rule.params.get("when")
         read = condition_value_columns(condition_parse(when, types)) & pii if when else set()
         if read:
             raise ConfigurationError(
                 f"{where}: rule {rule.code!r}: its `when` compares personal column {sorted(read)[0]!r}, "
-                "which is staged as its pseudonym (only `is null` / `is not null` can test it)"
+                f"which is staged as {staged_as} (only `is null` / `is not null` can test it)"
             )
+
+
+def _encrypted_identity_check(spark: SparkConfig, datasets: Mapping[str, DatasetConfig], where: str) -> None:
+    """A Fernet token differs at every extraction of the same value: it cannot identify a row (key,
+    version) nor a customer (a job's column option such as customer_key_from)."""
+    for name, dataset in datasets.items():
+        used = [c for c in (*dataset.key, dataset.version_column) if c in dataset.encrypted]
+        if used:
+            raise ConfigurationError(
+                f'{where} [datasets.{name}]: column {used[0]!r} is encrypted (pii = "encrypt"), a new token '
+                "at every extraction: it cannot be the key or the version_column"
+            )
+    contract = CONTRACTS.get(spark.job)
+    for job_input in contract.inputs if contract else ():
+        dataset = datasets.get(job_input.name)
+        for option, default in job_input.column_options:
+            column = spark.options.get(option, default)
+            if dataset is not None and column in dataset.encrypted:
+                raise ConfigurationError(
+                    f'{where} [spark.options]: {option} {column!r} is encrypted (pii = "encrypt"), a new '
+                    "token at every extraction: name a clear or pseudonymised (pii = true) column"
+                )
 
 
 def _env_names(names: Sequence[str], where: str) -> tuple[str, ...]:

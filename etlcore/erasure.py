@@ -14,10 +14,11 @@ from .models import ErasedCustomer
 
 
 def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
-    """Per dataset, the staged columns that identify a customer: its personal (`pii`) columns and, for the
-    dataset the job derives the customer key from, that column (customer_key_from), declared personal or
-    not (online_retail.toml stages the customer id in clear and the job pseudonymises it)."""
-    columns = {name: list(sorted(ds.pii)) for name, ds in config.datasets.items()}
+    """Per dataset, the staged columns that identify a customer: its personal columns (`pii`, pseudonymised
+    or encrypted: a token matches no pseudonym, but is nulled with the rest) and, for the dataset the job
+    derives the customer key from, that column (customer_key_from), declared personal or not
+    (online_retail.toml stages the customer id in clear and the job pseudonymises it)."""
+    columns = {name: sorted(ds.pii | ds.encrypted) for name, ds in config.datasets.items()}
     try:
         inputs = job_contract(config.spark.job).inputs
     except KeyError:

@@ -32,6 +32,7 @@ from spark_jobs.contract import CONTRACTS
 
 from .config import PipelineConfig
 from .errors import ETL_ERRORS, ConfigurationError
+from .pii import pii_cipher
 from .spark import child_environment, job_script, spark_submit_binary
 
 # Spark 4 (the pyspark this project installs) runs on Java 17 or newer only.
@@ -44,8 +45,8 @@ _java_outputs: dict[tuple[str, int, int], tuple[int, str]] = {}
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem: ``check`` names what was checked (``job``, ``inputs``, ``pseudonym_key``, ``java``,
-    ``spark_submit``, ``source_secret``), ``message`` says what is wrong and what is needed."""
+    """One problem: ``check`` names what was checked (``job``, ``inputs``, ``pseudonym_key``, ``pii_keys``,
+    ``java``, ``spark_submit``, ``source_secret``), ``message`` says what is wrong and what is needed."""
 
     check: str
     message: str
@@ -64,6 +65,7 @@ def pipeline_preflight(*, config: PipelineConfig, steps: Sequence[str]) -> list[
     findings: list[Finding] = []
     if "extract" in steps:
         findings += source_secrets_check(config=config)
+        findings += pii_keys_check(config=config)
     if "transform" in steps:
         findings += job_check(config=config)
         findings += pseudonym_key_check(config=config)
@@ -141,6 +143,18 @@ def pseudonym_key_check(*, config: PipelineConfig) -> list[Finding]:
             f"[spark] pseudonym_key_env: {problem} (the key the customer pseudonyms are made with)",
         )
     ]
+
+
+def pii_keys_check(*, config: PipelineConfig) -> list[Finding]:
+    """With an encrypted column (`pii = "encrypt"`), its keys' variable holds Fernet keys (only extraction
+    and authorised readers need it: the job never gets it)."""
+    if not any(ds.encrypted for ds in config.datasets.values()):
+        return []
+    try:
+        pii_cipher(env=config.spark.pii_keys_env)
+    except ConfigurationError as exc:
+        return [Finding("pii_keys", f"[spark] pii_keys_env: {exc}")]
+    return []
 
 
 def source_secret_variables(*, config: PipelineConfig) -> dict[str, dict[str, str | None]]:

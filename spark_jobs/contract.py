@@ -16,6 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# How a Fernet token (a `pii = "encrypt"` column) shows in a quarantined record: a fixed mark, since the
+# token differs at every extraction and the record's fingerprint must not (a re-run changes no row).
+# Here because etlcore.services.forget writes the same mark's erasure.
+ENCRYPTED_MARK = "[encrypted]"
+
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql.types import DataType, StructType
@@ -202,6 +207,9 @@ SALES_DAILY = JobContract(
                 ("country", "string"),
                 # The time of the latest order giving the country: the loader keeps the latest.
                 ("country_seen_at", "timestamp"),
+                # The Fernet token of the e-mail (order_lines' customer_email_encrypted, when declared),
+                # passed through as staged: the job never decrypts; the loader keeps the first stored.
+                ("email_encrypted", "string"),
             ),
         ),
         QUARANTINE,
@@ -233,7 +241,8 @@ SALES_DAILY = JobContract(
                 "currency",
             ),
             optional_when={"line_number": ("line_number_from", "row"), "currency": ("currency", None)},
-            # customer_email and customer_country are read when declared; the pseudonym's source must be.
+            # customer_email, customer_country and customer_email_encrypted are read when declared; the
+            # pseudonym's source must be.
             column_options=(("customer_key_from", "customer_email"),),
         ),
         Input("products", _PRODUCTS.column_names, derived_by="products"),

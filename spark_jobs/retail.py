@@ -22,6 +22,9 @@ from spark_jobs.quality import DUP_COL, RAW_COL, add_reasons, hash_first
 
 PRODUCT = "product"
 DERIVE_FROM_LINES = "order_lines"
+# The order lines' column holding the e-mail as a Fernet token (`pii = "encrypt"`): the customer dimension's
+# email_encrypted, passed through, never decrypted.
+ENCRYPTED_EMAIL = "customer_email_encrypted"
 _AMOUNT_TYPE = DecimalType(18, 2)
 # The option keys, and each table option's keys, are the job's contract (spark_jobs/contract.py): the
 # pipeline file is checked against the same declaration when it is read.
@@ -135,11 +138,14 @@ def _line_types(value: Any) -> tuple[LineType, ...]:
 def with_source_defaults(
     lines: DataFrame, options: RetailOptions, reporting_currency: str | None
 ) -> DataFrame:
-    """Columns the source may not have: a constant currency, no customer country, local wall-clock times."""
+    """Columns the source may not have: a constant currency, no customer country or encrypted e-mail,
+    local wall-clock times."""
     if "currency" not in lines.columns:
         lines = lines.withColumn("currency", F.lit(options.currency or reporting_currency).cast(StringType()))
     if "customer_country" not in lines.columns:
         lines = lines.withColumn("customer_country", F.lit(None).cast(StringType()))
+    if ENCRYPTED_EMAIL not in lines.columns:
+        lines = lines.withColumn(ENCRYPTED_EMAIL, F.lit(None).cast(StringType()))
     if options.source_timezone:
         raw_text = F.col(RAW_COL).getField("ordered_at")
         lines = lines.withColumn(

@@ -53,6 +53,7 @@ from spark_jobs.quality import (
     secret_fragments,
 )
 from spark_jobs.retail import (
+    ENCRYPTED_EMAIL,
     RetailOptions,
     derived_products,
     derived_stores,
@@ -120,6 +121,7 @@ INPUT_FILLS: dict[str, dict[str, tuple[Fill, ...]]] = {
         "unit_price": (Fill("sales_lines", "unit_price"),),
         "currency": (Fill("sales_lines", "currency"),),
         "customer_country": (Fill("customers", "country"),),
+        ENCRYPTED_EMAIL: (Fill("customers", "email_encrypted"),),
         "original_order_id": (Fill("sales_lines", "original_order_id"),),
     },
     "products": {c: (Fill("products", c),) for c in PRODUCTS_SCHEMA.fieldNames()},
@@ -157,7 +159,8 @@ def quarantine_masks(
     input_spec: Mapping[str, Any], pseudonym_key: bytes, customer_key_from: str | None = None
 ) -> dict[str, Callable[[Column], Column]]:
     """How personal data shows in a quarantined record: as its pseudonym, for the columns declared
-    ``pii`` and the customer key's source column (the e-mail), so the warehouse holds no address."""
+    ``pii`` and the customer key's source column (the e-mail), so the warehouse holds no address; an
+    encrypted column (``encrypted``) as :data:`ENCRYPTED_MARK`."""
 
     def mask(text: Column) -> Column:
         return customer_key(pseudonym_key, clean_text(text, collapse=True))
@@ -167,7 +170,16 @@ def quarantine_masks(
         masks[customer_key_from] = mask
     for column in input_spec.get("pseudonymised") or ():
         masks[column] = lambda text: text  # staged as its pseudonym already
+    for column in input_spec.get("encrypted") or ():
+        masks[column] = encrypted_mark
     return masks
+
+
+ENCRYPTED_MARK = contract.ENCRYPTED_MARK
+
+
+def encrypted_mark(text: Column) -> Column:
+    return F.when(text.isNotNull(), F.lit(ENCRYPTED_MARK))
 
 
 def prepare_order_lines(
@@ -409,22 +421,30 @@ def build_sales_lines(lines: DataFrame) -> DataFrame:
 
 def build_customers(lines: DataFrame) -> DataFrame:
     """One row per customer_key: the country of the latest order that has one (ties: smallest), and that
-    order's time (null with no country), by which the loader keeps the latest across partitions.
+    order's time (null with no country), by which the loader keeps the latest across partitions; and the
+    encrypted e-mail of the latest order that has one, as staged (a token: the job holds no key).
 
     Aggregations, not a window over the lines: the latest order per (customer, country) first, a hash
     aggregation combined on the map side, so only a row per pair and task is shuffled; then the choice
     among the few countries of each customer.
     """
+    # Every token of a customer decrypts to the same e-mail; the greatest (time, token) makes the choice
+    # deterministic. The loader keeps the token it stored first (warehouse.loading.specs, `kept`).
+    token = F.col(ENCRYPTED_EMAIL) if ENCRYPTED_EMAIL in lines.columns else F.lit(None).cast(StringType())
     latest = (
         lines.filter(F.col("customer_key").isNotNull())
         .groupBy("customer_key", "customer_country")
-        .agg(F.max("ordered_at").alias("_latest"))
+        .agg(
+            F.max("ordered_at").alias("_latest"),
+            F.max(F.when(token.isNotNull(), F.struct(F.col("ordered_at"), token.alias("t")))).alias("_token"),
+        )
     )
     preference = F.struct(
         F.col("customer_country").isNull(), -F.unix_micros("_latest"), F.col("customer_country")
     )
     chosen = latest.groupBy("customer_key").agg(
-        F.min_by(F.struct("customer_country", "_latest"), preference).alias("_chosen")
+        F.min_by(F.struct("customer_country", "_latest"), preference).alias("_chosen"),
+        F.max("_token").alias("_token"),
     )
     return chosen.select(
         "customer_key",
@@ -432,6 +452,7 @@ def build_customers(lines: DataFrame) -> DataFrame:
         F.when(F.col("_chosen.customer_country").isNotNull(), F.col("_chosen._latest")).alias(
             "country_seen_at"
         ),
+        F.col("_token.t").alias("email_encrypted"),
     ).to(CUSTOMERS_SCHEMA)
 
 

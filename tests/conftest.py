@@ -7,6 +7,14 @@ import sys
 
 import pytest
 
+# The Fernet keys of encrypted personal columns (pii = "encrypt", the demo pipeline's e-mail copy): one key
+# made for this test session, so every test running the demo pipeline extracts; tests of a missing or
+# rotated key set or remove it themselves.
+if not os.environ.get("ETL_PII_KEYS"):
+    from cryptography.fernet import Fernet
+
+    os.environ["ETL_PII_KEYS"] = Fernet.generate_key().decode("ascii")
+
 
 def pytest_configure(config):
     """Session start, after pytest-django loaded the test settings and before any database is touched: find

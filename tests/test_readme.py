@@ -26,7 +26,7 @@ import pytest
 from django.conf import settings
 
 from etlcore.demo.generate import DEMO_API_TOKEN_DEFAULT
-from etlcore.demo.pipeline import DEMO_PSEUDONYM_KEY
+from etlcore.demo.pipeline import DEMO_PII_KEYS, DEMO_PSEUDONYM_KEY
 
 README = Path(settings.BASE_DIR) / "README.md"
 WALKTHROUGH = re.compile(r"<!-- walkthrough\b[^>]*-->\s*```sh\n(.*?)```\s*<!-- /walkthrough -->", re.S)
@@ -167,13 +167,18 @@ def test_readme_walkthrough_exports_the_demo_s_published_token_and_key():
         for name, _, value in (w.partition("=") for w in words[1:])
     }
     assert exported["ETL_PSEUDONYM_KEY"] == DEMO_PSEUDONYM_KEY
+    assert exported["ETL_PII_KEYS"] == DEMO_PII_KEYS
     assert exported["ETL_DEMO_API_TOKEN"] == DEMO_API_TOKEN_DEFAULT
 
 
 def test_etl_var_dir_moves_the_database_staging_and_demo_exports(session, tmp_path):
     """ETL_VAR_DIR alone moves the SQLite file, the demo's sources and every staging partition: no
     pipeline file or command re-defaults them under the repository's var/."""
-    session.env |= {"ETL_DEMO_API_TOKEN": DEMO_API_TOKEN_DEFAULT, "ETL_PSEUDONYM_KEY": DEMO_PSEUDONYM_KEY}
+    session.env |= {
+        "ETL_DEMO_API_TOKEN": DEMO_API_TOKEN_DEFAULT,
+        "ETL_PSEUDONYM_KEY": DEMO_PSEUDONYM_KEY,
+        "ETL_PII_KEYS": DEMO_PII_KEYS,
+    }
     for line in ("migrate", "serve_demo_api &", "extract --date 2026-11-02"):
         session.run([VENV_PYTHON, "manage.py", *line.split()])
 

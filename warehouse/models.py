@@ -8,6 +8,12 @@ MONEY = {"max_digits": 18, "decimal_places": 2}
 PRICE = {"max_digits": 18, "decimal_places": 4}
 
 
+class EncryptedTextField(models.TextField):
+    """A Fernet token of a personal value (`pii = "encrypt"`, read back by etlcore.pii): every encryption
+    gives another token, so two equal tokens are not expected. The loader keeps the first it stores
+    (warehouse.loading.specs, `kept`), and table checksums compare its presence, not its text."""
+
+
 class DimDate(models.Model):
     date_key = models.IntegerField(primary_key=True, help_text="YYYYMMDD")
     date = models.DateField(unique=True)
@@ -98,7 +104,7 @@ class DimProduct(Versioned):
 
 class DimCustomer(PipelineOwned):
     customer_key = models.CharField(
-        max_length=64, help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored"
+        max_length=64, help_text="HMAC-SHA256 pseudonym of the e-mail; no e-mail or name is stored in clear"
     )
     country = models.CharField(max_length=100, blank=True, null=True)
     country_seen_at = models.DateTimeField(
@@ -106,6 +112,12 @@ class DimCustomer(PipelineOwned):
         blank=True,
         help_text="time of the latest order giving the country: a load keeps the latest, whatever the "
         "order partitions load in",
+    )
+    email_encrypted = EncryptedTextField(
+        null=True,
+        blank=True,
+        help_text="the e-mail as a Fernet token (etlcore.pii.customer_emails reads it back with the keys); "
+        "the first token stored is kept",
     )
 
     class Meta:

@@ -25,12 +25,20 @@ DEMO_PIPELINE = "retail_demo"
 PSEUDONYM_KEY_ENV = "ETL_PSEUDONYM_KEY"
 # Used only when ETL_PSEUDONYM_KEY is unset, and only by the demo: its customers are made up.
 DEMO_PSEUDONYM_KEY = "demo-pseudonym-key-not-a-secret"
+PII_KEYS_ENV = "ETL_PII_KEYS"
+# The same for the Fernet key of the demo's encrypted e-mail (pii = "encrypt"): published, made-up data only.
+# Made once with Fernet.generate_key(); a real pipeline's keys come from the environment, with no default.
+DEMO_PII_KEYS = "k1neBVlvCAqGkLGdhiCkJYsNX4nVDuVweBJSqaglb0k="
 
 
 def demo_secret_defaults() -> dict[str, str]:
     """The published values the demo gives its secrets' variables when they are unset: `make demo` runs
     with them, and `make check` validates the shipped pipelines with them (made-up data, loopback only)."""
-    return {TOKEN_ENV: DEMO_API_TOKEN_DEFAULT, PSEUDONYM_KEY_ENV: DEMO_PSEUDONYM_KEY}
+    return {
+        TOKEN_ENV: DEMO_API_TOKEN_DEFAULT,
+        PSEUDONYM_KEY_ENV: DEMO_PSEUDONYM_KEY,
+        PII_KEYS_ENV: DEMO_PII_KEYS,
+    }
 
 
 @dataclass
@@ -55,8 +63,15 @@ class DemoReport:
 def demo_run(*, data_dir: Path, business_dates: Sequence[date] = DEMO_BUSINESS_DATES) -> DemoReport:
     dataset = generate_demo_data(out_dir=data_dir, business_dates=business_dates)
     token, _from_env = demo_api_token()
-    defaults = {TOKEN_ENV: token, PSEUDONYM_KEY_ENV: DEMO_PSEUDONYM_KEY, "ETL_DEMO_DIR": str(data_dir)}
-    defaults_used = [name for name in (TOKEN_ENV, PSEUDONYM_KEY_ENV) if not os.environ.get(name)]
+    defaults = {
+        TOKEN_ENV: token,
+        PSEUDONYM_KEY_ENV: DEMO_PSEUDONYM_KEY,
+        PII_KEYS_ENV: DEMO_PII_KEYS,
+        "ETL_DEMO_DIR": str(data_dir),
+    }
+    defaults_used = [
+        name for name in (TOKEN_ENV, PSEUDONYM_KEY_ENV, PII_KEYS_ENV) if not os.environ.get(name)
+    ]
     with (
         start_demo_api(orders_path=dataset.orders_path, token=token) as api,
         environ_defaults({**defaults, "ETL_DEMO_API_URL": api.url}),

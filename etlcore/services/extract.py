@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -19,6 +20,7 @@ from connectors import build_connector
 from connectors.base import ExtractWindow
 from connectors.errors import SchemaDriftError
 from connectors.records import (
+    Encrypter,
     Erasure,
     FieldObserver,
     SchemaDrift,
@@ -33,6 +35,7 @@ from ..config import DatasetConfig, PipelineConfig
 from ..erasure import dataset_erasures, erasure_key
 from ..errors import ETL_ERRORS, ConfigurationError, SourceError
 from ..models import StagedPartition
+from ..pii import pii_cipher
 from ..runs import StepOutcome, error_text
 from ..selectors import extract_state_lookup
 
@@ -52,6 +55,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     erasures = dataset_erasures(config)
     if erasures and key is None:
         key = erasure_key(config)
+    encrypter = pii_encrypter_read(config)
     plans = {
         name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
         for name in config.datasets
@@ -71,6 +75,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 window=window,
                 run_id=outcome.run_id,
                 pseudonym_key=key,
+                encrypter=encrypter,
                 erasure=erasures.get(name),
                 state=plans[name].state,
                 previous_fields=plans[name].previous_fields,
@@ -122,6 +127,21 @@ def pseudonym_key_read(config: PipelineConfig) -> bytes | None:
     return key.encode("utf-8")
 
 
+def pii_encrypter_read(config: PipelineConfig) -> MultiFernet | None:
+    """The cipher encrypted columns (`pii = "encrypt"`) are staged with; a pipeline with any fails here,
+    before a source is read, when its keys' variable is not set or not Fernet keys. None without any."""
+    encrypted = {name: sorted(ds.encrypted) for name, ds in config.datasets.items() if ds.encrypted}
+    if not encrypted:
+        return None
+    try:
+        return pii_cipher(env=config.spark.pii_keys_env)
+    except ConfigurationError as exc:
+        listed = "; ".join(f"{name}: {', '.join(columns)}" for name, columns in encrypted.items())
+        raise ConfigurationError(
+            f"pipeline {config.name!r}: {exc}; encrypted columns ({listed}) are staged with it"
+        ) from None
+
+
 @contextmanager
 def _stop_on_exit(stopped: threading.Event) -> Iterator[None]:
     try:
@@ -151,6 +171,7 @@ def _dataset_extract(
     pseudonym_key: bytes | None,
     erasure: Erasure | None,
     state: Mapping[str, Any] | None,
+    encrypter: Encrypter | None,
     previous_fields: Mapping[str, str] | None,
     stopped: threading.Event,
 ) -> _Extracted:
@@ -175,6 +196,7 @@ def _dataset_extract(
                     explode=dataset.explode,
                     source_label=label,
                     pseudonym_key=pseudonym_key,
+                    encrypter=encrypter,
                     erasure=erasure,
                 )
             # Raising here, after the last batch, still prevents the partition from being published.

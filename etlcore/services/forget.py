@@ -13,7 +13,7 @@ import hashlib
 import re
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
@@ -26,6 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connectors.records import pseudonym, rows_erase, rows_erased, suppression_token
+from spark_jobs.contract import ENCRYPTED_MARK
 from warehouse.models import DimCustomer, FactSalesLine, QuarantinedRow
 
 from .. import staging
@@ -184,13 +185,19 @@ def _warehouse_erase(config: PipelineConfig, hexed: str, *, apply: bool) -> dict
     lines.update(customer=None)
     members.delete()
     for row in quarantined.select_for_update().order_by("id"):
-        _quarantined_erase(row, hexed, using=db)
+        dataset = config.datasets.get(row.dataset)
+        _quarantined_erase(row, hexed, encrypted=dataset.encrypted if dataset else (), using=db)
     return counts
 
 
-def _raw_record_erase(raw_record: str, hexed: str) -> str:
-    # A pseudonym is 64 hex digits: as a JSON string it occurs only as a value, never inside another.
-    return raw_record.replace(f'"{hexed}"', "null")
+def _raw_record_erase(raw_record: str, hexed: str, encrypted: Iterable[str] = ()) -> str:
+    """The record as extraction now stages it: the pseudonym null, and the encrypted columns' mark too (their
+    tokens are nulled with the identity). A pseudonym is 64 hex digits: as a JSON string it occurs only as a
+    value, never inside another; the job writes the record with Spark's `to_json` (no spaces)."""
+    erased = raw_record.replace(f'"{hexed}"', "null")
+    for column in encrypted:
+        erased = erased.replace(f'"{column}":"{ENCRYPTED_MARK}"', f'"{column}":null')
+    return erased
 
 
 def _message_erase(message: str, hexed: str) -> str:
@@ -198,9 +205,9 @@ def _message_erase(message: str, hexed: str) -> str:
     return message.replace(f"'{hexed}'", "null").replace(hexed, "null")
 
 
-def _quarantined_erase(row: QuarantinedRow, hexed: str, *, using: str) -> None:
+def _quarantined_erase(row: QuarantinedRow, hexed: str, *, encrypted: Iterable[str], using: str) -> None:
     row.message = _message_erase(row.message, hexed)
-    row.raw_record = _raw_record_erase(row.raw_record, hexed)
+    row.raw_record = _raw_record_erase(row.raw_record, hexed, encrypted)
     row.record_fingerprint = hashlib.sha256(row.raw_record.encode("utf-8")).hexdigest()
     same = (
         QuarantinedRow.objects.using(using)
@@ -283,12 +290,10 @@ def _raw_erase(
     """The raw rows of the customer with their identity columns null: what extraction stages for a
     customer on the erasure list. A column the file marks as pseudonyms is compared as it is; one staged
     in clear (before pseudonyms, or not declared personal) through `pseudonym`."""
-    present = [name for name in columns if name in table.schema.names]
-    pseudonymised = {
-        name
-        for name in table.schema.names
-        if (table.schema.field(name).metadata or {}).get(b"pii") == b"hmac-sha256"
-    }
+    marks = {name: (table.schema.field(name).metadata or {}).get(b"pii") for name in table.schema.names}
+    pseudonymised = {name for name, mark in marks.items() if mark == b"hmac-sha256"}
+    encrypted = {name for name, mark in marks.items() if mark == b"fernet"}  # matches nothing; nulled too
+    present = [name for name in columns if name in table.schema.names and name not in encrypted]
     if not present:
         return None, 0
     erased = rows_erased(
@@ -297,7 +302,8 @@ def _raw_erase(
     rows = pc.sum(pc.cast(erased, pa.int64())).as_py() or 0
     if not rows:
         return None, 0
-    return rows_erase(table, dict.fromkeys([*present, *sorted(pseudonymised)]), erased), rows
+    nulled = dict.fromkeys([*present, *sorted(pseudonymised), *sorted(encrypted)])
+    return rows_erase(table, nulled, erased), rows
 
 
 def _transformed_erase(

@@ -219,7 +219,8 @@ def job_spec(
     """The Spark job's spec (docs/architecture.md) from the pipeline and each dataset's staged files and
     row count. The transform step and the transform benchmark both build it here. ``constraints`` are
     the warehouse's limits on each output column, from the models: the job checks them row by row.
-    ``pseudonymised``: per dataset, the columns its partition stages as pseudonyms, not clear values."""
+    ``pseudonymised``: per dataset, the columns its partition stages as pseudonyms, not clear values;
+    ``encrypted`` (from the pipeline): those staged as Fernet tokens."""
     inputs = {
         dataset.name: {
             "files": [str(p) for p in staged[dataset.name][0]],
@@ -230,6 +231,9 @@ def job_spec(
             "business_date_column": dataset.business_date_column,
             "rows": staged[dataset.name][1],
             "pseudonymised": list((pseudonymised or {}).get(dataset.name, ())),
+            # Fernet tokens (pii = "encrypt"): new at every extraction, so a quarantined record shows a
+            # fixed mark instead, and a re-run quarantines the same record (the same fingerprint).
+            "encrypted": sorted(dataset.encrypted),
         }
         for dataset in config.datasets.values()
     }

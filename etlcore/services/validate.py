@@ -103,5 +103,11 @@ def pipeline_plan(*, config: PipelineConfig) -> list[str]:
     )
     key_env = config.spark.pseudonym_key_env
     lines.append(f"  pseudonym key from {key_env} ({'NOT SET' if secret_problem(key_env) else 'set'})")
+    if any(ds.encrypted for ds in config.datasets.values()):
+        pii_env = config.spark.pii_keys_env
+        lines.append(
+            f"  encrypted columns' keys from {pii_env} ({'NOT SET' if secret_problem(pii_env) else 'set'}; "
+            "read by extraction only, not passed to the job)"
+        )
     lines.append(f"load: into warehouse database alias {config.database!r} (run records there too)")
     return lines

@@ -510,6 +510,30 @@ def test_a_personal_column_without_the_key_is_refused_not_staged_in_clear():
         to_staging_batch([{"id": "O1"}], columns=PERSONAL, source_label="orders")
 
 
+def test_an_encrypted_column_is_staged_as_a_fernet_token_per_value_never_in_clear():
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key()
+    records = [
+        {"id": "O1", "customer": {"email": "Alice.CANARY@Example.com"}},
+        {"id": "O2", "customer": {"email": "Alice.CANARY@Example.com"}},
+        {"id": "O3", "customer": None},
+    ]
+    columns = {"order_id": {"from": "id"}, "email": {"from": "customer.email", "pii": "encrypt"}}
+    staged = to_staging_batch(records, columns=columns, source_label="orders", encrypter=Fernet(key))
+    first, second, guest = staged.column("email").to_pylist()
+    assert guest is None and first != second  # equal values, different tokens
+    assert {Fernet(key).decrypt(t.encode()) for t in (first, second)} == {b"Alice.CANARY@Example.com"}
+    assert "CANARY" not in str(staged.to_pylist()).upper()
+    assert staged.schema.field("email").metadata == {b"pii": b"fernet"}
+
+
+def test_an_encrypted_column_without_an_encrypter_is_refused_not_staged_in_clear():
+    columns = {"order_id": {"from": "id"}, "email": {"from": "email", "pii": "encrypt"}}
+    with pytest.raises(ConfigurationError, match=r"source 'orders': column\(s\) email are encrypted"):
+        to_staging_batch([{"id": "O1", "email": "a@b.c"}], columns=columns, source_label="orders")
+
+
 @pytest.mark.parametrize(
     ("text", "cleaned"),
     [

@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from etlcore.demo.pipeline import DEMO_PII_KEYS
 from etlcore.models import PipelineRun, StepRun
 from tests.conftest import skip_or_fail_in_ci
 from tests.pipelines import pipeline_write, sales_datasets
@@ -329,18 +330,22 @@ def test_validate_all_reports_one_line_per_invalid_pipeline_and_prints_the_valid
 @pytest.mark.parametrize("pipeline", ["retail_demo", "online_retail"])
 def test_every_shipped_pipeline_validates_and_an_unset_variable_is_a_finding(pipeline, settings, monkeypatch):
     settings.ETL_PIPELINE_PATHS = [settings.BASE_DIR / "conf" / "pipelines"]
-    for name in (KEY_ENV, "ETL_DEMO_API_TOKEN"):
+    for name in (KEY_ENV, "ETL_DEMO_API_TOKEN", "ETL_PII_KEYS"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(
         CommandError, match=rf"environment variable {KEY_ENV} \(or {KEY_ENV}_FILE\) is not set"
-    ):
+    ) as raised:
         run_command("validate_pipeline", "--pipeline", pipeline)
+    # Only the demo encrypts a column (the e-mail's copy): only it needs the Fernet keys.
+    assert ("environment variable ETL_PII_KEYS (or ETL_PII_KEYS_FILE) is not set" in str(raised.value)) == (
+        pipeline == "retail_demo"
+    )
 
     output = run_command("validate_pipeline", "--pipeline", pipeline, "--demo-defaults")
     assert f"{pipeline}: valid" in output
     assert output.startswith("demo values for unset ") and KEY_ENV in output.splitlines()[0]
-    assert "demo-pseudonym-key-not-a-secret" not in output
-    assert KEY_ENV not in os.environ  # the demo values were for the validation only
+    assert "demo-pseudonym-key-not-a-secret" not in output and DEMO_PII_KEYS not in output
+    assert KEY_ENV not in os.environ and "ETL_PII_KEYS" not in os.environ  # for the validation only
 
 
 def test_make_check_passes_on_the_shipped_pipelines_without_their_secrets_set(tmp_path):

@@ -267,10 +267,11 @@ def test_invalid_rule_is_refused_at_load_naming_the_file_dataset_and_rule(tmp_pa
     assert "shop.toml" in str(raised.value) and "[datasets.lines]" in str(raised.value)
 
 
-def test_pii_flag_must_be_a_boolean(tmp_path):
+def test_pii_flag_must_be_a_boolean_or_encrypt(tmp_path):
     path = tmp_path / "shop.toml"
     path.write_text(pipeline("").replace("pii = true", 'pii = "yes"'))
-    with pytest.raises(ConfigurationError, match=r"\[datasets\.lines\.columns\.email\]: pii must be true or"):
+    expected = r"\[datasets\.lines\.columns\.email\]: pii must be true, false or \"encrypt\", got 'yes'$"
+    with pytest.raises(ConfigurationError, match=expected):
         pipeline_parse(path, environ={})
 
 

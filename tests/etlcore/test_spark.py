@@ -70,6 +70,7 @@ def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(
     else:
         monkeypatch.setenv("ETL_PSEUDONYM_KEY", "pseudonym-key")
     monkeypatch.setenv("JOB_NEEDS_THIS", "declared")
+    monkeypatch.setenv("ETL_PII_KEYS", "pii-keys-CANARY")
     products = dataset("/nowhere/products.csv", sku={"from": "SKU", "required": True})
     toml = pipeline_write(
         tmp_path,
@@ -106,6 +107,8 @@ def test_a_failed_submit_logs_and_records_its_command_without_the_secrets(
     assert env["ETL_PSEUDONYM_KEY"] == "pseudonym-key" and env["JOB_NEEDS_THIS"] == "declared"
     assert "PATH" in env and "PYSPARK_PYTHON" in env
     assert "CANARY" not in (seen / "env").read_text() and "_FILE" not in (seen / "env").read_text()
+    # The job passes encrypted columns' tokens through: the Fernet keys stay out of its environment.
+    assert "ETL_PII_KEYS" not in env
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from spark_jobs import sales_daily as job
 from spark_jobs.quality import clean_text
 from spark_jobs.sales_daily import (
     CUSTOMERS_SCHEMA,
+    ENCRYPTED_MARK,
     SALES_LINES_SCHEMA,
     accepted_rows,
     build_customers,
@@ -335,11 +336,38 @@ def test_customers_take_the_country_of_the_latest_order_ties_to_the_smallest_wit
     accepted = accepted_rows(classify(spark, lines)).transform(with_customer_key(KEY))
     nine = dt.datetime(2026, 11, 1, 9)  # the session's zone is UTC
     expected = spark.createDataFrame(
-        [(py_key("a@x.io"), "FR", nine), (py_key("b@x.io"), "AT", nine), (py_key("c@x.io"), None, None)],
+        [
+            (py_key("a@x.io"), "FR", nine, None),
+            (py_key("b@x.io"), "AT", nine, None),
+            (py_key("c@x.io"), None, None, None),
+        ],
         CUSTOMERS_SCHEMA,
     )
 
     assert_df_equality(build_customers(accepted), expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_customers_carry_the_encrypted_e_mail_of_their_latest_order_as_staged(spark):
+    """The job holds no Fernet key: the token passes through untouched (the loader keeps the first)."""
+    spec = {**LINE_SPEC, "columns": {**LINE_SPEC["columns"], "customer_email_encrypted": {"pii": True}}}
+    lines = [
+        line(order_id="A1", customer_email="a@x.io", customer_email_encrypted="tok-a-early"),
+        line(order_id="A2", customer_email="a@x.io", customer_email_encrypted="tok-a-late",
+             ordered_at="2026-11-01T11:00:00Z"),
+        line(order_id="A3", customer_email="a@x.io", customer_email_encrypted=None,
+             ordered_at="2026-11-01T12:00:00Z"),
+        line(order_id="B1", customer_email="b@x.io", customer_email_encrypted=None),
+        line(order_id="G1", customer_email=None, customer_email_encrypted="tok-guest"),
+    ]  # fmt: skip
+    product_rows = build_products(prepare_products(staged(spark, PRODUCTS, PRODUCT_SPEC), PRODUCT_SPEC))
+    store_rows = build_stores(prepare_stores(staged(spark, STORES, STORE_SPEC), STORE_SPEC))
+    prepared = prepare_order_lines(staged(spark, lines, spec), spec)
+    accepted = accepted_rows(classify_order_lines(prepared, product_rows, store_rows, "EUR")).transform(
+        with_customer_key(KEY)
+    )
+
+    tokens = {r["customer_key"]: r["email_encrypted"] for r in build_customers(accepted).collect()}
+    assert tokens == {py_key("a@x.io"): "tok-a-late", py_key("b@x.io"): None}
 
 
 def test_the_customer_key_source_is_masked_in_quarantine_even_when_not_declared_pii(spark):
@@ -351,6 +379,19 @@ def test_the_customer_key_source_is_masked_in_quarantine_even_when_not_declared_
 
     assert emails.select(mask(emails["customer_email"])).first()[0] == py_key("ann@example.com")
     assert "customer_email" not in quarantine_masks(spec, KEY)
+
+
+def test_an_encrypted_column_shows_as_a_fixed_mark_in_quarantine_so_a_re_extraction_keeps_the_record(spark):
+    spec = {**LINE_SPEC, "encrypted": ["customer_email_encrypted"]}
+    tokens = spark.createDataFrame([("gAAAAA-token-one",), ("gAAAAA-token-two",), (None,)], "t string")
+
+    mask = quarantine_masks(spec, KEY, "customer_email")["customer_email_encrypted"]
+
+    assert [r[0] for r in tokens.select(mask(tokens["t"])).collect()] == [
+        ENCRYPTED_MARK,
+        ENCRYPTED_MARK,
+        None,
+    ]
 
 
 def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_email(spark):

@@ -55,7 +55,7 @@ def load_date_row(using: str, day: date) -> None:
 
 def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[Path], day: date) -> int:
     rows = 0
-    for batch in _read_batches(files, spec.columns):
+    for batch in _read_batches(files, spec.columns, optional=spec.kept):
         if spec.history:
             _observe_members(using, spec, pipeline, batch, day)
         else:
@@ -65,7 +65,10 @@ def load_dimension(using: str, spec: Dimension, pipeline: str, files: Sequence[P
                 )
                 for rec in _later_than_stored(using, spec, pipeline, batch)
             ]
-            _upsert(using, spec.model, objs, [PIPELINE_FIELD, spec.natural_key])
+            _upsert(
+                using, spec.model, objs, [PIPELINE_FIELD, spec.natural_key], exclude_from_update=spec.kept
+            )
+            _fill_kept(using, spec, pipeline, batch)
         rows += len(batch)
     return rows
 
@@ -335,6 +338,22 @@ def _upsert(
         unique_fields=unique_fields if update_fields else None,
         update_fields=update_fields or None,
     )
+
+
+def _fill_kept(using: str, spec: Dimension, pipeline: str, batch: list[dict[str, Any]]) -> None:
+    """A `kept` column of a stored member takes the staged value only while it is null (a member stored
+    before the column was filled); a stored value is never replaced."""
+    for name in spec.kept:
+        staged = {r[spec.natural_key]: r[name] for r in batch if r[name] is not None}
+        keys = sorted(staged)
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            empty = _members(using, spec.model, pipeline).filter(
+                **{f"{spec.natural_key}__in": keys[start : start + LOOKUP_CHUNK], f"{name}__isnull": True}
+            )
+            members = list(empty.only("pk", spec.natural_key))
+            for member in members:
+                setattr(member, name, _python_value(staged[getattr(member, spec.natural_key)]))
+            spec.model.objects.using(using).bulk_update(members, [name], batch_size=1_000)
 
 
 def _key_map(
@@ -649,11 +668,20 @@ def _delete_not_kept(
     return deleted
 
 
-def _read_batches(files: Sequence[Path], columns: list[str]) -> Iterator[list[dict[str, Any]]]:
+def _read_batches(
+    files: Sequence[Path], columns: list[str], *, optional: Sequence[str] = ()
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows of the files' `columns`; an `optional` column a file lacks (written before the job had it) is
+    null."""
     for path in files:
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield batch.to_pylist()
+        absent = [c for c in optional if c not in parquet.schema_arrow.names]
+        present = [c for c in columns if c not in absent]
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=present):
+            rows = batch.to_pylist()
+            for row in rows:
+                row.update(dict.fromkeys(absent))
+            yield rows
 
 
 def _python_value(value: Any) -> Any:

@@ -108,7 +108,8 @@ def load_dimension(
     cursor, connection, spec: Dimension, pipeline: str, files: Sequence[Path], day: date
 ) -> int:
     meta = spec.model._meta
-    staging = _stage(cursor, connection, spec.output, [meta.get_field(c) for c in spec.columns], files)
+    fields = [meta.get_field(c) for c in spec.columns]
+    staging = _stage(cursor, connection, spec.output, fields, files, optional=spec.kept)
     if spec.history:
         _merge_history(cursor, spec, pipeline, staging, day)
     else:
@@ -120,7 +121,7 @@ def load_dimension(
 
 def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composable) -> None:
     """Type 1: insert new members, then update members whose attributes changed; unchanged rows are not
-    touched.
+    touched. A `kept` column is written on insert, and later only where it is null.
 
     Two statements instead of `ON CONFLICT DO UPDATE`, which locks every conflicting row even when its
     WHERE is false: concurrent loads of other dates share these dimension rows and must not wait on them."""
@@ -165,6 +166,23 @@ def _merge_latest(cursor, spec: Dimension, pipeline: str, staging: sql.Composabl
                 skey=sql.Identifier(spec.natural_key),
                 old=sql.SQL(", ").join(sql.SQL("d.{}").format(t) for t in targets),
                 new=sql.SQL(", ").join(sources),
+            )
+        )
+    for name in spec.kept:
+        # Set once: only where the stored member has none (as the portable path's `_fill_kept`).
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {table} d SET {target} = s.{source} FROM {staging} s WHERE d.{pipeline} = {name} "
+                "AND d.{key} = s.{skey} AND d.{target} IS NULL AND s.{source} IS NOT NULL"
+            ).format(
+                table=table,
+                target=sql.Identifier(meta.get_field(name).column),
+                source=sql.Identifier(name),
+                staging=staging,
+                pipeline=_column(spec.model, PIPELINE_FIELD),
+                name=sql.Literal(pipeline),
+                key=key,
+                skey=sql.Identifier(spec.natural_key),
             )
         )
 
@@ -1105,9 +1123,16 @@ def _pk(ref, spec: Fact) -> sql.Identifier:
 
 
 def _stage(
-    cursor, connection, output: str, fields: list[models.Field], files: Sequence[Path]
+    cursor,
+    connection,
+    output: str,
+    fields: list[models.Field],
+    files: Sequence[Path],
+    *,
+    optional: Sequence[str] = (),
 ) -> sql.Composable:
-    """A temporary table with the fields' database types, filled by COPY from the Parquet files."""
+    """A temporary table with the fields' database types, filled by COPY from the Parquet files; an
+    `optional` column a file lacks (written before the job had it) is NULL."""
     staging = sql.Identifier("pg_temp", f"load_{output}")
     cursor.execute(
         sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
@@ -1119,7 +1144,7 @@ def _stage(
         )
     )
     names = [f.name for f in fields]
-    stream = CsvStream(_record_batches(files, names), fault=f"during_copy:{output}")
+    stream = CsvStream(_record_batches(files, names, optional), fault=f"during_copy:{output}")
     cursor.copy_expert(
         sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)")
         .format(staging, sql.SQL(", ").join(sql.Identifier(n) for n in names))
@@ -1143,11 +1168,19 @@ def _drop(cursor, staging: sql.Composable) -> None:
     cursor.execute(sql.SQL("DROP TABLE {}").format(staging))
 
 
-def _record_batches(files: Sequence[Path], names: list[str]) -> Iterator[pa.RecordBatch]:
+def _record_batches(
+    files: Sequence[Path], names: list[str], optional: Sequence[str] = ()
+) -> Iterator[pa.RecordBatch]:
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH_ROWS, columns=names):
+        parquet = pq.ParquetFile(path)
+        absent = [n for n in optional if n not in parquet.schema_arrow.names]
+        read = [n for n in names if n not in absent]
+        for batch in parquet.iter_batches(batch_size=COPY_BATCH_ROWS, columns=read):
             arrays = []
             for name in names:
+                if name in absent:
+                    arrays.append(pa.nulls(batch.num_rows, pa.string()))
+                    continue
                 column = batch.column(name)
                 # Spark writes timestamps as UTC instants; a naive one is read as UTC, not as local time.
                 if pa.types.is_timestamp(column.type) and column.type.tz is None:

@@ -60,6 +60,16 @@ class Dimension:
     # order; a staged row without one never replaces a stored row.
     history: bool = False
     latest_by: str | None = None
+    # Columns a member takes once: set on insert, or when stored null, never replaced, never compared. For
+    # values that differ at every extraction though they mean the same (a Fernet token of the e-mail): a
+    # re-run or another partition must not change the row (a type 2 dimension would not version on them).
+    kept: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kept and self.history:
+            raise ValueError(
+                f"{self.output}: `kept` columns are for type 1 dimensions (no versions to carry)"
+            )
 
     @property
     def columns(self) -> list[str]:
@@ -73,8 +83,8 @@ class Dimension:
 
     @property
     def attributes(self) -> list[str]:
-        """The descriptive columns; with history, the tracked ones."""
-        return [c for c in self.columns if c != self.natural_key]
+        """The descriptive columns, `kept` ones aside; with history, the tracked ones."""
+        return [c for c in self.columns if c != self.natural_key and c not in self.kept]
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,9 @@ class Fact:
 DIMENSIONS = (
     Dimension("stores", DimStore, "store_code", history=True),
     Dimension("products", DimProduct, "sku", history=True),
-    Dimension("customers", DimCustomer, "customer_key", latest_by="country_seen_at"),
+    Dimension(
+        "customers", DimCustomer, "customer_key", latest_by="country_seen_at", kept=("email_encrypted",)
+    ),
 )
 SALES_LINES = Fact(
     "sales_lines",
