@@ -66,9 +66,19 @@ def test_every_database_command_is_covered():
     assert expected <= set(DATABASE_COMMANDS)
 
 
+# What a command needs, on its line and in its environment, before it reaches the database.
+REQUIRED_ARGUMENTS = {"forget_customer": ["--email", "someone@example.com"]}
+REQUIRED_ENVIRONMENT = {"forget_customer": {"ETL_PSEUDONYM_KEY": "a-key"}}
+
+
 @pytest.mark.parametrize("command", DATABASE_COMMANDS)
 def test_command_on_a_database_without_tables_says_to_migrate(command, tmp_path):
-    done = manage(command, var_dir=tmp_path)
+    done = manage(
+        command,
+        *REQUIRED_ARGUMENTS.get(command, []),
+        var_dir=tmp_path,
+        **REQUIRED_ENVIRONMENT.get(command, {}),
+    )
     line = assert_one_line_failure(
         done, "database 'default'", "has no tables yet: run `python manage.py migrate`", str(tmp_path)
     )

@@ -2,6 +2,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.config import pipeline_names
 from etlcore.database import database_check, pipeline_database
 from etlcore.errors import USER_ERRORS, RunTerminated
 from etlcore.management.pipeline_command import command_error
@@ -44,8 +45,8 @@ class Command(BaseCommand):
         if value == "-":
             value = sys.stdin.readline().rstrip("\n")
         try:
-            if pipeline:
-                database_check(using=pipeline_database(pipeline=pipeline))
+            for name in [pipeline] if pipeline else pipeline_names():
+                database_check(using=pipeline_database(pipeline=name))
             outcomes = customer_forget(
                 pipeline=pipeline, value=value, customer_key=customer_key, dry_run=dry_run
             )
