@@ -127,7 +127,7 @@ def spark_cluster(tmp_path) -> Iterator[Cluster]:
                     _unavailable(f"a daemon exited with {proc.returncode}\n{cluster.log_tail()}")
             try:
                 alive = cluster.state().get("aliveworkers", 0)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: an empty or partial JSON page while it starts
                 alive = 0  # the master's web UI is not up yet
             if alive:
                 break
