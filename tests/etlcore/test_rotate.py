@@ -462,3 +462,45 @@ def test_a_rotation_killed_after_its_first_partition_is_finished_by_a_rerun_as_o
     # Surrogate ids differ between the two pipelines; each was checked against its own above.
     strip = lambda s: {k: v for k, v in s.items() if k not in ("customers", "lines")}  # noqa: E731
     assert strip(resumed) == strip(uninterrupted)
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_rekey_from_a_customer_key_column_staged_in_clear_needs_no_fernet_key(
+    pipeline_dir, staging_root, db_alias, monkeypatch
+):
+    """online_retail.toml's way: the customer id staged in clear, pseudonymised by the job."""
+    datasets = sales_datasets(pipeline_dir)
+    columns = datasets["order_lines"]["columns"]
+    del columns["customer_email"]
+    columns["customer_id"] = {}
+    pipeline_write(
+        pipeline_dir,
+        "shop",
+        datasets=datasets,
+        staging=staging_root,
+        database=db_alias,
+        spark={"options": {"customer_key_from": "customer_id"}},
+    )
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", OLD)
+    monkeypatch.delenv("ETL_PII_KEYS", raising=False)
+    config = pipeline_load("shop")
+    schema = staging_schema(config.datasets["order_lines"].columns)
+    row = dict.fromkeys(schema.names, "1") | {"order_id": "O1", "customer_id": "12345"}
+    staging.raw_partition_write(
+        staging.PartitionRef.raw(staging_root, "shop", "order_lines", DAY),
+        schema=schema,
+        batches=[pa.RecordBatch.from_pylist([row], schema=schema)],
+        source="test",
+        window={},
+        run_id=None,
+    )
+    PseudonymKey.objects.using(db_alias).create(pipeline="shop", fingerprint=fingerprint(OLD))
+    member = DimCustomer.objects.using(db_alias).create(pipeline="shop", customer_key=hexed(OLD, "12345"))
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", NEW)
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY_PREVIOUS", OLD)
+
+    out = rotate()
+    assert "raw_partitions=0" in out and "dim_customers=1" in out
+    member.refresh_from_db(using=db_alias)
+    assert member.customer_key == hexed(NEW, "12345")
+    assert PseudonymKey.objects.using(db_alias).get().fingerprint == fingerprint(NEW)
