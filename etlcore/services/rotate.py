@@ -216,9 +216,7 @@ def _plan(config: PipelineConfig) -> _Plan:
     plan = _Plan(config=config, fingerprint=fingerprint, cipher=cipher, newest=newest, rekey=None)
     if held is not None and held != fingerprint:
         plan.rekey = _rekey_plan(config, held=held, new_key=new_key, fingerprint=fingerprint)
-        if plan.cipher is None and plan.rekey.twins:
-            raise RotateError(f"pipeline {config.name!r}: {config.spark.pii_keys_env} is needed to re-key")
-        _mapping_build(plan)
+        _mapping_build(plan)  # twins imply encrypted columns, so the cipher is there
     return plan
 
 
@@ -286,14 +284,19 @@ def _clear_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
 
 def _mapping_build(plan: _Plan) -> None:
     """Old -> new pseudonym of every clear value the pipeline holds: decrypted twins and clear key columns
-    of every raw partition, and the warehouse customers' encrypted e-mails."""
+    of every raw partition (and a personal column a partition staged before pseudonyms, in clear), and the
+    warehouse customers' encrypted e-mails."""
     rekey = plan.rekey
     for dataset in sorted(set(rekey.twins) | set(rekey.clear)):
-        wanted = set(rekey.twins.get(dataset, {}).values()) | set(rekey.clear.get(dataset, ()))
+        twins = set(rekey.twins.get(dataset, {}).values())
         for ref, _manifest in _partitions(plan.config, dataset):
             for table in _tables(ref):
-                for column in sorted(wanted & set(table.schema.names)):
-                    encrypted = column not in rekey.clear.get(dataset, ())
+                marks = {n: (table.schema.field(n).metadata or {}).get(b"pii") for n in table.schema.names}
+                clear = set(rekey.clear.get(dataset, ())) | {
+                    n for n in rekey.twins.get(dataset, {}) if n in marks and marks[n] is None
+                }
+                for column in sorted((twins | clear) & set(marks)):
+                    encrypted = column in twins
                     for value in table.column(column).to_pylist():
                         text = plan.decrypt(value) if encrypted else value
                         rekey.learn(text, spark_form=not encrypted)
