@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -279,14 +279,18 @@ def raw_partition_write(
 
 
 def partition_rewrite(
-    ref: PartitionRef, rewrite: Callable[[str | None, pa.Table], pa.Table | None]
+    ref: PartitionRef,
+    rewrite: Callable[[str | None, pa.Table], pa.Table | None],
+    *,
+    manifest_changes: Mapping[str, Any] | None = None,
 ) -> Manifest | None:
     """Publish a new version of a partition whose data files are `rewrite(output, table)` of the current
     ones (`output`: the transformed output the file belongs to, None in the raw layer; None back: the file
     is unchanged). Under the partition's writer lock, into a fresh attempt, behind a manifest swap, like
     any publish: a reader holding the partition keeps reading the files it started with. The new manifest
-    keeps everything but the files, their rows and the checksum. None when nothing changed (nothing is
-    published)."""
+    keeps everything but the files, their rows and the checksum, and `manifest_changes` (e.g. the key
+    fingerprint after a key rotation). None when nothing changed (nothing is published); a change of the
+    manifest alone is published with the files copied."""
     if not ref.manifest_path.exists():
         return None
     with partition_attempt(ref) as attempt:
@@ -297,7 +301,8 @@ def partition_rewrite(
             changed = rewrite(owner.get(name), pq.read_table(ref.dir / name))
             if changed is not None:
                 tables[name] = changed
-        if not tables:
+        changes = {k: v for k, v in (manifest_changes or {}).items() if getattr(manifest, k) != v}
+        if not tables and not changes:
             attempt_discard(ref, attempt)
             return None
         renamed: dict[str, str] = {}
@@ -329,6 +334,7 @@ def partition_rewrite(
             checksum=files_checksum(ref.dir / f for f in files),
             row_count=rows if not outputs else manifest.row_count,
             created_at=datetime.now(UTC).isoformat(),
+            **changes,
         )
         partition_publish(ref, updated, attempt)
     return updated

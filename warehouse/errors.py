@@ -46,5 +46,6 @@ class PseudonymKeyMismatchError(WarehouseError):
             f"pipeline {pipeline!r}: the warehouse's customer keys were made with the pseudonym key of "
             f"fingerprint {warehouse}, {by} with {given}: loading it would give every "
             "customer a second identity. Set the key the warehouse was made with; a new key needs every "
-            "stored pseudonym rewritten (a key rotation), which no load does"
+            "stored pseudonym rewritten: set the old key in the variable's _PREVIOUS and finish with "
+            "manage.py rotate_pii_keys"
         )

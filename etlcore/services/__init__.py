@@ -12,6 +12,7 @@ One module per concern; each step finds its input from (pipeline, business date)
   validate.py   pipeline_validate     parse + preflight + what a run would do; reads and writes nothing
   plan.py       pipeline_plan         `--dry-run`: one run's plan over some dates; reads only, locks nothing
   forget.py     customer_forget       GDPR erasure: a customer out of warehouse, quarantine and staging
+  rotate.py     pii_keys_rotate       Fernet tokens under the newest key, pseudonyms re-keyed everywhere
 
 A step function takes ``(config, business_date, outcome)`` and reports only through the `StepOutcome`
 (etlcore/runs.py). Reads that several of them share live in etlcore/selectors.py.
