@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from etlcore.config import pipeline_names
 from etlcore.database import database_check, pipeline_database
 from etlcore.errors import USER_ERRORS, RunTerminated
 from etlcore.management.pipeline_command import command_error
@@ -27,8 +28,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, pipeline, dry_run, **options) -> None:
         try:
-            if pipeline:
-                database_check(using=pipeline_database(pipeline=pipeline))
+            for name in [pipeline] if pipeline else pipeline_names():
+                database_check(using=pipeline_database(pipeline=name))
             outcomes = pii_keys_rotate(pipeline=pipeline, dry_run=dry_run)
         except (*USER_ERRORS, RunTerminated) as exc:
             raise command_error(exc) from exc
