@@ -18,6 +18,7 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 
 from connectors.records import pseudonym, suppression_token
+from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.pipeline import DEMO_PSEUDONYM_KEY
 from etlcore.models import ErasedCustomer, Erasure
 from warehouse.checks import warehouse_checksums
@@ -87,7 +88,7 @@ def canary(data_dir: Path) -> tuple[str, str]:
 
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
-def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_rerun_keep_them_erased(
+def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_backfill_keep_them_erased(
     pipeline_dir, tmp_path, monkeypatch, staging_root
 ):
     from etlcore.demo.pipeline import demo_run
@@ -136,8 +137,14 @@ def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_r
     assert totals() == before
     assert warehouse_checksums(using="default") == forgotten
 
-    # A re-run extracts the customer's orders again: the erasure list keeps their identity out.
-    demo_run(data_dir=data_dir, business_dates=[DAY])  # spark-submit 3
+    # A backfill of the date extracts the customer's orders again: the erasure list keeps them out.
+    token, _ = demo_api_token()
+    monkeypatch.setenv(TOKEN_ENV, token)
+    monkeypatch.setenv("ETL_DEMO_DIR", str(data_dir))
+    with start_demo_api(orders_path=data_dir / "orders.jsonl", token=token) as api:
+        monkeypatch.setenv("ETL_DEMO_API_URL", api.url)
+        day = DAY.isoformat()
+        call_command("run_pipeline", "--from", day, "--to", day, stdout=StringIO())  # spark-submit 3
     assert_absent(hexed, email, staging_root)
     assert totals() == before
     assert warehouse_checksums(using="default") == forgotten
