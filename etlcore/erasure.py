@@ -13,16 +13,15 @@ from .errors import ConfigurationError
 from .models import ErasedCustomer
 
 
-def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
-    """Per dataset, the staged columns that identify a customer: its personal columns (`pii`, pseudonymised
-    or encrypted: a token matches no pseudonym, but is nulled with the rest) and, for the dataset the job
-    derives the customer key from, that column (customer_key_from), declared personal or not
-    (online_retail.toml stages the customer id in clear and the job pseudonymises it)."""
-    columns = {name: sorted(ds.pii | ds.encrypted) for name, ds in config.datasets.items()}
+def customer_key_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
+    """Per dataset, the declared columns the job derives the customer key from (the job contract's column
+    options, e.g. customer_key_from), personal or staged in clear (online_retail.toml stages the customer
+    id in clear and the job pseudonymises it)."""
     try:
         inputs = job_contract(config.spark.job).inputs
     except KeyError:
-        inputs = ()
+        return {}
+    found: dict[str, tuple[str, ...]] = {}
     for spec in inputs:
         dataset = config.datasets.get(spec.name)
         if dataset is None:
@@ -30,8 +29,18 @@ def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
         declared = {c.name for c in dataset.columns}
         for option, default in spec.column_options:
             column = str(config.spark.options.get(option, default))
-            if column in declared and column not in columns[spec.name]:
-                columns[spec.name].append(column)
+            if column in declared and column not in found.get(spec.name, ()):
+                found[spec.name] = (*found.get(spec.name, ()), column)
+    return found
+
+
+def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
+    """Per dataset, the staged columns that identify a customer: its personal columns (`pii`, pseudonymised
+    or encrypted: a token matches no pseudonym, but is nulled with the rest) and those the customer key is
+    derived from (`customer_key_columns`)."""
+    columns = {name: sorted(ds.pii | ds.encrypted) for name, ds in config.datasets.items()}
+    for name, keyed in customer_key_columns(config).items():
+        columns[name] += [c for c in keyed if c not in columns[name]]
     return {name: tuple(cols) for name, cols in columns.items() if cols}
 
 

@@ -9,7 +9,6 @@ row is still loaded or quarantined; what identifies them is removed. docs/archit
 from __future__ import annotations
 
 import getpass
-import hashlib
 import re
 import socket
 from collections import Counter
@@ -28,6 +27,7 @@ from django.utils import timezone
 from connectors.records import pseudonym, rows_erase, rows_erased, suppression_token
 from spark_jobs.contract import ENCRYPTED_MARK
 from warehouse.models import DimCustomer, FactSalesLine, QuarantinedRow
+from warehouse.quarantine import quarantined_rewrite, record_fingerprint
 
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
@@ -206,26 +206,12 @@ def _message_erase(message: str, hexed: str) -> str:
 
 
 def _quarantined_erase(row: QuarantinedRow, hexed: str, *, encrypted: Iterable[str], using: str) -> None:
-    row.message = _message_erase(row.message, hexed)
-    row.raw_record = _raw_record_erase(row.raw_record, hexed, encrypted)
-    row.record_fingerprint = hashlib.sha256(row.raw_record.encode("utf-8")).hexdigest()
-    same = (
-        QuarantinedRow.objects.using(using)
-        .filter(
-            pipeline=row.pipeline,
-            business_date=row.business_date,
-            dataset=row.dataset,
-            record_fingerprint=row.record_fingerprint,
-        )
-        .exclude(pk=row.pk)
-        .first()
+    quarantined_rewrite(
+        row,
+        raw_record=_raw_record_erase(row.raw_record, hexed, encrypted),
+        message=_message_erase(row.message, hexed),
+        using=using,
     )
-    if same is not None:  # without the identity it is another record's copy: one record, both counted
-        same.occurrences += row.occurrences
-        same.save(using=using, update_fields=["occurrences"])
-        row.delete(using=using)
-        return
-    row.save(using=using, update_fields=["message", "raw_record", "record_fingerprint"])
 
 
 # --- staging ------------------------------------------------------------------------------------------
@@ -346,7 +332,7 @@ def _transformed_erase(
             prints = table.column("record_fingerprint").to_pylist()
             arrays["record_fingerprint"] = pa.array(
                 [
-                    hashlib.sha256(r.encode("utf-8")).hexdigest() if hit else p
+                    record_fingerprint(r) if hit else p
                     for r, p, hit in zip(new_records, prints, hits, strict=True)
                 ],
                 type=table.schema.field("record_fingerprint").type,

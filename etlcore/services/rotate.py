@@ -33,13 +33,14 @@ from django.db import transaction
 
 from connectors.records import pseudonym
 from connectors.secrets import secret_get
-from spark_jobs.contract import job_contract, pseudonym_key_fingerprint
+from spark_jobs.contract import pseudonym_key_fingerprint
 from warehouse.loading.specs import fault_point
 from warehouse.models import DimCustomer, PseudonymKey, QuarantinedRow
+from warehouse.quarantine import quarantined_rewrite, record_fingerprint
 
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
-from ..erasure import erasure_key
+from ..erasure import customer_key_columns, erasure_key
 from ..errors import EtlError
 from ..models import ErasedCustomer
 from ..pii import PiiDecryptError, pii_cipher
@@ -265,20 +266,11 @@ def _rekey_plan(config: PipelineConfig, *, held: str, new_key: bytes, fingerprin
 
 def _clear_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
     """Per dataset, the customer key's column when it is staged in clear: the job pseudonymises it."""
-    try:
-        inputs = job_contract(config.spark.job).inputs
-    except KeyError:
-        return {}
-    clear: dict[str, tuple[str, ...]] = {}
-    for spec in inputs:
-        dataset = config.datasets.get(spec.name)
-        if dataset is None:
-            continue
-        declared = {c.name for c in dataset.columns}
-        for option, default in spec.column_options:
-            column = str(config.spark.options.get(option, default))
-            if column in declared and column not in dataset.pii | dataset.encrypted:
-                clear[spec.name] = (*clear.get(spec.name, ()), column)
+    clear = {}
+    for name, columns in customer_key_columns(config).items():
+        personal = config.datasets[name].pii | config.datasets[name].encrypted
+        if kept := tuple(c for c in columns if c not in personal):
+            clear[name] = kept
     return clear
 
 
@@ -540,7 +532,7 @@ def _personal_values(plan: _Plan, record: str) -> set[str]:
 
 
 def _fingerprint(record: str | None) -> str | None:
-    return None if record is None else hashlib.sha256(record.encode("utf-8")).hexdigest()
+    return None if record is None else record_fingerprint(record)
 
 
 # --- warehouse ----------------------------------------------------------------------------------------
@@ -585,9 +577,7 @@ def _warehouse_rotate(plan: _Plan, counts: Counter[str], *, apply: bool) -> None
             record = _record_rekey(plan, plan.rekey, row.raw_record, "warehouse/quarantined_rows")
             message = plan.rekey.text_rekey(row.message)[0]
             if record != row.raw_record or message != row.message:
-                row.raw_record, row.message = record, message
-                row.record_fingerprint = _fingerprint(record)
-                changed_rows.append(row)
+                changed_rows.append((row, record, message))
         counts["quarantined_rows"] += len(changed_rows)
         if not apply:
             return
@@ -595,27 +585,6 @@ def _warehouse_rotate(plan: _Plan, counts: Counter[str], *, apply: bool) -> None
         DimCustomer.objects.using(db).bulk_update(
             changed_members, ["customer_key", "email_encrypted"], batch_size=500
         )
-        for row in changed_rows:
-            _quarantined_save(row, using=db)
+        for row, record, message in changed_rows:
+            quarantined_rewrite(row, raw_record=record, message=message, using=db)
         PseudonymKey.objects.using(db).filter(pipeline=config.name).update(fingerprint=plan.fingerprint)
-
-
-def _quarantined_save(row: QuarantinedRow, *, using: str) -> None:
-    """Saved re-keyed; were it then another record's copy, one record counting both (as forget does)."""
-    same = (
-        QuarantinedRow.objects.using(using)
-        .filter(
-            pipeline=row.pipeline,
-            business_date=row.business_date,
-            dataset=row.dataset,
-            record_fingerprint=row.record_fingerprint,
-        )
-        .exclude(pk=row.pk)
-        .first()
-    )
-    if same is not None:
-        same.occurrences += row.occurrences
-        same.save(using=using, update_fields=["occurrences"])
-        row.delete(using=using)
-        return
-    row.save(using=using, update_fields=["message", "raw_record", "record_fingerprint"])
