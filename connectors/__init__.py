@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import _KINDS, Connector, ExtractWindow, RawBatch
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .base import Connector, ExtractWindow, RawBatch
 
 __all__ = ["Connector", "ExtractWindow", "RawBatch", "build_connector", "connector_kinds"]
 
@@ -28,6 +30,8 @@ def connector_kinds() -> dict[str, type[Connector]]:
         for module in pkgutil.iter_modules(__path__):
             importlib.import_module(f"{__name__}.{module.name}")
         _discovered = True
+    from .base import _KINDS
+
     return dict(_KINDS)
 
 
@@ -41,3 +45,13 @@ def build_connector(
             f"source {name!r}: unknown kind {kind!r} (expected one of: {', '.join(sorted(kinds))})"
         )
     return kinds[kind](name=name, options=options, state=state)
+
+
+def __getattr__(name: str) -> Any:
+    # The base classes (and pyarrow with them) load on first use: the settings import connectors.secrets,
+    # and a process that reads no source (the admin, `manage.py check`) should not pay for them.
+    if name in ("Connector", "ExtractWindow", "RawBatch"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
