@@ -44,7 +44,7 @@ def identity_columns(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
     return {name: tuple(cols) for name, cols in columns.items() if cols}
 
 
-def erasure_key(config: PipelineConfig) -> bytes:
+def pseudonym_key_required(config: PipelineConfig) -> bytes:
     """The pipeline's pseudonym key: pseudonyms and erasure-list tokens are made with it."""
     env = config.spark.pseudonym_key_env
     key = secret_get(env)

@@ -31,7 +31,7 @@ from warehouse.quarantine import quarantined_rewrite, record_fingerprint
 
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
-from ..erasure import erasure_key, identity_columns
+from ..erasure import identity_columns, pseudonym_key_required
 from ..errors import EtlError
 from ..models import ErasedCustomer, Erasure
 from .control import pipeline_controlled
@@ -94,7 +94,7 @@ def customer_forget(
     targets = []
     for name in [pipeline] if pipeline else pipeline_names():
         config = pipeline_load(name)
-        key = erasure_key(config)
+        key = pseudonym_key_required(config)
         hexed = customer_key if customer_key is not None else pseudonym(key, value)
         if hexed is None:
             raise ForgetError("the value is blank: a blank identity is a guest's, not a customer's")

@@ -40,7 +40,7 @@ from warehouse.quarantine import quarantined_rewrite, record_fingerprint
 
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
-from ..erasure import customer_key_columns, erasure_key
+from ..erasure import customer_key_columns, pseudonym_key_required
 from ..errors import EtlError
 from ..models import ErasedCustomer
 from ..pii import PiiDecryptError, pii_cipher
@@ -211,7 +211,7 @@ def _plan(config: PipelineConfig) -> _Plan:
         env = config.spark.pii_keys_env
         cipher = pii_cipher(env=env)
         newest = Fernet(secret_get(env).split(",")[0].strip().encode("ascii"))
-    new_key = erasure_key(config)
+    new_key = pseudonym_key_required(config)
     fingerprint = pseudonym_key_fingerprint(new_key)
     held = pseudonym_key_held(config=config)
     plan = _Plan(config=config, fingerprint=fingerprint, cipher=cipher, newest=newest, rekey=None)
