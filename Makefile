@@ -25,7 +25,7 @@ demo: $(STAMP) ## demo data served on loopback, the pipeline for 3 dates (1-4 mi
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py demo
 
-test: $(STAMP) ## the whole suite: ~880 tests, SQLite and PostgreSQL, real spark-submits (~12 min, 2 cores)
+test: $(STAMP) ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
 	$(PY) -m pytest
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
