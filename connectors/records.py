@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -32,11 +32,12 @@ __all__ = [
     "FieldObserver",
     "SchemaDrift",
     "column_specs",
+    "erasure_token",
     "pseudonym",
     "schema_drift",
     "resolve_path",
     "rows_erase",
-    "rows_erased",
+    "rows_matching",
     "staging_schema",
     "suppression_token",
     "to_staging_batch",
@@ -146,15 +147,22 @@ _EDGE_SPACE = re.compile(f"^[{_WHITE_SPACE}]+|[{_WHITE_SPACE}]+$")
 _INNER_SPACE = re.compile(f"[{_WHITE_SPACE}]+")
 
 
-def pseudonym(key: bytes, text: str | None) -> str | None:
-    """A personal value's keyed pseudonym: HMAC-SHA256 (lower-case hex) of the value trimmed, its white
-    space runs made one space, lower-cased. Null or blank gives None (a guest has no identity)."""
+def _identity_text(text: str | None) -> str | None:
+    """A personal value as pseudonyms and erasure tokens see it: trimmed, white space runs made one space,
+    lower-cased; None for null or blank (a guest has no identity)."""
     if text is None:
         return None
     cleaned = _INNER_SPACE.sub(" ", _EDGE_SPACE.sub("", text))
-    if not cleaned:
+    return cleaned.lower() if cleaned else None
+
+
+def pseudonym(key: bytes, text: str | None) -> str | None:
+    """A personal value's keyed pseudonym: HMAC-SHA256 (lower-case hex) of the value trimmed, its white
+    space runs made one space, lower-cased. Null or blank gives None (a guest has no identity)."""
+    cleaned = _identity_text(text)
+    if cleaned is None:
         return None
-    return hmac.digest(key, cleaned.lower().encode("utf-8"), hashlib.sha256).hex()
+    return hmac.digest(key, cleaned.encode("utf-8"), hashlib.sha256).hex()
 
 
 def _encrypted(column: pa.Array, encrypter: Encrypter) -> pa.Array:
@@ -179,40 +187,46 @@ def _pseudonyms(column: pa.Array, key: bytes) -> pa.Array:
 
 # An erased customer's rows stay (every row is loaded or quarantined, sales totals stay right) with their
 # identity columns made null, as a guest's: docs/architecture.md, "Erasure (forget_customer)".
+_ERASURE_LABEL = b"django-spark-etl erasure list v2"
 _SUPPRESSION_LABEL = b"django-spark-etl erasure list v1"
 
 
+def erasure_token(key: bytes, text: str | None) -> str | None:
+    """The erasure list's form of a customer: HMAC-SHA256 of the clear value as `pseudonym` cleans it, under
+    a key derived from the erasure key (`[spark] erasure_key_env`) for this use alone. That key never
+    rotates, so the list outlives a new pseudonym key; it is not the pseudonym, so the list by itself links to
+    no warehouse row, and without the key it cannot be recomputed from an e-mail. None for null or blank."""
+    cleaned = _identity_text(text)
+    if cleaned is None:
+        return None
+    derived = hmac.digest(key, _ERASURE_LABEL, hashlib.sha256)
+    return hmac.digest(derived, cleaned.encode("utf-8"), hashlib.sha256).hex()
+
+
 def suppression_token(key: bytes, pseudonym_hex: str) -> str:
-    """The erasure list's form of a customer pseudonym: HMAC-SHA256 under a key derived from the pseudonym
-    key for this use alone. It matches incoming rows, but is not the warehouse's customer_key, so the list
-    by itself links to no row; without the key it cannot be recomputed from an e-mail."""
+    """The erasure list's older form, kept for customers named by their pseudonym alone (forget_customer
+    --customer-key where no clear value is held): HMAC-SHA256 of the pseudonym under a key derived from
+    the pseudonym key. It dies with that key: rotate_pii_keys refuses a new pseudonym key while one is
+    listed."""
     derived = hmac.digest(key, _SUPPRESSION_LABEL, hashlib.sha256)
     return hmac.digest(derived, pseudonym_hex.encode("ascii"), hashlib.sha256).hex()
 
 
-def rows_erased(
-    columns: Mapping[str, pa.Array | pa.ChunkedArray],
-    *,
-    key: bytes,
-    tokens: Container[str],
-    pseudonymised: Container[str],
-) -> pa.Array:
-    """Which rows belong to an erased customer: any of `columns` whose pseudonym's `suppression_token` is
-    in `tokens`. A column named in `pseudonymised` holds pseudonyms already; another holds clear values
-    and is pseudonymised here the way extraction does (`pseudonym`). Once per distinct value."""
+def rows_matching(
+    columns: Mapping[str, pa.Array | pa.ChunkedArray], match: Callable[[str, str], bool]
+) -> Any:
+    """Which rows have, in any of `columns`, a value `match(column, value)` accepts; it is asked once per
+    distinct non-null value of a column (an order's lines repeat its customer)."""
     length = len(next(iter(columns.values()))) if columns else 0
-    erased = pa.array([False] * length, type=pa.bool_())
+    matched = pa.array([False] * length, type=pa.bool_())
     for name, column in columns.items():
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         encoded = column.cast(pa.string()).dictionary_encode()
-        hits = []
-        for value in encoded.dictionary.to_pylist():
-            hexed = value if name in pseudonymised else pseudonym(key, value)
-            hits.append(hexed is not None and suppression_token(key, hexed) in tokens)
-        matched = pc.fill_null(pc.take(pa.array(hits, type=pa.bool_()), encoded.indices), False)
-        erased = pc.or_(erased, matched)
-    return erased
+        hits = [value is not None and match(name, value) for value in encoded.dictionary.to_pylist()]
+        found = pc.fill_null(pc.take(pa.array(hits, type=pa.bool_()), encoded.indices), False)
+        matched = pc.or_(matched, found)
+    return matched
 
 
 def rows_erase(table: pa.RecordBatch | pa.Table, columns: Iterable[str], erased: pa.Array) -> Any:
@@ -236,11 +250,27 @@ def rows_erase(table: pa.RecordBatch | pa.Table, columns: Iterable[str], erased:
 
 @dataclass(frozen=True)
 class Erasure:
-    """The erasure list as extraction applies it: rows whose `columns` give a pseudonym listed in `tokens`
-    are staged with those columns (and every personal column) null."""
+    """The erasure list as extraction applies it, to the clear values of `columns` before they are
+    pseudonymised or encrypted: a row whose value has its `erasure_token` in `tokens` (under `key`, the
+    erasure key), or its pseudonym's `suppression_token` in `pseudonym_tokens` (under `pseudonym_key`), is
+    staged with those columns, and every personal one, null."""
 
-    tokens: frozenset[str]
     columns: tuple[str, ...]
+    tokens: frozenset[str] = frozenset()
+    key: bytes | None = None
+    pseudonym_tokens: frozenset[str] = frozenset()
+    pseudonym_key: bytes | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.pseudonym_tokens)
+
+    def holds(self, _column: str, text: str) -> bool:
+        if self.tokens and erasure_token(self.key, text) in self.tokens:
+            return True
+        if not self.pseudonym_tokens:
+            return False
+        hexed = pseudonym(self.pseudonym_key, text)
+        return hexed is not None and suppression_token(self.pseudonym_key, hexed) in self.pseudonym_tokens
 
 
 # --- value -> text --------------------------------------------------------------------------------------
@@ -337,7 +367,7 @@ def to_staging_batch(
     A personal column (`pii`) holds its `pseudonym` under `pseudonym_key`, an encrypted one
     (`pii = "encrypt"`) its Fernet token made by `encrypter`: the clear value is never staged.
     With `erasure`, an erased customer's rows are staged with their identity, personal and encrypted
-    columns null (`rows_erased`).
+    columns null (`Erasure`).
 
     Records (`list[dict]`): a column reads its source by exact key, then by dotted path; a missing field is
     null. With `explode`, each element of the list at that path becomes one row carrying the parent's
@@ -366,6 +396,14 @@ def to_staging_batch(
     else:
         records = batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
         staged = _records_to_batch(records, specs, explode, source_label)
+    # Matched on the clear values, before they become pseudonyms and tokens: the erasure list is made of
+    # clear values' tokens (`erasure_token`), and an encrypted column is as good an identity as any.
+    erased = None
+    if erasure:
+        identity = [name for name in erasure.columns if name in staged.schema.names]
+        erased = rows_matching({name: staged.column(name) for name in identity}, erasure.holds)
+        if not pc.any(erased).as_py():
+            erased = None
     if personal or encrypted:
         arrays = [
             _pseudonyms(column, pseudonym_key)
@@ -376,18 +414,7 @@ def to_staging_batch(
             for spec, column in zip(specs, staged.columns, strict=True)
         ]
         staged = pa.RecordBatch.from_arrays(arrays, schema=staged.schema)
-    if erasure is None or not erasure.tokens:
-        return staged
-    if not pseudonym_key:
-        raise ConfigurationError(f"source {source_label!r}: the erasure list needs the pseudonym key")
-    identity = [name for name in erasure.columns if name in staged.schema.names and name not in encrypted]
-    erased = rows_erased(
-        {name: staged.column(name) for name in identity},
-        key=pseudonym_key,
-        tokens=erasure.tokens,
-        pseudonymised=set(personal),
-    )
-    if not pc.any(erased).as_py():
+    if erased is None:
         return staged
     return rows_erase(staged, dict.fromkeys([*identity, *personal, *encrypted]), erased)
 

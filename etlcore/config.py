@@ -99,6 +99,7 @@ SPARK = Table(
         "conf": Entries(SCALAR),
         "pseudonym_key_env": TEXT,
         "pii_keys_env": TEXT,
+        "erasure_key_env": TEXT,
         "reporting_currency": TEXT,
         "timeout_seconds": NUMBER,
         "env": TEXT_LIST,
@@ -211,6 +212,9 @@ class SparkConfig:
     # The variable holding the Fernet keys of `pii = "encrypt"` columns, newest first (etlcore.pii). Read by
     # extraction and authorised readers only: the job passes tokens through and never gets it.
     pii_keys_env: str = "ETL_PII_KEYS"
+    # The variable holding the erasure list's key (connectors.records.erasure_token): extraction and
+    # forget_customer only, and never rotated, so the list outlives a new pseudonym key.
+    erasure_key_env: str = "ETL_ERASURE_KEY"
     reporting_currency: str = "EUR"
     timeout_seconds: float | None = None
     # The job's own options ([spark.options]), passed verbatim in the job spec; their keys are the job's
@@ -318,6 +322,7 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         conf={str(k): str(v) for k, v in spark_doc.get("conf", {}).items()},
         pseudonym_key_env=spark_doc.get("pseudonym_key_env", "ETL_PSEUDONYM_KEY"),
         pii_keys_env=spark_doc.get("pii_keys_env", "ETL_PII_KEYS"),
+        erasure_key_env=spark_doc.get("erasure_key_env", "ETL_ERASURE_KEY"),
         reporting_currency=spark_doc.get("reporting_currency", "EUR"),
         timeout_seconds=spark_doc.get("timeout_seconds"),
         options=_table(spark_doc.get("options", {}), f"{where} [spark.options]"),

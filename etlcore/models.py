@@ -152,13 +152,24 @@ class StagedPartition(models.Model):
 
 
 class ErasedCustomer(models.Model):
-    """The erasure list: a customer erased from a pipeline stays erased. Held as a keyed token of the
-    pseudonym (`connectors.records.suppression_token`), never the e-mail and never the warehouse's
-    customer_key, so the list alone links to no row; extraction stages a listed customer's rows with their
-    identity columns null (docs/architecture.md, "Erasure")."""
+    """The erasure list: a customer erased from a pipeline stays erased. Held as a keyed token of the clear
+    value under the erasure key (`connectors.records.erasure_token`), or, for a customer named by pseudonym
+    alone, of the pseudonym (`suppression_token`): never the e-mail and never the warehouse's customer_key,
+    so the list alone links to no row; extraction stages a listed customer's rows with their identity
+    columns null (docs/architecture.md, "Erasure")."""
+
+    class Scheme(models.TextChoices):
+        VALUE = "value", "clear value, erasure key"
+        PSEUDONYM = "pseudonym", "pseudonym, pseudonym key"
 
     pipeline = models.CharField(max_length=100)
-    token = models.CharField(max_length=64, help_text="HMAC of the pseudonym, list-derived key")
+    token = models.CharField(max_length=64, help_text="keyed HMAC: of the clear value, or of the pseudonym")
+    scheme = models.CharField(
+        max_length=10,
+        choices=Scheme.choices,
+        default=Scheme.VALUE,
+        help_text="what the token is made of, and with which key; a pseudonym's dies with the pseudonym key",
+    )
 
     class Meta:
         ordering = ["pipeline", "id"]

@@ -14,6 +14,9 @@ if not os.environ.get("ETL_PII_KEYS"):
     from cryptography.fernet import Fernet
 
     os.environ["ETL_PII_KEYS"] = Fernet.generate_key().decode("ascii")
+# The erasure list's key (forget_customer), likewise made for this test session.
+if not os.environ.get("ETL_ERASURE_KEY"):
+    os.environ["ETL_ERASURE_KEY"] = os.urandom(16).hex()
 
 
 def pytest_configure(config):

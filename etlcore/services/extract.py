@@ -32,7 +32,7 @@ from connectors.secrets import secret_get
 
 from .. import staging
 from ..config import DatasetConfig, PipelineConfig
-from ..erasure import dataset_erasures, pseudonym_key_required
+from ..erasure import dataset_erasures
 from ..errors import ETL_ERRORS, ConfigurationError, SourceError
 from ..models import StagedPartition
 from ..pii import pii_cipher
@@ -53,8 +53,6 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     key = pseudonym_key_read(config)
     # Read here: the workers touch no database. Erased customers' rows are staged without their identity.
     erasures = dataset_erasures(config)
-    if erasures and key is None:
-        key = pseudonym_key_required(config)
     encrypter = pii_encrypter_read(config)
     plans = {
         name: extract_state_lookup(config=config, dataset=name, business_date=business_date)

@@ -1,7 +1,10 @@
 """GDPR erasure: a customer out of a pipeline's warehouse, quarantine and staging, and kept out.
 
 The customer is named by the value the source gives (the e-mail), turned into the pipeline's pseudonym by
-the function extraction uses, or by the pseudonym itself; the clear value is never stored or logged. Their
+the function extraction uses, or by the pseudonym itself, whose clear value is then looked for where the
+pipeline keeps it decryptable or clear. The erasure list holds a token of the clear value under the erasure
+key (a pseudonym's token, under the pseudonym key, when no clear value is held); the clear value itself is
+never stored or logged. Their
 rows stay, attributed to no customer as a guest's are, so every total stays right to the cent and every
 row is still loaded or quarantined; what identifies them is removed. docs/architecture.md, "Erasure".
 """
@@ -20,20 +23,27 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from cryptography.fernet import InvalidToken, MultiFernet
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from connectors.records import pseudonym, rows_erase, rows_erased, suppression_token
+from connectors.records import erasure_token, pseudonym, rows_erase, rows_matching, suppression_token
 from spark_jobs.contract import ENCRYPTED_MARK
 from warehouse.models import DimCustomer, FactSalesLine, QuarantinedRow
 from warehouse.quarantine import quarantined_rewrite, record_fingerprint
 
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
-from ..erasure import identity_columns, pseudonym_key_required
+from ..erasure import (
+    customer_keys,
+    erasure_key_required,
+    identity_columns,
+    pseudonym_key_required,
+)
 from ..errors import EtlError
 from ..models import ErasedCustomer, Erasure
+from ..pii import pii_cipher
 from .control import pipeline_controlled
 
 COMMAND = "forget_customer"
@@ -60,6 +70,7 @@ class ForgetOutcome:
     pipeline: str
     dry_run: bool
     newly_listed: bool
+    by_pseudonym: bool = False
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PLACES, 0))
     erasure: Erasure | None = None
 
@@ -68,6 +79,11 @@ class ForgetOutcome:
         if self.dry_run:
             return f"{self.pipeline}: dry run, would change {counts}; nothing changed"
         listed = "added to the erasure list" if self.newly_listed else "on the erasure list already"
+        if self.by_pseudonym:
+            listed += (
+                " by pseudonym alone (no clear value held: a new pseudonym key is refused until the customer "
+                "is forgotten again by --email)"
+            )
         return f"{self.pipeline}: erasure #{self.erasure.pk}: {counts}; {listed}"
 
 
@@ -90,7 +106,7 @@ def customer_forget(
         raise ForgetError("name the customer by exactly one of --value (or --email) and --customer-key")
     if customer_key is not None and not PSEUDONYM_SHAPE.fullmatch(customer_key):
         raise ForgetError("--customer-key must be a pseudonym: 64 lower-case hexadecimal digits")
-    # Every pipeline's key and pseudonym first: a missing key fails before any pipeline is changed.
+    # Every pipeline's keys, pseudonym and token first: a missing key fails before any pipeline is changed.
     targets = []
     for name in [pipeline] if pipeline else pipeline_names():
         config = pipeline_load(name)
@@ -98,22 +114,49 @@ def customer_forget(
         hexed = customer_key if customer_key is not None else pseudonym(key, value)
         if hexed is None:
             raise ForgetError("the value is blank: a blank identity is a guest's, not a customer's")
-        targets.append((config, key, hexed))
+        clear = value if value is not None else _customer_value(config, key, hexed)
+        if clear is not None:
+            listing = _Listing(
+                ErasedCustomer.Scheme.VALUE, erasure_token(erasure_key_required(config), clear)
+            )
+        else:
+            listing = _Listing(ErasedCustomer.Scheme.PSEUDONYM, suppression_token(key, hexed))
+        targets.append((config, key, hexed, listing))
     outcomes = []
-    for config, key, hexed in targets:
+    for config, key, hexed, listing in targets:
         if dry_run:
-            outcomes.append(_forget_plan(config, key, hexed))
+            outcomes.append(_forget_plan(config, key, hexed, listing))
             continue
         with pipeline_controlled(config=config):
-            outcomes.append(_forget(config, key, hexed, operator=operator))
+            outcomes.append(_forget(config, key, hexed, listing, operator=operator))
     return outcomes
 
 
-def _forget(config: PipelineConfig, key: bytes, hexed: str, *, operator: str | None) -> ForgetOutcome:
-    _, created = ErasedCustomer.objects.using(config.database).get_or_create(
-        pipeline=config.name, token=suppression_token(key, hexed)
+@dataclass(frozen=True)
+class _Listing:
+    """The customer's entry on the erasure list."""
+
+    scheme: str
+    token: str
+
+
+def _forget(
+    config: PipelineConfig, key: bytes, hexed: str, listing: _Listing, *, operator: str | None
+) -> ForgetOutcome:
+    listed = ErasedCustomer.objects.using(config.database)
+    _, created = listed.get_or_create(pipeline=config.name, token=listing.token, scheme=listing.scheme)
+    if listing.scheme == ErasedCustomer.Scheme.VALUE:
+        # Named by value now: an entry by pseudonym alone is not needed any more, and it would keep
+        # rotate_pii_keys refusing a new pseudonym key.
+        listed.filter(
+            pipeline=config.name, scheme=ErasedCustomer.Scheme.PSEUDONYM, token=suppression_token(key, hexed)
+        ).delete()
+    outcome = ForgetOutcome(
+        pipeline=config.name,
+        dry_run=False,
+        newly_listed=created,
+        by_pseudonym=listing.scheme == ErasedCustomer.Scheme.PSEUDONYM,
     )
-    outcome = ForgetOutcome(pipeline=config.name, dry_run=False, newly_listed=created)
     _staging_erase(config, key, hexed, outcome.counts, publish=True)
     with transaction.atomic(using=config.database):
         outcome.counts |= _warehouse_erase(config, hexed, apply=True)
@@ -129,10 +172,10 @@ def _forget(config: PipelineConfig, key: bytes, hexed: str, *, operator: str | N
     return outcome
 
 
-def _forget_plan(config: PipelineConfig, key: bytes, hexed: str) -> ForgetOutcome:
+def _forget_plan(config: PipelineConfig, key: bytes, hexed: str, listing: _Listing) -> ForgetOutcome:
     listed = (
         ErasedCustomer.objects.using(config.database)
-        .filter(pipeline=config.name, token=suppression_token(key, hexed))
+        .filter(pipeline=config.name, token=listing.token, scheme=listing.scheme)
         .exists()
     )
     outcome = ForgetOutcome(pipeline=config.name, dry_run=True, newly_listed=not listed)
@@ -146,6 +189,62 @@ def _os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return ""
+
+
+# --- the clear value of a customer key --------------------------------------------------------------------
+
+
+def _customer_value(config: PipelineConfig, key: bytes, hexed: str) -> str | None:
+    """The clear value the customer key `hexed` was made from, where the pipeline keeps one: the warehouse
+    customer's encrypted e-mail, else a raw partition's customer key column staged in clear or an encrypted
+    personal column. None when nothing holds it."""
+    encrypted = any(ds.encrypted for ds in config.datasets.values())
+    tokens = DimCustomer.objects.using(config.database).filter(
+        pipeline=config.name, customer_key=hexed, email_encrypted__isnull=False
+    )
+    cipher = pii_cipher(env=config.spark.pii_keys_env) if encrypted or tokens.exists() else None
+    for token in tokens.values_list("email_encrypted", flat=True):
+        text = _decrypted(cipher, token)
+        if hexed in customer_keys(key, text):
+            return text
+    for dataset, columns in identity_columns(config).items():
+        refs = staging.PartitionRef.raw(config.staging_root, config.name, dataset, _ANY_DATE)
+        for day in staging.partition_dates(refs):
+            ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset, day)
+            with staging.partitions_reading([ref]):
+                for name in staging.manifest_read(ref).files:
+                    found = _value_find(pq.read_table(ref.dir / name), key, hexed, columns, cipher)
+                    if found is not None:
+                        return found
+    return None
+
+
+def _value_find(
+    table: pa.Table, key: bytes, hexed: str, columns: Iterable[str], cipher: MultiFernet | None
+) -> str | None:
+    """In one raw file: an identity column staged in clear (the customer key's column when the job
+    pseudonymises it, or a personal one staged before pseudonyms), then an encrypted one, decrypted."""
+    marks = {name: (table.schema.field(name).metadata or {}).get(b"pii") for name in table.schema.names}
+    for name in [c for c in columns if c in marks and marks[c] is None]:
+        for text in pc.unique(table.column(name)).to_pylist():
+            if hexed in customer_keys(key, text, job_form=True):
+                return text
+    for name in [c for c, mark in marks.items() if mark == b"fernet" and cipher is not None]:
+        for token in table.column(name).to_pylist():
+            text = _decrypted(cipher, token)
+            if hexed in customer_keys(key, text):
+                return text
+    return None
+
+
+def _decrypted(cipher: MultiFernet, token: str | None) -> str | None:
+    """The clear text of a Fernet token; None for a null or one no key of the pipeline's opens."""
+    if token is None:
+        return None
+    try:
+        return cipher.decrypt(token.encode("ascii")).decode("utf-8")
+    except (InvalidToken, UnicodeError):
+        return None
 
 
 # --- warehouse ----------------------------------------------------------------------------------------
@@ -222,14 +321,13 @@ def _staging_erase(
 ) -> None:
     """Every published raw partition of a dataset with identity columns, and every transformed one, that
     holds the customer: republished without the identity (`staging.partition_rewrite`), or only counted."""
-    tokens = {suppression_token(key, hexed)}
     links_declared = _links_declared(config)
     for dataset, columns in identity_columns(config).items():
         refs = staging.PartitionRef.raw(config.staging_root, config.name, dataset, _ANY_DATE)
         for day in staging.partition_dates(refs):
             ref = staging.PartitionRef.raw(config.staging_root, config.name, dataset, day)
             rows = _partition_erase(
-                ref, partial(_raw_erase, columns=columns, key=key, tokens=tokens), publish=publish
+                ref, partial(_raw_erase, columns=columns, key=key, hexed=hexed), publish=publish
             )
             if rows:
                 counts["raw_partitions"] += 1
@@ -271,20 +369,25 @@ def _partition_erase(ref: staging.PartitionRef, rewrite: Rewrite, *, publish: bo
 
 
 def _raw_erase(
-    _output: str | None, table: pa.Table, *, columns: tuple[str, ...], key: bytes, tokens: set[str]
+    _output: str | None, table: pa.Table, *, columns: tuple[str, ...], key: bytes, hexed: str
 ) -> tuple[pa.Table | None, int]:
     """The raw rows of the customer with their identity columns null: what extraction stages for a
     customer on the erasure list. A column the file marks as pseudonyms is compared as it is; one staged
-    in clear (before pseudonyms, or not declared personal) through `pseudonym`."""
+    in clear (before pseudonyms, or not declared personal) through `customer_keys`. An encrypted column
+    holds a fresh token per value and matches nothing: it is nulled with the row's identity."""
     marks = {name: (table.schema.field(name).metadata or {}).get(b"pii") for name in table.schema.names}
     pseudonymised = {name for name, mark in marks.items() if mark == b"hmac-sha256"}
-    encrypted = {name for name, mark in marks.items() if mark == b"fernet"}  # matches nothing; nulled too
+    encrypted = {name for name, mark in marks.items() if mark == b"fernet"}
     present = [name for name in columns if name in table.schema.names and name not in encrypted]
     if not present:
         return None, 0
-    erased = rows_erased(
-        {name: table.column(name) for name in present}, key=key, tokens=tokens, pseudonymised=pseudonymised
-    )
+
+    def customers(column: str, value: str) -> bool:
+        return (
+            value == hexed if column in pseudonymised else hexed in customer_keys(key, value, job_form=True)
+        )
+
+    erased = rows_matching({name: table.column(name) for name in present}, customers)
     rows = pc.sum(pc.cast(erased, pa.int64())).as_py() or 0
     if not rows:
         return None, 0

@@ -6,7 +6,8 @@ pipeline keeps decryptable or clear: a `pii = "encrypt"` twin of a `pii = true` 
 source field), the customer key's column when it is staged in clear (customer_key_from), and the warehouse
 customers' `email_encrypted`. From them the old pseudonym -> new pseudonym mapping; a pipeline with a
 pseudonymised column that has no twin, a stored pseudonym the mapping does not hold, or customers on the
-erasure list is refused before anything changes.
+erasure list by their pseudonym alone is refused before anything changes. The erasure list's other tokens
+are made with the erasure key, which does not rotate, and stay as they are.
 
 Resumable: staging's partitions first, each republished atomically (`staging.partition_rewrite`) and
 recognised as done (a raw pseudonym recomputed from its twin is equal; a transformed partition records the
@@ -17,8 +18,6 @@ killed rotation is finished by running it again. docs/operations.md, "Rotating k
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections import Counter
@@ -40,7 +39,7 @@ from warehouse.quarantine import quarantined_rewrite, record_fingerprint
 
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
-from ..erasure import customer_key_columns, pseudonym_key_required
+from ..erasure import customer_key_columns, customer_keys, pseudonym_key_required
 from ..errors import EtlError
 from ..models import ErasedCustomer
 from ..pii import PiiDecryptError, pii_cipher
@@ -106,18 +105,14 @@ class _Rekey:
     def learn(self, text: str | None, *, spark_form: bool = False) -> None:
         """Map the old pseudonym of a clear value to its new one: extraction's form (`pseudonym`) and, for
         a column the job pseudonymises itself, the job's (lower(trim), spaces only)."""
-        if text is None:
-            return
-        pairs = [(pseudonym(self.old_key, text), pseudonym(self.new_key, text))]
-        if spark_form and text.strip(" "):
-            cleaned = text.strip(" ").lower().encode("utf-8")
-            pairs.append(
-                tuple(hmac.digest(k, cleaned, hashlib.sha256).hex() for k in (self.old_key, self.new_key))
-            )
+        pairs = zip(
+            customer_keys(self.old_key, text, job_form=spark_form),
+            customer_keys(self.new_key, text, job_form=spark_form),
+            strict=True,
+        )
         for old, new in pairs:
-            if old is not None:
-                self.mapping[old] = new
-                self.new_values.add(new)
+            self.mapping[old] = new
+            self.new_values.add(new)
 
     def rekey(self, value: str | None) -> tuple[str | None, bool]:
         """(new value, mapped): a value under the new key already stays; None when it cannot be mapped."""
@@ -238,12 +233,18 @@ def _rekey_plan(config: PipelineConfig, *, held: str, new_key: bytes, fingerprin
             f"pipeline {name!r}: {previous_env} has fingerprint {pseudonym_key_fingerprint(old_key)}, not "
             f"the warehouse's {held}: set the key the warehouse's customer keys were made with"
         )
-    erased = ErasedCustomer.objects.using(config.database).filter(pipeline=name).count()
-    if erased:
+    # The list's tokens of clear values are under the erasure key and stay valid; a pseudonym's die.
+    by_pseudonym = (
+        ErasedCustomer.objects.using(config.database)
+        .filter(pipeline=name, scheme=ErasedCustomer.Scheme.PSEUDONYM)
+        .count()
+    )
+    if by_pseudonym:
         raise RotateError(
-            f"pipeline {name!r}: {erased} customer(s) on the erasure list, whose tokens are made with the "
-            "pseudonym key and hold no identity to re-key: a new key would let them come back, so the "
-            f"pseudonym key cannot be rotated (set {env} back to the warehouse's; Fernet keys still rotate)"
+            f"pipeline {name!r}: {by_pseudonym} customer(s) on the erasure list by their pseudonym alone, "
+            "whose tokens are made with the pseudonym key and hold no identity to re-key: a new key would "
+            "let them come back. Forget each again by --email (the erasure key keeps them listed across "
+            f"rotations), or set {env} back to the warehouse's; Fernet keys still rotate"
         )
     twins: dict[str, dict[str, str]] = {}
     for dataset_name, dataset in config.datasets.items():

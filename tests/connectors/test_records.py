@@ -17,6 +17,7 @@ from connectors.records import (
     Erasure,
     FieldObserver,
     column_specs,
+    erasure_token,
     pseudonym,
     schema_drift,
     staging_schema,
@@ -550,8 +551,10 @@ def test_the_pseudonym_cleans_white_space_as_the_job_does_then_lower_cases(text,
 
 
 def test_an_erased_customers_rows_are_staged_with_their_identity_null_and_every_other_value_kept():
-    """The erasure list on the way in: matched through the same normalised pseudonym, personal or clear."""
-    key = b"k"
+    """The erasure list on the way in: matched on the clear value, normalised as the pseudonym is, in a
+    personal column or a clear one; a token of the clear value under the erasure key, or the older token of
+    the pseudonym under the pseudonym key."""
+    key, erasure_key = b"k", b"e"
     columns = {
         "order_id": {"from": "id"},
         "customer_email": {"from": "email", "pii": True},
@@ -563,18 +566,17 @@ def test_an_erased_customers_rows_are_staged_with_their_identity_null_and_every_
         {"id": "2", "email": "bob@example.com", "cid": "c2", "country": "DE"},
         {"id": "3", "email": None, "cid": "C9", "country": "IT"},
     ]
-    tokens = frozenset(
-        {
-            suppression_token(key, pseudonym(key, "ann@example.com")),
-            suppression_token(key, pseudonym(key, "c9")),
-        }
+    tokens = frozenset({erasure_token(erasure_key, "ann@example.com")})
+    older = frozenset({suppression_token(key, pseudonym(key, "c9"))})
+    erasure = Erasure(
+        ("customer_email", "customer_id"),
+        tokens=tokens,
+        key=erasure_key,
+        pseudonym_tokens=older,
+        pseudonym_key=key,
     )
     staged = to_staging_batch(
-        records,
-        columns=columns,
-        source_label="t",
-        pseudonym_key=key,
-        erasure=Erasure(tokens, ("customer_email", "customer_id")),
+        records, columns=columns, source_label="t", pseudonym_key=key, erasure=erasure
     ).to_pylist()
 
     assert staged == [
@@ -587,7 +589,25 @@ def test_an_erased_customers_rows_are_staged_with_their_identity_null_and_every_
         },
         {"order_id": "3", "customer_email": None, "customer_id": None, "country": "IT"},
     ]
-    # The list's token is not the customer key the warehouse holds.
-    assert not tokens & {pseudonym(key, "ann@example.com"), pseudonym(key, "c9")}
+    # The list's tokens are not the customer keys the warehouse holds, nor made with its key.
+    assert not (tokens | older) & {pseudonym(key, "ann@example.com"), pseudonym(key, "c9")}
+    assert erasure_token(b"another key", "ann@example.com") not in tokens
     unlisted = to_staging_batch(records, columns=columns, source_label="t", pseudonym_key=key)
     assert unlisted.column("customer_id").to_pylist() == ["c1", "c2", "C9"]
+
+
+def test_an_encrypted_column_alone_identifies_an_erased_customer_matched_before_it_is_encrypted():
+    from cryptography.fernet import Fernet
+
+    erasure_key = b"e"
+    columns = {"order_id": {"from": "id"}, "email": {"from": "email", "pii": "encrypt"}}
+    records = [{"id": "1", "email": " ANN@example.com"}, {"id": "2", "email": "bob@example.com"}]
+    erasure = Erasure(
+        ("email",), tokens=frozenset({erasure_token(erasure_key, "ann@example.com")}), key=erasure_key
+    )
+    cipher = Fernet(Fernet.generate_key())
+    staged = to_staging_batch(
+        records, columns=columns, source_label="t", encrypter=cipher, erasure=erasure
+    ).to_pylist()
+    assert staged[0] == {"order_id": "1", "email": None}
+    assert cipher.decrypt(staged[1]["email"].encode()) == b"bob@example.com"

@@ -80,7 +80,8 @@ TOP_KEYS = "name, description, timezone, staging_root, extract_workers, spark, w
         (
             good_text() + '[spark.option]\nrates = { dataset = "rates" }\n',
             " [spark]: unknown key 'option' (did you mean 'options'? known: job, master, conf, "
-            "pseudonym_key_env, pii_keys_env, reporting_currency, timeout_seconds, env, options)",
+            "pseudonym_key_env, pii_keys_env, erasure_key_env, reporting_currency, timeout_seconds, env, "
+            "options)",
         ),
     ],
     ids=["timezon", "extract_worker", "staging_rot", "warehouse-databse", "column-requried", "spark-option"],

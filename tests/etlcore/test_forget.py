@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import UTC, date
 from decimal import Decimal
 from io import StringIO
@@ -17,7 +18,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
 
-from connectors.records import pseudonym, suppression_token
+from connectors.records import erasure_token, pseudonym
 from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.pipeline import DEMO_PSEUDONYM_KEY
 from etlcore.models import ErasedCustomer, Erasure
@@ -122,8 +123,10 @@ def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_b
     record = json.dumps(
         {f.name: str(getattr(erasure, f.attname)) for f in Erasure._meta.concrete_fields} | erasure.counts
     )
-    token = ErasedCustomer.objects.get().token
-    assert token == suppression_token(KEY, hexed) and token != hexed
+    listed = ErasedCustomer.objects.get()
+    token = listed.token
+    assert listed.scheme == ErasedCustomer.Scheme.VALUE
+    assert token == erasure_token(os.environ["ETL_ERASURE_KEY"].encode(), email) and token != hexed
     for identity in (email, email.split("@")[0], hexed, token):
         assert identity not in record
     assert erasure.counts["sales_lines"] == lines_of_customer
@@ -150,10 +153,17 @@ def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_b
     assert warehouse_checksums(using="default") == forgotten
 
     again = StringIO()
-    call_command("forget_customer", "--pipeline", "retail_demo", "--customer-key", hexed, stdout=again)
+    call_command("forget_customer", "--pipeline", "retail_demo", "--email", email, stdout=again)
     assert "dim_customers=0 sales_lines=0" in again.getvalue()
     assert "on the erasure list already" in again.getvalue()
     assert ErasedCustomer.objects.count() == 1 and Erasure.objects.count() == 2
+    # By customer key now: their clear value is held nowhere any more, so they are listed by pseudonym,
+    # which the next forget by e-mail replaces.
+    by_key = StringIO()
+    call_command("forget_customer", "--pipeline", "retail_demo", "--customer-key", hexed, stdout=by_key)
+    assert "added to the erasure list by pseudonym alone" in by_key.getvalue()
+    call_command("forget_customer", "--pipeline", "retail_demo", "--email", email, stdout=StringIO())
+    assert list(ErasedCustomer.objects.values_list("scheme", "token")) == [(listed.scheme, listed.token)]
 
 
 @pytest.mark.django_db
@@ -281,3 +291,46 @@ def test_forget_waits_for_no_run_it_exits_75_and_changes_nothing_while_the_pipel
     assert (
         DimCustomer.objects.exists() and not ErasedCustomer.objects.exists() and not Erasure.objects.exists()
     )
+
+
+@pytest.mark.django_db
+def test_extraction_needs_the_erasure_key_once_the_list_has_a_value_and_then_stages_the_customer_as_a_guest(
+    pipeline_dir, monkeypatch, staging_root, tmp_path
+):
+    """A real extract from CSV files: without ETL_ERASURE_KEY it fails in one line naming the variable
+    before any source is read; with it, the listed customer's line is staged with no identity."""
+    from etlcore import staging
+    from tests.pipelines import pipeline_write, sales_datasets
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "products_20261101.csv").write_text("SKU,Product Name,category,list_price\nP1,Pen,office,2.50\n")
+    (data / "stores_20261101.csv").write_text("store_code,name,city,region,country\nS1,Main,Lyon,ARA,FR\n")
+    (data / "lines_20261101.csv").write_text(
+        "order_id,line_number,ordered_at,store_code,customer_email,sku,quantity,unit_price,currency\n"
+        "O1,1,2026-11-01T10:00:00Z,S1,Ann@Example.com,P1,1,2.50,EUR\n"
+        "O2,1,2026-11-01T11:00:00Z,S1,bob@example.com,P1,2,2.50,EUR\n"
+    )
+    pipeline_write(pipeline_dir, datasets=sales_datasets(data))
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", "k")
+    erasure_key = os.environ["ETL_ERASURE_KEY"]
+    ErasedCustomer.objects.create(
+        pipeline="shop", token=erasure_token(erasure_key.encode(), "ann@example.com")
+    )
+    ref = staging.PartitionRef.raw(staging_root, "shop", "order_lines", DAY)
+
+    monkeypatch.delenv("ETL_ERASURE_KEY")
+    with pytest.raises(CommandError) as refused:
+        call_command("extract", "--pipeline", "shop", "--date", DAY.isoformat(), stdout=StringIO())
+    assert "ETL_ERASURE_KEY (or ETL_ERASURE_KEY_FILE) is not set" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
+    assert not ref.dir.exists()
+
+    monkeypatch.setenv("ETL_ERASURE_KEY", erasure_key)
+    call_command("extract", "--pipeline", "shop", "--date", DAY.isoformat(), stdout=StringIO())
+    rows = {
+        r["order_id"]: r["customer_email"]
+        for name in staging.manifest_read(ref).files
+        for r in pq.read_table(ref.dir / name).to_pylist()
+    }
+    assert rows == {"O1": None, "O2": pseudonym(b"k", "bob@example.com")}

@@ -26,9 +26,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from connectors.records import staging_schema
+from connectors.records import erasure_token, staging_schema, to_staging_batch
 from etlcore import staging
 from etlcore.config import pipeline_load
+from etlcore.erasure import dataset_erasures
 from etlcore.models import ErasedCustomer
 from tests.pipelines import pipeline_write, sales_datasets
 from tests.warehouse.partitions import default_outputs, sale, write_outputs
@@ -349,15 +350,72 @@ def test_rekey_is_refused_in_one_line_without_the_previous_key_or_with_a_wrong_o
         pseudonym_key_expect(config=pipeline_load("shop"))
 
 
+def forget(*args: str) -> str:
+    out = StringIO()
+    call_command("forget_customer", "--pipeline", "shop", *args, stdout=out)
+    return out.getvalue()
+
+
 @pytest.mark.django_db(databases="__all__")
-def test_rekey_is_refused_while_customers_are_on_the_erasure_list_fernet_still_rotates(world, monkeypatch):
-    ErasedCustomer.objects.using(world["alias"]).create(pipeline="shop", token="e" * 64)
+def test_a_customer_erased_before_a_rekey_stays_out_of_extraction_under_the_new_key(world, monkeypatch):
+    """Named by customer key, the customer is listed by their clear value (decrypted from the warehouse's
+    e-mail) under the erasure key, which the rotation leaves as it is."""
+    alias = world["alias"]
+    ann = EMAILS["O1"]
+    assert "dim_customers=1 " in forget("--customer-key", hexed(OLD, ann))
+    listed = ErasedCustomer.objects.using(alias).get()
+    erasure_key = os.environ["ETL_ERASURE_KEY"].encode()
+    assert (listed.scheme, listed.token) == (ErasedCustomer.Scheme.VALUE, erasure_token(erasure_key, ann))
     new_keys(monkeypatch)
-    with pytest.raises(CommandError, match=r"1 customer\(s\) on the erasure list.*cannot be rotated"):
+
+    rotate()
+    assert PseudonymKey.objects.using(alias).get().fingerprint == fingerprint(NEW)
+    assert list(ErasedCustomer.objects.using(alias).all()) == [listed]
+    config = pipeline_load("shop")
+    records = [
+        {"id": "O5", "line_number": "1", "customer": {"email": f" {ann.upper()}"}, "sku": "P1"},
+        {"id": "O6", "line_number": "1", "customer": {"email": EMAILS["O2"]}, "sku": "P1"},
+    ]
+    columns = {
+        "order_id": {"from": "id"},
+        "customer_email": {"from": "customer.email", "pii": True},
+        "customer_email_encrypted": {"from": "customer.email", "pii": "encrypt"},
+    }
+    staged = to_staging_batch(
+        records,
+        columns=columns,
+        source_label="orders",
+        pseudonym_key=NEW.encode(),
+        encrypter=Fernet(K_NEW.encode()),
+        erasure=dataset_erasures(config)["order_lines"],
+    ).to_pylist()
+    assert staged[0] == {"order_id": "O5", "customer_email": None, "customer_email_encrypted": None}
+    assert staged[1]["customer_email"] == hexed(NEW, EMAILS["O2"])
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_rekey_is_refused_while_a_customer_is_listed_by_pseudonym_alone_until_forgotten_by_email(
+    world, monkeypatch
+):
+    alias = world["alias"]
+    nobody = "nobody@example.com"  # held nowhere: no clear value to list them by
+    forget("--customer-key", hexed(OLD, nobody))
+    assert ErasedCustomer.objects.using(alias).get().scheme == ErasedCustomer.Scheme.PSEUDONYM
+    new_keys(monkeypatch)
+    with pytest.raises(CommandError, match=r"1 customer\(s\) on the erasure list by their pseudonym alone"):
         rotate()
-    assert PseudonymKey.objects.using(world["alias"]).get().fingerprint == fingerprint(OLD)
+    assert PseudonymKey.objects.using(alias).get().fingerprint == fingerprint(OLD)
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", OLD)
-    assert "raw_tokens=3" in rotate()
+    assert "raw_tokens=3" in rotate()  # Fernet keys still rotate
+
+    forget("--email", nobody)  # under the old key still: the older entry is recognised and replaced
+    erasure_key = os.environ["ETL_ERASURE_KEY"].encode()
+    assert list(ErasedCustomer.objects.using(alias).values_list("scheme", "token")) == [
+        (ErasedCustomer.Scheme.VALUE, erasure_token(erasure_key, nobody))
+    ]
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", NEW)
+    rotate()
+    assert PseudonymKey.objects.using(alias).get().fingerprint == fingerprint(NEW)
 
 
 @pytest.mark.django_db(databases="__all__")
