@@ -4,9 +4,9 @@ The customer is named by the value the source gives (the e-mail), turned into th
 the function extraction uses, or by the pseudonym itself, whose clear value is then looked for where the
 pipeline keeps it decryptable or clear. The erasure list holds a token of the clear value under the erasure
 key (a pseudonym's token, under the pseudonym key, when no clear value is held); the clear value itself is
-never stored or logged. Their
-rows stay, attributed to no customer as a guest's are, so every total stays right to the cent and every
-row is still loaded or quarantined; what identifies them is removed. docs/architecture.md, "Erasure".
+never stored or logged. Their rows stay, attributed to no customer as a guest's are, so every total stays
+right to the cent and every row is still loaded or quarantined; what identifies them is removed.
+docs/architecture.md, "Erasure".
 """
 
 from __future__ import annotations
