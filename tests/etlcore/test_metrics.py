@@ -4,18 +4,22 @@ Pushgateway and a textfile is in tests/test_metrics_pushgateway.py."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.core.management import CommandError, call_command
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etlcore.metrics import metric_families, metrics_registry
 from etlcore.models import PipelineRun, RunStatus, StepRun
 from etlcore.selectors import Freshness, pipeline_freshness
+from tests.pipelines import dataset, pipeline_write
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 2, 2, 15, tzinfo=UTC)
@@ -124,12 +128,7 @@ def full_run_steps() -> list[StepRun]:
 
 def samples(registry) -> dict[tuple[str, frozenset], float]:
     """Every sample as exposed (text format, parsed back): {(name, labels): value}."""
-    text = generate_latest(registry).decode("utf-8")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return samples_of(generate_latest(registry).decode("utf-8"))
 
 
 def value(found, name: str, **labels) -> float:
@@ -288,3 +287,94 @@ def test_pushgateway_url_credentials_are_split_off_the_url_setting():
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.splitlines() == ["https://push.example:9091/base", "('etl', 'canary@pw-9f3')"]
+
+
+# --- the textfile: a real run (extract alone, no Spark) publishes it ------------------------------------
+
+CANARY = "canary-pseudonym-key-4f1d9a"
+
+
+def shop(pipeline_dir: Path, data: Path) -> None:
+    """A one-source pipeline: `extract` succeeds when the day's products file is there, fails without it."""
+    products = dataset(f"{data}/products_{{date:%Y%m%d}}.csv", sku={"required": True}, name={})
+    pipeline_write(pipeline_dir, datasets={"products": products}, staging=data.parent / "staging")
+
+
+def extract(day: date) -> PipelineRun:
+    try:
+        call_command("extract", "--pipeline", "shop", "--date", day.isoformat(), stdout=StringIO())
+    except CommandError:
+        pass
+    return PipelineRun.objects.latest("id")
+
+
+@pytest.fixture
+def textfile_dir(tmp_path, settings, monkeypatch):
+    settings.ETL_METRICS_TEXTFILE_DIR = tmp_path / "textfile"
+    settings.ETL_PUSHGATEWAY_URL = ""
+    monkeypatch.setenv("ETL_PSEUDONYM_KEY", CANARY)
+    return settings.ETL_METRICS_TEXTFILE_DIR
+
+
+@pytest.mark.django_db
+def test_a_failed_run_replaces_the_textfile_atomically_private_parseable_and_without_secrets(
+    pipeline_dir, tmp_path, textfile_dir
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    shop(pipeline_dir, data)
+    (data / f"products_{DAY:%Y%m%d}.csv").write_text("sku,name\nP1,Mug\nP2,Cup\n")
+    succeeded = extract(DAY)
+    path = textfile_dir / "etl_shop.prom"
+    assert succeeded.status == RunStatus.SUCCEEDED
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(textfile_dir.stat().st_mode) == 0o700
+
+    with path.open("rb") as before:  # a reader (node-exporter) in the middle of the file
+        failed = extract(DAY + timedelta(days=1))  # no products file that day
+        assert failed.status == RunStatus.FAILED
+        # Replaced by a rename: the reader's file is the whole earlier one, the path a new file.
+        old = before.read().decode("utf-8")
+        assert os.fstat(before.fileno()).st_ino != path.stat().st_ino
+    new = path.read_text(encoding="utf-8")
+    assert [p.name for p in textfile_dir.iterdir()] == ["etl_shop.prom"]  # no temporary file left
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert CANARY not in new and CANARY not in old
+
+    was, now = samples_of(old), samples_of(new)
+    assert value(was, "etl_run_id", pipeline="shop") == succeeded.pk
+    assert (
+        value(was, "etl_dataset_rows", pipeline="shop", step="extract", dataset="products", kind="out") == 2
+    )
+    assert value(now, "etl_run_id", pipeline="shop") == failed.pk
+    assert value(now, "etl_run_success", pipeline="shop") == 0
+    assert value(now, "etl_run_last_status", pipeline="shop", status="failed") == 1
+    assert value(now, "etl_step_success", pipeline="shop", step="extract") == 0
+    # An extract loads nothing: no date is loaded, no run that loaded succeeded.
+    assert not [n for n, _ in now if n.startswith("etl_pipeline_")]
+
+
+@pytest.mark.django_db
+def test_textfile_mode_0640_lets_node_exporter_read_it_through_the_folders_group(
+    pipeline_dir, tmp_path, textfile_dir, settings
+):
+    settings.ETL_METRICS_TEXTFILE_MODE = 0o640
+    textfile_dir.mkdir(mode=0o750)
+    shop(pipeline_dir, tmp_path)
+    extract(DAY)
+    assert stat.S_IMODE((textfile_dir / "etl_shop.prom").stat().st_mode) == 0o640
+
+
+@pytest.mark.django_db
+def test_a_run_of_no_pipeline_publishes_nothing(pipeline_dir, textfile_dir):
+    with pytest.raises(CommandError, match="unknown pipeline"):
+        call_command("extract", "--pipeline", "shpo", "--date", DAY.isoformat(), stdout=StringIO())
+    assert PipelineRun.objects.get().status == RunStatus.FAILED
+    assert not textfile_dir.exists()
+
+
+def samples_of(text: str) -> dict[tuple[str, frozenset], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
