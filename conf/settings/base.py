@@ -109,6 +109,9 @@ try:
     _pushgateway = urlsplit(secret_get("ETL_PUSHGATEWAY_URL"))
 except ConfigurationError as exc:
     raise ImproperlyConfigured(str(exc)) from None
+if _pushgateway.geturl() and _pushgateway.scheme not in ("http", "https"):
+    # Without a scheme, user:password@host would not be split off, and would be shown.
+    raise ImproperlyConfigured("ETL_PUSHGATEWAY_URL must start with http:// or https://")
 ETL_PUSHGATEWAY_AUTH = (unquote(_pushgateway.username or ""), unquote(_pushgateway.password or ""))
 if not any(ETL_PUSHGATEWAY_AUTH):
     ETL_PUSHGATEWAY_AUTH = None

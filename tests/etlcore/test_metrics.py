@@ -273,20 +273,28 @@ def test_freshness_is_the_last_successful_run_that_loaded_and_the_latest_date_lo
     )
 
 
-def test_pushgateway_url_credentials_are_split_off_the_url_setting():
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "conf.settings.test",
-        "ETL_PUSHGATEWAY_URL": "https://etl:canary%40pw-9f3@push.example:9091/base",
+def settings_read(tmp_path: Path, url: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_PUSHGATEWAY")}
+    env |= {
+        "DJANGO_SETTINGS_MODULE": "conf.settings.local",
+        "ETL_VAR_DIR": str(tmp_path),
+        "ETL_PUSHGATEWAY_URL": url,
     }
     code = (
         "import django; django.setup(); from django.conf import settings as s; "
         "print(s.ETL_PUSHGATEWAY_URL); print(s.ETL_PUSHGATEWAY_AUTH)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.splitlines() == ["https://push.example:9091/base", "('etl', 'canary@pw-9f3')"]
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_pushgateway_url_credentials_are_split_off_the_url_setting(tmp_path):
+    done = settings_read(tmp_path, "https://etl:canary%40pw-9f3@push.example:9091/base")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["https://push.example:9091/base", "('etl', 'canary@pw-9f3')"]
+    # Without a scheme the credentials could not be told from the host: refused, without showing them.
+    done = settings_read(tmp_path, "etl:canary-pw-9f3@push.example:9091")
+    assert done.returncode != 0 and "must start with http:// or https://" in done.stderr
+    assert "canary-pw-9f3" not in done.stderr
 
 
 # --- the textfile: a real run (extract alone, no Spark) publishes it ------------------------------------
