@@ -289,10 +289,9 @@ def metrics_textfile_write(*, registry: CollectorRegistry, directory: Path, pipe
     private_dirs(directory)
     path = directory / f"etl_{pipeline}.prom"
     temporary = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = private_open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(private_open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # explicit: the umask a run holds would narrow a 0640
             fh.write(generate_latest(registry))
             fh.flush()
             os.fsync(fh.fileno())
