@@ -25,7 +25,26 @@ demo: $(STAMP) ## demo data served on loopback, the pipeline for 3 dates (1-4 mi
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py demo
 
-test: $(STAMP) ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
+# Debian packages whose programs the tests start: the Pushgateway, and promtool (package prometheus).
+DEBIAN_TEST_PACKAGES := prometheus-pushgateway prometheus
+# package:program where the program that shows a package is installed is not named like the package.
+DEBIAN_TEST_PROGRAMS := prometheus:promtool
+
+test-deps: ## as root, apt-get install the Debian packages the tests start (DEBIAN_TEST_PACKAGES); else a hint
+	@missing=""; for pkg in $(DEBIAN_TEST_PACKAGES); do \
+		prog=$$pkg; for m in $(DEBIAN_TEST_PROGRAMS); do [ "$${m%%:*}" = "$$pkg" ] && prog="$${m#*:}"; done; \
+		command -v "$$prog" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	[ -n "$$missing" ] || exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "test-deps: installing Debian packages:$$missing"; \
+		apt-get install -y -o DPkg::Lock::Timeout=900 $$missing || \
+			{ apt-get update && apt-get install -y -o DPkg::Lock::Timeout=900 $$missing; }; \
+	else \
+		echo "test-deps: missing Debian packages:$$missing (as root: apt-get install$$missing); their tests skip, or fail under CI=true"; \
+	fi
+
+test: $(STAMP) test-deps ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
 	$(PY) -m pytest
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
@@ -42,4 +61,4 @@ check: $(STAMP) ## lint (ruff), Django's system checks, and validate every shipp
 clean: ## remove generated data (var/), keeping .venv
 	rm -rf var spark-warehouse metastore_db derby.log
 
-.PHONY: help install demo test bench check clean
+.PHONY: help install demo test test-deps bench check clean

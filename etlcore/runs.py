@@ -93,6 +93,9 @@ def run_finish(run: PipelineRun, *, error: str = "") -> PipelineRun:
     run.error = error
     run.finished_at = timezone.now()
     run.save(using=run._state.db, update_fields=["status", "error", "finished_at", "business_date"])
+    from .metrics import metrics_publish  # here: metrics reads selectors, which import this module
+
+    metrics_publish(run=run)  # never raises: a metrics outage does not fail the run
     return run
 
 

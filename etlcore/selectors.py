@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from django.db.models import Max, Q, QuerySet
@@ -82,11 +82,27 @@ def guards_previous(*, config: PipelineConfig, business_date: date) -> PreviousC
 
 def last_loaded_date(*, config: PipelineConfig) -> date | None:
     """The latest business date whose load succeeded (`run_pipeline --nightly` catches up from there)."""
-    return (
-        StepRun.objects.using(config.database)
-        .filter(step="load", status=RunStatus.SUCCEEDED, run__pipeline=config.name)
-        .aggregate(last=Max("run__business_date"))["last"]
+    return pipeline_freshness(pipeline=config.name, using=config.database).last_loaded
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What a pipeline's warehouse holds: the latest business date loaded, and when a run that loaded a
+    date (its load step succeeded) last succeeded."""
+
+    last_loaded: date | None
+    last_success: datetime | None
+
+
+def pipeline_freshness(*, pipeline: str, using: str) -> Freshness:
+    loads = StepRun.objects.using(using).filter(
+        step="load", status=RunStatus.SUCCEEDED, run__pipeline=pipeline
     )
+    found = loads.aggregate(
+        last=Max("run__business_date"),
+        success=Max("run__finished_at", filter=Q(run__status=RunStatus.SUCCEEDED)),
+    )
+    return Freshness(last_loaded=found["last"], last_success=found["success"])
 
 
 def pseudonym_key_held(*, config: PipelineConfig) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -95,6 +96,27 @@ ETL_EXTRACT_WORKERS = int(os.environ.get("ETL_EXTRACT_WORKERS", "4"))  # sources
 # PostgreSQL, and how often a run on PostgreSQL writes its heartbeat.
 ETL_LOCK_DIR = Path(os.environ.get("ETL_LOCK_DIR", VAR_DIR / "locks"))
 ETL_HEARTBEAT_SECONDS = float(os.environ.get("ETL_HEARTBEAT_SECONDS", "30"))
+# Metrics of every finished run (etlcore/metrics.py, docs/operations.md "Metrics and alerts"): a file per
+# pipeline for node-exporter's textfile collector, and/or a push to a Pushgateway; off when neither is set.
+ETL_METRICS_TEXTFILE_DIR = Path(_dir) if (_dir := os.environ.get("ETL_METRICS_TEXTFILE_DIR")) else None
+# 0600 like every file the project writes; 0640 lets node-exporter read it through the folder's group.
+ETL_METRICS_TEXTFILE_MODE = int(os.environ.get("ETL_METRICS_TEXTFILE_MODE", "0600"), 8)
+if ETL_METRICS_TEXTFILE_MODE & ~0o640:
+    raise ImproperlyConfigured("ETL_METRICS_TEXTFILE_MODE must be 0600 or 0640 (octal)")
+# The URL may carry credentials (https://user:password@host), or come from ETL_PUSHGATEWAY_URL_FILE: they
+# are split off here into a setting whose name Django masks, so the URL setting holds none.
+try:
+    _pushgateway = urlsplit(secret_get("ETL_PUSHGATEWAY_URL"))
+except ConfigurationError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+if _pushgateway.geturl() and _pushgateway.scheme not in ("http", "https"):
+    # Without a scheme, user:password@host would not be split off, and would be shown.
+    raise ImproperlyConfigured("ETL_PUSHGATEWAY_URL must start with http:// or https://")
+ETL_PUSHGATEWAY_AUTH = (unquote(_pushgateway.username or ""), unquote(_pushgateway.password or ""))
+if not any(ETL_PUSHGATEWAY_AUTH):
+    ETL_PUSHGATEWAY_AUTH = None
+ETL_PUSHGATEWAY_URL = urlunsplit(_pushgateway._replace(netloc=_pushgateway.netloc.rpartition("@")[2]))
+ETL_PUSHGATEWAY_TIMEOUT = float(os.environ.get("ETL_PUSHGATEWAY_TIMEOUT", "10"))
 
 LOGGING = {
     "version": 1,

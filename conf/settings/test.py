@@ -22,3 +22,8 @@ POSTGRES_FOUND = "not looked for: pytest's session start (tests/conftest.py) doe
 # Lock files of the in-memory test databases: this test process's own, never the checkout's var/.
 ETL_LOCK_DIR = Path(tempfile.gettempdir()) / f"dse-test-locks-{os.getpid()}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Runs publish no metrics unless a test asks (its `settings` fixture): a developer's exported
+# ETL_METRICS_TEXTFILE_DIR or ETL_PUSHGATEWAY_URL must not receive the suite's runs.
+ETL_METRICS_TEXTFILE_DIR = None
+ETL_PUSHGATEWAY_URL = ""
+ETL_PUSHGATEWAY_AUTH = None
