@@ -95,6 +95,12 @@ ETL_EXTRACT_WORKERS = int(os.environ.get("ETL_EXTRACT_WORKERS", "4"))  # sources
 # PostgreSQL, and how often a run on PostgreSQL writes its heartbeat.
 ETL_LOCK_DIR = Path(os.environ.get("ETL_LOCK_DIR", VAR_DIR / "locks"))
 ETL_HEARTBEAT_SECONDS = float(os.environ.get("ETL_HEARTBEAT_SECONDS", "30"))
+# What started this process's runs (recorded on each run): the crontab line and systemd unit set `cron`,
+# the admin's background process `admin` with the user in ETL_RUN_STARTED_BY; by hand it is `command`.
+ETL_RUN_ORIGIN = os.environ.get("ETL_RUN_ORIGIN") or "command"
+if ETL_RUN_ORIGIN not in ("cron", "command", "admin", "queue"):
+    raise ImproperlyConfigured(f"ETL_RUN_ORIGIN={ETL_RUN_ORIGIN!r}: expected cron, command, admin or queue")
+ETL_RUN_STARTED_BY = os.environ.get("ETL_RUN_STARTED_BY", "")
 
 LOGGING = {
     "version": 1,
