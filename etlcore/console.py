@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 MASK = "•••"
+EVERY = "*"  # as a personal column: mask every value (the pipeline's declaration could not be read)
 LOG_TAIL_LINES = 40
 # The tail is read from the end of the file: a Spark log of a long run is large and only its end matters.
 _LOG_TAIL_BYTES = 64 * 1024
@@ -116,7 +117,7 @@ def record_masked(raw_record: str, personal: Iterable[str]) -> str:
     if not isinstance(record, dict):
         return MASK
     hidden = {name.casefold() for name in personal}
-    shown = {k: (MASK if k.casefold() in hidden else v) for k, v in record.items()}
+    shown = {k: (MASK if k.casefold() in hidden or EVERY in hidden else v) for k, v in record.items()}
     return json.dumps(shown, indent=2, ensure_ascii=False)
 
 
@@ -147,7 +148,7 @@ def message_reasons(message: str, personal: Iterable[str] = ()) -> list[Reason]:
             reasons.append(Reason(code=part.strip()))
             continue
         column, value = found["column"] or "", found["value"] or ""
-        if column.casefold() in hidden and value:
+        if (column.casefold() in hidden or EVERY in hidden) and value:
             value = MASK
         reasons.append(Reason(found["code"], column, value, (found["note"] or "").strip()))
     return reasons

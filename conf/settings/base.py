@@ -101,6 +101,9 @@ ETL_RUN_ORIGIN = os.environ.get("ETL_RUN_ORIGIN") or "command"
 if ETL_RUN_ORIGIN not in ("cron", "command", "admin", "queue"):
     raise ImproperlyConfigured(f"ETL_RUN_ORIGIN={ETL_RUN_ORIGIN!r}: expected cron, command, admin or queue")
 ETL_RUN_STARTED_BY = os.environ.get("ETL_RUN_STARTED_BY", "")
+# Added to the environment of the commands the admin starts in the background (etlcore/services/
+# background.py), over the server's own; the tests point them at their database with it.
+ETL_BACKGROUND_ENV: dict[str, str] = {}
 
 LOGGING = {
     "version": 1,

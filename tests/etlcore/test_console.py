@@ -87,6 +87,7 @@ def test_a_quarantined_record_shows_every_personal_field_masked_whatever_it_hold
         "sku": "X9",
     }
     assert console.record_masked("not json", {"x"}) == console.MASK
+    assert json.loads(console.record_masked(raw, {console.EVERY}))["sku"] == console.MASK
     assert "\n  " in console.record_masked(raw, ())  # pretty-printed
 
 
@@ -103,5 +104,6 @@ def test_a_quarantine_message_gives_each_rule_its_column_and_offending_value_per
         ("late_line", "", ""),
     ]
     assert reasons[1].note == "(not in products; see the master)"
+    assert {r.value for r in console.message_reasons(message, {console.EVERY}) if r.value} == {console.MASK}
     masked = console.message_masked(message, {"customer_email"})
     assert "hmac-1" not in masked and "unknown_product: sku='X9' (not in products; see the master)" in masked
