@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# Debian packages the test suite needs besides Python's: Chromium for the ops console's browser tests
+# (Playwright drives /usr/bin/chromium; it never downloads a browser).
+DEBIAN_TEST_PACKAGES ?= chromium
+
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -25,7 +29,16 @@ demo: $(STAMP) ## demo data served on loopback, the pipeline for 3 dates (1-4 mi
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py demo
 
-test: $(STAMP) ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
+test-deps: ## the Debian packages of the tests (DEBIAN_TEST_PACKAGES); installs them when run as root
+	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -o DPkg::Lock::Timeout=900 $$missing; \
+	else \
+		echo "missing Debian packages: $$missing (run 'make test-deps' as root); their tests skip, or fail under CI=true"; \
+	fi
+
+test: $(STAMP) test-deps ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
 	$(PY) -m pytest
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
@@ -42,4 +55,4 @@ check: $(STAMP) ## lint (ruff), Django's system checks, and validate every shipp
 clean: ## remove generated data (var/), keeping .venv
 	rm -rf var spark-warehouse metastore_db derby.log
 
-.PHONY: help install demo test bench check clean
+.PHONY: help install demo test test-deps bench check clean
