@@ -283,8 +283,8 @@ class PipelineRunAdmin(ConsoleAdmin):
             return HttpResponseRedirect(reverse("admin:etlcore_pipelinerun_change", args=[run.pk]))
         arguments = ["--pipeline", run.pipeline, "--date", run.business_date.isoformat()]
         rule = (request.POST.get("rule") or "").strip()
-        if rule:
-            arguments += ["--rule", rule]
+        if rule:  # `--rule=X`: a value from the form is never read as an option of its own
+            arguments.append(f"--rule={rule}")
         what = f"Replay of {run.pipeline} {run.business_date}'s quarantine" + (
             f" (rule {rule})" if rule else ""
         )
@@ -588,16 +588,13 @@ class QuarantineConsoleAdmin(warehouse.admin.QuarantinedRowAdmin):
         if not pipeline or not (day or rule):
             messages.error(request, "choose a pipeline and a date or a rule to replay")
             return HttpResponseRedirect(back)
-        arguments = ["--pipeline", pipeline]
-        for flag, value in (("--date", day), ("--rule", rule), ("--dataset", dataset)):
-            if value:
-                arguments += [flag, value]
+        # `--flag=value`: a value from the form is never read as an option of its own.
+        given = (("--pipeline", pipeline), ("--date", day), ("--rule", rule), ("--dataset", dataset))
+        arguments = [f"{flag}={value}" for flag, value in given if value]
         started = command_start_background(
             command="replay_quarantine", arguments=arguments, started_by=request.user.get_username()
         )
-        what = " ".join(
-            f"{flag} {value}" for flag, value in zip(arguments[::2], arguments[1::2], strict=True)
-        )
+        what = " ".join(arguments)
         messages.success(
             request, f"Replay of quarantined rows ({what}) started in the background (pid {started.pid})."
         )
