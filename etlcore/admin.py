@@ -219,7 +219,8 @@ class PipelineRunAdmin(ConsoleAdmin):
     def changelist_view(self, request, extra_context=None):
         self._held = {}  # one lock probe per pipeline for the whole page
         pipeline = request.GET.get("pipeline")
-        extra_context = {**(extra_context or {}), "charts": runs_charts(pipeline=pipeline)}
+        charts_shown = runs_charts(pipeline=pipeline)
+        extra_context = {"title": "Pipeline runs", **(extra_context or {}), "charts": charts_shown}
         return super().changelist_view(request, extra_context=extra_context)
 
     # --- a run's page --------------------------------------------------------------------------------
@@ -561,6 +562,7 @@ class QuarantineConsoleAdmin(warehouse.admin.QuarantinedRowAdmin):
 
     def changelist_view(self, request, extra_context=None):
         self._personal_cache = {}
+        extra_context = {"title": "Quarantined rows", **(extra_context or {})}
         response = super().changelist_view(request, extra_context=extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
         if changelist is not None:

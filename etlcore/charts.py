@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-WIDTH, HEIGHT = 480, 160
+WIDTH, HEIGHT = 360, 160
 _TOP, _BOTTOM, _LEFT, _RIGHT = 22, 22, 8, 8
 
 
