@@ -25,8 +25,9 @@ demo: $(STAMP) ## demo data served on loopback, the pipeline for 3 dates (1-4 mi
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py demo
 
-# Debian packages whose programs the tests start: the Pushgateway, and promtool (package prometheus).
-DEBIAN_TEST_PACKAGES := prometheus-pushgateway prometheus
+# Debian packages whose programs the tests start: the Pushgateway, promtool (package prometheus), and
+# Chromium for the ops console's browser tests (Playwright drives /usr/bin/chromium; it never downloads one).
+DEBIAN_TEST_PACKAGES := prometheus-pushgateway prometheus chromium
 # package:program where the program that shows a package is installed is not named like the package.
 DEBIAN_TEST_PROGRAMS := prometheus:promtool
 

@@ -14,6 +14,16 @@ class RunStatus(models.TextChoices):
     ABANDONED = "abandoned", "abandoned"
 
 
+class RunOrigin(models.TextChoices):
+    """What started a run: set from ETL_RUN_ORIGIN, which the documented crontab line and systemd unit
+    export as `cron`, the admin's background process as `admin`, a task queue worker as `queue`."""
+
+    CRON = "cron", "cron"
+    COMMAND = "command", "command"
+    ADMIN = "admin", "admin"
+    QUEUE = "queue", "queue"
+
+
 class Backfill(models.Model):
     """Several business dates run as one command (`run_pipeline --from/--to`, or `--nightly` catching up):
     each date has its own PipelineRun pointing here; their transforms share Spark applications."""
@@ -67,10 +77,21 @@ class PipelineRun(models.Model):
         related_name="resumed_by",
         help_text="the failed run this one resumed (--resume): its earlier steps' outputs were reused",
     )
+    origin = models.CharField(
+        max_length=10,
+        choices=RunOrigin.choices,
+        default=RunOrigin.COMMAND,
+        help_text="what started it: cron, an interactive command, the admin, the task queue",
+    )
+    started_by = models.CharField(
+        max_length=150, blank=True, help_text="the admin user for an admin action, else the OS user"
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
         indexes = [models.Index(fields=["pipeline", "business_date"])]
+        # The ops console's actions (re-run, replay, resume) start runs: a permission of its own.
+        permissions = [("operate_pipelines", "Can start runs from the admin (re-run, replay, resume)")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.pipeline} {self.business_date} {self.command} {self.status}"
@@ -80,6 +101,11 @@ class PipelineRun(models.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def started_shown(self) -> str:
+        """`admin (alice)`, `cron (etl)`: what started the run and as whom."""
+        return f"{self.origin} ({self.started_by})" if self.started_by else self.origin
 
 
 class StepRun(models.Model):

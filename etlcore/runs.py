@@ -8,6 +8,7 @@ so what a failed step knew (a log path, the sources that did succeed) is kept.
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import traceback
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from .models import Backfill, PipelineRun, RunStatus, StepRun
@@ -31,7 +33,11 @@ def run_start(
     using: str,
     resumed_from: PipelineRun | None = None,
     backfill: Backfill | None = None,
+    origin: str | None = None,
+    started_by: str | None = None,
 ) -> PipelineRun:
+    """`origin` and `started_by` default to this process's (settings ETL_RUN_ORIGIN / ETL_RUN_STARTED_BY,
+    else the OS user), so every command records them without passing them along."""
     # A name the configuration refused is still recorded, cut to its column (PostgreSQL enforces the
     # length); the name as given stays in `parameters`.
     now = timezone.now()
@@ -46,7 +52,16 @@ def run_start(
         pid=os.getpid(),
         resumed_from=resumed_from,
         backfill=backfill,
+        origin=origin or settings.ETL_RUN_ORIGIN,
+        started_by=(started_by or settings.ETL_RUN_STARTED_BY or _os_user())[:150],
     )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry (containers)
+        return ""
 
 
 def run_heartbeat(run: PipelineRun) -> None:

@@ -91,3 +91,28 @@ def staging_root(tmp_path, settings):
     """The test's own staging root: settings.ETL_STAGING_ROOT, which pipelines without `staging_root` use."""
     settings.ETL_STAGING_ROOT = tmp_path / "staging"
     return settings.ETL_STAGING_ROOT
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A browser test (one using a Playwright `page` fixture) that fails leaves a screenshot and the page's
+    HTML behind, in a folder its report names."""
+    outcome = yield
+    report = outcome.get_result()
+    page = item.funcargs.get("page") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or page is None or not hasattr(page, "screenshot"):
+        return
+    folder = item.funcargs["tmp_path"] if "tmp_path" in item.funcargs else None
+    if folder is None:
+        from pathlib import Path
+
+        folder = Path(item.config.rootpath) / "var" / "browser-failures" / item.name
+    folder = folder / "browser-failure"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        page.screenshot(path=str(folder / "screenshot.png"), full_page=True)
+        (folder / "page.html").write_text(page.content(), encoding="utf-8")
+        saved = f"screenshot and page HTML of {page.url} saved in {folder}"
+    except Exception as exc:  # the page may be gone with the browser: say so, keep the real failure
+        saved = f"no screenshot of the failed page ({exc.__class__.__name__}: {exc})"
+    report.sections.append(("browser", saved))

@@ -117,6 +117,15 @@ if not any(ETL_PUSHGATEWAY_AUTH):
     ETL_PUSHGATEWAY_AUTH = None
 ETL_PUSHGATEWAY_URL = urlunsplit(_pushgateway._replace(netloc=_pushgateway.netloc.rpartition("@")[2]))
 ETL_PUSHGATEWAY_TIMEOUT = float(os.environ.get("ETL_PUSHGATEWAY_TIMEOUT", "10"))
+# What started this process's runs (recorded on each run): the crontab line and systemd unit set `cron`,
+# the admin's background process `admin` with the user in ETL_RUN_STARTED_BY; by hand it is `command`.
+ETL_RUN_ORIGIN = os.environ.get("ETL_RUN_ORIGIN") or "command"
+if ETL_RUN_ORIGIN not in ("cron", "command", "admin", "queue"):
+    raise ImproperlyConfigured(f"ETL_RUN_ORIGIN={ETL_RUN_ORIGIN!r}: expected cron, command, admin or queue")
+ETL_RUN_STARTED_BY = os.environ.get("ETL_RUN_STARTED_BY", "")
+# Added to the environment of the commands the admin starts in the background (etlcore/services/
+# background.py), over the server's own; the tests point them at their database with it.
+ETL_BACKGROUND_ENV: dict[str, str] = {}
 
 LOGGING = {
     "version": 1,

@@ -54,6 +54,7 @@ def test_every_etlcore_admin_column_shows_a_value(admin_client, model):
         command="run_pipeline",
         started_at=timezone.now() - timedelta(seconds=4),
         status="failed",
+        error="source 'products': no file matches /data/products_20261101.csv",
     )
     run = PipelineRun.objects.create(
         pipeline="retail_demo",
@@ -148,4 +149,4 @@ def test_a_backfill_page_lists_the_run_of_each_date_and_a_run_shows_its_attempts
     assert page.index("Nov. 1, 2026") < page.index("Nov. 2, 2026")  # in date order
     assert "failed at extract: source &#x27;products&#x27;: no file matches" in page
     run_page = admin_client.get(f"/admin/etlcore/pipelinerun/{run.pk}/change/").content.decode()
-    assert re.search(r'<td class="field-attempts">\s*<p>3</p>', run_page)
+    assert re.search(r'class="etl-step-extract">(?:(?!</tr>).)*<td>3</td>', run_page, re.S)

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from etlcore.models import PipelineRun
 from tests.admin_pages import assert_every_column_shows_a_value, registered
+from tests.pipelines import dataset, pipeline_write
 from warehouse.loaders import partition_load
 from warehouse.models import QuarantinedRow
 
@@ -41,6 +42,7 @@ def test_every_warehouse_admin_column_shows_a_value(admin_client, tmp_path, mode
         outputs = history_outputs(day, price=price, region=region)  # P1 and S1 change: closed versions
         outputs["sales_lines"].append(sale(f"R{day:%m%d}", 1, qty=-1, day=day, original=f"O{day:%m%d}"))
         outputs["quarantine"] = default_outputs([])["quarantine"]
+        outputs["quarantine"][0]["message"] = "unknown_product: sku='X9' (not a product)"
         partition_load(
             outputs=write_outputs(tmp_path / str(day), outputs),
             pipeline="shop",
@@ -73,9 +75,11 @@ def _staff(django_user_model, *, raw: bool):
 
 
 @pytest.mark.parametrize("raw", [False, True])
-def test_a_quarantined_rows_raw_record_is_shown_only_with_its_own_permission(
-    client, django_user_model, tmp_path, raw
+def test_a_quarantined_rows_raw_record_is_shown_only_with_its_own_permission_and_personal_fields_masked(
+    client, django_user_model, tmp_path, pipeline_dir, raw
 ):
+    lines = dataset(tmp_path / "lines.csv", sku={}, customer_email={"pii": True})
+    pipeline_write(pipeline_dir, datasets={"order_lines": lines})
     outputs = default_outputs([sale("O1", 1)])
     outputs["quarantine"][0]["raw_record"] = '{"customer_email":"hmac-PSEUDONYM","sku":"X9"}'
     partition_load(
@@ -90,6 +94,8 @@ def test_a_quarantined_rows_raw_record_is_shown_only_with_its_own_permission(
 
     page = client.get(f"/admin/warehouse/quarantinedrow/{row.pk}/change/").content.decode()
     assert "unknown_product" in page and "sku X9 is not a product" in page  # reasons for every staff user
-    assert ("hmac-PSEUDONYM" in page) is raw
+    assert "hmac-PSEUDONYM" not in page  # a pseudonym still describes a customer: masked for everyone
+    assert ("&quot;sku&quot;: &quot;X9&quot;" in page) is raw
+    assert ("&quot;customer_email&quot;: &quot;•••&quot;" in page) is raw
     found = client.get("/admin/warehouse/quarantinedrow/?q=PSEUDONYM").content.decode()
     assert ("0 quarantined rows" in found or "0 results" in found) is not raw

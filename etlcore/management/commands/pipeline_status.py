@@ -38,7 +38,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 style(
                     f"#{run.pk:<5} {run.pipeline:<16} {run.business_date!s:<10} {run.command:<13} "
-                    f"{status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}"
+                    f"{status:<9} {run.started_at:%Y-%m-%d %H:%M:%S} {took}  by {run.started_shown}"
                 )
             )
             if run.backfill_id is not None or run.resumed_from_id is not None:
