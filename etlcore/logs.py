@@ -31,8 +31,10 @@ import structlog
 from connectors.secrets import secret_get
 
 FORMATS = ("console", "json")
-# Loggers that write through our handler; others propagate to them or stay at Python's defaults.
-LOGGERS = ("etlcore", "connectors", "warehouse", "spark_jobs")
+# Loggers that write through our handler; others propagate to them or stay at Python's defaults. urllib3:
+# its warnings (a retry after a broken connection) and, at DEBUG, each request line name URLs with their
+# query, so they must pass the masking too.
+LOGGERS = ("etlcore", "connectors", "warehouse", "spark_jobs", "urllib3")
 # Variables whose values are secrets whatever the pipelines say (each may also come from its _FILE).
 SECRET_VARIABLES = (
     "DATABASE_URL",
