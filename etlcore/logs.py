@@ -17,6 +17,7 @@ given `--no-progress`.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import re
 import sys
@@ -54,6 +55,8 @@ _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@'\"]+(?::[^/
 _DSN_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('[^']*'|\S+)")
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # masking every "a" would garble the line, not protect it
+# A variable only named like a secret may hold "true" or a port: its value is masked from this length on.
+MIN_GUESSED_LENGTH = 8
 
 _names_lock = threading.Lock()
 _declared_names: set[str] = set()
@@ -78,7 +81,9 @@ def secret_values() -> list[str]:
     global _cache
     environ = os.environ
     names = set(SECRET_VARIABLES) | _declared_names
-    names |= {n.removesuffix("_FILE") for n in environ if _SECRET_NAME.search(n.removesuffix("_FILE"))}
+    guessed = {n.removesuffix("_FILE") for n in environ if _SECRET_NAME.search(n.removesuffix("_FILE"))}
+    guessed -= names
+    names |= guessed
     key = tuple(sorted((n, environ.get(n), environ.get(n + "_FILE")) for n in names))
     key += tuple(sorted(_declared_values))
     cached = _cache
@@ -90,7 +95,7 @@ def secret_values() -> list[str]:
             value = secret_get(name)
         except Exception:  # an unreadable _FILE is reported by whoever needs it, not by a log line
             value = environ.get(name, "")
-        if not value:
+        if not value or (name in guessed and len(value) < MIN_GUESSED_LENGTH):
             continue
         values.add(value)
         values.update(_secret_parts(name, value))
@@ -163,8 +168,9 @@ def _shared_processors() -> list[Any]:
     ]
 
 
-def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
-    """The `LOGGING` setting: one stderr handler whose formatter renders console lines or JSON lines."""
+def log_formatter(*, log_format: str) -> logging.Formatter:
+    """The formatter of every record, ours (structlog's) and the standard library's: context added,
+    exception formatted, every value masked, then rendered as a console line or a JSON object."""
     if log_format not in FORMATS:
         raise ValueError(f"ETL_LOG_FORMAT must be one of {', '.join(FORMATS)}, got {log_format!r}")
     if log_format == "json":
@@ -173,22 +179,26 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
         renderer = structlog.dev.ConsoleRenderer(
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
-    formatter = {
-        "()": structlog.stdlib.ProcessorFormatter,
-        "foreign_pre_chain": _shared_processors(),
-        "processors": [
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,  # a string, masked like the rest (no frame locals)
             secrets_masked,
             _leading_keys,
             renderer,
         ],
-    }
+    )
+
+
+def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
+    """The `LOGGING` setting: one stderr handler whose formatter renders console lines or JSON lines."""
+    log_formatter(log_format=log_format)  # a wrong format fails here, when the settings are read
     logger = {"handlers": ["etl"], "level": level.upper(), "propagate": True}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"etl": formatter},
+        "formatters": {"etl": {"()": log_formatter, "log_format": log_format}},
         "handlers": {
             "etl": {"class": "logging.StreamHandler", "formatter": "etl", "stream": "ext://sys.stderr"}
         },

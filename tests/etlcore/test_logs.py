@@ -29,7 +29,7 @@ import structlog
 from cryptography.fernet import Fernet
 from django.conf import settings
 
-from etlcore.logs import logging_config, secret_names_register, secrets_mask
+from etlcore.logs import log_formatter, secret_names_register, secrets_mask
 from etlcore.spark import _command_run, log_tail
 from tests.connectors.test_rest import Reply, Seen, api  # noqa: F401  (the scripted server fixture)
 from tests.etlcore.test_run_control import sqlite_template  # noqa: F401  (one migrated SQLite file)
@@ -264,9 +264,8 @@ def test_progress_bars_show_on_a_terminal_only_and_not_with_no_progress(site):
 
 
 def _json_handler(stream: io.StringIO) -> logging.Handler:
-    formatter = logging_config(log_format="json", level="DEBUG")["formatters"]["etl"]
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter["()"](**{k: v for k, v in formatter.items() if k != "()"}))
+    handler.setFormatter(log_formatter(log_format="json"))
     return handler
 
 
