@@ -33,7 +33,7 @@ from etlcore.logs import log_formatter, secret_names_register, secrets_mask
 from etlcore.spark import _command_run, log_tail
 from tests.connectors.test_rest import Reply, Seen, api  # noqa: F401  (the scripted server fixture)
 from tests.etlcore.test_run_control import sqlite_template  # noqa: F401  (one migrated SQLite file)
-from tests.pipelines import dataset, pipeline_write
+from tests.pipelines import dataset, pipeline_write, sales_datasets
 
 DAY = "2026-11-01"
 WAIT = 60
@@ -330,3 +330,31 @@ def test_spark_log_tail_is_on_the_result_masked_when_the_job_succeeds_and_when_i
     assert caught.value.facts["exit_code"] == 3 and caught.value.facts["log_tail"][-1] == "key ***"
     assert log_tail(tmp_path / "missing.log") == []
     assert secrets_mask("pk-canary-tail-5c5c") == "***"
+
+
+def test_backfill_shows_its_dates_on_a_terminal_and_logs_each_date_s_run(site):
+    # The sales job's datasets (its preflight wants them) from exports these dates do not have, and the
+    # failing API: every date fails at its extraction, before any Spark.
+    datasets = {
+        **sales_datasets(site["root"] / "data"),
+        "refunds": dataset(source=_rest_source("/refunds"), id={}),
+    }
+    pipeline_write(site["root"] / "pipelines", "sales", datasets=datasets, staging=site["root"] / "staging")
+    args = ("run_pipeline", "--pipeline", "sales", "--from", "2026-11-02", "--to", "2026-11-03")
+    on_terminal = _pty_run(site, *args, "--continue-on-failure")
+    assert "backfill 2026-11-03 extract" in on_terminal and "2/2" in on_terminal, on_terminal
+
+    piped = manage(site, *args, "--continue-on-failure", ETL_LOG_FORMAT="json")
+    events = [json.loads(line) for line in piped.stderr.splitlines()]
+    assert "date/s" not in piped.stderr and "\r" not in piped.stderr  # no bar, only events
+    steps = [e for e in events if e["event"] == "step_finished"]
+    assert [(e["business_date"], e["step"], e["status"]) for e in steps] == [
+        ("2026-11-02", "extract", "failed"),
+        ("2026-11-03", "extract", "failed"),
+    ]
+    assert len({e["run_id"] for e in steps}) == 2 and len({e["backfill_id"] for e in steps}) == 1
+    for step in steps:  # a source's retries name the date's own run
+        retries = [
+            e for e in events if e["event"] == "http_retry" and e["business_date"] == step["business_date"]
+        ]
+        assert retries and {e["run_id"] for e in retries} == {step["run_id"]}
