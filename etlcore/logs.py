@@ -240,6 +240,18 @@ def progress_allowed(allowed: bool) -> Iterator[None]:
         _progress_allowed.reset(token)
 
 
+@contextmanager
+def progress_logs() -> Iterator[None]:
+    """While bars may be drawn, log lines go above them (tqdm.write) instead of through them."""
+    if not progress_shown():
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger(name) for name in LOGGERS]):
+        yield
+
+
 def progress_shown() -> bool:
     """Bars only for a person watching: stderr a terminal (never under cron) and not `--no-progress`."""
     if not _progress_allowed.get():

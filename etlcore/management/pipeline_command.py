@@ -12,7 +12,7 @@ from etlcore.config import pipeline_load
 from etlcore.database import database_check, pipeline_database
 from etlcore.errors import USER_ERRORS, RunTerminated
 from etlcore.guards import guard_lines
-from etlcore.logs import progress_allowed
+from etlcore.logs import progress_allowed, progress_logs
 from etlcore.models import PipelineRun
 from etlcore.services.pipeline import business_date_parse, pipeline_execute
 from etlcore.services.plan import pipeline_plan, plan_lines
@@ -48,7 +48,7 @@ class PipelineStepCommand(BaseCommand):
         )
 
     def execute(self, *args, **options):
-        with progress_allowed(not options.get("no_progress")):
+        with progress_allowed(not options.get("no_progress")), progress_logs():
             try:
                 return super().execute(*args, **options)
             except CommandError as exc:

@@ -250,6 +250,7 @@ def test_progress_bars_show_on_a_terminal_only_and_not_with_no_progress(site):
 
     on_terminal = _pty_run(site, *args)
     assert "extract orders" in on_terminal and "batch" in on_terminal, on_terminal
+    assert "step_finished" in on_terminal  # the log lines are written above the bars
 
     told_not_to = _pty_run(site, *args, "--no-progress")
     assert "step_finished" in told_not_to  # the logs still come (console format on a terminal)
