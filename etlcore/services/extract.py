@@ -170,36 +170,11 @@ class _Extracted:
     seconds: float
 
 
-def _dataset_extract(
-    *,
-    config: PipelineConfig,
-    dataset: DatasetConfig,
-    window: ExtractWindow,
-    run_id: int,
-    pseudonym_key: bytes | None,
-    erasure: Erasure | None,
-    state: Mapping[str, Any] | None,
-    encrypter: Encrypter | None,
-    previous_fields: Mapping[str, str] | None,
-    stopped: threading.Event,
-    facts: dict[str, Any],
-) -> _Extracted:
+def _dataset_extract(*, dataset: DatasetConfig, **arguments: Any) -> _Extracted:
     """One source into its partition; runs in a worker thread and touches no database. `facts` receives
-    what the source did (batches, rows, HTTP counters) however it ends."""
+    what the source did (batches, records, HTTP counters) however it ends. Its events name the dataset."""
     with structlog.contextvars.bound_contextvars(dataset=dataset.name):
-        return _dataset_extract_bound(
-            config=config,
-            dataset=dataset,
-            window=window,
-            run_id=run_id,
-            pseudonym_key=pseudonym_key,
-            erasure=erasure,
-            state=state,
-            encrypter=encrypter,
-            previous_fields=previous_fields,
-            stopped=stopped,
-            facts=facts,
-        )
+        return _dataset_extract_bound(dataset=dataset, **arguments)
 
 
 def _dataset_extract_bound(
@@ -218,7 +193,7 @@ def _dataset_extract_bound(
 ) -> _Extracted:
     started = time.monotonic()
     connector = None
-    facts.update(batches=0, rows=0)
+    facts.update(batches=0, records=0)  # as the source gave them, before `explode`
     bar = progress_bar(desc=f"extract {dataset.name}", unit="batch")
     try:
         connector = build_connector(name=dataset.name, options=dataset.source, state=state)
@@ -233,9 +208,9 @@ def _dataset_extract_bound(
                     raise SourceError(f"{label}: extract stopped: the run is ending")
                 observer.observe(batch)
                 facts["batches"] += 1
-                facts["rows"] += len(batch)
+                facts["records"] += len(batch)
                 bar.update(1)
-                bar.set_postfix(rows=facts["rows"], refresh=False)
+                bar.set_postfix(records=facts["records"], refresh=False)
                 yield to_staging_batch(
                     batch,
                     columns=dataset.columns,

@@ -201,7 +201,7 @@ def test_extract_logs_json_lines_with_every_http_retry_counted_as_the_server_inj
             "throttle_waits": injected.get("status_429", 0),
             "throttle_wait_seconds": pytest.approx(site["api"].throttle_seconds[name]),
         }, name
-    assert details["sources"]["orders"] | {"http": None} == {"batches": 3, "rows": 7, "http": None}
+    assert details["sources"]["orders"] | {"http": None} == {"batches": 3, "records": 7, "http": None}
     assert "http" not in details["sources"]["stores"]  # a file source sends no request
 
     finished = {e["dataset"]: e for e in events if e["event"] == "source_finished"}
