@@ -106,4 +106,8 @@ if ETL_LOG_FORMAT not in LOG_FORMATS:
     raise ImproperlyConfigured(
         f"ETL_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {ETL_LOG_FORMAT!r}"
     )
+if ETL_LOG_LEVEL and ETL_LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(
+        f"ETL_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {ETL_LOG_LEVEL!r}"
+    )
 LOGGING = logging_config(log_format=ETL_LOG_FORMAT, level=ETL_LOG_LEVEL or "INFO")

@@ -359,3 +359,12 @@ def test_backfill_shows_its_dates_on_a_terminal_and_logs_each_date_s_run(site):
             e for e in events if e["event"] == "http_retry" and e["business_date"] == step["business_date"]
         ]
         assert retries and {e["run_id"] for e in retries} == {step["run_id"]}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("ETL_LOG_FORMAT", "xml"), ("ETL_LOG_LEVEL", "loud")], ids=["format", "level"]
+)
+def test_a_wrong_log_setting_is_refused_in_one_line_naming_the_variable(site, variable, value):
+    done = manage(site, "check", **{variable: value})
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"{variable} must be" in done.stderr.strip().splitlines()[-1]
