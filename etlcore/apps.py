@@ -9,5 +9,8 @@ class EtlcoreConfig(AppConfig):
 
     def ready(self) -> None:
         from .database import sqlite_files_private
+        from .logs import structlog_configure
+
+        structlog_configure()
 
         connection_created.connect(sqlite_files_private, dispatch_uid="etlcore.sqlite_files_private")

@@ -48,6 +48,7 @@ from spark_jobs.rule_spec import (
 )
 
 from .errors import ConfigurationError
+from .logs import secret_names_register
 
 COLUMN_TYPES = re.compile(r"^(string|int|long|boolean|date|timestamp|decimal\((\d+),\s*(\d+)\))$")
 DRIFT_POLICIES = ("warn", "fail")
@@ -294,7 +295,27 @@ def pipeline_load(name: str) -> PipelineConfig:
     config = pipeline_parse(files[name])
     if config.name != name:
         raise ConfigurationError(f"{files[name]}: `name` is {config.name!r} but the file is named {name!r}")
+    secret_names_register(config_secret_names(config))  # masked in every log event from now on
     return config
+
+
+def config_secret_names(config: PipelineConfig) -> set[str]:
+    """The variables a pipeline reads secrets from: its keys' and every source option named `*_env`."""
+    names = {config.spark.pseudonym_key_env, config.spark.pii_keys_env, config.spark.erasure_key_env}
+
+    def walk(value: Any, key: str = "") -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and key.endswith("_env"):
+            names.add(value)
+
+    for dataset in config.datasets.values():
+        walk(dataset.source)
+    return names
 
 
 def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> PipelineConfig:

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import structlog
 from django.conf import settings
 from django.utils import timezone
 
 from .models import Backfill, PipelineRun, RunStatus, StepRun
+
+log = structlog.get_logger(__name__)
 
 
 def run_start(
@@ -41,7 +44,7 @@ def run_start(
     # A name the configuration refused is still recorded, cut to its column (PostgreSQL enforces the
     # length); the name as given stays in `parameters`.
     now = timezone.now()
-    return PipelineRun.objects.using(using).create(
+    run = PipelineRun.objects.using(using).create(
         pipeline=pipeline[: PipelineRun._meta.get_field("pipeline").max_length],
         command=command,
         business_date=business_date,
@@ -55,6 +58,20 @@ def run_start(
         origin=origin or settings.ETL_RUN_ORIGIN,
         started_by=(started_by or settings.ETL_RUN_STARTED_BY or _os_user())[:150],
     )
+    log.info(
+        "run_started",
+        run_id=run.pk,
+        pipeline=run.pipeline,
+        business_date=_day(business_date),
+        command=command,
+        resumed_from=resumed_from.pk if resumed_from else None,
+        backfill_id=backfill.pk if backfill else None,
+    )
+    return run
+
+
+def _day(value: date | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _os_user() -> str:
@@ -108,6 +125,15 @@ def run_finish(run: PipelineRun, *, error: str = "") -> PipelineRun:
     run.error = error
     run.finished_at = timezone.now()
     run.save(using=run._state.db, update_fields=["status", "error", "finished_at", "business_date"])
+    (log.error if error else log.info)(
+        "run_finished",
+        run_id=run.pk,
+        pipeline=run.pipeline,
+        business_date=_day(run.business_date),
+        status=run.status,
+        duration_seconds=round((run.finished_at - run.started_at).total_seconds(), 3),
+        error=error or None,
+    )
     from .metrics import metrics_publish  # here: metrics reads selectors, which import this module
 
     metrics_publish(run=run)  # never raises: a metrics outage does not fail the run
@@ -147,6 +173,8 @@ class StepOutcome:
 def step_begin(run: PipelineRun, step: str) -> tuple[StepRun, StepOutcome]:
     """A step's record, written `running`, and the outcome its function fills (see `step_tracked`)."""
     record = StepRun.objects.using(run._state.db).create(run=run, step=step, started_at=timezone.now())
+    # run_id/date explicitly: a backfill's steps of several runs share one context.
+    log.info("step_started", run_id=run.pk, business_date=_day(run.business_date), step=step)
     return record, StepOutcome(step=step, run_id=run.pk)
 
 
@@ -165,18 +193,31 @@ def step_end(record: StepRun, outcome: StepOutcome, *, error: BaseException | No
     record.attempts = len(outcome.attempts) + 1
     record.finished_at = timezone.now()
     record.save(using=record._state.db)
+    (log.error if error is not None else log.info)(
+        "step_finished",
+        run_id=record.run_id,
+        step=record.step,
+        status=record.status,
+        rows_in=record.rows_in,
+        rows_out=record.rows_out,
+        rows_rejected=record.rows_rejected,
+        duration_seconds=round((record.finished_at - record.started_at).total_seconds(), 3),
+        attempts=record.attempts,
+        error=record.error or None,
+    )
 
 
 @contextmanager
 def step_tracked(run: PipelineRun, step: str) -> Iterator[StepOutcome]:
     """Record a step: the body fills the yielded outcome, saved on the StepRun however the body ends."""
-    record, outcome = step_begin(run, step)
-    try:
-        yield outcome
-    except BaseException as exc:
-        step_end(record, outcome, error=exc)
-        raise
-    step_end(record, outcome)
+    with structlog.contextvars.bound_contextvars(step=step):
+        record, outcome = step_begin(run, step)
+        try:
+            yield outcome
+        except BaseException as exc:
+            step_end(record, outcome, error=exc)
+            raise
+        step_end(record, outcome)
 
 
 def error_text(exc: BaseException) -> str:

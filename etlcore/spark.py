@@ -13,12 +13,13 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pyspark
+import structlog
 from django.conf import settings
 
 from connectors.secrets import secret_get
@@ -27,6 +28,11 @@ from . import child_guard
 from .config import PipelineConfig
 from .errors import ConfigurationError, SparkJobError
 from .files import PRIVATE_UMASK, private_dirs, private_open, private_write
+from .logs import secret_values_register, secrets_mask
+
+log = structlog.get_logger(__name__)
+# Lines of the job's log kept on the step record (`details["log_tail"]`), masked.
+LOG_TAIL_LINES = 20
 
 # Secret-looking `[spark.conf]` keys: their values go to spark-submit in a file only the user can read, never
 # on its command line (which every local user can read in `ps`), and are masked in logs and records.
@@ -60,12 +66,15 @@ class SubmitResult:
     returncode: int
     log_path: Path
     seconds: float
+    log_tail: list[str] = field(default_factory=list)  # masked
 
     def facts(self) -> dict[str, Any]:
         return {
             "command": self.command,
             "exit_code": self.returncode,
             "spark_seconds": round(self.seconds, 3),
+            "log": str(self.log_path),
+            "log_tail": self.log_tail,
         }
 
 
@@ -180,7 +189,10 @@ def conf_is_secret(key: str) -> bool:
 
 def submit_conf(config: PipelineConfig, extra_conf: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every Spark setting of the submit: the defaults for the master, the pipeline's, then the caller's."""
-    return {**default_conf(config.spark.master), **config.spark.conf, **(extra_conf or {})}
+    conf = {**default_conf(config.spark.master), **config.spark.conf, **(extra_conf or {})}
+    # Secret settings live in the pipeline file, in no variable: masked in logs like the variables' values.
+    secret_values_register(value for key, value in conf.items() if conf_is_secret(key))
+    return conf
 
 
 def submit_command(
@@ -351,14 +363,15 @@ def _command_run(
     pipeline_dir = config.staging_root / config.name
     private_dirs(log_path.parent, owned_from=pipeline_dir if pipeline_dir in log_path.parents else None)
     started = time.monotonic()
-    with os.fdopen(private_open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as log:
-        log.write(("$ " + " ".join(mask_command(command)) + "\n").encode())
-        log.flush()
+    log.info("spark_submit_started", job=config.spark.job, master=config.spark.master, log=str(log_path))
+    with os.fdopen(private_open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as output:
+        output.write(("$ " + " ".join(mask_command(command)) + "\n").encode())
+        output.flush()
         # Through the guard (etlcore/child_guard.py): the JVM and its Python driver die with this process,
         # even by kill -9, and a signal that ends the run (RunTerminated) stops them before it unwinds.
         proc = subprocess.Popen(
             [sys.executable, "-I", str(CHILD_GUARD), str(os.getpid()), "--", *command],
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
             umask=PRIVATE_UMASK,  # what the JVM and the job's Python driver create is private too
@@ -367,6 +380,7 @@ def _command_run(
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             guard_stop(proc)
+            log.error("spark_submit_finished", log=str(log_path), error="timed out", timeout_seconds=timeout)
             raise SparkJobError(
                 f"spark job {config.spark.job} timed out after {timeout} s; log: {log_path}"
             ) from None
@@ -378,6 +392,13 @@ def _command_run(
         returncode=returncode,
         log_path=log_path,
         seconds=time.monotonic() - started,
+        log_tail=log_tail(log_path),
+    )
+    (log.info if returncode == 0 else log.error)(
+        "spark_submit_finished",
+        log=str(log_path),
+        exit_code=returncode,
+        duration_seconds=round(result.seconds, 3),
     )
     if returncode != 0:
         raise SparkJobError(
@@ -396,6 +417,21 @@ def guard_stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()  # its child (the JVM: spark-submit execs it) has a parent-death signal of its own
         proc.wait()
+
+
+def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines of a job's log, secrets masked (the log file itself is private to the user,
+    the step record is not); [] when there is no log."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))  # a JVM's log can be large; its tail is at the end
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    tail = text.splitlines()[-lines:]
+    return [secrets_mask(line)[:1000] for line in tail]
 
 
 def last_error_line(log_path: Path, job_module: str) -> str:

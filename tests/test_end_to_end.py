@@ -229,8 +229,11 @@ def test_failing_spark_job_fails_the_run_and_publishes_nothing(demo_env, monkeyp
     run = PipelineRun.objects.latest("id")
     step = run.steps.get()
     assert (run.status, step.status) == ("failed", "failed")
-    assert "\n" not in step.error and step.details["log"].endswith("-transform.log")
+    assert "\n" not in step.error and step.details["log"].endswith("-transform-attempt1.log")
     assert step.details["exit_code"] != 0 and "--master" in step.details["command"]
+    # The end of the job's log is on the record: what an operator reads first, without the file.
+    written = Path(step.details["log"]).read_text(encoding="utf-8").splitlines()
+    assert 0 < len(step.details["log_tail"]) <= 20 and step.details["log_tail"] == written[-20:]
     transformed = demo_env / "staging" / "retail_demo" / "transformed" / f"date={DAY}"
     assert not (transformed / "_manifest.json").exists()
     assert not list(transformed.glob("attempt-*"))

@@ -31,6 +31,7 @@ from django.db import connection
 
 from etlcore.demo.api_server import start_demo_api
 from etlcore.demo.generate import generate_demo_data
+from etlcore.logs import LOGGERS, log_formatter
 from etlcore.models import PipelineRun
 from tests.connectors.conftest import s3_bucket, s3_endpoint, source_db, source_pg_url  # noqa: F401
 from warehouse.models import FactSalesLine, QuarantinedRow
@@ -225,6 +226,13 @@ def run(*args: str, said: list[str]) -> None:
 
 def test_no_canary_is_written_logged_or_shown_anywhere(canary_site, caplog):
     caplog.set_level(logging.DEBUG)
+    # The logs as operators get them too: every event rendered as a JSON line (ETL_LOG_FORMAT=json).
+    json_logs = io.StringIO()
+    json_handler = logging.StreamHandler(json_logs)
+    json_handler.setFormatter(log_formatter(log_format="json"))
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+        logging.getLogger(name).addHandler(json_handler)
     said: list[str] = []
     day = DAY.isoformat()
     with ChildSampler() as sampler:
@@ -246,6 +254,8 @@ def test_no_canary_is_written_logged_or_shown_anywhere(canary_site, caplog):
             )
         )
         run("run_pipeline", "--date", day, said=said)
+    for name in LOGGERS:
+        logging.getLogger(name).removeHandler(json_handler)
     statuses = list(PipelineRun.objects.order_by("id").values_list("command", "status"))
     assert statuses == [
         ("run_pipeline", "succeeded"),
@@ -279,6 +289,14 @@ def test_no_canary_is_written_logged_or_shown_anywhere(canary_site, caplog):
     logged = "\n".join(record.getMessage() for record in caplog.records) + "\n".join(said)
     if hits := canaries_in(logged):
         found["logs, output and errors"] = hits
+    lines = json_logs.getvalue().splitlines()
+    assert {json.loads(line)["event"] for line in lines} >= {
+        "run_finished",
+        "step_finished",
+        "spark_submit_finished",
+    }
+    if hits := canaries_in(json_logs.getvalue()):
+        found["JSON log lines"] = hits
 
     # Command lines of every child, and their environments: none holds a secret it does not need. The
     # job's processes need the pseudonym key and the variables [spark] env declares; the executors'

@@ -11,6 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from connectors.errors import ConfigurationError
 from connectors.secrets import secret_get
+from etlcore.logs import FORMATS as LOG_FORMATS
+from etlcore.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 VAR_DIR = Path(os.environ.get("ETL_VAR_DIR") or BASE_DIR / "var")
@@ -127,13 +129,16 @@ ETL_RUN_STARTED_BY = os.environ.get("ETL_RUN_STARTED_BY", "")
 # background.py), over the server's own; the tests point them at their database with it.
 ETL_BACKGROUND_ENV: dict[str, str] = {}
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "etlcore": {"handlers": ["console"], "level": os.environ.get("ETL_LOG_LEVEL", "WARNING")},
-        "connectors": {"handlers": ["console"], "level": os.environ.get("ETL_LOG_LEVEL", "WARNING")},
-    },
-}
+# Logs (docs/operations.md, "Logs"): console lines on stderr, or JSON lines with ETL_LOG_FORMAT=json; the
+# level of our loggers (etlcore, connectors, warehouse): INFO by default, so that a nightly run's steps show.
+ETL_LOG_FORMAT = os.environ.get("ETL_LOG_FORMAT", "console").strip().lower() or "console"
+ETL_LOG_LEVEL = os.environ.get("ETL_LOG_LEVEL", "").strip().upper()
+if ETL_LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured(
+        f"ETL_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {ETL_LOG_FORMAT!r}"
+    )
+if ETL_LOG_LEVEL and ETL_LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(
+        f"ETL_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {ETL_LOG_LEVEL!r}"
+    )
+LOGGING = logging_config(log_format=ETL_LOG_FORMAT, level=ETL_LOG_LEVEL or "INFO")

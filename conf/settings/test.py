@@ -21,6 +21,8 @@ POSTGRES_URL: str | None = None
 POSTGRES_FOUND = "not looked for: pytest's session start (tests/conftest.py) does"
 # Lock files of the in-memory test databases: this test process's own, never the checkout's var/.
 ETL_LOCK_DIR = Path(tempfile.gettempdir()) / f"dse-test-locks-{os.getpid()}"
+# The suite stays quiet unless ETL_LOG_LEVEL asks (pytest shows a failing test's captured logs anyway).
+LOGGING = logging_config(log_format=ETL_LOG_FORMAT, level=ETL_LOG_LEVEL or "WARNING")  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Runs publish no metrics unless a test asks (its `settings` fixture): a developer's exported
 # ETL_METRICS_TEXTFILE_DIR or ETL_PUSHGATEWAY_URL must not receive the suite's runs.

@@ -27,6 +27,7 @@ from .http import (
     AUTH,
     BODY_ATTEMPTS,
     RETRY_STATUSES,
+    HttpObserver,
     Masker,
     TokenBucket,
     auth_options,
@@ -147,6 +148,8 @@ class RestConnector(Connector):
         self._bucket = TokenBucket(_positive(name, "rate_limit_per_second", rate)) if rate else None
         self._http: requests.Session | None = None
         self._masker = Masker()
+        # Requests, retries and throttle waits of this source (its extract step's record reads them).
+        self.http_observer = HttpObserver(name)
 
     @classmethod
     def check_options(cls, *, name: str, options: Mapping[str, Any]) -> None:
@@ -192,9 +195,14 @@ class RestConnector(Connector):
         problem = ""
         for attempt in range(1, BODY_ATTEMPTS + 1):
             if attempt > 1:
-                time.sleep(self.backoff_factor * attempt)
+                wait = self.backoff_factor * attempt
+                self.http_observer.retried(
+                    cause="body", status=None, wait=wait, attempt=attempt, throttled=False, resent=False
+                )
+                time.sleep(wait)
             if self._bucket is not None:
                 self._bucket.acquire()
+            self.http_observer.request_sent()
             try:
                 response = session.request(
                     self.method, url, params=query, json=body, timeout=self.timeout, allow_redirects=False
@@ -317,6 +325,7 @@ class RestConnector(Connector):
                 backoff_jitter=self.backoff_jitter,
                 headers=self.headers,
                 auth=auth,
+                observer=self.http_observer,
             )
         return self._http
 

@@ -4,8 +4,10 @@ a client-side rate limit, and masking of secrets in messages."""
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +28,7 @@ __all__ = [
     "AUTH_OPTIONS",
     "BODY_ATTEMPTS",
     "RETRY_STATUSES",
+    "HttpObserver",
     "Masker",
     "TokenBucket",
     "auth_options",
@@ -53,8 +56,118 @@ _SECRET_QUERY = re.compile(
 )
 
 
+logger = logging.getLogger(__name__)
+
+
+class HttpObserver:
+    """What one source's session did, for its step record and the logs: the requests sent, the retries
+    by cause (`status_429`, `status_5xx`, `connect`, `read`, `body`, `other`) and the waits the server
+    asked for (a 429, or any answer with Retry-After). urllib3 retries inside one `session.request`, so
+    without this nothing outside it would know. Thread-safe: one source, but counted from any thread."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.requests = 0
+        self.retries: dict[str, int] = {}
+        self.throttle_waits = 0
+        self.throttle_wait_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def request_sent(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def retried(
+        self, *, cause: str, status: int | None, wait: float, attempt: int, throttled: bool, resent: bool
+    ) -> None:
+        """A retry decided: `attempt` (the next request's number) after `wait` seconds. `resent`: the
+        retry's request is sent by urllib3 itself, not through `request_sent`."""
+        with self._lock:
+            self.retries[cause] = self.retries.get(cause, 0) + 1
+            self.requests += resent
+            if throttled:
+                self.throttle_waits += 1
+                self.throttle_wait_seconds += wait
+        logger.info(
+            "http_retry",
+            extra={
+                "dataset": self.source,
+                "cause": cause,
+                "status": status,
+                "wait_seconds": round(wait, 3),
+                "attempt": attempt,
+                "throttle_wait": throttled,
+            },
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "retries": dict(sorted(self.retries.items())),
+                "throttle_waits": self.throttle_waits,
+                "throttle_wait_seconds": round(self.throttle_wait_seconds, 3),
+            }
+
+
 class RetryAfter(Retry):
-    """urllib3's Retry, also reading a fractional Retry-After ("0.5"; Shopify sends "2.0")."""
+    """urllib3's Retry, also reading a fractional Retry-After ("0.5"; Shopify sends "2.0"), and telling its
+    observer (carried from one Retry to the next, which urllib3 makes per retry) of every retry it waits."""
+
+    def __init__(self, *args: Any, observer: HttpObserver | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.observer = observer
+        self._cause: tuple[str, int | None] = ("other", None)
+
+    def new(self, **kw: Any) -> RetryAfter:
+        retry = super().new(**kw)
+        retry.observer = self.observer
+        return retry
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> RetryAfter:
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)  # raises when spent
+        if error is not None:
+            cause = (
+                "connect"
+                if self._is_connection_error(error)
+                else "read"
+                if self._is_read_error(error)
+                else "other"
+            )
+        elif response is not None and response.status == 429:
+            cause = "status_429"
+        elif response is not None and response.status >= 500:
+            cause = "status_5xx"
+        else:
+            cause = "other"
+        retry._cause = (cause, response.status if response is not None else None)
+        return retry
+
+    def sleep(self, response: Any = None) -> None:
+        # urllib3's own choice (Retry-After when the answer has one, else backoff), measured once, so the
+        # wait reported is the wait slept (the backoff's jitter is random).
+        retry_after = self.get_retry_after(response) if self.respect_retry_after_header and response else None
+        wait = retry_after if retry_after else self.get_backoff_time()
+        if self.observer is not None:
+            cause, status = self._cause
+            self.observer.retried(
+                cause=cause,
+                status=status,
+                wait=wait,
+                attempt=len(self.history) + 1,
+                throttled=status == 429 or bool(retry_after),
+                resent=True,
+            )
+        if wait > 0:
+            time.sleep(wait)
 
     def parse_retry_after(self, retry_after: str) -> float:
         try:
@@ -185,9 +298,12 @@ def build_session(
     backoff_jitter: float,
     headers: Mapping[str, str],
     auth: AuthBase | None,
+    observer: HttpObserver | None = None,
 ) -> requests.Session:
-    """One session that retries connection errors, 429 (honouring Retry-After) and 5xx with backoff."""
+    """One session that retries connection errors, 429 (honouring Retry-After) and 5xx with backoff;
+    `observer` hears of every retry."""
     retry = RetryAfter(
+        observer=observer,
         total=max_retries,
         status_forcelist=RETRY_STATUSES,
         backoff_factor=backoff_factor,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
+
+import structlog
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from etlcore.config import pipeline_load
 from etlcore.database import database_check, pipeline_database
 from etlcore.errors import USER_ERRORS, RunTerminated
 from etlcore.guards import guard_lines
+from etlcore.logs import progress_allowed, progress_logs
 from etlcore.models import PipelineRun
 from etlcore.services.pipeline import business_date_parse, pipeline_execute
 from etlcore.services.plan import pipeline_plan, plan_lines
+
+log = structlog.get_logger("etlcore.commands")
 
 
 class PipelineStepCommand(BaseCommand):
@@ -35,6 +41,25 @@ class PipelineStepCommand(BaseCommand):
             help="print what the run would do (dates, sources and their windows from the saved state, "
             "staging paths, the masked spark-submit command, warehouse tables) and touch nothing",
         )
+        parser.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="no progress bars (they show only when stderr is a terminal, so never under cron)",
+        )
+
+    def execute(self, *args, **options):
+        with progress_allowed(not options.get("no_progress")), progress_logs():
+            try:
+                return super().execute(*args, **options)
+            except CommandError as exc:
+                if settings.ETL_LOG_FORMAT == "json" and self._called_from_command_line:
+                    # stderr holds JSON lines only: the failure is one more event, and Django's plain
+                    # "CommandError: ..." line (written after this returns) goes nowhere. Exit code kept.
+                    log.error(
+                        "command_failed", command=self.command_name, error=str(exc), exit_code=exc.returncode
+                    )
+                    self.stderr = OutputWrapper(io.StringIO())
+                raise
 
     def handle(self, *args, pipeline: str, business_date: str | None, **options) -> None:
         if options.get("dry_run"):

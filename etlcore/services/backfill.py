@@ -22,12 +22,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
+import structlog
 from django.utils import timezone
 
 from ..config import PipelineConfig, pipeline_load
 from ..errors import ETL_ERRORS, CatchUpTooFar, ConfigurationError, error_retryable
 from ..guards import PreviousCounts
+from ..logs import progress_bar
 from ..models import Backfill, PipelineRun, RunStatus
 from ..preflight import preflight_enforce
 from ..runs import (
@@ -151,13 +154,19 @@ def pipeline_backfill(
             pid=os.getpid(),
         )
         report = BackfillReport(backfill=backfill, dates=days)
+        bound = structlog.contextvars.bound_contextvars(pipeline=config.name, backfill_id=backfill.pk)
         try:
             report.taken_over = runs_abandon(by=backfill)
-            with lock.heartbeat(backfill):
+            # The bar counts the dates ended (loaded or failed); its description says what runs now.
+            with (
+                bound,
+                progress_bar(desc="backfill", unit="date", total=len(days)) as bar,
+                lock.heartbeat(backfill),
+            ):
                 preflight_enforce(config=config, steps=STEPS)
                 size = config.run.dates_per_job
                 for chunk in (days[i : i + size] for i in range(0, len(days), size)):
-                    if not _dates_run(config, report, chunk, command, continue_on_failure):
+                    if not _dates_run(config, report, chunk, command, continue_on_failure, bar=bar):
                         break
         except BaseException as exc:
             _backfill_finish(backfill, error=error_text(exc))
@@ -168,7 +177,7 @@ def pipeline_backfill(
 
 
 def _dates_run(
-    config: PipelineConfig, report: BackfillReport, days: list[date], command: str, go_on: bool
+    config: PipelineConfig, report: BackfillReport, days: list[date], command: str, go_on: bool, *, bar: Any
 ) -> bool:
     """Extract each date in order, transform those extracted in one Spark application, load each in
     order. Returns False when a date failed and the backfill is to stop (not `go_on`)."""
@@ -181,6 +190,7 @@ def _dates_run(
         text = error if isinstance(error, str) else error_text(error)
         run_finish(runs[day], error=text)
         ended[day] = DateOutcome(business_date=day, run=runs[day], step=step, error=text)
+        bar.update(1)
         if not go_on and stop_at is None:
             stop_at = day
 
@@ -196,11 +206,14 @@ def _dates_run(
                 using=config.database,
                 backfill=report.backfill,
             )
+            bar.set_description(f"backfill {day} extract")
             try:
                 _step_run(config, runs[day], "extract")
             except Exception as exc:
                 fail(day, "extract", exc)
         extracted = [day for day in runs if day not in ended]
+        if extracted:
+            bar.set_description(f"backfill {extracted[0]}..{extracted[-1]} transform")
         for day, error in _transform_batch(config, {day: runs[day] for day in extracted}).items():
             if error is not None:
                 fail(day, "transform", error)
@@ -210,6 +223,7 @@ def _dates_run(
             if stop_at is not None and day > stop_at:
                 fail(day, "load", f"not loaded: the backfill stopped at {stop_at}, which failed")
                 continue
+            bar.set_description(f"backfill {day} load")
             try:
                 _step_run(config, runs[day], "load")
             except Exception as exc:
@@ -217,6 +231,7 @@ def _dates_run(
                 continue
             run_finish(runs[day])
             ended[day] = DateOutcome(business_date=day, run=runs[day])
+            bar.update(1)
     except BaseException as exc:
         # A signal (or a bug): the dates not yet ended go down with the backfill, recorded failed.
         for day, run in runs.items():
@@ -229,6 +244,13 @@ def _dates_run(
 
 
 def _step_run(config: PipelineConfig, run: PipelineRun, step: str) -> None:
+    with structlog.contextvars.bound_contextvars(
+        run_id=run.pk, business_date=run.business_date.isoformat(), step=step
+    ):
+        _step_run_bound(config, run, step)
+
+
+def _step_run_bound(config: PipelineConfig, run: PipelineRun, step: str) -> None:
     run_heartbeat(run)
     record, outcome = step_begin(run, step)
     try:

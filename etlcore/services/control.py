@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from datetime import date
 from typing import Any
 
+import structlog
+
 from ..config import PipelineConfig
 from ..errors import RunTerminated
 from ..files import umask_private
@@ -86,11 +88,15 @@ def run_tracked(
         backfill=backfill,
     )
     run.taken_over = []
-    try:
-        run.taken_over = runs_abandon(by=run)
-        with lock.heartbeat(run):
-            yield run
-    except BaseException as exc:
-        run_finish(run, error=error_text(exc))
-        raise
-    run_finish(run)
+    # Every event of the block (threads started with a copy of the context included) names the run.
+    with structlog.contextvars.bound_contextvars(
+        run_id=run.pk, pipeline=config.name, business_date=business_date.isoformat()
+    ):
+        try:
+            run.taken_over = runs_abandon(by=run)
+            with lock.heartbeat(run):
+                yield run
+        except BaseException as exc:
+            run_finish(run, error=error_text(exc))
+            raise
+        run_finish(run)

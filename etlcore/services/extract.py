@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import structlog
 from cryptography.fernet import MultiFernet
 from django.db import connections, transaction
 from django.utils import timezone
@@ -34,12 +36,14 @@ from .. import staging
 from ..config import DatasetConfig, PipelineConfig
 from ..erasure import dataset_erasures
 from ..errors import ETL_ERRORS, ConfigurationError, SourceError
+from ..logs import progress_bar
 from ..models import StagedPartition
 from ..pii import pii_cipher
 from ..runs import StepOutcome, error_text
 from ..selectors import extract_state_lookup
 
 logger = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def sources_extract(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
@@ -59,14 +63,19 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
         for name in config.datasets
     }
     failures: dict[str, BaseException] = {}
+    # What each source's worker reports about itself, succeeded or failed (its HTTP counters, batches).
+    sources: dict[str, dict[str, Any]] = {name: {} for name in config.datasets}
+    outcome.details["sources"] = sources
     workers = max(1, min(config.extract_workers, len(config.datasets)))
     stopped = threading.Event()
     # `_stop_on_exit` exits first: on SIGTERM or SIGINT the workers stop at their next batch, before
     # publishing, instead of the pool waiting for every source to finish while the run is recorded failed.
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
     with pool, _stop_on_exit(stopped):
+        # Each worker runs in a copy of this context: its events carry the run, the step and its dataset.
         futures = {
             pool.submit(
+                contextvars.copy_context().run,
                 _dataset_extract,
                 config=config,
                 dataset=dataset,
@@ -78,6 +87,7 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 state=plans[name].state,
                 previous_fields=plans[name].previous_fields,
                 stopped=stopped,
+                facts=sources[name],
             ): name
             for name, dataset in config.datasets.items()
         }
@@ -160,7 +170,14 @@ class _Extracted:
     seconds: float
 
 
-def _dataset_extract(
+def _dataset_extract(*, dataset: DatasetConfig, **arguments: Any) -> _Extracted:
+    """One source into its partition; runs in a worker thread and touches no database. `facts` receives
+    what the source did (batches, records, HTTP counters) however it ends. Its events name the dataset."""
+    with structlog.contextvars.bound_contextvars(dataset=dataset.name):
+        return _dataset_extract_bound(dataset=dataset, **arguments)
+
+
+def _dataset_extract_bound(
     *,
     config: PipelineConfig,
     dataset: DatasetConfig,
@@ -172,10 +189,12 @@ def _dataset_extract(
     encrypter: Encrypter | None,
     previous_fields: Mapping[str, str] | None,
     stopped: threading.Event,
+    facts: dict[str, Any],
 ) -> _Extracted:
-    """One source into its partition; runs in a worker thread and touches no database."""
     started = time.monotonic()
     connector = None
+    facts.update(batches=0, records=0)  # as the source gave them, before `explode`
+    bar = progress_bar(desc=f"extract {dataset.name}", unit="batch")
     try:
         connector = build_connector(name=dataset.name, options=dataset.source, state=state)
         source = connector.describe()
@@ -188,6 +207,10 @@ def _dataset_extract(
                 if stopped.is_set():  # the attempt is removed, nothing is published
                     raise SourceError(f"{label}: extract stopped: the run is ending")
                 observer.observe(batch)
+                facts["batches"] += 1
+                facts["records"] += len(batch)
+                bar.update(1)
+                bar.set_postfix(records=facts["records"], refresh=False)
                 yield to_staging_batch(
                     batch,
                     columns=dataset.columns,
@@ -209,6 +232,15 @@ def _dataset_extract(
             window={"start": window.start.isoformat(), "end": window.end.isoformat()},
             run_id=run_id,
         )
+        seconds = round(time.monotonic() - started, 3)
+        http = getattr(connector, "http_observer", None)
+        log.info(
+            "source_finished",
+            rows=manifest.row_count,
+            batches=facts["batches"],
+            requests=http.requests if http is not None else None,
+            duration_seconds=seconds,
+        )
         return _Extracted(
             dataset=dataset.name,
             ref=ref,
@@ -217,9 +249,18 @@ def _dataset_extract(
             state_out=connector.next_state,
             fields=observer.fields(),
             drift=drift[0],
-            seconds=round(time.monotonic() - started, 3),
+            seconds=seconds,
         )
+    except BaseException as exc:
+        log.error(
+            "source_failed", error=error_text(exc), duration_seconds=round(time.monotonic() - started, 3)
+        )
+        raise
     finally:
+        bar.close()
+        http = getattr(connector, "http_observer", None)
+        if http is not None:
+            facts["http"] = http.as_dict()
         close = getattr(connector, "close", None)
         if close is not None:
             close()

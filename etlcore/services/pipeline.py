@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 
+import structlog
 from django.utils import timezone
 
 from ..config import PipelineConfig, pipeline_load
@@ -22,7 +22,7 @@ from .extract import sources_extract
 from .load import warehouse_load
 from .transform import partition_transform
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 # A step: (config=, business_date=, outcome=) -> None, reporting only through the outcome.
 StepFunction = Callable[..., None]
@@ -144,14 +144,13 @@ def step_attempted(
                 raise
             delay = policy.delay(number)
             outcome.attempt_failed(exc, started=started, delay=delay)
-            logger.warning(
-                "%s: %s attempt %d of %d failed (%s); trying again in %.1f s",
-                config.name,
-                step,
-                number,
-                policy.attempts_of(step),
-                error_text(exc),
-                delay,
+            log.warning(
+                "step_retry_scheduled",
+                step=step,
+                attempt=number,
+                attempts=policy.attempts_of(step),
+                delay_seconds=round(delay, 3),
+                error=error_text(exc),
             )
         time.sleep(delay)
         alive()

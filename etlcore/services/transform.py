@@ -24,7 +24,7 @@ from ..guards import PreviousCounts, guards_enforce
 from ..preflight import preflight_enforce
 from ..runs import StepOutcome
 from ..selectors import guards_previous, pseudonym_key_held
-from ..spark import FAILED_FILE, job_submit, jobs_submit
+from ..spark import FAILED_FILE, job_submit, jobs_submit, log_tail
 
 
 def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
@@ -46,7 +46,7 @@ def _partition_transform_held(*, config: PipelineConfig, business_date: date, ou
     contract = transform_contract(config=config)
     pseudonym_key_expect(config=config)
     ref = staging.PartitionRef.transformed(config.staging_root, config.name, business_date)
-    log_path = _log_path(config, business_date, outcome.run_id)
+    log_path = _log_path(config, business_date, outcome.run_id, attempt=len(outcome.attempts) + 1)
     with staging.partition_attempt(ref) as attempt:
         spec = _date_spec(config, business_date, attempt)
         # Facts about the submit go on the outcome before anything can fail, so a failure keeps them.
@@ -58,6 +58,10 @@ def _partition_transform_held(*, config: PipelineConfig, business_date: date, ou
         except SparkJobError as exc:
             outcome.details |= exc.facts
             raise
+        finally:
+            # However the job ended (a timeout, a signal): the record shows the end of its log.
+            if "log_tail" not in outcome.details:
+                outcome.details["log_tail"] = log_tail(log_path)
         outcome.details |= submitted.facts()
         _attempt_publish(config, business_date, ref, attempt, spec, contract, log_path, outcome)
     outcome.details["partition"] = str(ref.dir)
@@ -84,7 +88,7 @@ def partitions_transform(
     pseudonym_key_expect(config=config)
     days = sorted(outcomes)
     first = outcomes[days[0]]
-    log_path = _log_path(config, days[0], first.run_id, last=days[-1])
+    log_path = _log_path(config, days[0], first.run_id, last=days[-1], attempt=len(first.attempts) + 1)
     errors: dict[date, BaseException | None] = {}
     with ExitStack() as stack:
         # Every date's raw partitions held for reading until the job is done, as in `partition_transform`.
@@ -110,6 +114,10 @@ def partitions_transform(
             for day in days:
                 outcomes[day].details |= exc.facts
             raise
+        finally:
+            for day in days:
+                if "log_tail" not in outcomes[day].details:
+                    outcomes[day].details["log_tail"] = log_tail(log_path)
         for day in days:
             outcomes[day].details |= submitted.facts()
             try:
@@ -130,9 +138,13 @@ def partitions_transform(
     return errors
 
 
-def _log_path(config: PipelineConfig, day: date, run_id: int, *, last: date | None = None) -> Path:
+def _log_path(
+    config: PipelineConfig, day: date, run_id: int, *, attempt: int, last: date | None = None
+) -> Path:
+    """One file per attempt: a retried step keeps the log of the try that failed (its path is on the
+    record's `attempts`)."""
     dates = day.isoformat() + (f"..{last.isoformat()}" if last is not None and last != day else "")
-    return config.staging_root / config.name / "logs" / f"{dates}-run{run_id}-transform.log"
+    return config.staging_root / config.name / "logs" / f"{dates}-run{run_id}-transform-attempt{attempt}.log"
 
 
 def _date_spec(config: PipelineConfig, business_date: date, attempt: Path) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def test_run_with_spark_writes_private_transformed_partition_and_log_under_an_op
     outputs = list(transformed.glob("attempt-*/sales_lines/*.parquet"))
     assert outputs and (transformed / "_manifest.json").exists()
     assert list(transformed.glob("attempt-*/_result.json")) and list(transformed.glob("attempt-*/_spec.json"))
-    assert list(staging.glob("retail_demo/logs/*-transform.log"))
+    assert list(staging.glob("retail_demo/logs/*-transform-attempt1.log"))
     assert (staging / "_build" / "spark_jobs.zip").exists()
     assert wide(staging) == []
 

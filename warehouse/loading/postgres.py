@@ -13,9 +13,11 @@ bound parameters or literals rendered by psycopg2.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -1168,7 +1170,34 @@ def _drop(cursor, staging: sql.Composable) -> None:
     cursor.execute(sql.SQL("DROP TABLE {}").format(staging))
 
 
+# Told the rows of every batch COPY sends (etlcore's progress bar); a context variable, so the loader's
+# signatures stay the load's and nothing here knows who listens.
+_copy_listener: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "copy_listener", default=None
+)
+
+
+@contextmanager
+def copy_rows_observed(listener: Callable[[int], None]) -> Iterator[None]:
+    """`listener(rows)` for each batch COPY sends in the block."""
+    token = _copy_listener.set(listener)
+    try:
+        yield
+    finally:
+        _copy_listener.reset(token)
+
+
 def _record_batches(
+    files: Sequence[Path], names: list[str], optional: Sequence[str] = ()
+) -> Iterator[pa.RecordBatch]:
+    for batch in _record_batches_read(files, names, optional):
+        listener = _copy_listener.get()
+        if listener is not None:
+            listener(batch.num_rows)
+        yield batch
+
+
+def _record_batches_read(
     files: Sequence[Path], names: list[str], optional: Sequence[str] = ()
 ) -> Iterator[pa.RecordBatch]:
     for path in files:

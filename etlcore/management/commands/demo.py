@@ -59,7 +59,8 @@ class Command(BaseCommand):
         def in_order(names):
             return sorted(names, key=lambda name: order.get(name, len(order)))
 
-        extracted = ", ".join(f"{name} {extract.details[name]['rows']}" for name in in_order(extract.details))
+        named = [name for name in extract.details if name in order]  # not "sources" (per-source counters)
+        extracted = ", ".join(f"{name} {extract.details[name]['rows']}" for name in in_order(named))
         datasets = transform.details.get("datasets", {})
         loaded = load.details.get("loaded", {})
         currencies = ", ".join(
