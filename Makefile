@@ -45,8 +45,12 @@ test-deps: ## as root, apt-get install the Debian packages the tests start (DEBI
 		echo "test-deps: missing Debian packages:$$missing (as root: apt-get install$$missing); their tests skip, or fail under CI=true"; \
 	fi
 
-test: $(STAMP) test-deps ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
-	$(PY) -m pytest
+# Test processes: the Spark tests spend much of their time starting JVMs and planning, so two share two
+# cores well. Each process has its own Spark session, PostgreSQL test database and lock folder.
+TEST_WORKERS ?= 2
+
+test: $(STAMP) test-deps ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~16 min, 2 cores)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
 	@set -e; for f in benchmarks/bench_*.py; do \

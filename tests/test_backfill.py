@@ -3,8 +3,9 @@ return of the first date's purchase on the second), its REST API on loopback.
 
 The golden warehouse is the dates run one by one (`run_pipeline --date`, three spark-submits). A backfill
 (`run_pipeline --from --to`: one spark-submit for the three transforms) must load exactly that, row by
-row; and so must the hostile orders: a date failing in the middle (its product export missing) with and
-without `--continue-on-failure`, then that date backfilled alone after the later one was loaded. A
+row; and so must the hostile orders: a failing date stopping the backfill, a date failing in the middle
+(its product export missing) gone past with `--continue-on-failure`, then that date backfilled alone
+after the later one was loaded. A
 re-run of a backfill changes no row.
 """
 
@@ -111,25 +112,29 @@ def test_a_backfill_loads_what_date_by_date_runs_load_whatever_fails_or_comes_fi
     assert warehouse_checksums(using="default") == before
     assert PipelineRun.objects.filter(status=RunStatus.SUCCEEDED).count() == 6
 
-    # The middle date fails (its product export is missing): the backfill stops there.
+    # The first date fails (its product export is missing): the backfill stops there, before any Spark.
     start_over(staging_root)
-    export = demo / "exports" / f"products_{MIDDLE:%Y%m%d}.csv"
-    hidden = export.rename(export.with_suffix(".hidden"))
+    first = demo / "exports" / f"products_{DAYS[0]:%Y%m%d}.csv"
+    first_hidden = first.rename(first.with_suffix(".hidden"))
     with pytest.raises(CommandError) as stopped:
         backfill(DAYS[0], DAYS[-1])
     assert stopped.value.returncode == 1
-    assert str(stopped.value).endswith("3 date(s), 1 loaded, 1 failed, 1 not started")
+    assert str(stopped.value).endswith("3 date(s), 0 loaded, 1 failed, 2 not started")
     record = Backfill.objects.get()
     runs = date_runs(record)
-    assert sorted(runs) == DAYS[:2] and record.status == RunStatus.FAILED
-    assert runs[DAYS[0]].status == RunStatus.SUCCEEDED
-    failed = runs[MIDDLE]
-    assert failed.status == RunStatus.FAILED and export.name in failed.error
+    assert sorted(runs) == DAYS[:1] and record.status == RunStatus.FAILED
+    failed = runs[DAYS[0]]
+    assert failed.status == RunStatus.FAILED and first.name in failed.error
     assert [s.step for s in failed.steps.all()] == ["extract"]
-    assert record.error == f"{MIDDLE} run #{failed.pk} failed at extract: {failed.error}; " + (
-        f"{DAYS[2]}..{DAYS[2]}: not started (the backfill stopped at the first failed date)"
+    assert record.error == f"{DAYS[0]} run #{failed.pk} failed at extract: {failed.error}; " + (
+        f"{DAYS[1]}..{DAYS[2]}: not started (the backfill stopped at the first failed date)"
     )
-    assert set(FactSalesLine.objects.values_list("date__date", flat=True).distinct()) == {DAYS[0]}
+    assert not FactSalesLine.objects.exists()
+    first_hidden.rename(first)
+
+    # The middle date fails the same way ...
+    export = demo / "exports" / f"products_{MIDDLE:%Y%m%d}.csv"
+    hidden = export.rename(export.with_suffix(".hidden"))
 
     # ... and with --continue-on-failure it goes past it: the first and last dates are loaded.
     with pytest.raises(CommandError, match="3 date.s., 2 loaded, 1 failed$"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from io import StringIO
@@ -25,6 +26,7 @@ from etlcore.demo.pipeline import demo_run
 from etlcore.models import PipelineRun
 from etlcore.pii import customer_emails
 from spark_jobs.sales_daily import ENCRYPTED_MARK
+from tests.etlcore.test_file_modes import wide
 from warehouse.models import DimCustomer, DimProduct, DimStore, FactDailySales, FactSalesLine, QuarantinedRow
 
 pytestmark = [pytest.mark.spark_submit, pytest.mark.django_db(transaction=True)]
@@ -93,8 +95,18 @@ def product_versions(sku: str) -> list[tuple]:
     )
 
 
-def test_demo_dates_land_with_every_row_accounted_for_price_history_and_cross_date_return(demo_env):
-    report = demo_run(data_dir=demo_env / "demo", business_dates=[DAY, NEXT_DAY])
+def test_demo_dates_land_with_every_row_accounted_for_price_history_and_cross_date_return(
+    demo_env, staging_root
+):
+    # Under an open umask: every staged file, Spark's output and log included, is private all the same.
+    previous = os.umask(0)
+    try:
+        report = demo_run(data_dir=demo_env / "demo", business_dates=[DAY, NEXT_DAY])
+    finally:
+        os.umask(previous)
+    assert wide(staging_root) == []
+    assert len(list(staging_root.glob("retail_demo/logs/*-transform-attempt1.log"))) == 2
+    assert (staging_root / "_build" / "spark_jobs.zip").exists()
     # The same arguments give the same files: what the generator designed into the data the run loaded.
     dataset = generate_demo_data(out_dir=demo_env / "designed", business_dates=[DAY, NEXT_DAY])
 

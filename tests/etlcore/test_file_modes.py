@@ -1,5 +1,6 @@
 """Files private to the user that runs the pipeline (issue 14): everything the project writes is 0600,
-every folder 0700, whatever the umask it runs under; lock and temporary files refuse a symbolic link."""
+every folder 0700, whatever the umask it runs under; lock and temporary files refuse a symbolic link.
+Spark's output and log under an open umask: tests/test_end_to_end.py."""
 
 from __future__ import annotations
 
@@ -106,25 +107,6 @@ def test_staging_sets_modes_itself_and_tightens_the_pipeline_s_folders_not_their
     assert wide(root / "shop") == []
     # The pipeline's folder is the project's own; the staging root and what holds it are the user's.
     assert stat.S_IMODE(root.stat().st_mode) == stat.S_IMODE(parent.stat().st_mode) == 0o755
-
-
-@pytest.mark.spark_submit
-@pytest.mark.django_db(transaction=True)
-def test_run_with_spark_writes_private_transformed_partition_and_log_under_an_open_umask(demo):
-    previous = os.umask(0)
-    try:
-        run_command("run_pipeline", "--pipeline", "retail_demo", "--date", DAY.isoformat())
-    finally:
-        os.umask(previous)
-
-    staging = demo["staging"]
-    transformed = staging / "retail_demo" / "transformed" / f"date={DAY}"
-    outputs = list(transformed.glob("attempt-*/sales_lines/*.parquet"))
-    assert outputs and (transformed / "_manifest.json").exists()
-    assert list(transformed.glob("attempt-*/_result.json")) and list(transformed.glob("attempt-*/_spec.json"))
-    assert list(staging.glob("retail_demo/logs/*-transform-attempt1.log"))
-    assert (staging / "_build" / "spark_jobs.zip").exists()
-    assert wide(staging) == []
 
 
 @pytest.mark.django_db
