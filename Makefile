@@ -49,7 +49,7 @@ test-deps: ## as root, apt-get install the Debian packages the tests start (DEBI
 # cores well. Each process has its own Spark session, PostgreSQL test database and lock folder.
 TEST_WORKERS ?= 2
 
-test: $(STAMP) test-deps ## the whole suite: ~1000 tests, SQLite and PostgreSQL, real spark-submits (~16 min, 2 cores)
+test: $(STAMP) test-deps ## the whole suite: ~1070 tests in 2 processes, SQLite and PostgreSQL, real spark-submits (~19 min, 2 cores)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
