@@ -122,17 +122,8 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class ConsoleAdmin(admin.ModelAdmin):
+class ConsoleAdmin(warehouse.admin.ReadOnlyAdmin):
     """Run records are written by the commands; the console looks and starts commands, never edits."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(PipelineRun)

@@ -56,7 +56,7 @@ def run_start(
         resumed_from=resumed_from,
         backfill=backfill,
         origin=origin or settings.ETL_RUN_ORIGIN,
-        started_by=(started_by or settings.ETL_RUN_STARTED_BY or _os_user())[:150],
+        started_by=(started_by or settings.ETL_RUN_STARTED_BY or os_user())[:150],
     )
     log.info(
         "run_started",
@@ -74,7 +74,7 @@ def _day(value: date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _os_user() -> str:
+def os_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a uid with no passwd entry (containers)

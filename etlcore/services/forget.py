@@ -11,7 +11,6 @@ docs/architecture.md, "Erasure".
 
 from __future__ import annotations
 
-import getpass
 import re
 import socket
 from collections import Counter
@@ -44,6 +43,7 @@ from ..erasure import (
 from ..errors import EtlError
 from ..models import ErasedCustomer, Erasure
 from ..pii import pii_cipher
+from ..runs import os_user
 from .control import pipeline_controlled
 
 COMMAND = "forget_customer"
@@ -164,7 +164,7 @@ def _forget(
             pipeline=config.name,
             erased_at=timezone.now(),
             command=COMMAND,
-            operator=operator if operator is not None else _os_user(),
+            operator=operator if operator is not None else os_user(),
             hostname=socket.gethostname(),
             counts=dict(outcome.counts),
             newly_listed=created,
@@ -182,13 +182,6 @@ def _forget_plan(config: PipelineConfig, key: bytes, hexed: str, listing: _Listi
     _staging_erase(config, key, hexed, outcome.counts, publish=False)
     outcome.counts |= _warehouse_erase(config, hexed, apply=False)
     return outcome
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 # --- the clear value of a customer key --------------------------------------------------------------------
