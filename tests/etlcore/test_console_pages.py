@@ -191,7 +191,7 @@ def quarantine(pipeline_dir, tmp_path):
     pipeline_write(pipeline_dir, datasets={"order_lines": lines})
     rows = []
     for n, (code, value) in enumerate(
-        [("unknown_product", "X9"), ("unknown_product", "X8"), ("bad_qty", "q")]
+        [("unknown_product", "SKU-CANARY-9"), ("unknown_product", "SKU-CANARY-8"), ("bad_qty", "q")]
     ):
         personal = {"customer_email": "hmac-SECRET", "customer_email_encrypted": "[encrypted]"}
         record = {"order_id": f"O{n}", "sku": value, **personal}
@@ -212,7 +212,7 @@ def quarantine(pipeline_dir, tmp_path):
 
 def test_the_quarantine_list_shows_the_offending_value_and_the_message_masked(admin_client, quarantine):
     page = admin_client.get("/admin/warehouse/quarantinedrow/").content.decode()
-    assert "sku=&#x27;X9&#x27;" in page and "missing_customer_email: customer_email=•••" in page
+    assert "sku=&#x27;SKU-CANARY-9&#x27;" in page and "missing_customer_email: customer_email=•••" in page
     assert "hmac-SECRET" not in page
 
 
@@ -233,7 +233,7 @@ def test_the_quarantine_filters_by_rule_and_dates_and_counts_per_rule(admin_clie
 def test_a_quarantined_record_is_pretty_printed_with_every_personal_field_masked(admin_client, quarantine):
     page = admin_client.get(f"/admin/warehouse/quarantinedrow/{quarantine[0].pk}/change/").content.decode()
     record = re.search(r'<pre class="etl-record">(.*?)</pre>', page, re.S).group(1)
-    assert "&quot;sku&quot;: &quot;X9&quot;" in record
+    assert "&quot;sku&quot;: &quot;SKU-CANARY-9&quot;" in record
     assert "&quot;customer_email&quot;: &quot;•••&quot;" in record
     assert "&quot;customer_email_encrypted&quot;: &quot;•••&quot;" in record
     assert "hmac-SECRET" not in page and "[encrypted]" not in page
@@ -243,7 +243,7 @@ def test_a_quarantined_record_of_a_pipeline_without_a_readable_file_is_masked_wh
     row = quarantine[0]
     QuarantinedRow.objects.filter(pk=row.pk).update(pipeline="gone")
     page = admin_client.get(f"/admin/warehouse/quarantinedrow/{row.pk}/change/").content.decode()
-    assert "X9" not in page.split("raw record")[-1] and "hmac-SECRET" not in page
+    assert "SKU-CANARY-9" not in page.split("raw record")[-1] and "hmac-SECRET" not in page
 
 
 def test_staff_without_the_operate_permission_see_no_actions(client, django_user_model, runs, quarantine):
