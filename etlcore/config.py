@@ -118,6 +118,10 @@ RETRIES = Table(
     }
 )
 RUN = Table({"catch_up": FLAG, "catch_up_max_dates": WHOLE, "dates_per_job": WHOLE, "retries": RETRIES})
+# [queue]: the pipeline's runs as Celery tasks (docs/celery.md): their time limits. [trigger]: the sensor
+# that starts a run when a source has data newer than its saved state; off unless enabled.
+QUEUE = Table({"time_limit_seconds": NUMBER, "extract_time_limit_seconds": NUMBER})
+TRIGGER = Table({"enabled": FLAG, "every_seconds": NUMBER})
 PIPELINE = Table(
     {
         "name": TEXT,
@@ -128,6 +132,8 @@ PIPELINE = Table(
         "spark": SPARK,
         "warehouse": Table({"database": TEXT}),
         "run": RUN,
+        "queue": QUEUE,
+        "trigger": TRIGGER,
         "datasets": Entries(DATASET),
     }
 )
@@ -257,6 +263,31 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """[queue]: a run task's soft time limit (the run fails, recorded, its Spark job stopped) and the extract
+    tasks' own; the hard limit that kills a task that ignores the soft one is `HARD_LIMIT_GRACE` later."""
+
+    time_limit_seconds: float = 6 * 3600.0
+    extract_time_limit_seconds: float = 3600.0
+
+    HARD_LIMIT_GRACE = 120.0
+
+    def limits(self, *, extract: bool = False) -> tuple[float, float]:
+        """(hard, soft) seconds, as Celery's `time_limit` and `soft_time_limit` take them."""
+        soft = self.extract_time_limit_seconds if extract else self.time_limit_seconds
+        return soft + self.HARD_LIMIT_GRACE, soft
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """[trigger]: the sensor task asks the pipeline's sources every `every_seconds` whether data newer than
+    their saved state exists, and enqueues a run when one has (etlcore/services/trigger.py)."""
+
+    enabled: bool = False
+    every_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     description: str
@@ -268,6 +299,8 @@ class PipelineConfig:
     source_file: Path
     extract_workers: int = DEFAULT_EXTRACT_WORKERS  # sources extracted at once
     run: RunConfig = field(default_factory=RunConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
 
     def window(self, business_date: date) -> ExtractWindow:
         """The business date as a [midnight, next midnight) range in the pipeline's time zone."""
@@ -388,7 +421,36 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         source_file=path,
         extract_workers=extract_workers,
         run=_parse_run(doc.get("run", {}), f"{where} [run]"),
+        queue=_parse_queue(doc.get("queue", {}), f"{where} [queue]"),
+        trigger=_parse_trigger(doc.get("trigger", {}), f"{where} [trigger]"),
     )
+
+
+def _parse_queue(doc: Mapping[str, Any], where: str) -> QueueConfig:
+    defaults = QueueConfig()
+    for key in ("time_limit_seconds", "extract_time_limit_seconds"):
+        if key in doc and doc[key] <= 0:
+            raise ConfigurationError(f"{where}: {key} must be more than 0, got {doc[key]!r}")
+    return QueueConfig(
+        time_limit_seconds=float(doc.get("time_limit_seconds", defaults.time_limit_seconds)),
+        extract_time_limit_seconds=float(
+            doc.get("extract_time_limit_seconds", defaults.extract_time_limit_seconds)
+        ),
+    )
+
+
+TRIGGER_MIN_SECONDS = 10.0
+
+
+def _parse_trigger(doc: Mapping[str, Any], where: str) -> TriggerConfig:
+    defaults = TriggerConfig()
+    every = doc.get("every_seconds", defaults.every_seconds)
+    if every < TRIGGER_MIN_SECONDS:
+        raise ConfigurationError(
+            f"{where}: every_seconds must be {TRIGGER_MIN_SECONDS:g} or more (each check asks every source), "
+            f"got {every!r}"
+        )
+    return TriggerConfig(enabled=doc.get("enabled", defaults.enabled), every_seconds=float(every))
 
 
 def _parse_run(doc: Mapping[str, Any], where: str) -> RunConfig:

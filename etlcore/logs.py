@@ -206,6 +206,8 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             **{name: dict(logger) for name in LOGGERS},
             # Django's own warnings and errors (a 500 in the admin) in the same format.
             "django": {"handlers": ["etl"], "level": "WARNING", "propagate": False},
+            # A Celery worker's and beat's own events (ready, task received, succeeded), likewise.
+            "celery": {"handlers": ["etl"], "level": "INFO", "propagate": False},
         },
     }
 

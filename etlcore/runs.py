@@ -8,6 +8,7 @@ so what a failed step knew (a log path, the sources that did succeed) is kept.
 
 from __future__ import annotations
 
+import contextvars
 import getpass
 import os
 import socket
@@ -39,8 +40,13 @@ def run_start(
     origin: str | None = None,
     started_by: str | None = None,
 ) -> PipelineRun:
-    """`origin` and `started_by` default to this process's (settings ETL_RUN_ORIGIN / ETL_RUN_STARTED_BY,
-    else the OS user), so every command records them without passing them along."""
+    """`origin` and `started_by` default to the carrier's (`runs_carried_by`: a task queue's task), else
+    this process's (settings ETL_RUN_ORIGIN / ETL_RUN_STARTED_BY, else the OS user), so every command
+    records them without passing them along. A carrying task's id goes in `parameters`."""
+    carrier = _CARRIER.get()
+    if carrier is not None:
+        origin, started_by = origin or carrier.origin, started_by or carrier.started_by
+        parameters = {**parameters, "task_id": carrier.task_id}
     # A name the configuration refused is still recorded, cut to its column (PostgreSQL enforces the
     # length); the name as given stays in `parameters`.
     now = timezone.now()
@@ -68,6 +74,28 @@ def run_start(
         backfill_id=backfill.pk if backfill else None,
     )
     return run
+
+
+@dataclass(frozen=True)
+class RunCarrier:
+    """What carries the runs started in a block: a task queue's task (origin `queue`, its id)."""
+
+    origin: str
+    started_by: str
+    task_id: str
+
+
+_CARRIER: contextvars.ContextVar[RunCarrier | None] = contextvars.ContextVar("run_carrier", default=None)
+
+
+@contextmanager
+def runs_carried_by(carrier: RunCarrier) -> Iterator[None]:
+    """Every run started in the block (a run, a backfill's dates, a replay's) records `carrier`."""
+    token = _CARRIER.set(carrier)
+    try:
+        yield
+    finally:
+        _CARRIER.reset(token)
 
 
 def _day(value: date | None) -> str | None:

@@ -24,6 +24,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_celery_results",
+    "django_celery_beat",
     "etlcore",
     "warehouse",
 ]
@@ -142,3 +144,27 @@ if ETL_LOG_LEVEL and ETL_LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", 
         f"ETL_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {ETL_LOG_LEVEL!r}"
     )
 LOGGING = logging_config(log_format=ETL_LOG_FORMAT, level=ETL_LOG_LEVEL or "INFO")
+
+# Celery (docs/celery.md): an option beside cron; nothing here starts or needs a broker until a worker, beat
+# or an enqueue asks. The broker URL holds a password, so it is not a setting: conf/celery.py reads
+# CELERY_BROKER_URL (or the file CELERY_BROKER_URL_FILE names) from the environment, falling back to
+# ETL_CELERY_BROKER_DEFAULT, which only local settings give.
+ETL_CELERY_BROKER_DEFAULT: str | None = None
+# The queue of run tasks; extract tasks go to "<queue>.extract" (a worker must consume both, see the docs).
+ETL_CELERY_QUEUE = os.environ.get("ETL_CELERY_QUEUE", "etl")
+CELERY_TASK_DEFAULT_QUEUE = ETL_CELERY_QUEUE
+CELERY_TASK_ROUTES = {"etl.extract_source": {"queue": f"{ETL_CELERY_QUEUE}.extract"}}
+# At least once: a task is acknowledged when it ends, and put back when its worker dies under it; every
+# step is idempotent and a run holds the pipeline's lock, so a second delivery ends as one run would.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds only the task it runs: the others stay free to take
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = "django-db"  # django-celery-results: the admin shows task states beside the runs
+CELERY_RESULT_EXTENDED = True  # the task's name, arguments and worker on its result
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE  # a pipeline's schedule carries its own time zone (pipeline_schedule)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # our logging configuration (etlcore/logs.py), not Celery's
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

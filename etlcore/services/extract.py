@@ -6,15 +6,16 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import structlog
 from cryptography.fernet import MultiFernet
+from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -35,29 +36,37 @@ from connectors.secrets import secret_get
 from .. import staging
 from ..config import DatasetConfig, PipelineConfig
 from ..erasure import dataset_erasures
-from ..errors import ETL_ERRORS, ConfigurationError, SourceError
+from ..errors import ETL_ERRORS, ConfigurationError, PartitionNotFound, SourceError
 from ..logs import progress_bar
-from ..models import StagedPartition
+from ..models import PipelineRun, RunStatus, StagedPartition
 from ..pii import pii_cipher
 from ..runs import StepOutcome, error_text
-from ..selectors import extract_state_lookup
+from ..selectors import ExtractState, extract_state_lookup
 
 logger = logging.getLogger(__name__)
 log = structlog.get_logger(__name__)
 
 
-def sources_extract(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
+# How the extract step hands its sources out, and gets each back as it finishes: (dataset, what it
+# extracted or why it failed). `sources_local` runs them on threads of this process; the task queue runs
+# each as a task on any worker (etlcore/tasks.py). `facts` receives what each source reports about itself.
+SourceFanOut = Callable[..., Iterator[tuple[str, "_Extracted | Exception"]]]
+
+
+def sources_extract(
+    *,
+    config: PipelineConfig,
+    business_date: date,
+    outcome: StepOutcome,
+    fan_out: SourceFanOut | None = None,
+) -> None:
     """Pull every dataset's window from its source into a published raw partition.
 
-    Sources are independent: they run concurrently (`extract_workers` at a time), each from its own saved
-    state, and one failing does not stop the others. Each partition is recorded with its connector's
-    next state once published, in the main thread; the step then fails naming every source that failed.
+    Sources are independent: they run concurrently (`extract_workers` at a time, or one task each with a
+    task queue's `fan_out`), each from its own saved state, and one failing does not stop the others.
+    Each partition is recorded with its connector's next state once published, in this process; the step
+    then fails naming every source that failed.
     """
-    window = config.window(business_date)
-    key = pseudonym_key_read(config)
-    # Read here: the workers touch no database. Erased customers' rows are staged without their identity.
-    erasures = dataset_erasures(config)
-    encrypter = pii_encrypter_read(config)
     plans = {
         name: extract_state_lookup(config=config, dataset=name, business_date=business_date)
         for name in config.datasets
@@ -66,40 +75,17 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
     # What each source's worker reports about itself, succeeded or failed (its HTTP counters, batches).
     sources: dict[str, dict[str, Any]] = {name: {} for name in config.datasets}
     outcome.details["sources"] = sources
-    workers = max(1, min(config.extract_workers, len(config.datasets)))
-    stopped = threading.Event()
-    # `_stop_on_exit` exits first: on SIGTERM or SIGINT the workers stop at their next batch, before
-    # publishing, instead of the pool waiting for every source to finish while the run is recorded failed.
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
-    with pool, _stop_on_exit(stopped):
-        # Each worker runs in a copy of this context: its events carry the run, the step and its dataset.
-        futures = {
-            pool.submit(
-                contextvars.copy_context().run,
-                _dataset_extract,
-                config=config,
-                dataset=dataset,
-                window=window,
-                run_id=outcome.run_id,
-                pseudonym_key=key,
-                encrypter=encrypter,
-                erasure=erasures.get(name),
-                state=plans[name].state,
-                previous_fields=plans[name].previous_fields,
-                stopped=stopped,
-                facts=sources[name],
-            ): name
-            for name, dataset in config.datasets.items()
-        }
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                extracted = future.result()
-            except Exception as exc:
-                failures[name] = exc
-                outcome.details[name] = {"error": error_text(exc)}
-                if isinstance(exc, SchemaDriftError):
-                    outcome.details[name]["drift"] = exc.drift.as_dict()
+    fan_out = fan_out or sources_local
+    finished = fan_out(
+        config=config, business_date=business_date, run_id=outcome.run_id, plans=plans, facts=sources
+    )
+    with closing(finished):
+        for name, extracted in finished:
+            if isinstance(extracted, BaseException):
+                failures[name] = extracted
+                outcome.details[name] = {"error": error_text(extracted)}
+                if isinstance(extracted, SchemaDriftError):
+                    outcome.details[name]["drift"] = extracted.drift.as_dict()
                 continue
             _partition_record(
                 extracted, run_id=outcome.run_id, state_in=plans[name].state, using=config.database
@@ -116,6 +102,141 @@ def sources_extract(*, config: PipelineConfig, business_date: date, outcome: Ste
                 outcome.details[name]["drift"] = extracted.drift.as_dict()
     if failures:
         raise _extract_failure(failures, total=len(config.datasets))
+
+
+def sources_local(
+    *,
+    config: PipelineConfig,
+    business_date: date,
+    run_id: int,
+    plans: Mapping[str, ExtractState],
+    facts: Mapping[str, dict[str, Any]],
+) -> Iterator[tuple[str, _Extracted | Exception]]:
+    """Every source on a thread of this process, `extract_workers` at a time; the fan-out without a queue."""
+    window = config.window(business_date)
+    key = pseudonym_key_read(config)
+    # Read here: the workers touch no database. Erased customers' rows are staged without their identity.
+    erasures = dataset_erasures(config)
+    encrypter = pii_encrypter_read(config)
+    workers = max(1, min(config.extract_workers, len(config.datasets)))
+    stopped = threading.Event()
+    # `_stop_on_exit` exits first: on SIGTERM or SIGINT the workers stop at their next batch, before
+    # publishing, instead of the pool waiting for every source to finish while the run is recorded failed.
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
+    with pool, _stop_on_exit(stopped):
+        # Each worker runs in a copy of this context: its events carry the run, the step and its dataset.
+        futures = {
+            pool.submit(
+                contextvars.copy_context().run,
+                _dataset_extract,
+                config=config,
+                dataset=dataset,
+                window=window,
+                run_id=run_id,
+                pseudonym_key=key,
+                encrypter=encrypter,
+                erasure=erasures.get(name),
+                state=plans[name].state,
+                previous_fields=plans[name].previous_fields,
+                stopped=stopped,
+                facts=facts[name],
+            ): name
+            for name, dataset in config.datasets.items()
+        }
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result()
+            except Exception as exc:
+                yield futures[future], exc
+
+
+def source_extract_alone(
+    *, config: PipelineConfig, dataset: str, business_date: date, run_id: int, facts: dict[str, Any]
+) -> dict[str, Any]:
+    """One source of run `run_id`, in a process of its own (a task queue's worker, which may be on another
+    machine sharing the staging root): read its saved state and keys here, publish its raw partition, and
+    return what the run's process records (`source_account_read` reads it back). The run's process holds
+    the pipeline's lock meanwhile; when it is gone (its run no longer running, or silent), the source stops
+    before publishing."""
+    plan = extract_state_lookup(config=config, dataset=dataset, business_date=business_date)
+    extracted = _dataset_extract(
+        config=config,
+        dataset=config.datasets[dataset],
+        window=config.window(business_date),
+        run_id=run_id,
+        pseudonym_key=pseudonym_key_read(config),
+        encrypter=pii_encrypter_read(config),
+        erasure=dataset_erasures(config).get(dataset),
+        state=plan.state,
+        previous_fields=plan.previous_fields,
+        stopped=_RunGone(run_id=run_id, using=config.database),
+        facts=facts,
+    )
+    return {
+        "dataset": dataset,
+        "source": extracted.source,
+        "state_out": extracted.state_out,
+        "fields": extracted.fields,
+        "drift": extracted.drift.as_dict(),
+        "seconds": extracted.seconds,
+        "checksum": extracted.manifest.checksum,
+        "facts": facts,
+    }
+
+
+def source_account_read(
+    *, config: PipelineConfig, business_date: date, account: Mapping[str, Any]
+) -> _Extracted:
+    """What `source_extract_alone` returned, with its manifest read from the shared staging root; a
+    partition that is not there, or not the one the source published, fails naming the staging root."""
+    ref = staging.PartitionRef.raw(config.staging_root, config.name, account["dataset"], business_date)
+    try:
+        manifest = staging.manifest_read(ref)
+    except PartitionNotFound as exc:
+        raise ConfigurationError(
+            f"source {account['dataset']!r}: {exc}; a worker on another machine published it: the staging "
+            f"root ({config.staging_root}) must be shared by every worker (S3 or a shared filesystem)"
+        ) from None
+    if manifest.checksum != account["checksum"]:
+        raise SourceError(
+            f"source {account['dataset']!r}: the published partition ({manifest.checksum[:12]}) is not "
+            f"the one its extract task wrote ({account['checksum'][:12]}): was it extracted twice at once?"
+        )
+    return _Extracted(
+        dataset=account["dataset"],
+        ref=ref,
+        manifest=manifest,
+        source=account["source"],
+        state_out=account["state_out"],
+        fields=account["fields"],
+        drift=SchemaDrift(**{k: tuple(v) for k, v in account["drift"].items()}),
+        seconds=account["seconds"],
+    )
+
+
+class _RunGone:
+    """An extract task's stop signal (an `Event`'s `is_set`): its run is no longer running, or has been
+    silent for three heartbeats (its process died). Asks the database at most every few seconds."""
+
+    EVERY_SECONDS = 5.0
+
+    def __init__(self, *, run_id: int, using: str) -> None:
+        self.run_id, self.using = run_id, using
+        self._asked, self._gone = 0.0, False
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if self._gone or now - self._asked < self.EVERY_SECONDS:
+            return self._gone
+        self._asked = now
+        run = PipelineRun.objects.using(self.using).filter(pk=self.run_id).first()
+        silent = timezone.now() - timedelta(seconds=3 * settings.ETL_HEARTBEAT_SECONDS)
+        self._gone = (
+            run is None
+            or run.status != RunStatus.RUNNING
+            or (run.heartbeat_at is not None and run.heartbeat_at < silent)
+        )
+        return self._gone
 
 
 def pseudonym_key_read(config: PipelineConfig) -> bytes | None:
@@ -188,7 +309,7 @@ def _dataset_extract_bound(
     state: Mapping[str, Any] | None,
     encrypter: Encrypter | None,
     previous_fields: Mapping[str, str] | None,
-    stopped: threading.Event,
+    stopped: threading.Event | _RunGone,
     facts: dict[str, Any],
 ) -> _Extracted:
     started = time.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 
 import structlog
@@ -58,6 +58,7 @@ def pipeline_execute(
     steps: Sequence[str],
     command: str,
     resumed_from: PipelineRun | None = None,
+    step_functions: Mapping[str, StepFunction] | None = None,
 ) -> PipelineRun:
     """Run the given steps for one pipeline and date under one run record, holding the pipeline's lock.
 
@@ -65,6 +66,9 @@ def pipeline_execute(
     running raises `PipelineBusy` and writes nothing. Raises one of `ETL_ERRORS` (after recording it)
     when a step fails, `RunTerminated` on SIGTERM or SIGINT. The runs this one took over (abandoned by a
     dead process) are on `run.taken_over`. `resumed_from`: the failed run this one resumes.
+
+    `step_functions` replaces some of `STEP_FUNCTIONS` (the task queue's extract, which fans its sources
+    out to other workers).
     """
     parameters = {"pipeline": pipeline, "date": business_date, "steps": list(steps)}
     if resumed_from is not None:
@@ -101,12 +105,19 @@ def pipeline_execute(
         ) as run:
             # Fail before the first step spends time on what a later one fails for (etlcore/preflight.py).
             preflight_enforce(config=config, steps=steps)
-            steps_run(run, config=config, steps=steps)
+            steps_run(run, config=config, steps=steps, step_functions=step_functions)
     return run
 
 
-def steps_run(run: PipelineRun, *, config: PipelineConfig, steps: Sequence[str]) -> None:
+def steps_run(
+    run: PipelineRun,
+    *,
+    config: PipelineConfig,
+    steps: Sequence[str],
+    step_functions: Mapping[str, StepFunction] | None = None,
+) -> None:
     """Each step of the run's business date in turn, each under its own step record."""
+    functions = {**STEP_FUNCTIONS, **(step_functions or {})}
     for step in steps:
         run_heartbeat(run)
         with step_tracked(run, step) as outcome:
@@ -114,7 +125,7 @@ def steps_run(run: PipelineRun, *, config: PipelineConfig, steps: Sequence[str])
                 config=config,
                 outcome=outcome,
                 step=step,
-                attempt=lambda o, step=step: STEP_FUNCTIONS[step](
+                attempt=lambda o, step=step: functions[step](
                     config=config, business_date=run.business_date, outcome=o
                 ),
                 alive=lambda: run_heartbeat(run),

@@ -50,7 +50,10 @@ def good_text(**parts) -> str:
 
 # --- unknown keys: each typo the issue lists, through pipeline_parse --------------------------------------
 
-TOP_KEYS = "name, description, timezone, staging_root, extract_workers, spark, warehouse, run, datasets"
+TOP_KEYS = (
+    "name, description, timezone, staging_root, extract_workers, spark, warehouse, run, queue, trigger, "
+    "datasets"
+)
 
 
 @pytest.mark.parametrize(
@@ -395,8 +398,10 @@ def documented_keys(heading: str) -> set[str]:
 @pytest.mark.parametrize(
     ("heading", "declared", "undocumented"),
     [
-        ("## Top level", PIPELINE.keys, {"spark", "warehouse", "run", "datasets"}),
+        ("## Top level", PIPELINE.keys, {"spark", "warehouse", "run", "queue", "trigger", "datasets"}),
         ("## `[run]`", PIPELINE.keys["run"].keys, {"retries"}),
+        ("## `[queue]`", PIPELINE.keys["queue"].keys, set()),
+        ("## `[trigger]`", PIPELINE.keys["trigger"].keys, set()),
         ("### `[run.retries]`", PIPELINE.keys["run"].keys["retries"].keys, set()),
         ("## `[spark]`", PIPELINE.keys["spark"].keys, set()),
         ("## `[warehouse]`", PIPELINE.keys["warehouse"].keys, set()),
@@ -427,6 +432,8 @@ def documented_keys(heading: str) -> set[str]:
     ids=[
         "top",
         "run",
+        "queue",
+        "trigger",
         "retries",
         "spark",
         "warehouse",
