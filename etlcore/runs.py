@@ -83,6 +83,7 @@ class RunCarrier:
     origin: str
     started_by: str
     task_id: str
+    time_limit: float | None = None  # the task's soft time limit, named when it stops the run
 
 
 _CARRIER: contextvars.ContextVar[RunCarrier | None] = contextvars.ContextVar("run_carrier", default=None)
@@ -252,6 +253,19 @@ def error_text(exc: BaseException) -> str:
     """One line for the user: our errors speak for themselves, anything else shows its type too."""
     from .errors import USER_ERRORS, RunTerminated
 
+    if _time_limit_reached(exc):
+        carrier = _CARRIER.get()
+        limit = f" of {carrier.time_limit:g} s" if carrier and carrier.time_limit else ""
+        return f"the task's time limit{limit} was reached and the run stopped (docs/celery.md, [queue])"
     message = " ".join(str(exc).split()) or exc.__class__.__name__
     speaks_for_itself = isinstance(exc, (*USER_ERRORS, RunTerminated))
     return message if speaks_for_itself else f"{exc.__class__.__name__}: {message}"
+
+
+def _time_limit_reached(exc: BaseException) -> bool:
+    """A task queue's soft time limit, raised inside whatever the run was doing."""
+    try:
+        from celery.exceptions import SoftTimeLimitExceeded
+    except ImportError:  # pragma: no cover - celery is a dependency; runs work without it
+        return False
+    return isinstance(exc, SoftTimeLimitExceeded)

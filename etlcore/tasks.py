@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import structlog
 from celery import group, shared_task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import AsyncResult
 from django.conf import settings
 
@@ -118,7 +118,7 @@ def pipeline_run(
             raise self.retry(countdown=REDELIVERY_RETRY_SECONDS)
         _, steps = run_resumable(run_id=earlier.pk, using=earlier._state.db)
         resumed_from, business_date = earlier, earlier.business_date.isoformat()
-    carrier = RunCarrier(origin=RunOrigin.QUEUE, started_by=started_by, task_id=task_id)
+    carrier = _carrier(self, started_by)
     try:
         with runs_carried_by(carrier):
             run = pipeline_execute(
@@ -134,6 +134,12 @@ def pipeline_run(
             raise self.retry(countdown=REDELIVERY_RETRY_SECONDS) from None
         _refused(self, pipeline=pipeline, business_date=business_date, reason=error_text(exc))
     return _ended(run, again=earlier is not None)
+
+
+def _carrier(task: Any, started_by: str) -> RunCarrier:
+    """What the runs a task starts record: origin queue, who enqueued it, its id and its soft time limit."""
+    _, soft = task.request.timelimit or (None, None)
+    return RunCarrier(origin=RunOrigin.QUEUE, started_by=started_by, task_id=task.request.id, time_limit=soft)
 
 
 def _run_of_task(*, pipeline: str, task_id: str) -> PipelineRun | None:
@@ -228,6 +234,12 @@ def _source_result(
             return exc
     if isinstance(outcome, ETL_ERRORS):
         return outcome
+    if isinstance(outcome, SoftTimeLimitExceeded):
+        _, soft = config.queue.limits(extract=True)
+        return SourceError(
+            f"source {name!r}: extract task {result.id} stopped at its time limit of {soft:g} s "
+            "([queue] extract_time_limit_seconds)"
+        )
     return SourceError(f"source {name!r}: extract task {result.id} {result.state}: {error_text(outcome)}")
 
 
@@ -268,7 +280,7 @@ def pipeline_backfill_task(
     days = dates_between(
         business_date_parse(first_date, flag="--from"), business_date_parse(last_date, flag="--to")
     )
-    carrier = RunCarrier(origin=RunOrigin.QUEUE, started_by=started_by, task_id=self.request.id)
+    carrier = _carrier(self, started_by)
     try:
         with runs_carried_by(carrier):
             report = pipeline_backfill(
@@ -290,7 +302,7 @@ def pipeline_resume(self, *, pipeline: str, run_id: int, started_by: str = "") -
     failed, steps = run_resumable(run_id=run_id, using=pipeline_load(pipeline).database)
     if not steps:
         return _ended(failed, again=False)
-    carrier = RunCarrier(origin=RunOrigin.QUEUE, started_by=started_by, task_id=self.request.id)
+    carrier = _carrier(self, started_by)
     try:
         with runs_carried_by(carrier):
             run = pipeline_execute(
@@ -317,7 +329,7 @@ def quarantine_replay_task(
     started_by: str = "",
 ) -> dict[str, Any]:
     """`manage.py replay_quarantine`: quarantined rows through the current rules again, date by date."""
-    carrier = RunCarrier(origin=RunOrigin.QUEUE, started_by=started_by, task_id=self.request.id)
+    carrier = _carrier(self, started_by)
     try:
         with runs_carried_by(carrier):
             outcomes = quarantine_replay(

@@ -74,11 +74,13 @@ class CeleryProcess:
             return []
 
     def kill(self) -> None:
-        """SIGKILL to the whole group: the worker, its pool and what they started, (a lost machine)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL to the worker and its pool processes at once (a lost machine). What a task started
+        (spark-submit's guard) is left to notice its parent's death, as it must on a real machine."""
+        for pid in [*self.pool_children(), self.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 20.0) -> None:

@@ -3,7 +3,8 @@
     pipeline_write(tmp_path, datasets={"products": dataset("products.csv", sku={"required": True})})
 
 gives a parseable `shop.toml` with the sales job; `database`, `staging`, `spark_conf`, `top` (extra
-top-level keys) and a dataset's `extra` (rules, guards: TOML text appended after its columns) add the rest.
+top-level keys), `tables` (more tables after the rest: `[run]`, `[queue]`...) and a dataset's `extra`
+(rules, guards: TOML text appended after its columns) add the rest.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def pipeline_toml(
     database: str | None = None,
     staging: str | Path | None = None,
     top: str = "",
+    tables: str = "",
 ) -> str:
     """The text of a pipeline file (see the module docstring)."""
     lines = [top.rstrip("\n")] if top else []
@@ -89,6 +91,8 @@ def pipeline_toml(
         lines += [f"{_key(k)} = {toml_value(v)}" for k, v in declared["columns"].items()]
         if declared["extra"]:
             lines.append(declared["extra"].rstrip("\n"))
+    if tables:
+        lines.append(tables.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
