@@ -16,6 +16,7 @@ __all__ = [
     "ConnectorError",
     "SchemaDriftError",
     "SourceError",
+    "PicklableError",
     "library_error_text",
     "value_excerpt",
 ]
@@ -28,7 +29,22 @@ LIBRARY_ERROR_CHARS = 240
 ECHOED_ROW = re.compile(r"(Expected \d+ columns, got \d+)\s*: ?(.*)", re.S)
 
 
-class ConnectorError(Exception):
+class PicklableError(Exception):
+    """An error that crosses processes whole (a Celery pool's pipe pickles it): rebuilt from its message and
+    attributes, whatever arguments its `__init__` takes."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _error_rebuilt, (type(self), str(self), dict(self.__dict__))
+
+
+def _error_rebuilt(cls: type[Exception], message: str, state: dict[str, Any]) -> Exception:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+class ConnectorError(PicklableError):
     """Base class: the message is shown to the user as is, so it must name what was wrong and where."""
 
 

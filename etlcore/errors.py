@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import signal
 
-from connectors.errors import ConfigurationError, ConnectorError, SchemaDriftError, SourceError
+from connectors.errors import (
+    ConfigurationError,
+    ConnectorError,
+    PicklableError,
+    SchemaDriftError,
+    SourceError,
+)
 from warehouse.errors import WarehouseError
 
 __all__ = [
@@ -34,7 +40,7 @@ __all__ = [
 ]
 
 
-class EtlError(Exception):
+class EtlError(PicklableError):
     """Base class: the message is shown to the user as is, so it must name what was wrong and where."""
 
 
@@ -84,6 +90,9 @@ class RunTerminated(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N": 143, 130
         super().__init__(f"terminated by signal {signal.Signals(signum).name}")
+
+    def __reduce__(self) -> tuple[type[RunTerminated], tuple[int]]:
+        return type(self), (self.signum,)
 
 
 class CatchUpTooFar(EtlError):

@@ -12,8 +12,10 @@ from typing import Any
 
 from django.db import models
 
+from connectors.errors import PicklableError
 
-class WarehouseError(Exception):
+
+class WarehouseError(PicklableError):
     """A load failed and was rolled back: the warehouse is as it was before it."""
 
 
