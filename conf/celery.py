@@ -10,7 +10,7 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init, setup_logging
+from celery.signals import beat_init, celeryd_after_setup, celeryd_init, setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conf.settings.local")
 
@@ -39,6 +39,26 @@ def _broker_required(**kwargs: object) -> None:
         broker_url_required()
     except ConfigurationError as exc:
         sys.exit(f"error: {exc}")
+
+
+@celeryd_after_setup.connect
+def _one_slot_warned(sender: str, instance: object, **kwargs: object) -> None:
+    """A run's task waits for its extract tasks: a worker taking both with one pool process can never
+    start them itself (docs/celery.md, "Queues and workers")."""
+    from django.conf import settings
+
+    queues = set(instance.app.amqp.queues.consume_from or ())
+    run_queue = settings.ETL_CELERY_QUEUE
+    if run_queue in queues and f"{run_queue}.extract" in queues and instance.concurrency < 2:
+        import structlog
+
+        structlog.get_logger("etlcore.tasks").warning(
+            "worker_concurrency_too_low",
+            worker=sender,
+            concurrency=instance.concurrency,
+            hint=f"a run holds one pool process while its extract tasks wait for another: use "
+            f"--concurrency 2 or more, or another worker on {run_queue}.extract (docs/celery.md)",
+        )
 
 
 @setup_logging.connect

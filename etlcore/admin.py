@@ -27,8 +27,9 @@ from warehouse.models import QuarantinedRow
 from . import charts, console
 from .errors import ETL_ERRORS
 from .models import Backfill, Erasure, PipelineRun, RunStatus, StagedPartition, StepRun
+from .runs import error_text
 from .selectors import run_status_shown
-from .services.background import command_start_background
+from .services.background import console_action_start
 
 OPERATE_PERMISSION = "etlcore.operate_pipelines"
 # The actions change state: POST only (the admin's views check CSRF).
@@ -235,15 +236,21 @@ class PipelineRunAdmin(ConsoleAdmin):
             *super().get_urls(),
         ]
 
-    def _action(self, request: HttpRequest, run: PipelineRun, command: str, arguments: list[str], what: str):
+    def _action(
+        self, request: HttpRequest, run: PipelineRun, command: str, options: dict[str, str], what: str
+    ):
         if not request.user.has_perm(OPERATE_PERMISSION):
             raise PermissionDenied
-        started = command_start_background(
-            command=command, arguments=arguments, started_by=request.user.get_username()
-        )
+        try:
+            started = console_action_start(
+                command=command, options=options, started_by=request.user.get_username()
+            )
+        except ETL_ERRORS as exc:
+            messages.error(request, f"{what} not started: {error_text(exc)}")
+            return HttpResponseRedirect(reverse("admin:etlcore_pipelinerun_change", args=[run.pk]))
         messages.success(
             request,
-            f"{what} started in the background (pid {started.pid}); its run appears in the list below "
+            f"{what} started {started.where()}; its run appears in the list below "
             "as soon as it has taken the pipeline's lock.",
         )
         changelist = reverse("admin:etlcore_pipelinerun_changelist")
@@ -255,16 +262,16 @@ class PipelineRunAdmin(ConsoleAdmin):
         if run.business_date is None:
             messages.error(request, "this run has no business date to run again")
             return HttpResponseRedirect(reverse("admin:etlcore_pipelinerun_change", args=[run.pk]))
-        arguments = ["--pipeline", run.pipeline, "--date", run.business_date.isoformat()]
+        options = {"pipeline": run.pipeline, "date": run.business_date.isoformat()}
         return self._action(
-            request, run, "run_pipeline", arguments, f"Re-run of {run.pipeline} {run.business_date}"
+            request, run, "run_pipeline", options, f"Re-run of {run.pipeline} {run.business_date}"
         )
 
     @method_decorator_post
     def resume_view(self, request, run_id: int):
         run = get_object_or_404(PipelineRun, pk=run_id)
-        arguments = ["--pipeline", run.pipeline, "--resume", str(run.pk)]
-        return self._action(request, run, "run_pipeline", arguments, f"Resume of run #{run.pk}")
+        options = {"pipeline": run.pipeline, "resume": str(run.pk)}
+        return self._action(request, run, "run_pipeline", options, f"Resume of run #{run.pk}")
 
     @method_decorator_post
     def replay_view(self, request, run_id: int):
@@ -273,14 +280,12 @@ class PipelineRunAdmin(ConsoleAdmin):
         if run.business_date is None:
             messages.error(request, "this run has no business date whose quarantine to replay")
             return HttpResponseRedirect(reverse("admin:etlcore_pipelinerun_change", args=[run.pk]))
-        arguments = ["--pipeline", run.pipeline, "--date", run.business_date.isoformat()]
         rule = (request.POST.get("rule") or "").strip()
-        if rule:  # `--rule=X`: a value from the form is never read as an option of its own
-            arguments.append(f"--rule={rule}")
+        options = {"pipeline": run.pipeline, "date": run.business_date.isoformat(), "rule": rule}
         what = f"Replay of {run.pipeline} {run.business_date}'s quarantine" + (
             f" (rule {rule})" if rule else ""
         )
-        return self._action(request, run, "replay_quarantine", arguments, what)
+        return self._action(request, run, "replay_quarantine", options, what)
 
 
 def run_page_context(run: PipelineRun, *, can_operate: bool) -> dict:
@@ -581,16 +586,16 @@ class QuarantineConsoleAdmin(warehouse.admin.QuarantinedRowAdmin):
         if not pipeline or not (day or rule):
             messages.error(request, "choose a pipeline and a date or a rule to replay")
             return HttpResponseRedirect(back)
-        # `--flag=value`: a value from the form is never read as an option of its own.
-        given = (("--pipeline", pipeline), ("--date", day), ("--rule", rule), ("--dataset", dataset))
-        arguments = [f"{flag}={value}" for flag, value in given if value]
-        started = command_start_background(
-            command="replay_quarantine", arguments=arguments, started_by=request.user.get_username()
-        )
-        what = " ".join(arguments)
-        messages.success(
-            request, f"Replay of quarantined rows ({what}) started in the background (pid {started.pid})."
-        )
+        options = {"pipeline": pipeline, "date": day, "rule": rule, "dataset": dataset}
+        what = " ".join(f"--{name}={value}" for name, value in options.items() if value)
+        try:
+            started = console_action_start(
+                command="replay_quarantine", options=options, started_by=request.user.get_username()
+            )
+        except ETL_ERRORS as exc:
+            messages.error(request, f"Replay of quarantined rows ({what}) not started: {error_text(exc)}")
+            return HttpResponseRedirect(back)
+        messages.success(request, f"Replay of quarantined rows ({what}) started {started.where()}.")
         runs = reverse("admin:etlcore_pipelinerun_changelist")
         return HttpResponseRedirect(f"{runs}?{urlencode({'pipeline': pipeline})}")
 

@@ -130,6 +130,11 @@ ETL_RUN_STARTED_BY = os.environ.get("ETL_RUN_STARTED_BY", "")
 # Added to the environment of the commands the admin starts in the background (etlcore/services/
 # background.py), over the server's own; the tests point them at their database with it.
 ETL_BACKGROUND_ENV: dict[str, str] = {}
+# Where the ops console's actions run: `process` (a detached `manage.py` process on the web server's
+# machine) or `queue` (tasks on the Celery workers, docs/celery.md).
+ETL_CONSOLE_ACTIONS = os.environ.get("ETL_CONSOLE_ACTIONS", "process").strip().lower() or "process"
+if ETL_CONSOLE_ACTIONS not in ("process", "queue"):
+    raise ImproperlyConfigured(f"ETL_CONSOLE_ACTIONS={ETL_CONSOLE_ACTIONS!r}: expected process or queue")
 
 # Logs (docs/operations.md, "Logs"): console lines on stderr, or JSON lines with ETL_LOG_FORMAT=json; the
 # level of our loggers (etlcore, connectors, warehouse): INFO by default, so that a nightly run's steps show.

@@ -2,7 +2,8 @@
 
 The command runs as its own detached process, the same `manage.py <command>` an operator would type, so
 it goes through the same services, holds the pipeline's lock, and writes its own run record, marked with
-origin `admin` and the user. A task queue, when one is configured (a later issue), plugs in here.
+origin `admin` and the user. With settings.ETL_CONSOLE_ACTIONS = "queue" it is the matching task on the
+Celery workers instead (etlcore/tasks.py), its runs marked origin `queue`, started by `admin <user>`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,50 @@ class BackgroundStart:
     pid: int
     log: Path
     argv: tuple[str, ...]
+
+    def where(self) -> str:
+        return f"in the background (pid {self.pid})"
+
+
+@dataclass(frozen=True)
+class QueuedStart:
+    task_id: str
+
+    def where(self) -> str:
+        return f"on the task queue (task {self.task_id})"
+
+
+def console_action_start(
+    *, command: str, options: Mapping[str, str], started_by: str
+) -> BackgroundStart | QueuedStart:
+    """What the console's buttons start: `manage.py <command> --<option>=<value>...` in the background, or
+    its task on the queue when settings.ETL_CONSOLE_ACTIONS is "queue". `options`: `pipeline` and one of
+    `date` (run_pipeline: a re-run; replay_quarantine, with `rule`, `dataset`), `resume` (a run id)."""
+    if settings.ETL_CONSOLE_ACTIONS == "queue":
+        return _action_enqueue(command=command, options=options, started_by=f"admin {started_by}")
+    # `--flag=value`: a value from a form is never read as an option of its own.
+    arguments = [f"--{name}={value}" for name, value in options.items() if value]
+    return command_start_background(command=command, arguments=arguments, started_by=started_by)
+
+
+def _action_enqueue(*, command: str, options: Mapping[str, str], started_by: str) -> QueuedStart:
+    from ..broker import broker_url_required
+    from ..tasks import pipeline_resume, quarantine_replay_task, run_enqueue
+
+    broker_url_required()
+    pipeline = options["pipeline"]
+    if command == "run_pipeline" and options.get("resume"):
+        sent = pipeline_resume.delay(pipeline=pipeline, run_id=int(options["resume"]), started_by=started_by)
+    elif command == "run_pipeline":
+        sent = run_enqueue(pipeline=pipeline, business_date=options["date"], started_by=started_by)
+    elif command == "replay_quarantine":
+        chosen = {k: options.get(k) or None for k in ("dataset", "rule")}
+        sent = quarantine_replay_task.delay(
+            pipeline=pipeline, business_date=options.get("date") or None, started_by=started_by, **chosen
+        )
+    else:
+        raise ValueError(f"not a command the console starts: {command!r}")
+    return QueuedStart(task_id=sent.id)
 
 
 def command_start_background(

@@ -17,6 +17,7 @@ from django.test import Client
 from django.utils import timezone
 
 from etlcore.models import PipelineRun, StepRun
+from tests.celery_site import queue_site  # noqa: F401
 from tests.conftest import _postgres_or_skip
 from tests.pipelines import pipeline_write, sales_datasets
 from warehouse.models import QuarantinedRow
@@ -142,3 +143,50 @@ def test_actions_run_the_commands_in_the_background_recording_origin_admin_and_t
     assert by_kind[("replay_quarantine", None)].parameters["rule"] == "bad"
     logs = list((tmp_path / "var" / "console").glob("*.log"))
     assert len(logs) == 3 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in logs)
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_with_actions_on_the_queue_they_run_as_tasks_on_a_worker_recording_the_admin_user(
+    client,
+    django_user_model,
+    queue_site,  # noqa: F811
+    pipeline_dir,
+    tmp_path,
+    settings,
+    monkeypatch,
+):
+    from django_celery_results.models import TaskResult
+
+    pipeline_write(pipeline_dir, datasets=sales_datasets(tmp_path / "missing"))
+    settings.ETL_CONSOLE_ACTIONS = "queue"
+    queue_site.env["ETL_PSEUDONYM_KEY"] = "console-test-key"
+    earlier = _failed_run("postgres")
+    StepRun.objects.using("postgres").create(
+        run=earlier, step="extract", status="failed", started_at=earlier.started_at, error=earlier.error
+    )
+    _failed_run("default", pk=earlier.pk)
+    QuarantinedRow.objects.using("postgres").create(
+        pipeline="shop", business_date=DAY, dataset="products", reason_code="bad", message="bad: sku='x'",
+        raw_record='{"sku": "x"}', record_fingerprint="0" * 64,
+    )  # fmt: skip
+    queue_site.worker("w1", concurrency=2)  # a run's task and its extract tasks at once
+    client.force_login(_operator(django_user_model, operate=True))
+
+    rerun = client.post(f"/admin/etlcore/pipelinerun/{earlier.pk}/rerun/", follow=True)
+    assert "Re-run of shop 2026-11-02 started on the task queue (task " in rerun.content.decode()
+    _wait_for_runs("postgres", 1, origin="queue")
+    client.post(f"/admin/etlcore/pipelinerun/{earlier.pk}/resume/")
+    _wait_for_runs("postgres", 2, origin="queue")
+    client.post(
+        "/admin/warehouse/quarantinedrow/replay/", {"pipeline": "shop", "date": str(DAY), "rule": "bad"}
+    )
+
+    started = _wait_for_runs("postgres", 3, origin="queue")
+    assert {(r.started_by, r.status, r.business_date) for r in started} == {("admin op-True", "failed", DAY)}
+    by_kind = {(r.command, r.resumed_from_id): r for r in started}
+    assert set(by_kind) == {("run_pipeline", None), ("run_pipeline", earlier.pk), ("replay_quarantine", None)}
+    results = TaskResult.objects.using("postgres").exclude(task_name="etl.extract_source")  # the run's own
+    tasks = {r.task_id: r.task_name for r in results}
+    assert {r.parameters["task_id"] for r in started} == set(tasks)
+    assert sorted(tasks.values()) == ["etl.pipeline_resume", "etl.pipeline_run", "etl.quarantine_replay"]
+    assert not (tmp_path / "var" / "console").exists()  # no process of the web server's
