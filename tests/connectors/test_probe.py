@@ -217,7 +217,9 @@ def orders_table(source_db):
 
 
 def insert(db, *rows: tuple[int, str]) -> None:
-    db.execute("INSERT INTO orders VALUES " + ", ".join(["(%s, %s)"] * len(rows)), [v for r in rows for v in r])
+    db.execute(
+        "INSERT INTO orders VALUES " + ", ".join(["(%s, %s)"] * len(rows)), [v for r in rows for v in r]
+    )
 
 
 @pytest.mark.postgres
