@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,7 +44,9 @@ def run_messages(site) -> list[dict]:
     """The run tasks waiting in the site's run queue, taken off it: id, task name and keyword arguments."""
     from kombu import Connection
 
-    found = []
+    found: list[dict] = []
+    if not site.messages_waiting():  # also: never declared, nothing was ever sent there
+        return found
     with Connection(celery_site.BROKER_URL, connect_timeout=5) as connection:
         channel = connection.channel()
         while (message := channel.basic_get(site.queue, no_ack=True)) is not None:
@@ -264,7 +267,9 @@ def test_file_lands_the_sensor_task_on_a_worker_enqueues_a_run_that_extracts_it(
     queue_site, pipeline_dir, data
 ):
     write_pipeline(pipeline_dir, data, path="orders.csv")  # one file for every date: no race at midnight
-    worker = queue_site.worker("w1", concurrency=2)  # the run task waits for its extract task: two processes
+    # Two processes: the run task waits for its extract task. A name of its own: the broker is shared, and
+    # a worker's control queue is exclusive to its name.
+    worker = queue_site.worker(f"sensor-{uuid.uuid4().hex[:8]}", concurrency=2)
 
     assert sensed(0).outcome == SensorOutcome.UNCHANGED
     (data / "orders.csv").write_text(ROWS + "4,0.99\n")
