@@ -261,6 +261,21 @@ def sensed(checks_before: int) -> SensorCheck:
     raise AssertionError("the sensor task recorded no check within 60 s")
 
 
+def finished_run(task_id: str, worker) -> PipelineRun:
+    """The run task `task_id` started, once it has ended (in the worker's database)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        run = PipelineRun.objects.using("postgres").filter(parameters__task_id=task_id).first()
+        if run is not None and run.status != RunStatus.RUNNING:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"no run of task {task_id} ended within 90 s:\n{worker.output()[-3000:]}")
+
+
+def staged_rows() -> int:
+    return StagedPartition.objects.using("postgres").get(pipeline="shop", dataset="orders").row_count
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(databases="__all__", transaction=True)
 def test_file_lands_the_sensor_task_on_a_worker_enqueues_a_run_that_extracts_it(
@@ -276,24 +291,22 @@ def test_file_lands_the_sensor_task_on_a_worker_enqueues_a_run_that_extracts_it(
     landed = sensed(1)
     assert landed.outcome == SensorOutcome.ENQUEUED, (landed.error, worker.output()[-3000:])
 
-    deadline = time.monotonic() + 90
-    run = None
-    while time.monotonic() < deadline:
-        run = PipelineRun.objects.using("postgres").filter(pipeline="shop").first()
-        if run is not None and run.status != RunStatus.RUNNING:
-            break
-        time.sleep(0.5)
-    assert run is not None and run.status == RunStatus.SUCCEEDED, (run, worker.output()[-3000:])
+    run = finished_run(landed.task_id, worker)
+    assert run.status == RunStatus.SUCCEEDED, (run.error, worker.output()[-3000:])
     assert run.started_by == "sensor" and run.origin == "queue"
-    assert run.parameters["task_id"] == landed.task_id
     assert run.business_date == landed.business_date
     expected_day = (datetime.now(UTC) - timedelta(days=1)).date()
     assert abs((run.business_date - expected_day).days) <= 1  # yesterday, whichever side of midnight
-    partition = StagedPartition.objects.using("postgres").get(pipeline="shop", dataset="orders")
-    assert partition.row_count == len((data / "orders.csv").read_text().splitlines()) - 1
-    assert partition.business_date == run.business_date
+    assert staged_rows() == len((data / "orders.csv").read_text().splitlines()) - 1 == 4
 
     after = sensed(2)
     assert after.outcome == SensorOutcome.UNCHANGED, after.reason
-    assert outcomes(using="postgres") == ["unchanged", "enqueued", "unchanged"]
+
+    # A new version once the sensor's run has run (its task no longer waiting): another run, which reads it.
+    (data / "orders.csv").write_text(ROWS + "4,0.99\n5,7.00\n")
+    again = sensed(3)
+    assert again.outcome == SensorOutcome.ENQUEUED, again.reason
+    assert finished_run(again.task_id, worker).status == RunStatus.SUCCEEDED
+    assert staged_rows() == 5
+    assert outcomes(using="postgres") == ["unchanged", "enqueued", "unchanged", "enqueued"]
     assert queue_site.messages_waiting() == 0
