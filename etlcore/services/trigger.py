@@ -106,8 +106,8 @@ def _sense(config: PipelineConfig, check: SensorCheck, *, steps: Sequence[str] |
         .order_by("-checked_at", "-id")
         .first()
     )
-    same_date = last is not None and last.business_date == check.business_date
-    if last is not None and same_date and last.fingerprint == check.fingerprint:
+    seen = (check.business_date, check.fingerprint)
+    if last is not None and (last.business_date, last.fingerprint) == seen:
         check.outcome = SensorOutcome.UNCHANGED
         check.reason = f"the same data enqueued run task {last.task_id} at {_when(last.checked_at)}"
         return _recorded(config, check)
