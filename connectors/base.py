@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ProbeUnsupported
 from .options import Table, table_check
 from .secrets import FILE_SUFFIX, secret_get
+from .watermarks import fingerprint
 
 # A batch of raw records as the source returned them (nested dicts/lists allowed) or, for tabular
 # sources, an Arrow record batch whose column names are the source's own.
@@ -41,6 +42,29 @@ class ExtractWindow:
             "window_start_epoch": int(self.start.timestamp()),
             "window_end_epoch": int(self.end.timestamp()),
         }
+
+
+@dataclass(frozen=True)
+class LastExtract:
+    """The latest extract of a source that a probe compares with, for kinds that keep no watermark (files,
+    S3 in full mode): the window it read, and when its run began (anything changed after that instant may
+    be missing from it, so it counts as newer)."""
+
+    window: ExtractWindow
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a cheap look at a source found (`Connector.probe`).
+
+    `fingerprint`: a small JSON-able summary of the data in the range a run of the window would look at
+    (file names, sizes and times; object keys and ETags; a greatest watermark and counts), equal when the
+    data is, different when it changed; None when there is nothing there. `newer`: whether any of it is
+    newer than what was last extracted (the saved state, or `LastExtract`)."""
+
+    fingerprint: dict[str, Any] | None
+    newer: bool
 
 
 class Connector(ABC):
@@ -97,6 +121,35 @@ class Connector(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the data comes from, for the manifest and messages. Never includes a secret."""
+
+    def probe(self, window: ExtractWindow, *, last: LastExtract | None = None) -> Probe:
+        """Look, cheaply and without reading the data, whether the source has data for `window` newer than
+        its saved state (`self.state`) or, for a kind without one, than `last` (None: never extracted).
+        Raise `SourceError` when the source cannot be reached, `ProbeUnsupported` when this kind or
+        configuration has nothing to compare with (the sensor then counts the source as unknown)."""
+        raise ProbeUnsupported(f"source {self.name!r}: a {self.kind} source cannot be probed")
+
+
+# A probe's fingerprint names at most this many files or objects (the newest); its digest covers them all.
+PROBE_NAMES_SHOWN = 10
+
+
+def listing_fingerprint(
+    entries: list[tuple[str, int, datetime, Any]], *, label: str
+) -> dict[str, Any] | None:
+    """The fingerprint of a listing: (name, size, modified, what else identifies a version) per file or
+    object. Small whatever the listing's length: counts, the newest time and names, and a digest of it
+    all. None for an empty listing."""
+    if not entries:
+        return None
+    ordered = sorted(entries, key=lambda e: (e[2], e[0]))
+    return {
+        label: len(ordered),
+        "bytes": sum(e[1] for e in ordered),
+        "modified": ordered[-1][2].isoformat(),
+        "newest": [e[0] for e in ordered[-PROBE_NAMES_SHOWN:]],
+        "digest": fingerprint(sorted([e[0], e[1], e[2].isoformat(), e[3]] for e in ordered)),
+    }
 
 
 def reject_unknown_options(

@@ -14,6 +14,7 @@ __all__ = [
     "EXCERPT_CHARS",
     "ConfigurationError",
     "ConnectorError",
+    "ProbeUnsupported",
     "SchemaDriftError",
     "SourceError",
     "PicklableError",
@@ -54,6 +55,11 @@ class ConfigurationError(ConnectorError):
 
 class SourceError(ConnectorError):
     """A source is missing, unreachable, or answered something that cannot be read."""
+
+
+class ProbeUnsupported(ConnectorError):
+    """A source that cannot be asked cheaply whether it has newer data (`Connector.probe`): the sensor
+    counts it as unknown, neither a reason to run nor one not to."""
 
 
 class SchemaDriftError(SourceError):

@@ -8,7 +8,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,7 +18,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from .base import (
+    Connector,
+    ExtractWindow,
+    LastExtract,
+    Probe,
+    RawBatch,
+    listing_fingerprint,
+    reject_unknown_options,
+    render_template,
+)
 from .errors import ECHOED_ROW, ConfigurationError, SourceError, library_error_text, value_excerpt
 from .options import FLAG, TEXT, TEXT_LIST, WHOLE, OneOf, Table
 
@@ -137,6 +146,31 @@ class FileConnector(Connector):
                 kept = self._window_filter.apply(batch, window, source=self.name, path=path)
                 if len(kept):
                     yield kept
+
+    def probe(self, window: ExtractWindow, *, last: LastExtract | None = None) -> Probe:
+        """The files the window's glob matches now, from their directory entries (no file is opened): name,
+        size, modification time, and the inode's change time, which a file created, renamed or copied into
+        place gets even when its modification time was preserved (`cp -p`, `rsync -t`). Newer: a file
+        changed after the last extract's run began; or any file, when there was no extract or it read
+        another glob (a path naming the date)."""
+        pattern = self.resolve_pattern(window)
+        found = []
+        for path in self.matching_files(pattern):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:  # removed between the glob and the look
+                continue
+            changed = max(stat.st_mtime_ns, stat.st_ctime_ns)
+            modified = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC)
+            found.append((path, stat.st_size, modified, changed))
+        if not found:
+            return Probe(fingerprint=None, newer=False)
+        if last is None or self.resolve_pattern(last.window) != pattern:
+            newer = True
+        else:
+            since = int(last.started_at.timestamp() * 1_000_000) * 1000
+            newer = any(changed > since for *_, changed in found)
+        return Probe(fingerprint=listing_fingerprint(found, label="files"), newer=newer)
 
     def resolve_pattern(self, window: ExtractWindow) -> str:
         """The absolute glob for `window` (placeholders filled from `window.template_values()`)."""

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -20,7 +20,16 @@ import pyarrow.parquet as pq
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from .base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
+from .base import (
+    Connector,
+    ExtractWindow,
+    LastExtract,
+    Probe,
+    RawBatch,
+    listing_fingerprint,
+    reject_unknown_options,
+    render_template,
+)
 from .errors import ConfigurationError, SourceError, library_error_text
 from .files import CSV_OPTIONS, FORMATS, default_delimiter, format_from_name, jsonl_batches, text_encoding
 from .options import FLAG, TEXT, WHOLE, Table
@@ -51,6 +60,8 @@ _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 64 << 20
 _BYTES_PER_ROW_GUESS = 256
 _MISSING_BUCKET = {"NoSuchBucket"}
+# S3 times objects to the second: one written in the second a run began may or may not be in it.
+_LAST_MODIFIED_STEP = timedelta(seconds=1)
 
 
 def s3_client(*, endpoint_url: str | None = None, region: str | None = None, profile: str | None = None):
@@ -148,9 +159,7 @@ class S3Connector(Connector):
         return f"s3://{self.bucket}/{self._last_prefix or self.prefix}{glob}{where}"
 
     def iter_batches(self, window: ExtractWindow) -> Iterator[RawBatch]:
-        values = window.template_values()
-        prefix = render_template(self.prefix, values, source=self.name, option="prefix")
-        pattern = render_template(self.glob, values, source=self.name, option="glob") if self.glob else None
+        prefix, pattern = self._where(window)
         self._last_prefix = prefix
         client = s3_client(endpoint_url=self.endpoint_url, region=self.region, profile=self.profile)
         objects = self.objects_to_read(client, prefix=prefix, pattern=pattern, window=window)
@@ -168,10 +177,41 @@ class S3Connector(Connector):
                 if self._ties.complete:
                     self.next_state["at_watermark"] = dict(sorted(self._ties.seen.items()))
 
+    def probe(self, window: ExtractWindow, *, last: LastExtract | None = None) -> Probe:
+        """The matching objects, from one listing (no object is read): key, size, LastModified and ETag.
+        Incremental: the objects before the window's end, newer when the run would read one (after the
+        saved state, or at its second and not read then). Full: newer when an object was written after
+        the last extract's run began (to S3's second), or when there was none or it listed elsewhere (a
+        prefix naming the date)."""
+        prefix, pattern = self._where(window)
+        client = s3_client(endpoint_url=self.endpoint_url, region=self.region, profile=self.profile)
+        found = self._listing(client, prefix=prefix, pattern=pattern)
+        if self.mode == "incremental":
+            found = [o for o in found if o.last_modified < window.end]
+            newer = bool(self._unread(found, window))
+        elif last is None or self._where(last.window) != (prefix, pattern):
+            newer = bool(found)
+        else:
+            since = last.started_at - _LAST_MODIFIED_STEP
+            newer = any(o.last_modified > since for o in found)
+        entries = [(o.key, o.size, o.last_modified, o.etag) for o in found]
+        return Probe(fingerprint=listing_fingerprint(entries, label="objects"), newer=newer)
+
     def objects_to_read(
         self, client: Any, *, prefix: str, pattern: str | None, window: ExtractWindow
     ) -> list[S3Object]:
         """The matching objects this run reads, in (LastModified, key) order."""
+        return self._unread(self._listing(client, prefix=prefix, pattern=pattern), window)
+
+    def _where(self, window: ExtractWindow) -> tuple[str, str | None]:
+        """The prefix and glob for `window`, placeholders filled in."""
+        values = window.template_values()
+        prefix = render_template(self.prefix, values, source=self.name, option="prefix")
+        pattern = render_template(self.glob, values, source=self.name, option="glob") if self.glob else None
+        return prefix, pattern
+
+    def _listing(self, client: Any, *, prefix: str, pattern: str | None) -> list[S3Object]:
+        """Every object under `prefix` whose key matches `pattern`, in (LastModified, key) order."""
         found = []
         try:
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
@@ -185,6 +225,10 @@ class S3Connector(Connector):
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, f"cannot list s3://{self.bucket}/{prefix}") from None
         found.sort()
+        return found
+
+    def _unread(self, found: list[S3Object], window: ExtractWindow) -> list[S3Object]:
+        """Of a listing, the objects a run of `window` reads (all of them in full mode)."""
         if self.mode == "full":
             return found
         found = [o for o in found if o.last_modified < window.end]

@@ -222,3 +222,39 @@ class Erasure(models.Model):
 
     def __str__(self) -> str:
         return f"erasure #{self.pk} {self.pipeline} {self.erased_at:%Y-%m-%d %H:%M}"
+
+
+class SensorOutcome(models.TextChoices):
+    ENQUEUED = "enqueued", "enqueued"
+    UNCHANGED = "unchanged", "unchanged"  # nothing newer, or the same data already enqueued a run
+    BUSY = "busy", "busy"  # newer data, but the pipeline runs or the sensor's last run still waits
+    ERROR = "error", "error"  # a source's probe failed: no run
+    DISABLED = "disabled", "disabled"  # [trigger] enabled = false
+
+
+class SensorCheck(models.Model):
+    """One look of the sensor (etlcore/services/trigger.py) at a pipeline's sources for a business date.
+
+    Bounded: the latest SENSOR_CHECKS_KEPT of a pipeline are kept, and its latest `enqueued` one however
+    old, which is what a later check compares with so that the same data never enqueues twice."""
+
+    pipeline = models.CharField(max_length=100)
+    business_date = models.DateField()
+    checked_at = models.DateTimeField()
+    outcome = models.CharField(max_length=20, choices=SensorOutcome.choices)
+    fingerprint = models.CharField(
+        max_length=40, blank=True, help_text="digest of the sources' fingerprints: the data as seen"
+    )
+    sources = models.JSONField(
+        default=dict, blank=True, help_text="per source: its fingerprint, newer (true, false, null: unknown)"
+    )
+    task_id = models.CharField(max_length=255, blank=True, help_text="the run task enqueued")
+    reason = models.TextField(blank=True, help_text="why this outcome (the busy run, the enqueue it repeats)")
+    error = models.TextField(blank=True, help_text="the sources whose probe failed, and why")
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+        indexes = [models.Index(fields=["pipeline", "-checked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} {self.business_date} {self.outcome} at {self.checked_at:%Y-%m-%d %H:%M:%S}"

@@ -343,3 +343,20 @@ def quarantine_replay_task(
             {"run": o.run.pk, "business_date": str(o.business_date), "released": o.released} for o in outcomes
         ],
     }
+
+
+@shared_task(bind=True, name="etl.pipeline_sensor", ignore_result=False)
+def pipeline_sensor(self, *, pipeline: str, steps: Sequence[str] | None = None) -> dict[str, Any]:
+    """What the sensor's schedule fires ("etl sensor <pipeline>"): one look at the pipeline's sources, a
+    run of yesterday enqueued when one has newer data (etlcore/services/trigger.py). A source that fails
+    is the check's outcome, recorded, not the task's failure."""
+    from .services.trigger import pipeline_sense  # here: this task is the file's only user
+
+    check = pipeline_sense(pipeline=pipeline, steps=steps)
+    return {
+        "pipeline": pipeline,
+        "business_date": str(check.business_date),
+        "outcome": check.outcome,
+        "run_task": check.task_id or None,
+        "reason": check.error or check.reason,
+    }

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Collection, Iterator, Mapping
+from contextlib import closing
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,11 +19,20 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from ..base import Connector, ExtractWindow, RawBatch, reject_unknown_options, render_template
-from ..errors import ConfigurationError, SourceError, value_excerpt
+from ..base import (
+    Connector,
+    ExtractWindow,
+    LastExtract,
+    Probe,
+    RawBatch,
+    reject_unknown_options,
+    render_template,
+)
+from ..errors import ConfigurationError, ProbeUnsupported, SourceError, value_excerpt
 from ..options import ANY_TABLE, FLAG, NUMBER, SCALAR, TEXT, WHOLE, Entries, Table
 from ..presets import with_preset
 from ..records import MISSING, resolve_path
+from ..watermarks import fingerprint
 from .http import (
     AUTH,
     BODY_ATTEMPTS,
@@ -36,7 +46,15 @@ from .http import (
     credentials_from_env,
     reason,
 )
-from .incremental import INCREMENTAL_OPTIONS, Incremental, WatermarkFilter, incremental_options, saved_ties
+from .incremental import (
+    INCREMENTAL_OPTIONS,
+    Incremental,
+    WatermarkFilter,
+    incremental_options,
+    parse_instant,
+    saved_ties,
+    watermark_text,
+)
 from .paging import DEFAULT_MAX_PAGES, PAGINATION, PAGINATORS, Page, Paginator, build_paginator
 
 __all__ = [
@@ -54,6 +72,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# A probe reads pages until one shows a record newer than the saved state, at most this many.
+PROBE_MAX_PAGES = 3
 METHODS = ("GET", "POST")  # POST for read-only search endpoints (Square), paged through the JSON body
 
 # Every key a REST source takes (after its preset is merged in), with the tables' own declarations.
@@ -179,6 +199,48 @@ class RestConnector(Connector):
                 buffer = buffer[self.batch_size :]
         if buffer:
             yield buffer
+
+    def probe(self, window: ExtractWindow, *, last: LastExtract | None = None) -> Probe:
+        """The first page of the incremental request, asked from the saved watermark itself (no lookback)
+        up to the window's end, through the connector's session and retries. Newer: a record the run
+        would deliver (after the saved watermark, or at it and not delivered then) stamped before the
+        window's end. Further pages (at most PROBE_MAX_PAGES) only while a page holds none such: records
+        at the watermark already delivered, or past the window's end when the API has no `end_param`.
+        Without `incremental` there is no watermark to compare with: the source cannot be probed."""
+        incremental = self.incremental
+        if incremental is None:
+            raise ProbeUnsupported(
+                f"source {self.name!r}: a REST source without `incremental` has no watermark to compare with"
+            )
+        saved = saved_ties(self.name, self.state, incremental)
+        floor = saved.instant if saved.instant is not None else incremental.initial
+        progress = WatermarkFilter(incremental, saved, floor, source=self.name)
+        end = window.end if incremental.format == "iso" else Decimal(int(window.end.timestamp()))
+        in_window: list[tuple[Any, str, str]] = []
+        newer = False
+        with closing(self.paginator.pages(self, self._render_params(window, floor=floor))) as pages:
+            for number, page in enumerate(pages, start=1):
+                admitted = {id(r) for r in progress.admit(page.records, page.shown)}
+                for record in page.records:
+                    instant = _cursor_instant(record, incremental)
+                    if instant is None or instant >= end:
+                        continue
+                    print_ = fingerprint(record)
+                    key = resolve_path(record, incremental.id_field)
+                    in_window.append((instant, print_ if key in (MISSING, None) else str(key), print_))
+                    newer = newer or id(record) in admitted
+                if newer or number >= PROBE_MAX_PAGES:
+                    break
+        if not in_window:
+            return Probe(fingerprint=None, newer=False)
+        return Probe(
+            fingerprint={
+                "records": len(in_window),
+                "watermark": watermark_text(max(i for i, _, _ in in_window), incremental.format),
+                "digest": fingerprint(sorted([k, p] for _, k, p in in_window)),
+            },
+            newer=newer,
+        )
 
     def close(self) -> None:
         if self._http is not None:
@@ -346,7 +408,9 @@ class RestConnector(Connector):
             )
         return method, table
 
-    def _render_params(self, window: ExtractWindow) -> dict[str, Any]:
+    def _render_params(self, window: ExtractWindow, *, floor: Any = None) -> dict[str, Any]:
+        """The request's values for `window`; the incremental filter from `floor` when given, else from the
+        saved watermark less the lookback."""
         values = window.template_values()
         rendered = {key: self._render(key, value, values) for key, value in self.params.items()}
         self._body = {
@@ -354,8 +418,9 @@ class RestConnector(Connector):
         }
         if self.incremental is None:
             return rendered
-        saved = saved_ties(self.name, self.state, self.incremental)
-        return {**rendered, **self.incremental.params(self.incremental.floor(saved), window)}
+        if floor is None:
+            floor = self.incremental.floor(saved_ties(self.name, self.state, self.incremental))
+        return {**rendered, **self.incremental.params(floor, window)}
 
     def _render(self, key: str, value: Any, values: Mapping[str, Any]) -> Any:
         if isinstance(value, list | tuple):
@@ -370,6 +435,14 @@ class RestConnector(Connector):
             return value
         option = key if key.startswith("body.") else f"params.{key}"
         return render_template(value, values, source=self.name, option=option)
+
+
+def _cursor_instant(record: Mapping[str, Any], incremental: Incremental) -> Any:
+    """The record's cursor field as an instant; None when it has none (admit() rejects an unreadable one)."""
+    value = resolve_path(record, incremental.cursor_field)
+    if value is MISSING or value is None or value == "":
+        return None
+    return parse_instant(value, incremental.format)
 
 
 def _table(name: str, option: str, value: Any) -> dict[str, Any]:
