@@ -57,6 +57,7 @@ class CeleryProcess:
     name: str
     process: subprocess.Popen
     log: Path
+    node: str = ""  # a worker's node name, `<name>-<the site's queue suffix>`: `<node>@<host>`
 
     @property
     def pid(self) -> int:
@@ -134,11 +135,14 @@ class QueueSite:
         env: Mapping[str, str] | None = None,
         ready: bool = True,
     ) -> CeleryProcess:
-        """A `celery worker` named `name@<host>` consuming `queues` (both of the site's by default); returns
-        once it says it is ready (or at once with ready=False)."""
+        """A `celery worker` consuming `queues` (both of the site's by default), named `<name>-<suffix of the
+        site's queue>@<host>` (its `node`): a worker's control queue is exclusive to its name, and the other
+        test process may run a worker called `name` too. Returns once it says it is ready (or at once
+        with ready=False)."""
+        node = f"{name}-{self.queue.rsplit('-', 1)[-1]}"
         argv = [
             "worker",
-            "--hostname", f"{name}@%h",
+            "--hostname", f"{node}@%h",
             "--queues", ",".join(queues or self.queues),
             "--concurrency", str(concurrency),
             "--pool", "prefork",
@@ -146,6 +150,7 @@ class QueueSite:
             "--loglevel", "INFO",
         ]  # fmt: skip
         worker = self._start(name, argv, env)
+        worker.node = node
         if ready:
             self.wait_ready(worker)
         return worker

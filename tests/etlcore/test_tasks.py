@@ -113,7 +113,7 @@ def test_a_runs_sources_are_extracted_at_the_same_time_on_two_workers(queue_site
             pipeline_dir, datasets={"north": orders(api, "/north"), "south": orders(api, "/south")}
         )
         # One worker takes the run's task only, two others take extract tasks, one at a time each.
-        started = [
+        runner, w1, w2 = started = [
             queue_site.worker("runner", queues=[queue_site.queue], ready=False),
             queue_site.worker("w1", queues=[f"{queue_site.queue}.extract"], ready=False),
             queue_site.worker("w2", queues=[f"{queue_site.queue}.extract"], ready=False),
@@ -129,7 +129,7 @@ def test_a_runs_sources_are_extracted_at_the_same_time_on_two_workers(queue_site
     extracts = {r.task_id: r for r in TaskResult.objects.using(DB).filter(task_name="etl.extract_source")}
     assert {r.status for r in extracts.values()} == {"SUCCESS"}
     # Each on its own worker, and each started before the other ended: they ran at the same time.
-    assert sorted(r.worker.split("@")[0] for r in extracts.values()) == ["w1", "w2"]
+    assert sorted(r.worker.split("@")[0] for r in extracts.values()) == [w1.node, w2.node]
     first, second = extracts.values()
     assert first.date_started < second.date_done and second.date_started < first.date_done
     # The run's step record names the task that extracted each source and the worker it ran on.
@@ -137,11 +137,11 @@ def test_a_runs_sources_are_extracted_at_the_same_time_on_two_workers(queue_site
     assert {facts["task_id"] for facts in sources.values()} == set(extracts)
     for name, facts in sources.items():
         assert facts["worker"] == extracts[facts["task_id"]].worker, name
-    runner = TaskResult.objects.using(DB).get(task_id=sent.id)
-    assert (runner.task_name, runner.status, runner.worker.split("@")[0]) == (
+    ran = TaskResult.objects.using(DB).get(task_id=sent.id)
+    assert (ran.task_name, ran.status, ran.worker.split("@")[0]) == (
         "etl.pipeline_run",
         "SUCCESS",
-        "runner",
+        runner.node,
     )
 
 
