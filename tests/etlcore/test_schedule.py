@@ -336,7 +336,7 @@ def test_beat_fires_a_one_off_schedule_exactly_once(shop, queue_site):
     from etlcore.services.schedule import schedule_list, schedule_once
 
     _products_for_yesterday(shop, BERLIN)
-    queue_site.worker("w1", concurrency=2)
+    queue_site.worker(f"sched-{queue_site.queue}", concurrency=2)
     beat = queue_site.beat()
     _wait(lambda: "beat: Starting..." in beat.output(), timeout=60, what="beat started", site=queue_site)
     # Set after beat started: beat must notice the change to fire it.
@@ -392,7 +392,7 @@ def test_a_schedule_firing_while_the_pipeline_runs_is_refused_and_recorded(shop,
         pipeline="shop", command="run_pipeline", business_date=None, parameters={}, using="postgres"
     )
     try:
-        queue_site.worker("w1", concurrency=2)
+        queue_site.worker(f"sched-{queue_site.queue}", concurrency=2)
         queue_site.beat()
         row = schedule_once(
             pipeline="shop", at=timezone.now() + timedelta(seconds=3), steps=["extract"], using="postgres"
