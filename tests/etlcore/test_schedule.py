@@ -22,6 +22,7 @@ from django_celery_beat.models import (
 )
 from django_celery_results.models import TaskResult
 
+from etlcore.errors import SourceError
 from etlcore.locks import lock_try
 from etlcore.models import PipelineRun, RunStatus
 from etlcore.runs import run_finish, run_start
@@ -181,6 +182,25 @@ def test_disable_enable_and_remove_change_the_task_and_tell_beat(shop):
 
 
 @pytest.mark.django_db
+def test_two_pipelines_share_a_crontab_and_removing_one_schedule_keeps_the_others(shop, pipeline_dir):
+    (pipeline_dir / "shop.toml").rename(pipeline_dir / "mart.toml")
+    (pipeline_dir / "mart.toml").write_text(
+        (pipeline_dir / "mart.toml").read_text().replace('name = "shop"', 'name = "mart"')
+    )
+    shop_write(pipeline_dir, shop)
+    schedule("--pipeline", "shop", "--cron", "15 2 * * *")
+    schedule("--pipeline", "mart", "--cron", "15 2 * * *")
+    assert CrontabSchedule.objects.count() == 1
+    schedule("--pipeline", "shop", "--remove")
+    mart = PeriodicTask.objects.get()
+    assert mart.name == "etl nightly mart" and mart.crontab.hour == "2"
+    schedule("--pipeline", "mart", "--cron", "0 4 * * *")  # the old crontab goes with its last user
+    assert list(CrontabSchedule.objects.values_list("hour", flat=True)) == ["4"]
+    lines = schedule("--list").splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["mart"]
+
+
+@pytest.mark.django_db
 def test_a_schedule_of_a_pipeline_whose_file_is_gone_can_still_be_disabled_and_removed(shop, pipeline_dir):
     schedule("--pipeline", "shop", "--cron", "15 2 * * *")
     (pipeline_dir / "shop.toml").unlink()
@@ -291,6 +311,7 @@ def test_the_admin_shows_the_schedules_and_the_task_results_to_staff(shop, pipel
     from celery import current_app
 
     current_app.backend.store_result("task-1", {"pipeline": "shop", "run_task": "task-2"}, "SUCCESS")
+    current_app.backend.mark_as_failure("task-3", SourceError("source 'products': no file matches"))
 
     index = staff_client.get("/admin/")
     assert index.status_code == 200
@@ -307,6 +328,7 @@ def test_the_admin_shows_the_schedules_and_the_task_results_to_staff(shop, pipel
     assert b"At 02:15 AM Europe/Berlin" in page.content
     results = staff_client.get("/admin/django_celery_results/taskresult/")
     assert results.status_code == 200 and b"task-1" in results.content
+    assert "SourceError: source 'products': no file matches" in html.unescape(results.content.decode())
     result = TaskResult.objects.get(task_id="task-1")
     page = staff_client.get(f"/admin/django_celery_results/taskresult/{result.pk}/change/")
     assert page.status_code == 200 and "task-2" in html.unescape(page.content.decode())
