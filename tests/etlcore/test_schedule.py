@@ -182,6 +182,14 @@ def test_disable_enable_and_remove_change_the_task_and_tell_beat(shop):
 
 
 @pytest.mark.django_db
+def test_cron_with_disable_sets_the_schedule_disabled_and_cron_alone_sets_it_enabled(shop):
+    assert ", disabled, next run -" in schedule("--pipeline", "shop", "--cron", "15 2 * * *", "--disable")
+    assert PeriodicTask.objects.get().enabled is False
+    schedule("--pipeline", "shop", "--cron", "15 2 * * *")
+    assert PeriodicTask.objects.get().enabled is True
+
+
+@pytest.mark.django_db
 def test_two_pipelines_share_a_crontab_and_removing_one_schedule_keeps_the_others(shop, pipeline_dir):
     (pipeline_dir / "shop.toml").rename(pipeline_dir / "mart.toml")
     (pipeline_dir / "mart.toml").write_text(
