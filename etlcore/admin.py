@@ -24,7 +24,7 @@ from django.views.decorators.http import require_POST
 import warehouse.admin  # registers the warehouse's pages first: the quarantine's is replaced below
 from warehouse.models import QuarantinedRow
 
-from . import charts, console
+from . import admin_queue, charts, console  # noqa: F401 (admin_queue: the task results page)
 from .errors import ETL_ERRORS
 from .models import Backfill, Erasure, PipelineRun, RunStatus, StagedPartition, StepRun
 from .runs import error_text

@@ -208,6 +208,8 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             "django": {"handlers": ["etl"], "level": "WARNING", "propagate": False},
             # A Celery worker's and beat's own events (ready, task received, succeeded), likewise.
             "celery": {"handlers": ["etl"], "level": "INFO", "propagate": False},
+            # Beat's database scheduler: when it reloads the schedules, a database error, a task it disables.
+            "django_celery_beat": {"handlers": ["etl"], "level": "INFO", "propagate": False},
         },
     }
 

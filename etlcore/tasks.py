@@ -90,7 +90,9 @@ def run_enqueue(
 def pipeline_scheduled(self, *, pipeline: str, steps: Sequence[str] | None = None) -> dict[str, Any]:
     """What a schedule fires (pipeline_schedule, django-celery-beat): the run of yesterday in the pipeline's
     time zone, enqueued with the pipeline's time limits as they are configured now."""
-    schedule = (self.request.properties or {}).get("periodic_task_name") or "schedule"
+    # django-celery-beat sends the periodic task's name as a message header, which becomes a request
+    # attribute (not one of `request.properties`, the AMQP properties).
+    schedule = getattr(self.request, "periodic_task_name", None) or "schedule"
     result = run_enqueue(pipeline=pipeline, steps=steps, started_by=f"schedule {schedule}")
     log.info("run_enqueued", pipeline=pipeline, task_id=result.id, started_by=f"schedule {schedule}")
     return {"pipeline": pipeline, "run_task": result.id}

@@ -170,6 +170,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = "django-db"  # django-celery-results: the admin shows task states beside the runs
 CELERY_RESULT_EXTENDED = True  # the task's name, arguments and worker on its result
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat writes a schedule's last run (and a one-off's run count) after each task it sends, not every 3
+# minutes: a beat restarted meanwhile would otherwise send a nightly or one-off run a second time.
+CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = TIME_ZONE  # a pipeline's schedule carries its own time zone (pipeline_schedule)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # our logging configuration (etlcore/logs.py), not Celery's
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
