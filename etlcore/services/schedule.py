@@ -180,6 +180,8 @@ def schedule_sensor_set(*, pipeline: str, using: str = DEFAULT_DB_ALIAS) -> Sche
             enabled=True,
             description=f"{pipeline}: a run when a source has data newer than its saved state, looked for "
             f"every {every} s",
+            # Checks that wait behind a long run are dropped, not run in a burst when a worker frees up.
+            expire_seconds=every,
         )
     return _row(task, using=using)
 
@@ -290,9 +292,11 @@ def _task_save(
     enabled: bool,
     description: str,
     one_off: bool = False,
+    expire_seconds: int | None = None,
 ) -> PeriodicTask:
     """Create or update the periodic task `name`, one schedule set and the others cleared, and drop the
-    schedule it used before when nothing else uses it."""
+    schedule it used before when nothing else uses it. `expire_seconds`: a message not taken by then is
+    dropped by the worker, not run late."""
     existing = PeriodicTask.objects.using(using).select_for_update().filter(name=name).first()
     previous = existing.scheduler if existing is not None else None
     periodic = existing or PeriodicTask(name=name)
@@ -302,6 +306,7 @@ def _task_save(
     periodic.one_off = one_off
     periodic.enabled = enabled
     periodic.description = description
+    periodic.expire_seconds = expire_seconds
     for field in ("interval", "crontab", "solar", "clocked"):
         setattr(periodic, field, schedules.get(field))
     if one_off and existing is not None:  # a one-off set again fires again

@@ -259,6 +259,7 @@ def test_the_sensor_is_refused_unless_trigger_is_enabled_then_runs_every_whole_s
     assert out.startswith("etl sensor shop: every 13 s, enabled")
     task = PeriodicTask.objects.get(name="etl sensor shop")
     assert (task.task, json.loads(task.kwargs)) == ("etl.pipeline_sensor", {"pipeline": "shop"})
+    assert task.expire_seconds == 13  # a check that waited a whole interval is dropped, not run late
     assert (task.interval.every, task.interval.period) == (13, IntervalSchedule.SECONDS)
     schedule("--pipeline", "shop", "--sensor")
     assert PeriodicTask.objects.count() == 1
