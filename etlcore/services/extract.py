@@ -195,7 +195,7 @@ def source_account_read(
     except PartitionNotFound as exc:
         raise ConfigurationError(
             f"source {account['dataset']!r}: {exc}; a worker on another machine published it: the staging "
-            f"root ({config.staging_root}) must be shared by every worker (S3 or a shared filesystem)"
+            f"root ({config.staging_root}) must be a filesystem every worker shares (docs/celery.md)"
         ) from None
     if manifest.checksum != account["checksum"]:
         raise SourceError(

@@ -67,7 +67,7 @@ def test_every_database_command_is_covered():
 
 
 # What a command needs, on its line and in its environment, before it reaches the database.
-REQUIRED_ARGUMENTS = {"forget_customer": ["--email", "someone@example.com"]}
+REQUIRED_ARGUMENTS = {"forget_customer": ["--email", "someone@example.com"], "pipeline_schedule": ["--list"]}
 REQUIRED_ENVIRONMENT = {"forget_customer": {"ETL_PSEUDONYM_KEY": "a-key"}}
 
 

@@ -193,3 +193,25 @@ def test_enqueueing_without_a_broker_fails_in_one_line_naming_the_variable(pipel
         run_enqueue(pipeline="shop", business_date=DAY.isoformat())
     message = str(raised.value)
     assert "CELERY_BROKER_URL" in message and "\n" not in message
+
+
+def test_an_extract_worker_that_does_not_share_the_staging_root_fails_the_run_naming_it(
+    queue_site,  # noqa: F811
+    pipeline_dir,
+    staging_root,
+    tmp_path,
+):
+    elsewhere = tmp_path / "another-machines-staging"
+    with orders_server() as api:
+        api.release.set()  # answers at once
+        pipeline_write(pipeline_dir, datasets={"orders": orders(api, "/orders")})
+        queue_site.worker("runner", queues=[queue_site.queue])
+        queue_site.worker(
+            "far", queues=[f"{queue_site.queue}.extract"], env={"ETL_STAGING_ROOT": str(elsewhere)}
+        )
+        run_enqueue(pipeline="shop", business_date=DAY.isoformat(), steps=["extract"])
+        run = ended("shop")
+
+    assert run.status == RunStatus.FAILED
+    assert f"the staging root ({staging_root}) must be a filesystem every worker shares" in run.error
+    assert list(elsewhere.rglob("_manifest.json"))  # published, on the other machine's staging root
