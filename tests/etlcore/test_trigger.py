@@ -310,3 +310,35 @@ def test_file_lands_the_sensor_task_on_a_worker_enqueues_a_run_that_extracts_it(
     assert staged_rows() == 5
     assert outcomes(using="postgres") == ["unchanged", "enqueued", "unchanged", "enqueued"]
     assert queue_site.messages_waiting() == 0
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_checks_of_one_pipeline_at_the_same_moment_enqueue_one_run(queue_site, pipeline_dir, data):
+    """A backlog of sensor tasks taken by several workers at once: they decide one at a time."""
+    import threading
+
+    from django.db import connections
+
+    datasets = {"orders": dataset(f"{data}/orders_{{date:%Y%m%d}}*.csv", id={"required": True}, amount={})}
+    text = pipeline_toml("shop", datasets=datasets, database="postgres")
+    (pipeline_dir / "shop.toml").write_text(text + "[trigger]\nenabled = true\n", encoding="utf-8")
+    (data / "orders_20261101.csv").write_text(ROWS)
+    start, checks = threading.Barrier(6), []
+
+    def check() -> None:
+        try:
+            start.wait(timeout=30)
+            checks.append(pipeline_sense(pipeline="shop", now=later(1), steps=["extract"]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=check) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(checks) == 6
+    assert [m["task"] for m in run_messages(queue_site)] == ["etl.pipeline_run"]
+    assert sorted(c.outcome for c in checks).count(SensorOutcome.ENQUEUED) == 1
+    assert outcomes(using="postgres").count("enqueued") == 1
