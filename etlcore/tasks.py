@@ -36,7 +36,7 @@ from .models import PipelineRun, RunOrigin, RunStatus
 from .runs import RunCarrier, error_text, runs_carried_by
 from .selectors import ExtractState, run_status_shown
 from .services.backfill import dates_between, pipeline_backfill
-from .services.extract import _Extracted, source_account_read, source_extract_alone, sources_extract
+from .services.extract import SourceExtracted, source_account_read, source_extract_alone, sources_extract
 from .services.pipeline import STEPS, business_date_parse, pipeline_execute, run_resumable
 from .services.replay import quarantine_replay
 
@@ -181,7 +181,7 @@ def sources_on_workers(
     run_id: int,
     plans: Mapping[str, ExtractState],
     facts: Mapping[str, dict[str, Any]],
-) -> Iterator[tuple[str, _Extracted | Exception]]:
+) -> Iterator[tuple[str, SourceExtracted | Exception]]:
     """The extract step's fan-out on the task queue: one `extract_source` task per source, as a group any
     worker consuming `<queue>.extract` takes; each source's result as it finishes. Waits at most the
     extract tasks' hard time limit; tasks not finished when the run ends are revoked."""
@@ -223,7 +223,7 @@ def sources_on_workers(
 
 def _source_result(
     config: PipelineConfig, business_date: date, name: str, result: AsyncResult, facts: dict[str, Any]
-) -> _Extracted | Exception:
+) -> SourceExtracted | Exception:
     try:
         outcome = result.get(propagate=False, disable_sync_subtasks=False)
     except Exception as exc:  # an exception the backend could not rebuild

@@ -50,6 +50,19 @@ def test_database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def until(condition, what: str, *, timeout: float, site: QueueSite | None = None, every: float = 0.05):
+    """`condition()`'s first true value, asked every `every` seconds; after `timeout` seconds an
+    AssertionError naming `what`, with the end of the output of `site`'s workers and beat."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in (site.processes if site else []))
+    raise AssertionError(f"{what}: not within {timeout:g} s\n{logs}")
+
+
 @dataclass
 class CeleryProcess:
     """A `celery worker` or `celery beat` in a process group of its own, its output in `log`."""

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from etlcore.demo.generate import generate_demo_data
 from etlcore.models import PipelineRun, RunOrigin, RunStatus, StagedPartition, StepRun
 from etlcore.tasks import run_enqueue
 from tests.celery_site import queue_site  # noqa: F401
+from tests.celery_site import until as _until
 from tests.test_end_to_end import expected_lines
 from warehouse.checks import warehouse_checksums
 from warehouse.loading.specs import FAULT_MARKER_ENV, FAULT_POINT_ENV
@@ -50,6 +52,7 @@ DB = "postgres"  # the test's PostgreSQL database: the workers' and the command'
 # Tables whose rows say when or by which run something happened: equal content, different stamps.
 STAMPED = {LoadedPartition._meta.db_table, PseudonymKey._meta.db_table}
 WAIT = 180.0
+until = partial(_until, timeout=WAIT)
 
 
 @pytest.fixture
@@ -86,16 +89,6 @@ def start_over(staging_root: Path) -> None:
     for model in (DimCustomer, DimProduct, DimStore, StepRun, PipelineRun, StagedPartition):
         model.objects.using(DB).all().delete()
     shutil.rmtree(staging_root, ignore_errors=True)
-
-
-def until(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout:g}s: {what}")
 
 
 def latest_run() -> PipelineRun | None:

@@ -50,7 +50,7 @@ log = structlog.get_logger(__name__)
 # How the extract step hands its sources out, and gets each back as it finishes: (dataset, what it
 # extracted or why it failed). `sources_local` runs them on threads of this process; the task queue runs
 # each as a task on any worker (etlcore/tasks.py). `facts` receives what each source reports about itself.
-SourceFanOut = Callable[..., Iterator[tuple[str, "_Extracted | Exception"]]]
+SourceFanOut = Callable[..., Iterator[tuple[str, "SourceExtracted | Exception"]]]
 
 
 def sources_extract(
@@ -111,7 +111,7 @@ def sources_local(
     run_id: int,
     plans: Mapping[str, ExtractState],
     facts: Mapping[str, dict[str, Any]],
-) -> Iterator[tuple[str, _Extracted | Exception]]:
+) -> Iterator[tuple[str, SourceExtracted | Exception]]:
     """Every source on a thread of this process, `extract_workers` at a time; the fan-out without a queue."""
     window = config.window(business_date)
     key = pseudonym_key_read(config)
@@ -186,7 +186,7 @@ def source_extract_alone(
 
 def source_account_read(
     *, config: PipelineConfig, business_date: date, account: Mapping[str, Any]
-) -> _Extracted:
+) -> SourceExtracted:
     """What `source_extract_alone` returned, with its manifest read from the shared staging root; a
     partition that is not there, or not the one the source published, fails naming the staging root."""
     ref = staging.PartitionRef.raw(config.staging_root, config.name, account["dataset"], business_date)
@@ -202,7 +202,7 @@ def source_account_read(
             f"source {account['dataset']!r}: the published partition ({manifest.checksum[:12]}) is not "
             f"the one its extract task wrote ({account['checksum'][:12]}): was it extracted twice at once?"
         )
-    return _Extracted(
+    return SourceExtracted(
         dataset=account["dataset"],
         ref=ref,
         manifest=manifest,
@@ -280,7 +280,7 @@ def _stop_on_exit(stopped: threading.Event) -> Iterator[None]:
 
 
 @dataclass
-class _Extracted:
+class SourceExtracted:
     dataset: str
     ref: staging.PartitionRef
     manifest: staging.Manifest
@@ -291,7 +291,7 @@ class _Extracted:
     seconds: float
 
 
-def _dataset_extract(*, dataset: DatasetConfig, **arguments: Any) -> _Extracted:
+def _dataset_extract(*, dataset: DatasetConfig, **arguments: Any) -> SourceExtracted:
     """One source into its partition; runs in a worker thread and touches no database. `facts` receives
     what the source did (batches, records, HTTP counters) however it ends. Its events name the dataset."""
     with structlog.contextvars.bound_contextvars(dataset=dataset.name):
@@ -311,7 +311,7 @@ def _dataset_extract_bound(
     previous_fields: Mapping[str, str] | None,
     stopped: threading.Event | _RunGone,
     facts: dict[str, Any],
-) -> _Extracted:
+) -> SourceExtracted:
     started = time.monotonic()
     connector = None
     facts.update(batches=0, records=0)  # as the source gave them, before `explode`
@@ -362,7 +362,7 @@ def _dataset_extract_bound(
             requests=http.requests if http is not None else None,
             duration_seconds=seconds,
         )
-        return _Extracted(
+        return SourceExtracted(
             dataset=dataset.name,
             ref=ref,
             manifest=manifest,
@@ -410,7 +410,7 @@ def _drift_check(
 
 
 def _partition_record(
-    extracted: _Extracted, *, run_id: int, state_in: Mapping[str, Any] | None, using: str
+    extracted: SourceExtracted, *, run_id: int, state_in: Mapping[str, Any] | None, using: str
 ) -> StagedPartition:
     """Record the published partition and the state to continue from, in one transaction."""
     manifest = extracted.manifest

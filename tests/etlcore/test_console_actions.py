@@ -83,6 +83,21 @@ def test_an_operator_sees_the_actions_of_a_failed_run(client, django_user_model)
     assert f"Resume run #{run.pk} from its failed step" in page and "csrfmiddlewaretoken" in page
 
 
+def _failed_run_to_act_on() -> PipelineRun:
+    """A failed run with a quarantined row of its date, in the PostgreSQL database the actions' processes
+    or workers use, and (same id) in the admin's own, whose pages the test posts to."""
+    earlier = _failed_run("postgres")
+    StepRun.objects.using("postgres").create(
+        run=earlier, step="extract", status="failed", started_at=earlier.started_at, error=earlier.error
+    )
+    _failed_run("default", pk=earlier.pk)
+    QuarantinedRow.objects.using("postgres").create(
+        pipeline="shop", business_date=DAY, dataset="products", reason_code="bad", message="bad: sku='x'",
+        raw_record='{"sku": "x"}', record_fingerprint="0" * 64,
+    )  # fmt: skip
+    return earlier
+
+
 def _wait_for_runs(using: str, count: int, **filters) -> list[PipelineRun]:
     deadline = time.monotonic() + CHILD_TIMEOUT
     while time.monotonic() < deadline:
@@ -110,16 +125,7 @@ def test_actions_run_the_commands_in_the_background_recording_origin_admin_and_t
         "ETL_VAR_DIR": str(tmp_path / "var"),
         "ETL_PIPELINE_PATH": str(pipeline_dir),
     }
-    # The failed run to resume, in the child's database and (same id) in the admin's.
-    earlier = _failed_run("postgres")
-    StepRun.objects.using("postgres").create(
-        run=earlier, step="extract", status="failed", started_at=earlier.started_at, error=earlier.error
-    )
-    _failed_run("default", pk=earlier.pk)
-    QuarantinedRow.objects.using("postgres").create(
-        pipeline="shop", business_date=DAY, dataset="products", reason_code="bad", message="bad: sku='x'",
-        raw_record='{"sku": "x"}', record_fingerprint="0" * 64,
-    )  # fmt: skip
+    earlier = _failed_run_to_act_on()
     client.force_login(_operator(django_user_model, operate=True))
 
     # One at a time: each takes the pipeline's lock, a second started meanwhile would exit 75.
@@ -160,15 +166,7 @@ def test_with_actions_on_the_queue_they_run_as_tasks_on_a_worker_recording_the_a
     pipeline_write(pipeline_dir, datasets=sales_datasets(tmp_path / "missing"))
     settings.ETL_CONSOLE_ACTIONS = "queue"
     queue_site.env["ETL_PSEUDONYM_KEY"] = "console-test-key"
-    earlier = _failed_run("postgres")
-    StepRun.objects.using("postgres").create(
-        run=earlier, step="extract", status="failed", started_at=earlier.started_at, error=earlier.error
-    )
-    _failed_run("default", pk=earlier.pk)
-    QuarantinedRow.objects.using("postgres").create(
-        pipeline="shop", business_date=DAY, dataset="products", reason_code="bad", message="bad: sku='x'",
-        raw_record='{"sku": "x"}', record_fingerprint="0" * 64,
-    )  # fmt: skip
+    earlier = _failed_run_to_act_on()
     queue_site.worker("w1", concurrency=2)  # a run's task and its extract tasks at once
     client.force_login(_operator(django_user_model, operate=True))
 

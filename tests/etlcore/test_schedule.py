@@ -28,6 +28,7 @@ from etlcore.models import PipelineRun, RunStatus
 from etlcore.runs import run_finish, run_start
 from etlcore.tasks import REFUSED
 from tests import celery_site
+from tests.celery_site import until
 from tests.pipelines import dataset, pipeline_toml
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -346,17 +347,6 @@ def test_the_admin_shows_the_schedules_and_the_task_results_to_staff(shop, pipel
 # --- a real beat and worker ------------------------------------------------------------------------
 
 
-def _wait(condition, *, timeout: float, what: str, site=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in (site.processes if site else []))
-    raise AssertionError(f"{what}: not within {timeout:g} s\n{logs}")
-
-
 def beat_listening(site):
     """A beat that has read its schedule and noticed a change since. django-celery-beat misses a change
     made between its first read and its first look at the change marker (it takes that look as its
@@ -369,7 +359,7 @@ def beat_listening(site):
         )
         return "Schedule changed." in beat.output()
 
-    _wait(noticed, timeout=60, what="beat noticing a change", site=site)
+    until(noticed, timeout=60, what="beat noticing a change", site=site)
     return beat
 
 
@@ -391,7 +381,7 @@ def test_beat_fires_a_one_off_schedule_exactly_once(shop, queue_site):
     assert row.name == f"etl once shop {at.isoformat(timespec='seconds')}"
 
     runs = PipelineRun.objects.using("postgres").filter(pipeline="shop")
-    run = _wait(
+    run = until(
         lambda: runs.filter(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED]).first(),
         timeout=60,
         what="the scheduled run ended",
@@ -416,7 +406,7 @@ def test_beat_fires_a_one_off_schedule_exactly_once(shop, queue_site):
     # ... and a beat killed, then started again, does not fire it a second time: it disables it.
     beat.kill()
     again = queue_site.beat("beat-again")
-    _wait(
+    until(
         lambda: not PeriodicTask.objects.using("postgres").get(name=row.name).enabled,
         timeout=30,
         what="the one-off disabled by the new beat",
@@ -444,7 +434,7 @@ def test_a_schedule_firing_while_the_pipeline_runs_is_refused_and_recorded(shop,
             pipeline="shop", at=timezone.now() + timedelta(seconds=3), steps=["extract"], using="postgres"
         )
         results = TaskResult.objects.using("postgres").filter(task_name="etl.pipeline_run")
-        refused = _wait(
+        refused = until(
             lambda: results.filter(status=REFUSED).first(), timeout=60, what="REFUSED", site=queue_site
         )
         time.sleep(4)  # a retry or a second firing would show by now
