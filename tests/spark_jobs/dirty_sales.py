@@ -97,6 +97,22 @@ ODD_VALID_TIMESTAMPS = [
     "2026-11-01T23:59:59.999999-05:00",
     "2026-10-31T23:30:00Z",
 ]
+# Unicode's white space (Java's \s under (?U)), and look-alikes that are not: zero-width space, BOM,
+# Mongolian vowel separator, information separator four.
+SPACES = [
+    "\u00a0",
+    "\u2003",
+    "\t",
+    " ",
+    "\u3000",
+    "\u2009",
+    "\x85",
+    "\u2028",
+    "\u200b",
+    "\ufeff",
+    "\u180e",
+    "\x1c",
+]
 BLANKS = [None, "", "   ", "\u00a0", "\t"]
 REQUIRED = ("order_id", "line_number", "ordered_at", "updated_at", "store_code", "sku", "quantity")
 REQUIRED += ("unit_price", "currency")
@@ -302,7 +318,7 @@ class _Lines:
     def _dirt_unicode_spaces(self, row: dict) -> None:
         column = self.rng.choice(["sku", "store_code", "order_id", "customer_country", "currency"])
         if row[column]:
-            row[column] = self.rng.choice(["\u00a0", "\u2003", "\t", " ", "\u3000"]) + row[column] + "\u2009"
+            row[column] = self.rng.choice(SPACES) + row[column] + self.rng.choice(SPACES)
 
     def _dirt_country_not_iso(self, row: dict) -> None:
         row["customer_country"] = self.rng.choice(["fr", "France", "F R", "ÉS"])

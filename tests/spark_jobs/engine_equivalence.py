@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_jobs import contract
@@ -34,11 +37,13 @@ SHOWN = 5  # differing rows shown per output
 
 
 def output_rows(output_dir: Path, output: contract.Output) -> tuple[list[dict], list[str]]:
-    """The output's rows as the loader reads them, and what is wrong with its files' schemas."""
+    """The output's rows as the loader reads them, and what is wrong with its files' schemas. Timestamps and
+    dates are read as the integers stored (Micros, Days): exact, and whatever the year."""
     files = sorted((output_dir / output.name).glob("part-*.parquet"))
     if not files:
         return [], [f"{output.name}: no part-*.parquet file in {output_dir / output.name}"]
     expected = [(f.name, f.type) for f in contract.arrow_schema(output)]
+    stored = {name: _STORED[kind] for name, kind in output.columns if kind in _STORED}
     problems, rows = [], []
     for path in files:
         table = pq.read_table(path)
@@ -48,8 +53,45 @@ def output_rows(output_dir: Path, output: contract.Output) -> tuple[list[dict], 
                 f"{output.name}: {path.name} has schema {_fields(written)}, the contract {_fields(expected)}"
             )
             continue
-        rows.extend(table.to_pylist())
+        for name, (arrow_type, _) in stored.items():
+            at = table.schema.get_field_index(name)
+            table = table.set_column(at, name, table.column(at).cast(arrow_type))
+        for row in table.to_pylist():
+            for name, (_, wrap) in stored.items():
+                row[name] = None if row[name] is None else wrap(row[name])
+            rows.append(row)
     return rows, problems
+
+
+@dataclass(frozen=True, order=True)
+class Micros:
+    """A timestamp as written, microseconds since 1970 UTC: exact, and whatever the year (Python's datetime
+    stops at 9999, an engine may write more), shown as ISO text when a datetime can hold it."""
+
+    value: int
+
+    def __repr__(self) -> str:
+        try:
+            return (_EPOCH + timedelta(microseconds=self.value)).isoformat()
+        except OverflowError:
+            return f"{self.value} µs since 1970 UTC"
+
+
+@dataclass(frozen=True, order=True)
+class Days:
+    """A date as written, days since 1970-01-01 (see Micros)."""
+
+    value: int
+
+    def __repr__(self) -> str:
+        try:
+            return (_EPOCH.date() + timedelta(days=self.value)).isoformat()
+        except OverflowError:
+            return f"{self.value} days since 1970-01-01"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STORED = {"timestamp": (pa.int64(), Micros), "date": (pa.int32(), Days)}
 
 
 def _fields(fields: Sequence[tuple[str, Any]]) -> str:

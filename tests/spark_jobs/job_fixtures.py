@@ -220,3 +220,117 @@ def warehouse_limits_spec(folder: Path) -> dict:
         "stores": (STORE_SPEC, stores),
     }
     return job_spec(folder, inputs)
+
+
+def rule_syntax_spec(folder: Path) -> dict:
+    """Patterns in the Java syntax the pipeline file documents (docs/configuration.md: `\\d` and `\\w` are
+    ASCII in Java, `(?i)` folds ASCII case only) on text in other scripts, and `when` conditions: typed
+    comparisons, exact decimal literals, timestamp literals with an offset, `in`, `is null`, `not`,
+    precedence, quotes and `like` with `_` and an escape."""
+    line_spec = {
+        **LINE_SPEC,
+        "rules": [
+            *LINE_SPEC["rules"],
+            _rule("order_id_digits", "pattern", "warn", column="order_id", pattern=r"[OR]\d+"),
+            _rule("sku_word", "pattern", "warn", column="sku", pattern=r"\w+"),
+            _rule("spanish_country", "pattern", "warn", column="customer_country", pattern="(?i)és",
+                  match="search", negate=True),
+            _rule("country_letters", "pattern", "warn", column="customer_country", pattern="[A-Za-z]{2}"),
+            _rule("known_currency", "allowed", "warn", column="currency", values=["eur"], ignore_case=True),
+            _rule("big_foreign", "range", "warn", column="quantity", max="0",
+                  when="unit_price >= 10.50 and currency in ('GBP', 'USD')"
+                       " or not (customer_country is not null) and order_id = 'X''Y'"),
+            _rule("above_the_cent", "range", "warn", column="quantity", max="0",
+                  when="unit_price > 12345678901234.5678"),
+            _rule("after_noon", "range", "warn", column="quantity", max="0",
+                  when="ordered_at >= '2026-11-01T13:00:00+01:00'"),
+            _rule("one_character", "range", "warn", column="quantity", max="0", when="order_id like 'O_'"),
+            _rule("escaped", "range", "warn", column="quantity", max="0", when="order_id like 'X\\_%'"),
+        ],
+    }  # fmt: skip
+    lines = [
+        line(order_id="O1", ordered_at="2026-11-01T12:00:00Z"),
+        line(order_id="O\u0661"),  # Arabic-Indic digit one
+        line(order_id="O\uff11", customer_country="ÉS"),  # fullwidth digit one
+        line(order_id="O2", customer_country="és", unit_price="10.50", currency="GBP"),
+        line(order_id="O3", customer_country="Es", currency="eur", unit_price="10.49"),
+        line(order_id="O4", customer_country="ÇA", currency="Eur", ordered_at="2026-11-01T11:59:59.999999Z"),
+        line(order_id="X'Y", customer_country=None),
+        line(order_id="X_1", unit_price="12345678901234.5679"),
+        line(order_id="XY1", unit_price="12345678901234.5678"),
+    ]
+    inputs = {
+        "order_lines": (line_spec, lines),
+        "products": (PRODUCT_SPEC, PRODUCTS),
+        "stores": (STORE_SPEC, STORES),
+    }
+    return job_spec(folder, inputs)
+
+
+def unicode_class_pattern_spec(folder: Path) -> dict:
+    """A Java character class (`\\p{Lu}`: an upper-case letter of any script) in a pattern rule."""
+    line_spec = {
+        **LINE_SPEC,
+        "rules": [
+            *LINE_SPEC["rules"],
+            _rule("country_upper", "pattern", "warn", column="customer_country", pattern=r"\p{Lu}{2}"),
+        ],
+    }
+    lines = [
+        line(order_id="O1"),
+        line(order_id="O2", customer_country="ÉS"),
+        line(order_id="O3", customer_country="fr"),
+    ]
+    inputs = {
+        "order_lines": (line_spec, lines),
+        "products": (PRODUCT_SPEC, PRODUCTS),
+        "stores": (STORE_SPEC, STORES),
+    }
+    return job_spec(folder, inputs)
+
+
+def wall_clock_times_spec(folder: Path) -> dict:
+    """Order times without an offset read as Paris wall-clock time (`source_timezone`), business dates cut
+    at Paris midnight, around both daylight-saving changes: a time that happens twice, one that never does."""
+    times = [
+        "2026-11-01 09:00:00",
+        "2026-11-01T00:30:00",  # the previous day in UTC
+        "2026-10-31T23:30:00Z",  # an instant: the offset wins; 00:30 in Paris
+        "2026-11-01T23:59:59.999999",
+        "2026-10-25 02:30:00",  # twice that night: clocks went back from 03:00 to 02:00
+        "2026-03-29 02:30:00",  # never: clocks went forward from 02:00 to 03:00
+        "2026-03-29T02:30:00+01:00",
+        "2026-10-25T01:59:59",
+        "2026-10-25T03:00:00",
+    ]
+    lines = [line(order_id=f"O{n}", ordered_at=at, updated_at=at) for n, at in enumerate(times, start=1)]
+    inputs = {
+        "order_lines": (LINE_SPEC, lines),
+        "products": (PRODUCT_SPEC, PRODUCTS),
+        "stores": (STORE_SPEC, STORES),
+    }
+    return {
+        **job_spec(folder, inputs),
+        "timezone": "Europe/Paris",
+        "options": {"source_timezone": "Europe/Paris"},
+    }
+
+
+def far_dates_spec(folder: Path) -> dict:
+    """Order times at the ends of the four-digit years the timestamp shape takes: year 0, the Gregorian
+    reform, and an offset that carries the last second of 9999 into year 10000 in UTC."""
+    times = [
+        "0000-01-01T00:00:00Z",
+        "0001-01-01T00:30:00+01:00",  # year 0 in UTC
+        "1582-10-10T12:00:00Z",  # a day the Julian to Gregorian change skipped
+        "1900-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "9999-12-31T23:59:59-01:00",  # 10000-01-01T00:59:59 UTC
+    ]
+    lines = [line(order_id=f"O{n}", ordered_at=at, updated_at=at) for n, at in enumerate(times, start=1)]
+    inputs = {
+        "order_lines": (LINE_SPEC, lines),
+        "products": (PRODUCT_SPEC, PRODUCTS),
+        "stores": (STORE_SPEC, STORES),
+    }
+    return job_spec(folder, inputs)

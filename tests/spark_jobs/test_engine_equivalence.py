@@ -10,13 +10,18 @@ in the contract's schema, and `_result.json` the same accounting (engine_equival
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from io import StringIO
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from django.core.management import call_command
 
@@ -28,13 +33,14 @@ from spark_jobs import sales_daily
 from tests.conftest import skip_or_fail_in_ci
 from tests.spark_jobs import job_fixtures
 from tests.spark_jobs.dirty_sales import dirty_sales_spec
-from tests.spark_jobs.engine_equivalence import assert_same_job_outputs
+from tests.spark_jobs.engine_equivalence import assert_same_job_outputs, job_outputs_differences
 from tests.test_online_retail import CSV as ONLINE_RETAIL_CSV
 from tests.test_online_retail import DATES as ONLINE_RETAIL_DATES
 
 pytestmark = pytest.mark.django_db
 
 PSEUDONYM_KEY = "engine-equivalence-key"
+ANN = b"ann@example.com"  # every customer of the every_output fixture
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,10 @@ FIXTURES = [
     JobFixture("every_output", _built(job_fixtures.every_output_spec), job_fixtures.KEY),
     JobFixture("declared_rules", _built(job_fixtures.declared_rules_spec), job_fixtures.KEY),
     JobFixture("warehouse_limits", _built(job_fixtures.warehouse_limits_spec), job_fixtures.KEY),
+    JobFixture("rule_syntax", _built(job_fixtures.rule_syntax_spec), job_fixtures.KEY),
+    JobFixture("unicode_class_pattern", _built(job_fixtures.unicode_class_pattern_spec), job_fixtures.KEY),
+    JobFixture("wall_clock_times", _built(job_fixtures.wall_clock_times_spec), job_fixtures.KEY),
+    JobFixture("far_dates", _built(job_fixtures.far_dates_spec), job_fixtures.KEY),
     JobFixture("generated_100k_dirty", _built(dirty_sales_spec)),
 ]
 
@@ -119,3 +129,46 @@ def test_the_dask_engine_writes_what_the_spark_job_writes_row_for_row(fixture, s
     spark_dir, dask_dir = engines_run(spark, spec, fixture.key, tmp_path)
 
     assert_same_job_outputs(spark_dir, dask_dir)
+
+
+def test_a_difference_injected_into_the_dask_engine_fails_the_comparison_naming_the_output_and_row(
+    spark, tmp_path, monkeypatch
+):
+    from spark_jobs import quality_pandas, sales_daily_dask
+
+    def upper_cased_hmac(key: bytes) -> Callable[[str], str]:  # a normalisation bug in the pseudonym
+        digest = quality_pandas.hmac_hex(key)
+        return lambda text: digest(text.upper())
+
+    monkeypatch.setattr(sales_daily_dask, "hmac_hex", upper_cased_hmac)
+    spec = job_fixtures.every_output_spec(tmp_path / "staged")
+
+    spark_dir, dask_dir = engines_run(spark, spec, job_fixtures.KEY, tmp_path)
+
+    problems = job_outputs_differences(spark_dir, dask_dir)
+    right, wrong = (hmac.new(job_fixtures.KEY, e, hashlib.sha256).hexdigest() for e in (ANN, ANN.upper()))
+    sales_lines = next(p for p in problems if p.startswith("sales_lines:"))
+    assert sales_lines.startswith("sales_lines: 2 of 2 spark rows and 2 of 2 dask rows are not in the other")
+    assert f"  row order_id='O1', line_number=1:\n    customer_key: '{right}' | '{wrong}'" in sales_lines
+    assert any(p.startswith("customers:") and f"customer_key='{wrong}'" in p for p in problems)
+    with pytest.raises(AssertionError, match=r"(?s)sales_lines: .*row order_id='O1', line_number=2:"):
+        assert_same_job_outputs(spark_dir, dask_dir)
+
+    # The schema each output is written in and the accounting of _result.json are compared too.
+    edited = tmp_path / "edited"
+    shutil.copytree(spark_dir, edited)
+    for part in (edited / "products").glob("part-*.parquet"):
+        table = pq.read_table(part)
+        at = table.schema.get_field_index("list_price")
+        pq.write_table(
+            table.set_column(at, "list_price", table["list_price"].cast(pa.decimal128(18, 3))), part
+        )
+    result = json.loads((edited / "_result.json").read_text())
+    result["datasets"]["order_lines"]["rule_failures"]["unknown_product"] += 1
+    (edited / "_result.json").write_text(json.dumps(result))
+
+    problems = job_outputs_differences(spark_dir, edited, labels=("spark", "edited"))
+    assert any(
+        p.startswith("edited products: part-") and "list_price decimal128(18, 3)" in p for p in problems
+    )
+    assert "  datasets.order_lines.rule_failures.unknown_product: 1 | 2" in problems[-1]
