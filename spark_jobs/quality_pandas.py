@@ -277,7 +277,7 @@ def rule_failed(rule: Rule, cleaned: pd.Series, typed: pd.Series, ctype: ColumnT
         pattern = re.compile(anchored)
         matched = per_value(cleaned, lambda text: pattern.search(text) is not None)
         known = cleaned.notna().to_numpy()
-        hit = matched.fillna(False).to_numpy(dtype=bool)
+        hit = flag(matched)
         return known & (hit if rule.get("negate") else ~hit)
     known = typed.notna().to_numpy()
     if check == "range":

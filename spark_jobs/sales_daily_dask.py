@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from spark_jobs import contract
@@ -583,16 +583,14 @@ def _read_all(files: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _dump(obj: Any, path: str) -> None:
-    # The job's own intermediate files, in its private work dir: pickled to keep the exact values (Decimal,
-    # nullable integers) between tasks.
-    with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+def _dump(frame: pd.DataFrame, path: str) -> None:
+    # Between tasks through the job's private work dir, as Arrow IPC: fast, and the pandas metadata brings
+    # the exact dtypes back (Decimal, nullable integers and booleans).
+    feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), path, compression="uncompressed")
 
 
-def _load(path: str) -> Any:
-    with open(path, "rb") as fh:
-        return pickle.load(fh)  # noqa: S301 (written by this job, in its private work dir)
+def _load(path: str) -> pd.DataFrame:
+    return feather.read_table(path).to_pandas()
 
 
 def task_split(plan: Plan, path: str, groups: list[int], piece: int, buckets: int, scratch: str) -> int:
@@ -601,7 +599,9 @@ def task_split(plan: Plan, path: str, groups: list[int], piece: int, buckets: in
     validated = plan.lines.validate(raw)
     bucket = _buckets_of(validated[plan.bucket_on], raw, buckets)
     for b in range(buckets):
-        _dump(validated[bucket == b].reset_index(drop=True), os.path.join(scratch, f"split-{b}-{piece}.pkl"))
+        _dump(
+            validated[bucket == b].reset_index(drop=True), os.path.join(scratch, f"split-{b}-{piece}.arrow")
+        )
     return len(raw)
 
 
@@ -609,7 +609,7 @@ def task_prepare(plan: Plan, bucket: int, pieces: int, scratch: str) -> dict[str
     """A bucket's lines: duplicates marked, source defaults, line numbers, currency, line type; returns
     its part of the unique-rule counts and of the dimensions derived from the kept lines."""
     options, retail = plan.options, plan.options.retail
-    parts = [_load(os.path.join(scratch, f"split-{bucket}-{p}.pkl")) for p in range(pieces)]
+    parts = [_load(os.path.join(scratch, f"split-{bucket}-{p}.arrow")) for p in range(pieces)]
     lines = pd.concat(parts, ignore_index=True) if parts else plan.lines.validate(pd.DataFrame())
     spec = options.inputs["order_lines"]
     lines = mark_duplicates(lines, list(spec["key"]), spec.get("version_column"))
@@ -626,7 +626,7 @@ def task_prepare(plan: Plan, bucket: int, pieces: int, scratch: str) -> dict[str
         keys = unique_keys[i]
         lines[f"_ukey{i}"] = keys
         result["unique"][rule["code"]] = keys.dropna().value_counts().to_dict()
-    _dump(lines, os.path.join(scratch, f"prepared-{bucket}.pkl"))
+    _dump(lines, os.path.join(scratch, f"prepared-{bucket}.arrow"))
     if retail.products_from_lines:
         result["products"] = derived_products(kept, retail.product_name_from)
     if retail.stores_from_lines:
@@ -643,7 +643,7 @@ def _unique_keys(lines: pd.DataFrame, rule: Mapping[str, Any], plan: Plan) -> pd
     keys = pd.Series([None] * len(lines), dtype=object)
     if checked.any():
         values = list(zip(*[lines.loc[checked, c].astype(object) for c in rule["columns"]], strict=True))
-        keys[checked] = pd.Series(values, dtype=object).to_numpy()
+        keys[checked] = [repr(v) for v in values]
     return keys
 
 
@@ -651,20 +651,30 @@ def task_classify(
     plan: Plan,
     bucket: int,
     scratch: str,
+    output_dir: str,
     dims: Mapping[str, set[Any]],
     rates: Mapping[str, Decimal] | None,
-    conflicts: Mapping[str, set[tuple[Any, ...]]],
+    conflicts: Mapping[str, set[str]],
+    masks: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A bucket's lines classified; returns its counts and its parts of the day-wide outputs."""
+    """A bucket's lines classified: its quarantined lines written, its accepted lines kept for the sales
+    lines; returns its counts and its parts of the day-wide outputs."""
     retail = plan.options.retail
-    lines = classify(_load(os.path.join(scratch, f"prepared-{bucket}.pkl")), plan, dims, rates, conflicts)
-    accepted_mask = plan.checks.accepted(lines)
-    quarantined = plan.checks.quarantined(lines)
-    # Only a quarantined row needs its staged text again.
-    raw = [c for c in lines.columns if c.startswith(RAW_PREFIX)]
-    lines.loc[~quarantined, raw] = None
-    _dump(lines, os.path.join(scratch, f"classified-{bucket}.pkl"))
-    accepted = lines[accepted_mask]
+    lines = classify(_load(os.path.join(scratch, f"prepared-{bucket}.arrow")), plan, dims, rates, conflicts)
+    rejected = lines[plan.checks.quarantined(lines)].reset_index(drop=True)
+    rules = plan.options.inputs["order_lines"].get("rules") or ()
+    records = quarantine_records(
+        rejected,
+        plan.checks.reasons(rejected),
+        "order_lines",
+        {**LINE_REASON_COLUMNS, MISSING_BUSINESS_DATE: plan.date_column},
+        [*rules, *line_reference_rules(rules)],
+        masks.get("order_lines"),
+    )
+    write_output(to_arrow(records, contract.QUARANTINE), os.path.join(output_dir, "quarantine"), bucket)
+    accepted = lines[plan.checks.accepted(lines)].reset_index(drop=True)
+    kept = [c for c in accepted.columns if not c.startswith(("_", RAW_PREFIX))]
+    _dump(accepted[kept], os.path.join(scratch, f"accepted-{bucket}.arrow"))
     result: dict[str, Any] = {
         "counts": row_counts(lines, plan.checks),
         "customers": customer_parts(accepted),
@@ -677,47 +687,25 @@ def task_classify(
     return result
 
 
-def task_links(bucket: int, scratch: str, returns: pd.DataFrame, plan: Plan) -> pd.DataFrame:
-    lines = _load(os.path.join(scratch, f"classified-{bucket}.pkl"))
-    return link_candidates(lines[plan.checks.accepted(lines)], returns)
+def task_links(bucket: int, scratch: str, returns: pd.DataFrame) -> pd.DataFrame:
+    return link_candidates(_load(os.path.join(scratch, f"accepted-{bucket}.arrow")), returns)
 
 
-def task_write(
-    plan: Plan, bucket: int, scratch: str, output_dir: str, links: pd.DataFrame, masks: Mapping[str, Any]
-) -> None:
-    """A bucket's sales lines (with the links of its returns) and its quarantined lines, as part files."""
-    lines = _load(os.path.join(scratch, f"classified-{bucket}.pkl"))
-    accepted = lines[plan.checks.accepted(lines)].reset_index(drop=True)
-    linked = (
-        accepted.merge(
-            links[["order_id", "line_number", "_orig_order"]].astype({"line_number": "Int64"}),
-            on=["order_id", "line_number"],
-            how="left",
-        )
-        if not links.empty
-        else accepted.assign(_orig_order=None)
-    )
-    declared = linked["original_order_id"] if "original_order_id" in plan.lines.types else None
-    linked["original_order_id"] = (
-        declared.where(declared.notna(), linked["_orig_order"])
-        if declared is not None
-        else linked["_orig_order"]
-    )
-    write_output(
-        to_arrow(linked, CONTRACT.output("sales_lines")), os.path.join(output_dir, "sales_lines"), bucket
-    )
-    rejected = lines[plan.checks.quarantined(lines)].reset_index(drop=True)
-    rules = plan.options.inputs["order_lines"].get("rules") or ()
-    line_rules = [*rules, *line_reference_rules(rules)]
-    records = quarantine_records(
-        rejected,
-        plan.checks.reasons(rejected),
-        "order_lines",
-        {**LINE_REASON_COLUMNS, MISSING_BUSINESS_DATE: plan.date_column},
-        line_rules,
-        masks.get("order_lines"),
-    )
-    write_output(to_arrow(records, contract.QUARANTINE), os.path.join(output_dir, "quarantine"), bucket)
+def task_write(plan: Plan, bucket: int, scratch: str, output_dir: str, links: pd.DataFrame) -> None:
+    """A bucket's sales lines, with the links of its returns, as a part file."""
+    accepted = _load(os.path.join(scratch, f"accepted-{bucket}.arrow"))
+    if links.empty:
+        accepted["_orig_order"] = None
+    else:
+        links = links[["order_id", "line_number", "_orig_order"]].astype({"line_number": "Int64"})
+        accepted = accepted.merge(links, on=["order_id", "line_number"], how="left")
+    linked = accepted["_orig_order"].astype(object).where(accepted["_orig_order"].notna(), None)
+    if "original_order_id" in plan.lines.types:  # the source names the original order: it wins
+        declared = accepted["original_order_id"]
+        linked = declared.where(declared.notna(), linked)
+    accepted["original_order_id"] = linked
+    path = os.path.join(output_dir, "sales_lines")
+    write_output(to_arrow(accepted, CONTRACT.output("sales_lines")), path, bucket)
 
 
 # --- masters: products, stores, rates (a day's export: one task each) ---------------------------------------
@@ -868,21 +856,19 @@ def _run_in(
             if currency is not None and currency not in rates:
                 rates[currency] = rate
     # 3. classify every bucket; counts and the day-wide parts.
-    classified = _compute(
-        [delayed(task_classify, pure=False)(plan, b, scratch, dims, rates, conflicts) for b in range(buckets)]
-    )
+    classify_tasks = [
+        delayed(task_classify, pure=False)(plan, b, scratch, output_dir, dims, rates, conflicts, masks)
+        for b in range(buckets)
+    ]
+    classified = _compute(classify_tasks)
     returns = pd.concat([c["returns"] for c in classified], ignore_index=True)
     # 4. the links of the returns, then the line outputs.
     links = (
-        links_reduce(
-            _compute([delayed(task_links, pure=False)(b, scratch, returns, plan) for b in range(buckets)])
-        )
+        links_reduce(_compute([delayed(task_links, pure=False)(b, scratch, returns) for b in range(buckets)]))
         if not returns.empty
         else pd.DataFrame()
     )
-    _compute(
-        [delayed(task_write, pure=False)(plan, b, scratch, output_dir, links, masks) for b in range(buckets)]
-    )
+    _compute([delayed(task_write, pure=False)(plan, b, scratch, output_dir, links) for b in range(buckets)])
 
     datasets = {"order_lines": merge_counts([c["counts"] for c in classified])}
     small: dict[str, pd.DataFrame] = {"customers": customers_output([c["customers"] for c in classified])}
