@@ -2,10 +2,12 @@
 
 Each fixture is a job spec and its staged Parquet inputs: the demo's three dates and three dates of the
 real Online Retail II export, staged by the real extract step; the job-level rule fixtures of
-tests/spark_jobs (tests/spark_jobs/job_fixtures.py); and a generated date of 100k lines with 5 % dirty rows
-(tests/spark_jobs/dirty_sales.py). Spark runs it in the suite's shared session (`run_job`), Dask in this
-process on its threaded scheduler, each into its own output_dir; every output must then hold the same rows
-in the contract's schema, and `_result.json` the same accounting (engine_equivalence.py).
+tests/spark_jobs and a few small ones at the edges (Java pattern syntax, `when` conditions, wall-clock times
+across daylight saving, far dates: tests/spark_jobs/job_fixtures.py); and a generated date of 100k lines
+with 5 % dirty rows (tests/spark_jobs/dirty_sales.py). Spark runs it in the suite's shared session
+(`run_job`), Dask in this process on its threaded scheduler, each into its own output_dir; every output
+must then hold the same rows in the contract's schema, and `_result.json` the same accounting
+(engine_equivalence.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from etlcore.config import pipeline_load
 from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.generate import DEMO_BUSINESS_DATES, generate_demo_data
 from etlcore.services.transform import _date_spec
-from spark_jobs import sales_daily
+from spark_jobs import quality_pandas, sales_daily, sales_daily_dask
 from tests.conftest import skip_or_fail_in_ci
 from tests.spark_jobs import job_fixtures
 from tests.spark_jobs.dirty_sales import dirty_sales_spec
@@ -113,8 +115,6 @@ FIXTURES = [
 
 def engines_run(spark, spec: dict, key: bytes, folder: Path) -> tuple[Path, Path]:
     """The same spec through both engines, each into its own output_dir under `folder`."""
-    from spark_jobs import sales_daily_dask
-
     spark_dir, dask_dir = folder / "spark", folder / "dask"
     sales_daily.run_job(spark, {**spec, "output_dir": str(spark_dir)}, pseudonym_key=key)
     returned = sales_daily_dask.run_job({**spec, "output_dir": str(dask_dir)}, pseudonym_key=key)
@@ -134,8 +134,6 @@ def test_the_dask_engine_writes_what_the_spark_job_writes_row_for_row(fixture, s
 def test_a_difference_injected_into_the_dask_engine_fails_the_comparison_naming_the_output_and_row(
     spark, tmp_path, monkeypatch
 ):
-    from spark_jobs import quality_pandas, sales_daily_dask
-
     def upper_cased_hmac(key: bytes) -> Callable[[str], str]:  # a normalisation bug in the pseudonym
         digest = quality_pandas.hmac_hex(key)
         return lambda text: digest(text.upper())
