@@ -28,7 +28,7 @@ import re
 import shutil
 import sys
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
@@ -55,6 +56,7 @@ from spark_jobs.quality_pandas import (
     hmac_hex,
     mark_duplicates,
     merge_counts,
+    per_pair,
     per_value,
     quarantine_records,
     raw_codes,
@@ -161,14 +163,22 @@ def _staged_columns(files: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _buckets_of(values: pd.Series, raw: pd.DataFrame, buckets: int) -> np.ndarray:
-    """A line's bucket: the hash of its (cleaned) order id; a line without one by the hash of its staged
-    text, so identical copies meet."""
-    hashed = pd.util.hash_array(values.astype(object).where(values.notna(), "").to_numpy(dtype=object))
-    missing = values.isna().to_numpy()
+def _buckets_of(table: pa.Table, plan: Plan, buckets: int) -> np.ndarray:
+    """Each staged line's bucket: the hash of its order id as validated; a line whose id does not validate
+    by the hash of its whole staged text, so identical copies meet (they are each other's duplicates)."""
+    column = plan.bucket_on
+    ctype = plan.lines.types[column]
+    staged = pd.Series(table.column(column).to_pandas(), dtype=object)
+    cleaned = per_value(staged, lambda text: clean_value(text, ctype.kind == "string"))
+    typed = per_value(cleaned, ctype.parser())
+    missing = typed.isna().to_numpy()
+    hashed = pd.util.hash_array(typed.where(~missing, "").astype(str).to_numpy(dtype=object))
     if missing.any():
-        text = raw.loc[missing].astype(object).fillna("\x00").agg("\x1f".join, axis=1).to_numpy(dtype=object)
-        hashed[missing] = pd.util.hash_array(text)
+        rows = table.filter(pa.array(missing))
+        text = pc.binary_join_element_wise(
+            *[pc.fill_null(rows.column(c), "\x00") for c in rows.column_names], "\x1f"
+        )
+        hashed[missing] = pd.util.hash_array(text.to_numpy(zero_copy_only=False).astype(object))
     return (hashed % np.uint64(buckets)).astype(np.int64)
 
 
@@ -225,22 +235,11 @@ def with_line_type(lines: pd.DataFrame, options: RetailOptions) -> None:
 def line_amounts(quantity: pd.Series, unit_price: pd.Series) -> pd.Series:
     """quantity x unit_price, rounded HALF_UP to the cent, exact; None when it does not fit decimal(18,2)."""
 
-    def amount(pair: tuple[Any, Any]) -> Decimal | None:
-        q, price = pair
+    def amount(q: Any, price: Decimal) -> Decimal | None:
         value = (Decimal(int(q)) * price).quantize(CENT, rounding=ROUND_HALF_UP, context=EXACT)
         return value if abs(value) < AMOUNT_LIMIT else None
 
-    return _per_pair(quantity, unit_price, amount)
-
-
-def _per_pair(left: pd.Series, right: pd.Series, fn: Callable[[tuple[Any, Any]], Any]) -> pd.Series:
-    """``fn`` of each (left, right) pair where both are present, once per distinct pair; else None."""
-    known = left.notna().to_numpy() & right.notna().to_numpy()
-    out = pd.Series([None] * len(left), index=left.index, dtype=object)
-    if known.any():
-        pairs = pd.Series(list(zip(left[known].astype(object), right[known], strict=True)), dtype=object)
-        out[known] = per_value(pairs, fn).to_numpy()
-    return out
+    return per_pair(quantity, unit_price, amount)
 
 
 def classify(
@@ -300,12 +299,11 @@ def _with_reporting_amount(
 
     rate = per_value(lines["currency"], rate_of)
 
-    def converted(pair: tuple[Decimal, Decimal]) -> Decimal | None:
-        amount, line_rate = pair
+    def converted(amount: Decimal, line_rate: Decimal) -> Decimal | None:
         value = (amount * line_rate).quantize(CENT, rounding=ROUND_HALF_UP, context=EXACT)
         return value if abs(value) < AMOUNT_LIMIT else None
 
-    lines["amount_reporting"] = _per_pair(lines["amount"], rate, converted)
+    lines["amount_reporting"] = per_pair(lines["amount"], rate, converted)
     has_rate = rate.notna().to_numpy()
     lines[plan.line_flags["missing_rate"]] = lines["currency"].notna().to_numpy() & ~has_rate
     lines[plan.line_flags["rate_out_of_range"]] = (
@@ -569,18 +567,31 @@ def _chunks(files: Sequence[str]) -> list[tuple[str, list[int]]]:
     return pieces
 
 
-def _read_text(path: str, groups: list[int] | None = None) -> pd.DataFrame:
+def _read_staged(path: str, groups: list[int] | None, columns: Sequence[str]) -> pa.Table:
+    """A staged file (or some of its row groups) as text, with every column of ``columns`` (a column the
+    file lacks is null: Spark's merged schema)."""
     table = pq.ParquetFile(path).read_row_groups(groups) if groups is not None else pq.read_table(path)
-    table = table.cast(pa.schema([(f.name, pa.string()) for f in table.schema]))
-    return pd.DataFrame({name: table.column(name).to_pylist() for name in table.column_names}, dtype=object)
+    arrays = [
+        table.column(c).cast(pa.string())
+        if c in table.column_names
+        else pa.nulls(table.num_rows, pa.string())
+        for c in columns
+    ]
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def _empty_staged(columns: Sequence[str]) -> pa.Table:
+    return pa.Table.from_arrays([pa.array([], pa.string()) for _ in columns], names=list(columns))
+
+
+def _text_frame(table: pa.Table) -> pd.DataFrame:
+    return pd.DataFrame({c: table.column(c).to_pandas().astype(object) for c in table.column_names})
 
 
 def _read_all(files: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
     staged = list(_staged_columns(files) or columns)
-    frames = [_read_text(f).reindex(columns=staged) for f in files]
-    if not frames:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in staged})
-    return pd.concat(frames, ignore_index=True)
+    tables = [_read_staged(f, None, staged) for f in files]
+    return _text_frame(pa.concat_tables(tables) if tables else _empty_staged(staged))
 
 
 def _dump(frame: pd.DataFrame, path: str) -> None:
@@ -594,23 +605,24 @@ def _load(path: str) -> pd.DataFrame:
 
 
 def task_split(plan: Plan, path: str, groups: list[int], piece: int, buckets: int, scratch: str) -> int:
-    """Validate one chunk of staged lines and write its rows to their buckets."""
-    raw = _read_text(path, groups).reindex(columns=list(plan.staged))
-    validated = plan.lines.validate(raw)
-    bucket = _buckets_of(validated[plan.bucket_on], raw, buckets)
+    """Write one chunk of staged lines, as staged, to the buckets of their order ids."""
+    table = _read_staged(path, groups, plan.staged)
+    bucket = _buckets_of(table, plan, buckets)
     for b in range(buckets):
-        _dump(
-            validated[bucket == b].reset_index(drop=True), os.path.join(scratch, f"split-{b}-{piece}.arrow")
+        part = table.filter(pa.array(bucket == b))
+        feather.write_feather(
+            part, os.path.join(scratch, f"split-{b}-{piece}.arrow"), compression="uncompressed"
         )
-    return len(raw)
+    return table.num_rows
 
 
 def task_prepare(plan: Plan, bucket: int, pieces: int, scratch: str) -> dict[str, Any]:
     """A bucket's lines: duplicates marked, source defaults, line numbers, currency, line type; returns
     its part of the unique-rule counts and of the dimensions derived from the kept lines."""
     options, retail = plan.options, plan.options.retail
-    parts = [_load(os.path.join(scratch, f"split-{bucket}-{p}.arrow")) for p in range(pieces)]
-    lines = pd.concat(parts, ignore_index=True) if parts else plan.lines.validate(pd.DataFrame())
+    parts = [feather.read_table(os.path.join(scratch, f"split-{bucket}-{p}.arrow")) for p in range(pieces)]
+    staged = pa.concat_tables(parts) if parts else _empty_staged(plan.staged)
+    lines = plan.lines.validate(_text_frame(staged))
     spec = options.inputs["order_lines"]
     lines = mark_duplicates(lines, list(spec["key"]), spec.get("version_column"))
     # Unique rules compare the values as validated (before defaults and upper-casing), as the Spark job does.
