@@ -23,14 +23,15 @@ import pyarrow.parquet as pq
 
 from spark_jobs import contract
 
-# The columns that name a row of each output, to pair a differing row with its counterpart (the loader's
-# keys; a quarantined record is named by its dataset and its staged text).
+# The columns that name a row of each output, to show a differing row beside its counterpart (the loader's
+# keys; a quarantined record by its message, which quotes the failing values, so a record whose staged
+# text is written differently still finds its pair).
 ROW_NAMES = {
     "sales_lines": ("order_id", "line_number"),
     "products": ("sku",),
     "stores": ("store_code",),
     "customers": ("customer_key",),
-    "quarantine": ("dataset", "raw_record"),
+    "quarantine": ("dataset", "message"),
 }
 RESULT_FILE = "_result.json"
 SHOWN = 5  # differing rows shown per output
