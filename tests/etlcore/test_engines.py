@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from etlcore.config import DaskConfig, pipeline_parse
-from etlcore.engines import DASK_MAX_ROWS_DEFAULT, engine_choose
+from etlcore.engines import DASK_MAX_ROWS_DEFAULT, engine_choose, engine_job, engine_timeout
 from etlcore.errors import ConfigurationError
 from tests.pipelines import dataset, pipeline_toml
 
@@ -124,3 +124,13 @@ def test_a_configured_engine_runs_whatever_the_rows(tmp_path, configured):
             configured,
             f'configured: engine = "{configured}"',
         )
+
+
+def test_each_engine_is_bounded_by_its_own_timeout_and_runs_its_own_module(tmp_path):
+    config = parsed(tmp_path, top='engine = "auto"', tables="[dask]\ntimeout_seconds = 45\n")
+    config = replace(config, spark=replace(config.spark, timeout_seconds=600.0))
+    assert (engine_timeout(config, "dask"), engine_timeout(config, "spark")) == (45.0, 600.0)
+    assert (engine_job(config, "dask"), engine_job(config, "spark")) == (
+        "spark_jobs.sales_daily_dask",
+        "spark_jobs.sales_daily",
+    )
