@@ -329,3 +329,23 @@ _FINGERPRINT_LABEL = b"django-spark-etl pseudonym key fingerprint v1"
 
 def pseudonym_key_fingerprint(key: bytes) -> str:
     return hmac.new(key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+SHA256_BLOCK = 64
+
+
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    if len(key) > SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(SHA256_BLOCK, b"\x00")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def secret_fragments(key: bytes) -> list[str]:
+    """Texts that reveal the key if they appear in a log or error message (the key and its pads)."""
+    fragments = [key.hex(), *(pad.hex() for pad in hmac_pads(key))]
+    try:
+        fragments.append(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    return [f for f in fragments if f]

@@ -28,7 +28,6 @@ every row that passes through the job.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -47,8 +46,24 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from spark_jobs.contract import QUARANTINE, spark_schema
-from spark_jobs.rule_spec import And, Compare, Condition, In, IsNull, Like, Not, Or, condition_parse
+from spark_jobs.contract import QUARANTINE, hmac_pads, spark_schema
+from spark_jobs.rule_spec import (
+    DATE_SHAPE,
+    ROW_CHECKS,
+    TIMESTAMP_SHAPE,
+    And,
+    Compare,
+    Condition,
+    In,
+    IsNull,
+    Like,
+    Not,
+    Or,
+    condition_parse,
+    decimal_shape,
+    rule_note,
+    rule_reason_columns,
+)
 
 RAW_COL = "_raw"
 REASONS_COL = "_reasons"
@@ -68,14 +83,9 @@ Rule = Mapping[str, Any]
 
 # Where a broken rule's code goes, by severity.
 SEVERITY_COLUMNS = {"reject": REASONS_COL, "warn": WARNINGS_COL, "filter": FILTERED_COL}
-# Checks evaluated on each row alone, inside the casting projection. ``max_length`` and ``digits`` are
-# the implicit rules of the warehouse's limits (constraint_rules), not declared in a pipeline.
-ROW_CHECKS = ("required", "range", "allowed", "not_allowed", "pattern", "max_length", "digits")
 # What a job does to a cleaned text before writing it (the rule's ``as_loaded``): the warehouse counts the
 # characters of that. Upper-casing can lengthen a text ("ß" is "SS").
 LOADED_FORMS: dict[str, Callable[[Column], Column]] = {"upper": F.upper}
-# The values of the integer spec types.
-_INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 _DECIMAL_RE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _SIMPLE_TYPES: dict[str, DataType] = {
@@ -91,10 +101,6 @@ _EDGE_SPACE = r"(?U)^\s+|\s+$"
 _INNER_SPACE = r"(?U)\s+"
 # The white space other than the plain space that is ASCII: tab, line feed, vertical tab, form feed, CR.
 _ASCII_CONTROL_SPACE = r"[\t\n\x0B\f\r]"
-# The cast alone is too lenient ("2026" is a valid timestamp to Spark): the shape is checked first.
-_TIMESTAMP_SHAPE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
-_DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
-SHA256_BLOCK = 64
 
 
 def spark_type(type_name: str) -> DataType:
@@ -126,12 +132,6 @@ def clean_text(text: Column, *, collapse: bool = False) -> Column:
     return F.nullif(F.when(unusual, unicode).otherwise(plain), F.lit(""))
 
 
-def _decimal_shape(scale: int) -> str:
-    # Plain notation only, and no more significant decimals than the scale: a price must not be rounded
-    # silently by the cast ("1e2" and "0.33335" for decimal(18,4) are invalid; "0.333500" is fine).
-    return rf"^[+-]?(?=\.?\d)\d*(\.\d{{0,{scale}}}0*)?$"
-
-
 def typed_value(cleaned: Column, type_name: str) -> Column:
     """Parse cleaned text as the spec type; null when it does not parse. Never throws (ANSI-safe)."""
     target = spark_type(type_name)
@@ -139,12 +139,12 @@ def typed_value(cleaned: Column, type_name: str) -> Column:
         return cleaned
     if isinstance(target, DecimalType):
         # String -> decimal directly: the value never passes through double.
-        return F.when(cleaned.rlike(_decimal_shape(target.scale)), cleaned.try_cast(target))
+        return F.when(cleaned.rlike(decimal_shape(target.scale)), cleaned.try_cast(target))
     if isinstance(target, TimestampType):
         # Without an offset the session time zone (UTC) applies.
-        return F.when(cleaned.rlike(_TIMESTAMP_SHAPE), cleaned.try_cast(target))
+        return F.when(cleaned.rlike(TIMESTAMP_SHAPE), cleaned.try_cast(target))
     if isinstance(target, DateType):
-        return F.when(cleaned.rlike(_DATE_SHAPE), cleaned.try_cast(target))
+        return F.when(cleaned.rlike(DATE_SHAPE), cleaned.try_cast(target))
     return cleaned.try_cast(target)
 
 
@@ -277,88 +277,6 @@ def loaded_text(rule: Rule, cleaned: Column) -> Column:
     """The cleaned text as the job will write it (the rule's ``as_loaded`` form, if any)."""
     form = rule.get("as_loaded")
     return LOADED_FORMS[form](cleaned) if form else cleaned
-
-
-def _tightest(limits: Sequence[Mapping[str, Any]], key: str, size: Callable[[Mapping[str, Any]], Any]):
-    """The limit of the smallest ``size`` among those that have ``key`` (the first on a tie), or None."""
-    having = [c for c in limits if c.get(key) is not None]
-    return min(having, key=size) if having else None
-
-
-def _fits(type_name: str, digits: int, places: int) -> bool:
-    """Whether every value of the spec type fits decimal(digits + places, places) as it is."""
-    target = spark_type(type_name)
-    if isinstance(target, DecimalType):
-        return target.precision - target.scale <= digits and target.scale <= places
-    return type_name in _INT_RANGES and len(str(_INT_RANGES[type_name][0])) - 1 <= digits
-
-
-def constraint_rules(
-    columns_spec: ColumnsSpec,
-    limits: Mapping[str, Sequence[Mapping[str, Any]]],
-    loaded_forms: Mapping[str, str] | None = None,
-) -> list[Rule]:
-    """Implicit reject rules that stop, in the validation pass, every row the warehouse would refuse.
-
-    ``limits`` maps a declared column to what the warehouse accepts in each column it fills (a
-    ``constraints`` entry of the job spec: ``column`` (the warehouse's name), ``nullable``,
-    ``max_length``, ``max_digits`` + ``decimal_places``, ``min`` / ``max``); the tightest applies:
-
-    - ``missing_<col>`` (``required``) where a column that takes no NULL is filled by a column not
-      declared required (a declared one is already checked under that code);
-    - ``too_long_<col>``: more characters than ``max_length``, counted on the cleaned text as loaded
-      (``loaded_forms``: column -> a :data:`LOADED_FORMS` name);
-    - ``too_many_digits_<col>``: a number that, rounded to the decimal places, has more integer digits
-      than the decimal column holds (only where the declared type can have one);
-    - ``out_of_range_<col>``: an integer outside the column's range (only where the declared type can
-      hold one).
-    """
-    loaded_forms = loaded_forms or {}
-    rules: list[Rule] = []
-    for name, col_spec in columns_spec.items():
-        columns = limits.get(name) or ()
-        type_name = str(col_spec.get("type", "string")).strip().lower()
-        is_text = isinstance(spark_type(type_name), StringType)
-        not_null = next((c for c in columns if not c.get("nullable", True)), None)
-        if not_null and not col_spec.get("required"):
-            rules.append(
-                _implicit("missing", name, "required", not_null, "the warehouse holds no empty value")
-            )
-        text = _tightest(columns, "max_length", lambda c: c["max_length"])
-        if text and is_text:
-            most = text["max_length"]
-            form = {"as_loaded": loaded_forms[name]} if name in loaded_forms else {}
-            message = f"the warehouse holds at most {most}"
-            rules.append(_implicit("too_long", name, "max_length", text, message, max_length=most, **form))
-        number = _tightest(columns, "max_digits", lambda c: (c["max_digits"] - c["decimal_places"], 0))
-        if number and not is_text:
-            size, places = number["max_digits"], number["decimal_places"]
-            if not _fits(type_name, size - places, places):
-                message = (
-                    f"the warehouse holds at most {size - places} digits before the point, rounded to "
-                    f"{places} places (decimal({size},{places}))"
-                )
-                rules.append(
-                    _implicit("too_many_digits", name, "digits", number, message,
-                              max_digits=size, decimal_places=places)
-                )  # fmt: skip
-        integer = _tightest(columns, "min", lambda c: c["max"] - c["min"])
-        if integer and type_name in _INT_RANGES:
-            low, high = _INT_RANGES[type_name]
-            if integer["min"] > low or integer["max"] < high:
-                message = f"the warehouse holds {integer['min']} to {integer['max']}"
-                bounds = {"min": str(integer["min"]), "max": str(integer["max"])}
-                rules.append(_implicit("out_of_range", name, "range", integer, message, **bounds))
-    return rules
-
-
-def _implicit(
-    kind: str, column: str, check: str, limit: Mapping[str, Any], message: str, **params: Any
-) -> Rule:
-    """An implicit rule: code ``<kind>_<column>``, its message naming the warehouse column."""
-    note = f"{message}: warehouse column {limit['column']}"
-    return {"code": f"{kind}_{column}", "check": check, "severity": "reject", "column": column,
-            "message": note, **params}  # fmt: skip
 
 
 def _rule_arrays(results: Sequence[tuple[Rule, Column]]) -> dict[str, list[Column]]:
@@ -628,19 +546,6 @@ def deduplicate(
     return marked.filter(~F.col(DUP_COL)).drop(DUP_COL), marked.filter(F.col(DUP_COL)).drop(DUP_COL)
 
 
-def rule_reason_columns(rules: Sequence[Rule]) -> dict[str, str]:
-    """code -> the column whose staged value explains it (a unique rule: its first column)."""
-    return {
-        r["code"]: r.get("column") or r["columns"][0] for r in rules if r.get("column") or r.get("columns")
-    }
-
-
-def _rule_note(rule: Rule) -> str:
-    """What a quarantine message adds after a rule's code and value: its message and its condition."""
-    when = f"when {rule['when']}" if rule.get("when") else ""
-    return "; ".join(part for part in (rule.get("message"), when) if part)
-
-
 def quarantine_rows(
     df: DataFrame,
     dataset: str,
@@ -661,7 +566,7 @@ def quarantine_rows(
     """
     reason_columns = {**(reason_columns or {}), **rule_reason_columns(rules)}
     # A rule's message, and its `when`: the condition under which the value broke it.
-    notes = {r["code"]: _rule_note(r) for r in rules if r.get("message") or r.get("when")}
+    notes = {r["code"]: rule_note(r) for r in rules if r.get("message") or r.get("when")}
     masks = masks or {}
     raw_fields = df.schema[RAW_COL].dataType.fieldNames()  # type: ignore[attr-defined]
     staged = F.col(RAW_COL)
@@ -720,30 +625,13 @@ def quarantine_rows(
     return described.withColumn(FINGERPRINT_COL, F.sha2(F.col(RAW_RECORD_COL), 256))
 
 
-def _pads(key: bytes) -> tuple[bytes, bytes]:
-    if len(key) > SHA256_BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(SHA256_BLOCK, b"\x00")
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
-
-
 def hmac_sha256_hex(key: bytes, col: Column | str) -> Column:
     """HMAC-SHA256 (RFC 2104) of the UTF-8 bytes of ``col``, lower-case hex; null in, null out.
 
     Built from sha2/concat/unhex so it runs in the JVM without a Python UDF. The padded keys are
     computed here, on the driver, and travel as binary literals in the plan.
     """
-    inner_pad, outer_pad = _pads(key)
+    inner_pad, outer_pad = hmac_pads(key)
     message = (F.col(col) if isinstance(col, str) else col).cast("string").cast("binary")
     inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), message), 256))
     return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
-
-
-def secret_fragments(key: bytes) -> list[str]:
-    """Texts that reveal the key if they appear in a log or error message (the key and its pads)."""
-    fragments = [key.hex(), *(pad.hex() for pad in _pads(key))]
-    try:
-        fragments.append(key.decode("utf-8"))
-    except UnicodeDecodeError:
-        pass
-    return [f for f in fragments if f]

@@ -8,128 +8,39 @@ line number or no product / store master. Decisions and their reasons: docs/reta
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType, IntegerType, StringType
 
-from spark_jobs.contract import SALES_DAILY
 from spark_jobs.quality import DUP_COL, RAW_COL, add_reasons, hash_first
 
-PRODUCT = "product"
-DERIVE_FROM_LINES = "order_lines"
-# The order lines' column holding the e-mail as a Fernet token (`pii = "encrypt"`): the customer dimension's
-# email_encrypted, passed through, never decrypted.
-ENCRYPTED_EMAIL = "customer_email_encrypted"
+# The options and their meaning are the job's, whatever engine runs it (spark_jobs/sales_rules.py).
+from spark_jobs.sales_rules import (  # noqa: F401 (RetailOptions and LineType: imported from here too)
+    _HAS_OFFSET,
+    DERIVE_FROM_LINES,
+    ENCRYPTED_EMAIL,
+    PRODUCT,
+    LineType,
+    RetailOptions,
+)
+
 _AMOUNT_TYPE = DecimalType(18, 2)
-# The option keys, and each table option's keys, are the job's contract (spark_jobs/contract.py): the
-# pipeline file is checked against the same declaration when it is read.
-_OPTION_KEYS = frozenset(o.name for o in SALES_DAILY.options)
 
 
-def _keys(option: str) -> set[str]:
-    return set(SALES_DAILY.option(option).keys)
-
-
-# Text that already names its offset is an instant; only wall-clock text is placed in source_timezone.
-_HAS_OFFSET = r"(Z|[+-]\d{2}(:?\d{2})?)$"
-
-
-@dataclass(frozen=True)
-class LineType:
-    """Lines whose sku is in ``skus`` or matches ``pattern`` (a regular expression) are of ``type``."""
-
-    type: str
-    skus: tuple[str, ...] = ()
-    pattern: str | None = None
-
-    def matches(self, sku: Column) -> Column:
-        conditions = []
-        if self.skus:
-            conditions.append(sku.isin(list(self.skus)))
-        if self.pattern:
-            conditions.append(sku.rlike(self.pattern))
-        result = conditions[0]
-        for condition in conditions[1:]:
-            result = result | condition
-        return result
-
-
-@dataclass(frozen=True)
-class RetailOptions:
-    line_number_from: str = "column"  # "row": numbered within the order, in a deterministic order
-    customer_key_from: str = "customer_email"
-    currency: str | None = None  # currency of every line when the source has no currency column
-    return_order_prefix: str | None = None  # e.g. "C": such orders are returns even if quantity says not
-    line_types: tuple[LineType, ...] = ()
-    products_from_lines: bool = False
-    product_name_from: str = "product_name"
-    stores_from_lines: bool = False
-    store_country_from: str | None = None
-    rates_dataset: str | None = None
-    source_timezone: str | None = None
-
-    @classmethod
-    def from_spec(cls, options: Mapping[str, Any] | None) -> RetailOptions:
-        """Validate the job options; every error names the key."""
-        options = dict(options or {})
-        unknown = sorted(set(options) - _OPTION_KEYS)
-        if unknown:
-            raise ValueError(f"unknown job option(s) {unknown} (known: {sorted(_OPTION_KEYS)})")
-        line_number_from = options.get("line_number_from", "column")
-        numbering = SALES_DAILY.option("line_number_from").values
-        if line_number_from not in numbering:
-            raise ValueError(f"line_number_from must be one of {numbering}, got {line_number_from!r}")
-        returns = _table(options.get("return_when", {}), "return_when", _keys("return_when"))
-        products = _table(options.get("products", {}), "products", _keys("products"))
-        stores = _table(options.get("stores", {}), "stores", _keys("stores"))
-        rates = _table(options.get("rates", {}), "rates", _keys("rates"))
-        for name, table in (("products", products), ("stores", stores)):
-            if table.get("derive_from", DERIVE_FROM_LINES) != DERIVE_FROM_LINES:
-                raise ValueError(f"{name}.derive_from must be {DERIVE_FROM_LINES!r}")
-        return cls(
-            line_number_from=line_number_from,
-            customer_key_from=str(options.get("customer_key_from", "customer_email")),
-            currency=options.get("currency"),
-            return_order_prefix=returns.get("order_id_prefix"),
-            line_types=_line_types(options.get("line_types", [])),
-            products_from_lines="derive_from" in products,
-            product_name_from=str(products.get("name_from", "product_name")),
-            stores_from_lines="derive_from" in stores,
-            store_country_from=stores.get("country_from"),
-            rates_dataset=rates.get("dataset"),
-            source_timezone=options.get("source_timezone"),
-        )
-
-
-def _table(value: Any, name: str, keys: set[str]) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"job option {name} must be a table")
-    unknown = sorted(set(value) - keys)
-    if unknown:
-        raise ValueError(f"job option {name}: unknown key(s) {unknown} (known: {sorted(keys)})")
-    return dict(value)
-
-
-def _line_types(value: Any) -> tuple[LineType, ...]:
-    if not isinstance(value, list):
-        raise ValueError("job option line_types must be a list of { type, skus, pattern } tables")
-    rules = []
-    for i, item in enumerate(value):
-        table = _table(item, f"line_types[{i}]", _keys("line_types"))
-        kind, skus, pattern = table.get("type"), table.get("skus", []), table.get("pattern")
-        if not isinstance(kind, str) or not kind or kind == PRODUCT:
-            raise ValueError(f"line_types[{i}]: type must be a name other than {PRODUCT!r}")
-        if not skus and not pattern:
-            raise ValueError(f"line_types[{i}]: give skus or a pattern")
-        if pattern is not None:
-            re.compile(pattern)
-        rules.append(LineType(kind, tuple(str(s) for s in skus), pattern))
-    return tuple(rules)
+def line_type_matches(rule: LineType, sku: Column) -> Column:
+    """True where the sku is one of the rule's skus or matches its pattern."""
+    conditions = []
+    if rule.skus:
+        conditions.append(sku.isin(list(rule.skus)))
+    if rule.pattern:
+        conditions.append(sku.rlike(rule.pattern))
+    result = conditions[0]
+    for condition in conditions[1:]:
+        result = result | condition
+    return result
 
 
 # --- preparation --------------------------------------------------------------------------------------------
@@ -177,7 +88,7 @@ def with_line_type(rules: Sequence[LineType]) -> Any:
     def _transform(lines: DataFrame) -> DataFrame:
         line_type: Column = F.lit(PRODUCT)
         for rule in reversed(rules):
-            line_type = F.when(rule.matches(F.col("sku")), F.lit(rule.type)).otherwise(line_type)
+            line_type = F.when(line_type_matches(rule, F.col("sku")), F.lit(rule.type)).otherwise(line_type)
         return (
             lines.withColumn("line_type", line_type)
             .withColumn("stock_code", F.col("sku"))

@@ -30,11 +30,15 @@ unknown, and ``not`` of unknown is unknown: a rule is checked only where its con
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
+
+# A rule as the job spec carries it (etlcore.config.RuleConfig.spec()): code, check, severity, column /
+# columns, and the check's own keys (min, max, values, pattern, dataset, key, message).
+Rule = Mapping[str, Any]
 
 # The keys every rule takes, and each check's own (docs/configuration.md, "Quality rules").
 RULE_COMMON_KEYS = ("code", "check", "severity", "message", "when")
@@ -50,6 +54,37 @@ RULE_CHECKS: dict[str, tuple[str, ...]] = {
 RULE_SEVERITIES = ("reject", "warn", "filter")
 # `pattern`: the whole value must match ("full", the default), or a part of it ("search").
 PATTERN_MATCHES = ("full", "search")
+
+# Checks an engine evaluates on each row alone. ``max_length`` and ``digits`` are the implicit rules of
+# the warehouse's limits (constraint_rules), not declared in a pipeline.
+ROW_CHECKS = ("required", "range", "allowed", "not_allowed", "pattern", "max_length", "digits")
+
+# The declared column types, and what text parses as each: a cast alone is too lenient ("2026" is a valid
+# timestamp to Spark), so an engine checks the shape first.
+SIMPLE_TYPES = ("string", "int", "long", "timestamp", "date", "boolean")
+_DECIMAL_TYPE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+TIMESTAMP_SHAPE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def decimal_shape(scale: int) -> str:
+    """Plain notation only, and no more significant decimals than the scale: a price must not be rounded
+    silently by the cast ("1e2" and "0.33335" for decimal(18,4) are invalid; "0.333500" is fine)."""
+    return rf"^[+-]?(?=\.?\d)\d*(\.\d{{0,{scale}}}0*)?$"
+
+
+def type_parse(type_name: str) -> tuple[str, int, int]:
+    """A declared type as (kind, precision, scale): ``decimal(18,4)`` -> ("decimal", 18, 4), ``int`` ->
+    ("int", 0, 0). Raises ValueError for a type no engine knows."""
+    name = type_name.strip().lower()
+    if name in SIMPLE_TYPES:
+        return name, 0, 0
+    match = _DECIMAL_TYPE.match(name)
+    if match:
+        return "decimal", int(match.group(1)), int(match.group(2))
+    raise ValueError(f"unsupported column type {type_name!r}")
+
 
 COMPARISONS = ("=", "!=", "<>", "<", "<=", ">", ">=")
 ORDERED_KINDS = ("int", "long", "decimal", "date", "timestamp")
@@ -352,3 +387,101 @@ class _Parser:
 
 def _unquote(token: str) -> str:
     return token[1:-1].replace("''", "'")
+
+
+# --- implicit rules and quarantine wording, the same in every engine ---------------------------------
+
+
+def _tightest(limits: Sequence[Mapping[str, Any]], key: str, size: Callable[[Mapping[str, Any]], Any]):
+    """The limit of the smallest ``size`` among those that have ``key`` (the first on a tie), or None."""
+    having = [c for c in limits if c.get(key) is not None]
+    return min(having, key=size) if having else None
+
+
+def _fits(type_name: str, digits: int, places: int) -> bool:
+    """Whether every value of the spec type fits decimal(digits + places, places) as it is."""
+    kind, precision, scale = type_parse(type_name)
+    if kind == "decimal":
+        return precision - scale <= digits and scale <= places
+    return kind in INT_RANGES and len(str(INT_RANGES[kind][0])) - 1 <= digits
+
+
+def constraint_rules(
+    columns_spec: Mapping[str, Mapping[str, Any]],
+    limits: Mapping[str, Sequence[Mapping[str, Any]]],
+    loaded_forms: Mapping[str, str] | None = None,
+) -> list[Rule]:
+    """Implicit reject rules that stop, in the validation pass, every row the warehouse would refuse.
+
+    ``limits`` maps a declared column to what the warehouse accepts in each column it fills (a
+    ``constraints`` entry of the job spec: ``column`` (the warehouse's name), ``nullable``,
+    ``max_length``, ``max_digits`` + ``decimal_places``, ``min`` / ``max``); the tightest applies:
+
+    - ``missing_<col>`` (``required``) where a column that takes no NULL is filled by a column not
+      declared required (a declared one is already checked under that code);
+    - ``too_long_<col>``: more characters than ``max_length``, counted on the cleaned text as loaded
+      (``loaded_forms``: column -> the name of a form an engine applies, e.g. ``"upper"``);
+    - ``too_many_digits_<col>``: a number that, rounded to the decimal places, has more integer digits
+      than the decimal column holds (only where the declared type can have one);
+    - ``out_of_range_<col>``: an integer outside the column's range (only where the declared type can
+      hold one).
+    """
+    loaded_forms = loaded_forms or {}
+    rules: list[Rule] = []
+    for name, col_spec in columns_spec.items():
+        columns = limits.get(name) or ()
+        type_name = str(col_spec.get("type", "string")).strip().lower()
+        is_text = type_parse(type_name)[0] == "string"
+        not_null = next((c for c in columns if not c.get("nullable", True)), None)
+        if not_null and not col_spec.get("required"):
+            rules.append(
+                _implicit("missing", name, "required", not_null, "the warehouse holds no empty value")
+            )
+        text = _tightest(columns, "max_length", lambda c: c["max_length"])
+        if text and is_text:
+            most = text["max_length"]
+            form = {"as_loaded": loaded_forms[name]} if name in loaded_forms else {}
+            message = f"the warehouse holds at most {most}"
+            rules.append(_implicit("too_long", name, "max_length", text, message, max_length=most, **form))
+        number = _tightest(columns, "max_digits", lambda c: (c["max_digits"] - c["decimal_places"], 0))
+        if number and not is_text:
+            size, places = number["max_digits"], number["decimal_places"]
+            if not _fits(type_name, size - places, places):
+                message = (
+                    f"the warehouse holds at most {size - places} digits before the point, rounded to "
+                    f"{places} places (decimal({size},{places}))"
+                )
+                rules.append(
+                    _implicit("too_many_digits", name, "digits", number, message,
+                              max_digits=size, decimal_places=places)
+                )  # fmt: skip
+        integer = _tightest(columns, "min", lambda c: c["max"] - c["min"])
+        if integer and type_name in INT_RANGES:
+            low, high = INT_RANGES[type_name]
+            if integer["min"] > low or integer["max"] < high:
+                message = f"the warehouse holds {integer['min']} to {integer['max']}"
+                bounds = {"min": str(integer["min"]), "max": str(integer["max"])}
+                rules.append(_implicit("out_of_range", name, "range", integer, message, **bounds))
+    return rules
+
+
+def _implicit(
+    kind: str, column: str, check: str, limit: Mapping[str, Any], message: str, **params: Any
+) -> Rule:
+    """An implicit rule: code ``<kind>_<column>``, its message naming the warehouse column."""
+    note = f"{message}: warehouse column {limit['column']}"
+    return {"code": f"{kind}_{column}", "check": check, "severity": "reject", "column": column,
+            "message": note, **params}  # fmt: skip
+
+
+def rule_reason_columns(rules: Sequence[Rule]) -> dict[str, str]:
+    """code -> the column whose staged value explains it (a unique rule: its first column)."""
+    return {
+        r["code"]: r.get("column") or r["columns"][0] for r in rules if r.get("column") or r.get("columns")
+    }
+
+
+def rule_note(rule: Rule) -> str:
+    """What a quarantine message adds after a rule's code and value: its message and its condition."""
+    when = f"when {rule['when']}" if rule.get("when") else ""
+    return "; ".join(part for part in (rule.get("message"), when) if part)
