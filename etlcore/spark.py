@@ -407,6 +407,7 @@ def _jobs_run(
             returncode=exc.facts["exit_code"],
             log_path=log_path,
             seconds=exc.facts[f"{engine}_seconds"],
+            log_tail=exc.facts.get("log_tail", []),  # the dates' records keep the end of the log
             engine=engine,
         )
 

@@ -30,7 +30,10 @@ from etlcore import staging
 from etlcore.config import pipeline_load
 from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.generate import generate_demo_data
+from etlcore.errors import PartitionNotFound, SparkJobError
 from etlcore.models import PipelineRun
+from etlcore.runs import StepOutcome, run_start
+from etlcore.services.transform import partitions_transform
 from etlcore.spark import jobs_root
 from tests.test_end_to_end import expected_lines
 from tests.test_personal_data_canaries import ChildSampler
@@ -213,6 +216,41 @@ def test_a_failing_dask_job_fails_the_step_with_its_own_line_exit_code_and_log_t
     transformed = demo.staging / "retail_demo" / "transformed" / f"date={DAY}"
     assert not (transformed / "_manifest.json").exists()
     assert not list(transformed.glob("attempt-*"))
+
+
+def test_one_dask_process_transforms_a_batch_and_a_date_failing_in_it_stops_only_itself(demo):
+    demo_pipeline(demo, engine="dask")
+    for day in (DAY, NEXT_DAY):
+        command("extract", "--date", day.isoformat())
+    config = pipeline_load("retail_demo")
+    lines = staging.PartitionRef.raw(config.staging_root, config.name, "order_lines", DAY)
+    for part in staging.manifest_files(lines, staging.manifest_read(lines)):
+        part.write_bytes(b"not parquet at all")
+    outcomes = {
+        day: StepOutcome(
+            step="transform",
+            run_id=run_start(
+                pipeline=config.name, command="transform", business_date=day, parameters={}, using="default"
+            ).pk,
+        )
+        for day in (DAY, NEXT_DAY)
+    }
+
+    errors = partitions_transform(config=config, outcomes=outcomes)
+
+    assert isinstance(errors[DAY], SparkJobError) and f"dask job {DASK_JOB} failed on {DAY}: " in str(
+        errors[DAY]
+    )
+    assert errors[NEXT_DAY] is None
+    # One process for both dates: one command, one log, whose end both records keep.
+    failed, done = outcomes[DAY].details, outcomes[NEXT_DAY].details
+    assert failed["command"] == done["command"] and failed["command"].count("--spec") == 2
+    assert failed["exit_code"] == done["exit_code"] == 1 and failed["log"] == done["log"]
+    written = Path(failed["log"]).read_text(encoding="utf-8").splitlines()
+    assert failed["log_tail"] == done["log_tail"] == written[-20:]
+    with pytest.raises(PartitionNotFound):
+        staging.manifest_read(staging.PartitionRef.transformed(config.staging_root, config.name, DAY))
+    assert published_lines(NEXT_DAY) == expected_lines(demo.data, NEXT_DAY)[0]
 
 
 @pytest.fixture
