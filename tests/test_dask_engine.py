@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 from io import StringIO
@@ -253,76 +254,59 @@ def test_one_dask_process_transforms_a_batch_and_a_date_failing_in_it_stops_only
     assert published_lines(NEXT_DAY) == expected_lines(demo.data, NEXT_DAY)[0]
 
 
-@pytest.fixture
-def dask_cluster(tmp_path):
-    """A real `dask scheduler` and one `dask worker` (2 threads) on loopback, free ports, no dashboard; the
-    worker imports the project's jobs package as the job's own process does. Stopped at the end."""
-    bin_dir = Path(sys.executable).parent
-    scheduler_file = tmp_path / "scheduler.json"
+@contextmanager
+def dask_cli(tmp_path: Path, name: str, *args: str):
+    """`dask <args>` as a subprocess in a session of its own, output in `<name>.log`; the worker and the job
+    import the project's jobs package. Stopped, with whatever it started, when the block ends."""
     env = {**os.environ, "PYTHONPATH": str(jobs_root())}
-    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("scheduler", "worker")}
-    common = {"cwd": tmp_path, "env": env, "stderr": subprocess.STDOUT, "start_new_session": True}
-    processes = [
-        subprocess.Popen(
-            [
-                bin_dir / "dask",
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            stdout=logs["scheduler"],
-            **common,
+    with (tmp_path / f"{name}.log").open("wb") as log:
+        process = subprocess.Popen(
+            [Path(sys.executable).parent / "dask", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            assert processes[0].poll() is None, (tmp_path / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        processes.append(
-            subprocess.Popen(
-                [
-                    bin_dir / "dask",
-                    "worker",
-                    address,
-                    "--nworkers",
-                    "1",
-                    "--nthreads",
-                    "2",
-                    "--host",
-                    "127.0.0.1",
-                    "--no-dashboard",
-                    "--local-directory",
-                    str(tmp_path / "worker"),
-                ],
-                stdout=logs["worker"],
-                **common,
-            )
-        )
-        from distributed import Client
-
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(1, timeout=60)
-            yield SimpleNamespace(address=address, client=client, logs=tmp_path)
-    finally:
-        for process in reversed(processes):
+        try:
+            yield process
+        finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        for log in logs.values():
-            log.close()
-    assert all(process.returncode is not None for process in processes)
+
+
+@pytest.fixture
+def dask_scheduler(tmp_path):
+    """A real `dask scheduler` on loopback, on a free port, no dashboard: its address."""
+    scheduler_file = tmp_path / "scheduler.json"
+    args = ("--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file))
+    with dask_cli(tmp_path, "scheduler", "scheduler", *args) as process:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.1)
+        yield json.loads(scheduler_file.read_text())["address"]
+    assert process.returncode is not None
+
+
+@pytest.fixture
+def dask_cluster(tmp_path, dask_scheduler):
+    """The scheduler and one real `dask worker` (one process, 2 threads); a client to ask them."""
+    from distributed import Client
+
+    args = ("--nworkers", "1", "--nthreads", "2", "--host", "127.0.0.1", "--no-dashboard")
+    with dask_cli(
+        tmp_path, "worker", "worker", dask_scheduler, *args, "--local-directory", "worker"
+    ) as worker:
+        with Client(dask_scheduler, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+            yield SimpleNamespace(address=dask_scheduler, client=client)
+    assert worker.returncode is not None
 
 
 def executed(client) -> dict[str, int]:
@@ -344,3 +328,19 @@ def test_a_real_dask_scheduler_and_worker_on_loopback_run_one_date(demo, dask_cl
     (count,) = executed(dask_cluster.client).values()
     assert count > 0
     assert published_lines(DAY) == expected_lines(demo.data, DAY)[0]
+
+
+def test_a_dask_job_past_its_timeout_is_stopped_and_fails_the_step(demo, dask_scheduler):
+    # A scheduler without a worker: the job's tasks wait for one for ever, so only the timeout ends it.
+    demo_pipeline(demo, engine="dask", dask=f'scheduler_address = "{dask_scheduler}"\ntimeout_seconds = 5')
+    command("extract", "--date", DAY.isoformat())
+    with ChildSampler() as sampler:
+        with pytest.raises(CommandError, match=rf"^dask job {DASK_JOB} timed out after 5\.0 s; log: "):
+            command("transform", "--date", DAY.isoformat())
+
+    step = transform_step(DAY)
+    assert step.status == "failed" and step.details["engine"] == "dask" and step.details["log_tail"]
+    jobs = [pid for pid, (cmd, _) in sampler.seen.items() if cmd.startswith(f"{sys.executable} -P -m ")]
+    assert jobs and not [pid for pid in jobs if Path(f"/proc/{pid}").exists()], "the job outlived its timeout"
+    transformed = demo.staging / "retail_demo" / "transformed" / f"date={DAY}"
+    assert not (transformed / "_manifest.json").exists() and not list(transformed.glob("attempt-*"))
