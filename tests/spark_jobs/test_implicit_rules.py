@@ -11,17 +11,15 @@ import pytest
 
 from spark_jobs import sales_daily as job
 from spark_jobs.retail import LineType, RetailOptions
-from tests.spark_jobs.test_sales_daily import (
+from tests.spark_jobs.job_fixtures import (
     KEY,
     LINE_SPEC,
     PRODUCT_SPEC,
-    PRODUCTS,
-    STORE_SPEC,
-    STORES,
-    _write_staged,
+    TOO_LONG_NAME,
     line,
-    staged,
+    warehouse_limits_spec,
 )
+from tests.spark_jobs.test_sales_daily import staged
 from warehouse.loading.specs import INTEGER_RANGES, output_constraints
 from warehouse.models import DimCustomer, DimProduct, DimStore, FactSalesLine
 
@@ -223,47 +221,7 @@ def test_numbers_the_warehouse_cannot_hold_are_rejected_after_the_jobs_rounding(
 def test_run_job_quarantines_what_the_warehouse_would_refuse_loads_the_rest_and_conserves_rows(
     spark, tmp_path
 ):
-    too_long_name = "n" * (NAME_MAX + 100)
-    line_spec = {
-        **LINE_SPEC,
-        "rules": [
-            *LINE_SPEC["rules"],
-            {"code": "order_id_shape", "check": "pattern", "severity": "reject", "column": "order_id",
-             "pattern": "O[0-9]+"},
-        ],
-    }  # fmt: skip
-    lines = [
-        line(order_id="O1"),
-        line(order_id="X" * (ORDER_ID_MAX + 1)),  # breaks the declared rule too
-        line(order_id="O3", quantity=str(INT_MAX + 1)),  # an int column: does not parse
-        line(order_id="O4", currency="EURO"),
-        line(order_id="O5", currency="ßß"),  # 2 characters, but SSSS once upper-cased as loaded
-        line(order_id="O6", customer_country="F" * (COUNTRY_MAX + 1)),
-        line(order_id="O7", quantity="2000000000", unit_price="99999999999999.0000"),
-        line(order_id="O8", sku="P5", customer_country=" " + "F" * COUNTRY_MAX + " "),  # fits once trimmed
-    ]
-    products = [
-        *PRODUCTS,
-        {"sku": "P3", "name": too_long_name},
-        {"sku": "P4", "name": "x" * 150 + "     " + "y" * (NAME_MAX - 151)},  # NAME_MAX once collapsed
-        {"sku": "P5", "name": "😀" * NAME_MAX},  # characters, not bytes or UTF-16 units
-    ]
-    stores = [*STORES, {"store_code": "S" * (STORE_CODE_MAX + 1), "name": "Far"}]
-    spec = {
-        "pipeline": "p",
-        "business_date": "2026-11-01",
-        "inputs": {
-            "order_lines": {**line_spec, "files": [_write_staged(tmp_path / "l.parquet", lines, line_spec)]},
-            "products": {
-                **PRODUCT_SPEC,
-                "files": [_write_staged(tmp_path / "p.parquet", products, PRODUCT_SPEC)],
-            },
-            "stores": {**STORE_SPEC, "files": [_write_staged(tmp_path / "s.parquet", stores, STORE_SPEC)]},
-        },
-        "output_dir": str(tmp_path / "out"),
-        "reporting_currency": "EUR",
-        "constraints": CONSTRAINTS,
-    }
+    spec = warehouse_limits_spec(tmp_path)
 
     result = job.run_job(spark, spec, pseudonym_key=KEY)
 
@@ -300,7 +258,7 @@ def test_run_job_quarantines_what_the_warehouse_would_refuse_loads_the_rest_and_
     }
     by_code = {code: message for (_, _, code), message in quarantined.items()}
     assert by_code["too_long_name"] == (
-        f"too_long_name: name='{too_long_name}' (name is {NAME_MAX + 100} characters, the warehouse holds at "
+        f"too_long_name: name='{TOO_LONG_NAME}' (name is {NAME_MAX + 100} characters, the warehouse holds at "
         f"most {NAME_MAX}: warehouse column dimproduct.name)"
     )
     assert by_code["order_id_shape"] == (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
@@ -353,7 +352,7 @@ def test_a_rule_on_an_undeclared_column_is_refused(spark):
     ],
 )
 def test_a_reference_rule_on_the_lines_sku_must_reject_every_line_the_facts_need_their_product(params, error):
-    from tests.spark_jobs.test_sales_daily import KEY, LINE_SPEC, PRODUCT_SPEC, STORE_SPEC
+    from tests.spark_jobs.job_fixtures import KEY, LINE_SPEC, PRODUCT_SPEC, STORE_SPEC
 
     known = rule("known", "reference", column="sku", dataset="products", key="sku", **params)
     spec = {
@@ -371,59 +370,10 @@ def test_a_reference_rule_on_the_lines_sku_must_reject_every_line_the_facts_need
         job.JobOptions.from_spec(spec, KEY)
 
 
-def _write(path, rows: list[dict], columns: list[str]) -> str:
-    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns}), path)
-    return str(path)
-
-
 def test_job_applies_declared_rules_and_its_result_accounts_for_filtered_and_warned_rows(spark, tmp_path):
-    from tests.spark_jobs.test_sales_daily import (
-        KEY,
-        LINE_SPEC,
-        PRODUCT_SPEC,
-        PRODUCTS,
-        STORE_SPEC,
-        STORES,
-        line,
-    )
+    from tests.spark_jobs.job_fixtures import KEY, declared_rules_spec
 
-    line_spec = {
-        **LINE_SPEC,
-        "rules": [
-            *LINE_SPEC["rules"],
-            rule("postage", "not_allowed", "filter", column="sku", values=["POST"]),
-            rule("bulk", "range", "warn", column="quantity", max="5"),
-            rule("unknown_product", "reference", column="sku", dataset="products", key="sku",
-                 message="not in the catalogue"),
-            rule("write_off", "range", "filter", column="quantity", min="0", when="order_id not like 'R%'"),
-            rule("big_return", "range", column="quantity", min="-5", when="order_id like 'R%'"),
-        ],
-    }  # fmt: skip
-    lines = [
-        line(line_number="1", quantity="9"),  # loaded with a warning
-        line(line_number="2", sku="POST"),  # filtered, not quarantined as an unknown product
-        line(line_number="3", quantity="0"),  # rejected by a declared rule
-        line(line_number="4", sku="NOPE"),  # rejected by the declared reference rule
-        line(line_number="5", quantity="-1", sku="POST"),  # filtered twice: counted under postage
-        line(order_id="R1", line_number="1", quantity="-6"),  # a return: rejected, not written off
-        line(order_id="R1", line_number="2", quantity="-5"),  # a return: loaded
-    ]
-
-    def staged_input(spec: dict, rows: list[dict], name: str) -> dict:
-        return {**spec, "files": [_write(tmp_path / f"{name}.parquet", rows, list(spec["columns"]))]}
-
-    spec = {
-        "pipeline": "p",
-        "business_date": "2026-11-01",
-        "inputs": {
-            "order_lines": staged_input(line_spec, lines, "lines"),
-            "products": staged_input(PRODUCT_SPEC, PRODUCTS, "products"),
-            "stores": staged_input(STORE_SPEC, STORES, "stores"),
-        },
-        "output_dir": str(tmp_path / "out"),
-        "reporting_currency": "EUR",
-        "constraints": output_constraints(),
-    }
+    spec = declared_rules_spec(tmp_path)
 
     result = job.run_job(spark, spec, pseudonym_key=KEY)
 

@@ -8,7 +8,6 @@ import hmac
 import json
 from decimal import Decimal
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
@@ -38,87 +37,18 @@ from spark_jobs.sales_daily import (
     with_customer_key,
     with_source_version,
 )
+from tests.spark_jobs.job_fixtures import (
+    DAY,
+    KEY,
+    LINE_SPEC,
+    PRODUCT_SPEC,
+    PRODUCTS,
+    STORE_SPEC,
+    STORES,
+    every_output_spec,
+    line,
+)
 from warehouse.loading.specs import output_constraints
-
-KEY = b"test-pseudonym-key"
-DAY = "2026-11-01"
-
-# As declared in conf/pipelines/retail_demo.toml.
-LINE_SPEC = {
-    "columns": {
-        "order_id": {"type": "string", "required": True},
-        "line_number": {"type": "int", "required": True},
-        "ordered_at": {"type": "timestamp", "required": True},
-        "updated_at": {"type": "timestamp", "required": True},
-        "store_code": {"type": "string", "required": True},
-        "customer_email": {"type": "string", "required": False, "pii": True},
-        "customer_country": {"type": "string", "required": False},
-        "sku": {"type": "string", "required": True},
-        "quantity": {"type": "int", "required": True},
-        "unit_price": {"type": "decimal(18,4)", "required": True},
-        "currency": {"type": "string", "required": True},
-    },
-    "key": ["order_id", "line_number"],
-    "version_column": "updated_at",
-    "rules": [
-        {
-            "code": "zero_quantity",
-            "check": "not_allowed",
-            "severity": "reject",
-            "column": "quantity",
-            "values": [0],
-        },
-        {
-            "code": "negative_price",
-            "check": "range",
-            "severity": "reject",
-            "column": "unit_price",
-            "min": "0",
-        },
-    ],
-}
-PRODUCT_SPEC = {
-    "columns": {
-        "sku": {"type": "string", "required": True},
-        "name": {"type": "string", "required": True},
-        "category": {"type": "string", "required": False},
-        "list_price": {"type": "decimal(18,2)", "required": False},
-    },
-    "key": ["sku"],
-}
-STORE_SPEC = {
-    "columns": {
-        "store_code": {"type": "string", "required": True},
-        "name": {"type": "string", "required": True},
-        "city": {"type": "string", "required": False},
-        "region": {"type": "string", "required": False},
-        "country": {"type": "string", "required": False},
-    },
-    "key": ["store_code"],
-}
-PRODUCTS = [
-    {"sku": "P1", "name": "Mug", "category": "Kitchen", "list_price": "9.90"},
-    {"sku": "P2", "name": "Tea", "category": None, "list_price": "4.5"},
-]
-STORES = [{"store_code": "S1", "name": "Centre", "city": "Lyon", "region": "ARA", "country": "FR"}]
-
-
-def line(**overrides) -> dict:
-    row = {
-        "order_id": "O1",
-        "line_number": "1",
-        "ordered_at": "2026-11-01T09:00:00Z",
-        "updated_at": "2026-11-01T09:00:00Z",
-        "store_code": "S1",
-        "customer_email": "ann@example.com",
-        "customer_country": "FR",
-        "sku": "P1",
-        "quantity": "1",
-        "unit_price": "2.0000",
-        "currency": "EUR",
-    }
-    row.update(overrides)
-    return row
 
 
 def staged(spark, rows: list[dict], spec: dict):
@@ -426,50 +356,11 @@ def test_quarantine_unions_the_three_datasets_with_readable_messages_and_no_emai
     }
 
 
-def _write_staged(path, rows: list[dict], spec: dict) -> str:
-    # As the extract step stages them: every column text, values as extracted.
-    columns = list(spec["columns"])
-    table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
-    pq.write_table(table, path)
-    return str(path)
-
-
 NO_CODES = {"filtered": {}, "warnings": {}}
 
 
 def test_run_job_writes_every_output_and_a_result_that_conserves_rows(spark, tmp_path):
-    lines = [
-        line(order_id="O1", line_number="1", quantity="2", unit_price="1.50"),
-        line(order_id="O1", line_number="1", quantity="2", unit_price="1.50"),  # exact duplicate
-        line(order_id="O1", line_number="2", updated_at="2026-11-01T08:00:00Z"),  # older version
-        line(order_id="O1", line_number="2", updated_at="2026-11-01T09:30:00Z", quantity="-1"),
-        line(order_id="O2", line_number="1", sku="NOPE", customer_email=None),  # unknown product
-        line(order_id="O3", line_number="1", unit_price="abc"),  # invalid price
-        line(order_id="O3", line_number="1", unit_price="abc"),  # ... twice
-    ]
-    products = [*PRODUCTS, PRODUCTS[0], {"sku": "P3", "name": ""}]  # one duplicate, one rejected
-    spec = {
-        "pipeline": "retail_demo",
-        "business_date": DAY,
-        "inputs": {
-            "order_lines": {
-                **LINE_SPEC,
-                "files": [_write_staged(tmp_path / "lines.parquet", lines, LINE_SPEC)],
-            },
-            "products": {
-                **PRODUCT_SPEC,
-                "files": [_write_staged(tmp_path / "products.parquet", products, PRODUCT_SPEC)],
-            },
-            "stores": {
-                **STORE_SPEC,
-                "files": [_write_staged(tmp_path / "stores.parquet", STORES, STORE_SPEC)],
-            },
-        },
-        "output_dir": str(tmp_path / "out"),
-        "pseudonym_key_env": "ETL_PSEUDONYM_KEY_TEST_UNUSED",
-        "reporting_currency": "EUR",
-        "constraints": output_constraints(),
-    }
+    spec = every_output_spec(tmp_path)
 
     result = run_job(spark, spec, pseudonym_key=KEY)
 
