@@ -301,6 +301,8 @@ def run_page_context(run: PipelineRun, *, can_operate: bool) -> dict:
                 "status": status_badge(step.status),
                 "duration": console.duration_human(step.duration_seconds),
                 "attempts": details.get("attempts") or [],
+                "engine": details.get("engine") or "",
+                "engine_reason": details.get("engine_reason") or "",
                 "reconciliation": console.reconciliation(details),
                 "loaded": details.get("loaded") or {},
                 "log_path": where,

@@ -47,6 +47,8 @@ from spark_jobs.rule_spec import (
     value_text,
 )
 
+from .engines import DASK_MAX_ROWS_DEFAULT, ENGINES
+from .engines import SPARK as SPARK_ENGINE
 from .errors import ConfigurationError
 from .logs import secret_names_register
 
@@ -107,6 +109,12 @@ SPARK = Table(
         "options": ANY_TABLE,  # the job's own options: declared by its contract (spark_options_schema)
     }
 )
+# [dask]: the light engine (etlcore/engines.py): where its job runs and the dates `engine = "auto"` gives it.
+# The job's options, currency and pseudonym key stay in [spark] and apply to both engines.
+DASK = Table({"scheduler_address": TEXT, "max_rows": WHOLE, "timeout_seconds": NUMBER})
+ENGINE = Among(ENGINES, " or ".join(", ".join(f'"{e}"' for e in ENGINES).rsplit(", ", 1)))
+# A dask.distributed scheduler's address, as `dask scheduler` prints it.
+_SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 # [run]: how the pipeline runs unattended (docs/operations.md): nightly catch-up, backfill batches, retries.
 RETRIES = Table(
     {
@@ -129,7 +137,9 @@ PIPELINE = Table(
         "timezone": TEXT,
         "staging_root": TEXT,
         "extract_workers": WHOLE,
+        "engine": ENGINE,
         "spark": SPARK,
+        "dask": DASK,
         "warehouse": Table({"database": TEXT}),
         "run": RUN,
         "queue": QUEUE,
@@ -232,6 +242,18 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class DaskConfig:
+    """[dask]: the Dask engine's own settings. ``job``: the Dask module of ``[spark] job`` (its contract's
+    ``dask_job``; None when it has none, which only ``engine = "spark"`` allows)."""
+
+    job: str | None = None
+    # A dask.distributed scheduler the job's process connects to; None: Dask's threaded scheduler in it.
+    scheduler_address: str | None = None
+    max_rows: int = DASK_MAX_ROWS_DEFAULT
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How often a failing step is tried again ([run.retries]): `attempts` tries in all (1: never again),
     waiting `delay_seconds`, then that times `backoff` for each further try, at most `max_delay_seconds`."""
@@ -298,6 +320,8 @@ class PipelineConfig:
     datasets: Mapping[str, DatasetConfig]
     source_file: Path
     extract_workers: int = DEFAULT_EXTRACT_WORKERS  # sources extracted at once
+    engine: str = SPARK_ENGINE  # what runs the transform: spark, dask or auto (etlcore/engines.py)
+    dask: DaskConfig = field(default_factory=DaskConfig)
     run: RunConfig = field(default_factory=RunConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
@@ -383,6 +407,8 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         env=_env_names(spark_doc.get("env", []), f"{where} [spark] env"),
     )
     _spark_options_check(spark, where)
+    engine = doc.get("engine", SPARK_ENGINE)
+    dask = _parse_dask(doc.get("dask", {}), spark.job, engine, where)
 
     database = doc.get("warehouse", {}).get("database", "default")
     if database not in settings.DATABASES:
@@ -420,9 +446,41 @@ def pipeline_parse(path: Path, *, environ: Mapping[str, str] | None = None) -> P
         datasets=datasets,
         source_file=path,
         extract_workers=extract_workers,
+        engine=engine,
+        dask=dask,
         run=_parse_run(doc.get("run", {}), f"{where} [run]"),
         queue=_parse_queue(doc.get("queue", {}), f"{where} [queue]"),
         trigger=_parse_trigger(doc.get("trigger", {}), f"{where} [trigger]"),
+    )
+
+
+def _parse_dask(doc: Mapping[str, Any], job: str, engine: str, file: str) -> DaskConfig:
+    """[dask], and the Dask implementation `engine` needs: a job without one runs on Spark only."""
+    where = f"{file} [dask]"
+    contract = CONTRACTS.get(job)
+    dask_job = contract.dask_job if contract else None
+    if engine != SPARK_ENGINE and dask_job is None:
+        raise ConfigurationError(
+            f'{file}: engine "{engine}" needs the Dask implementation of [spark] job {job!r}, and it has '
+            'none (its contract in spark_jobs/contract.py declares no dask_job): use engine = "spark"'
+        )
+    address = doc.get("scheduler_address") or None  # "${VAR:-}" unset: the job's own threaded scheduler
+    if address is not None and not _SCHEDULER_ADDRESS.match(address):
+        raise ConfigurationError(
+            f"{where}: scheduler_address {_shown(address)} is not a scheduler address: write "
+            "tcp://host:port (or tls://host:port), as `dask scheduler` prints it"
+        )
+    max_rows = doc.get("max_rows", DASK_MAX_ROWS_DEFAULT)
+    if max_rows < 0:
+        raise ConfigurationError(f"{where}: max_rows must be 0 or more, got {max_rows!r}")
+    timeout = doc.get("timeout_seconds")
+    if timeout is not None and timeout <= 0:
+        raise ConfigurationError(f"{where}: timeout_seconds must be more than 0, got {timeout!r}")
+    return DaskConfig(
+        job=dask_job,
+        scheduler_address=address,
+        max_rows=max_rows,
+        timeout_seconds=float(timeout) if timeout is not None else None,
     )
 
 

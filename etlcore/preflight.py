@@ -7,19 +7,24 @@
   set. S3 credentials come from boto3's chain and are not looked at.
 - transform: the job module exists in ``spark_jobs`` and has a contract (spark_jobs/contract.py); the
   datasets and columns the job reads under the pipeline's options are declared; the pseudonym key
-  variable is set; ``spark-submit`` is there; and the ``java`` it will run (``$JAVA_HOME/bin/java``, else
-  ``java`` on PATH, as Spark's launcher chooses) answers ``-version`` with a major version of at least
-  `JAVA_MIN`.
+  variable is set; and per engine the pipeline may run (``engine``; auto: both):
+  - spark: ``spark-submit`` is there, and the ``java`` it will run (``$JAVA_HOME/bin/java``, else ``java``
+    on PATH, as Spark's launcher chooses) answers ``-version`` with a major version of at least `JAVA_MIN`;
+  - dask: the job's Dask module is in ``spark_jobs`` and the packages it imports are installed (found,
+    not imported: importing Dask here would cost a second of every run), and the ``[dask]
+    scheduler_address``, when given, accepts a connection.
 
-Nothing here reads data, writes a file or a record, or starts Spark. `preflight_enforce` raises the
+Nothing here reads data, writes a file or a record, or starts Spark or Dask. `preflight_enforce` raises the
 findings as one `ConfigurationError` line (exit 1 and a failed run record, like every user error).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from connectors.secrets import secret_problem
 from spark_jobs.contract import CONTRACTS
 
 from .config import PipelineConfig
+from .engines import DASK, SPARK, engines_possible
 from .errors import ETL_ERRORS, ConfigurationError
 from .pii import pii_cipher
 from .spark import child_environment, job_script, spark_submit_binary
@@ -41,12 +47,16 @@ _JAVA_TIMEOUT_SECONDS = 20
 _JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?[^"]*"')
 # (path, mtime, size) of a java binary -> (exit code, output of `java -version`).
 _java_outputs: dict[tuple[str, int, int], tuple[int, str]] = {}
+# What the Dask job's process imports besides the jobs package; `distributed` only to reach a scheduler.
+DASK_PACKAGES = ("dask", "pandas", "pyarrow")
+_SCHEDULER_TIMEOUT_SECONDS = 3
 
 
 @dataclass(frozen=True)
 class Finding:
     """One problem: ``check`` names what was checked (``job``, ``inputs``, ``pseudonym_key``, ``pii_keys``,
-    ``java``, ``spark_submit``, ``source_secret``), ``message`` says what is wrong and what is needed."""
+    ``java``, ``spark_submit``, ``dask``, ``dask_scheduler``, ``source_secret``), ``message`` says what is
+    wrong and what is needed."""
 
     check: str
     message: str
@@ -69,10 +79,14 @@ def pipeline_preflight(*, config: PipelineConfig, steps: Sequence[str]) -> list[
     if "transform" in steps:
         findings += job_check(config=config)
         findings += pseudonym_key_check(config=config)
-        findings += spark_submit_check()
-        java = java_find()
-        if isinstance(java, Finding):
-            findings.append(java)
+        engines = engines_possible(config.engine)
+        if SPARK in engines:
+            findings += spark_submit_check()
+            java = java_find()
+            if isinstance(java, Finding):
+                findings.append(java)
+        if DASK in engines:
+            findings += dask_check(config=config)
     return findings
 
 
@@ -184,6 +198,37 @@ def spark_submit_check() -> list[Finding]:
     if shutil.which(binary):  # a path, or a name on PATH (ETL_SPARK_SUBMIT=spark-submit)
         return []
     return [Finding("spark_submit", f"spark-submit {binary} is not an executable file (ETL_SPARK_SUBMIT)")]
+
+
+def dask_check(*, config: PipelineConfig) -> list[Finding]:
+    """The Dask job's module and the packages it imports are there (no Java needed), and its scheduler,
+    when the pipeline names one, accepts a connection."""
+    why = f'engine "{config.engine}" runs {config.spark.job} on Dask'
+    module = config.dask.job  # etlcore.config refused a dask or auto pipeline whose job has none
+    if module is None or importlib.util.find_spec(module) is None:
+        return [Finding("dask", f"{why}: its Dask module {module!r} is not in the jobs package")]
+    address = config.dask.scheduler_address
+    packages = (*DASK_PACKAGES, "distributed") if address else DASK_PACKAGES
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        installed = "pip install 'dask[dataframe,distributed]'"
+        return [Finding("dask", f"{why}: {', '.join(missing)} not installed ({installed})")]
+    if address:
+        problem = scheduler_problem(address)
+        if problem:
+            return [Finding("dask_scheduler", f"[dask] scheduler_address: {problem}")]
+    return []
+
+
+def scheduler_problem(address: str) -> str | None:
+    """Why no Dask scheduler can be reached at `address` (tcp:// or tls://host:port), None when one
+    accepts a connection. A connection only: the scheduler's protocol is the job's to speak."""
+    host, _, port = address.split("://", 1)[1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_SCHEDULER_TIMEOUT_SECONDS):
+            return None
+    except OSError as exc:
+        return f"no scheduler answers at {address} ({exc.strerror or exc})"
 
 
 def java_find() -> JavaFound | Finding:

@@ -1,4 +1,6 @@
-"""spark-submit as a subprocess: an argument list, never a shell string; logged with secrets masked."""
+"""The transform job as a subprocess: spark-submit, or the same job on Dask in a Python process of its own
+(etlcore/engines.py). An argument list, never a shell string; logged with secrets masked; run through the
+child guard, with an allow-listed environment, a private log and a timeout, whichever the engine."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from connectors.secrets import secret_get
 
 from . import child_guard
 from .config import PipelineConfig
+from .engines import DASK, SPARK, engine_job
 from .errors import ConfigurationError, SparkJobError
 from .files import PRIVATE_UMASK, private_dirs, private_open, private_write
 from .logs import secret_values_register, secrets_mask
@@ -50,14 +53,16 @@ PROPERTIES_FILE = "secret.properties"
 # What a job run over several dates leaves in a date's work dir when that date failed (spark_jobs main()).
 FAILED_FILE = "_failed.json"
 CHILD_GUARD = Path(child_guard.__file__)
-# What spark-submit, its JVM and the job's Python driver inherit from this process: what they need to run,
-# the pseudonym key and the variables the pipeline names in `[spark] env`; never the rest (DATABASE_URL,
-# API tokens, DJANGO_SECRET_KEY).
+# What spark-submit, its JVM and the job's Python driver (or the Dask job's process) inherit from this
+# process: what they need to run, the pseudonym key and the variables the pipeline names in `[spark] env`;
+# never the rest (DATABASE_URL, API tokens, DJANGO_SECRET_KEY).
 _CHILD_ENV_NAMES = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "JAVA_HOME", "JAVA_TOOL_OPTIONS"}
     | {"PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH", "PYTHONHASHSEED"}
 )
-_CHILD_ENV_PREFIXES = ("LC_", "SPARK_", "HADOOP_", "YARN_")
+_CHILD_ENV_PREFIXES = ("LC_", "SPARK_", "HADOOP_", "YARN_", "DASK_")
+# How each engine's start and end are logged (docs/operations.md, "Logs").
+_EVENTS = {SPARK: "spark_submit", DASK: "dask_job"}
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,13 @@ class SubmitResult:
     log_path: Path
     seconds: float
     log_tail: list[str] = field(default_factory=list)  # masked
+    engine: str = SPARK
 
     def facts(self) -> dict[str, Any]:
         return {
             "command": self.command,
             "exit_code": self.returncode,
-            "spark_seconds": round(self.seconds, 3),
+            f"{self.engine}_seconds": round(self.seconds, 3),
             "log": str(self.log_path),
             "log_tail": self.log_tail,
         }
@@ -230,6 +236,25 @@ def submit_command(
     return command
 
 
+def dask_command(config: PipelineConfig, *, spec_path: Path | Sequence[Path]) -> list[str]:
+    """The Dask job's argument list: the job's Dask module (`[spark] job`'s `dask_job`) in this Python,
+    one ``--spec`` per date, and ``--scheduler`` when the pipeline names a dask.distributed scheduler (else
+    the job runs Dask's threaded scheduler in its own process). ``-P``: the job is imported from the
+    project the child's PYTHONPATH names (:func:`job_environment`), never from the working directory."""
+    spec_paths = [spec_path] if isinstance(spec_path, Path) else list(spec_path)
+    command = [sys.executable, "-P", "-m", engine_job(config, DASK)]
+    for path in spec_paths:
+        command += ["--spec", str(path)]
+    if config.dask.scheduler_address:
+        command += ["--scheduler", config.dask.scheduler_address]
+    return command
+
+
+def jobs_root() -> Path:
+    """The folder holding the jobs package this process imports: the Dask job's process imports the same."""
+    return Path(importlib.util.find_spec(JOBS_PACKAGE).origin).parent.parent
+
+
 def jobs_build_dir(config: PipelineConfig) -> Path:
     """Where the submit zips the jobs package (:func:`jobs_archive`)."""
     return config.staging_root / "_build"
@@ -278,8 +303,11 @@ def child_environment(environ: Mapping[str, str] | None = None, wanted: Iterable
     }
 
 
-def job_environment(config: PipelineConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The spark-submit child's environment: the allow-list, the pseudonym key and `[spark] env`."""
+def job_environment(
+    config: PipelineConfig, environ: Mapping[str, str] | None = None, *, engine: str = SPARK
+) -> dict[str, str]:
+    """The job's environment, either engine: the allow-list, the pseudonym key and `[spark] env`; the Dask
+    job's process also gets the project's jobs package first on its PYTHONPATH."""
     environ = os.environ if environ is None else environ
     wanted = {config.spark.pseudonym_key_env, *config.spark.env}
     env = child_environment(environ, wanted)
@@ -288,6 +316,9 @@ def job_environment(config: PipelineConfig, environ: Mapping[str, str] | None = 
         value = secret_get(name, environ)
         if value:
             env[name] = value
+    if engine == DASK:
+        env["PYTHONPATH"] = os.pathsep.join([str(jobs_root()), *filter(None, [env.get("PYTHONPATH")])])
+        return env
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     return env
@@ -308,9 +339,11 @@ def job_submit(
     work_dir: Path,
     log_path: Path,
     timeout: float | None = None,
+    engine: str = SPARK,
 ) -> SubmitResult:
-    """Write the job spec, run spark-submit, capture its output in `log_path`; raise if it fails."""
-    return jobs_submit(config, jobs=[(spec, work_dir)], log_path=log_path, timeout=timeout)
+    """Write the job spec, run the job on `engine` (spark-submit, or the Dask job's process), capture its
+    output in `log_path`; raise if it fails."""
+    return jobs_submit(config, jobs=[(spec, work_dir)], log_path=log_path, timeout=timeout, engine=engine)
 
 
 def jobs_submit(
@@ -319,8 +352,10 @@ def jobs_submit(
     jobs: Sequence[tuple[dict[str, Any], Path]],
     log_path: Path,
     timeout: float | None = None,
+    engine: str = SPARK,
 ) -> SubmitResult:
-    """Several (spec, work dir) of the job, one date each, in one spark-submit: the JVM starts once.
+    """Several (spec, work dir) of the job, one date each, in one process of `engine`: one spark-submit
+    (the JVM starts once) or one Dask job process.
 
     With one job, any failure raises. With several, the job ends each date with `_result.json` or
     `_failed.json` in its work dir and goes on: only an application that did not account for every
@@ -330,6 +365,10 @@ def jobs_submit(
         spec_path = work_dir / SPEC_FILE
         private_write(spec_path, json.dumps(spec, indent=2, sort_keys=True))
         spec_paths.append(spec_path)
+    if engine == DASK:  # no archive and no Spark settings: the job imports the project's package
+        command = dask_command(config, spec_path=spec_paths)
+        env = job_environment(config, engine=DASK)
+        return _jobs_run(config, jobs, command, env, log_path, timeout, engine=DASK)
     private = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))  # 0700
     try:
         conf = submit_conf(config)
@@ -340,50 +379,77 @@ def jobs_submit(
             py_files=jobs_archive(jobs_build_dir(config)),
             properties_file=properties,
         )
-        try:
-            return _command_run(config, command, job_environment(config), log_path, timeout)
-        except SparkJobError as exc:
-            ended = ("_result.json", FAILED_FILE)
-            accounted = all(any((work_dir / name).exists() for name in ended) for _, work_dir in jobs)
-            if len(jobs) == 1 or not exc.facts or not accounted:
-                raise
-            return SubmitResult(
-                command=exc.facts["command"],
-                returncode=exc.facts["exit_code"],
-                log_path=log_path,
-                seconds=exc.facts["spark_seconds"],
-            )
+        return _jobs_run(config, jobs, command, job_environment(config), log_path, timeout, engine=SPARK)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
+def _jobs_run(
+    config: PipelineConfig,
+    jobs: Sequence[tuple[dict[str, Any], Path]],
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float | None,
+    *,
+    engine: str,
+) -> SubmitResult:
+    """Run the job's process over `jobs`; a failure that every date accounted for is the dates' to report."""
+    try:
+        return _command_run(config, command, env, log_path, timeout, engine=engine)
+    except SparkJobError as exc:
+        ended = ("_result.json", FAILED_FILE)
+        accounted = all(any((work_dir / name).exists() for name in ended) for _, work_dir in jobs)
+        if len(jobs) == 1 or not exc.facts or not accounted:
+            raise
+        return SubmitResult(
+            command=exc.facts["command"],
+            returncode=exc.facts["exit_code"],
+            log_path=log_path,
+            seconds=exc.facts[f"{engine}_seconds"],
+            log_tail=exc.facts.get("log_tail", []),  # the dates' records keep the end of the log
+            engine=engine,
+        )
+
+
 def _command_run(
-    config: PipelineConfig, command: list[str], env: dict[str, str], log_path: Path, timeout: float | None
+    config: PipelineConfig,
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float | None,
+    *,
+    engine: str = SPARK,
 ) -> SubmitResult:
     pipeline_dir = config.staging_root / config.name
     private_dirs(log_path.parent, owned_from=pipeline_dir if pipeline_dir in log_path.parents else None)
     started = time.monotonic()
-    log.info("spark_submit_started", job=config.spark.job, master=config.spark.master, log=str(log_path))
+    job, event = engine_job(config, engine), _EVENTS[engine]
+    where = (
+        {"master": config.spark.master}
+        if engine == SPARK
+        else {"scheduler": config.dask.scheduler_address or "threaded, in the job's process"}
+    )
+    log.info(f"{event}_started", job=job, **where, log=str(log_path))
     with os.fdopen(private_open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as output:
         output.write(("$ " + " ".join(mask_command(command)) + "\n").encode())
         output.flush()
-        # Through the guard (etlcore/child_guard.py): the JVM and its Python driver die with this process,
-        # even by kill -9, and a signal that ends the run (RunTerminated) stops them before it unwinds.
+        # Through the guard (etlcore/child_guard.py): the JVM and its Python driver (or the Dask job's
+        # process) die with this process, even by kill -9, and a signal that ends the run (RunTerminated)
+        # stops them before it unwinds.
         proc = subprocess.Popen(
             [sys.executable, "-I", str(CHILD_GUARD), str(os.getpid()), "--", *command],
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
-            umask=PRIVATE_UMASK,  # what the JVM and the job's Python driver create is private too
+            umask=PRIVATE_UMASK,  # what the job's processes create is private too
         )
         try:
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             guard_stop(proc)
-            log.error("spark_submit_finished", log=str(log_path), error="timed out", timeout_seconds=timeout)
-            raise SparkJobError(
-                f"spark job {config.spark.job} timed out after {timeout} s; log: {log_path}"
-            ) from None
+            log.error(f"{event}_finished", log=str(log_path), error="timed out", timeout_seconds=timeout)
+            raise SparkJobError(f"{engine} job {job} timed out after {timeout} s; log: {log_path}") from None
         except BaseException:
             guard_stop(proc)
             raise
@@ -393,17 +459,18 @@ def _command_run(
         log_path=log_path,
         seconds=time.monotonic() - started,
         log_tail=log_tail(log_path),
+        engine=engine,
     )
     (log.info if returncode == 0 else log.error)(
-        "spark_submit_finished",
+        f"{event}_finished",
         log=str(log_path),
         exit_code=returncode,
         duration_seconds=round(result.seconds, 3),
     )
     if returncode != 0:
         raise SparkJobError(
-            f"spark job {config.spark.job} failed with exit code {returncode}: "
-            f"{last_error_line(log_path, config.spark.job)} (log: {log_path})",
+            f"{engine} job {job} failed with exit code {returncode}: "
+            f"{last_error_line(log_path, job)} (log: {log_path})",
             facts=result.facts(),
         )
     return result

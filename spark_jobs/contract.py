@@ -91,6 +91,9 @@ class JobContract:
     options: tuple[JobOption, ...] = ()
     inputs: tuple[Input, ...] = ()
     dataset_options: tuple[DatasetOption, ...] = ()
+    # The module of the same job on Dask (the light engine, `engine = "dask" | "auto"`): same spec in, same
+    # outputs and result out, run as `python -m <dask_job> --spec ...`. None: the job runs on Spark only.
+    dask_job: str | None = None
 
     def __post_init__(self) -> None:
         if self.primary not in self.names:
@@ -249,6 +252,7 @@ SALES_DAILY = JobContract(
         Input("stores", _STORES.column_names, derived_by="stores"),
     ),
     dataset_options=(DatasetOption("rates", "dataset", ("currency", "rate")),),
+    dask_job="spark_jobs.sales_daily_dask",
 )
 
 # By the job module a pipeline names (``[spark] job``).

@@ -1,12 +1,13 @@
-"""Backfill and resume through real spark-submits: the demo pipeline's three dates (a price change, a
-return of the first date's purchase on the second), its REST API on loopback.
+"""Backfill and resume: the demo pipeline's three dates (a price change, a return of the first date's
+purchase on the second), its REST API on loopback.
 
-The golden warehouse is the dates run one by one (`run_pipeline --date`, three spark-submits). A backfill
-(`run_pipeline --from --to`: one spark-submit for the three transforms) must load exactly that, row by
-row; and so must the hostile orders: a failing date stopping the backfill, a date failing in the middle
-(its product export missing) gone past with `--continue-on-failure`, then that date backfilled alone
-after the later one was loaded. A
-re-run of a backfill changes no row.
+A backfill (`run_pipeline --from --to`) is one real spark-submit for the three transforms. What it loads
+must be, row by row, what the dates run one by one (`run_pipeline --date`) load; and so must the hostile
+orders: a failing date stopping the backfill, a date failing in the middle (its product export missing)
+gone past with `--continue-on-failure`, then that date backfilled alone after the later one was loaded. A
+re-run of a backfill changes no row. Only the first backfill needs Spark's own process (one application,
+a `--spec` per date); every other transform runs the same job in the suite's Spark session
+(tests/spark_in_session.py), which saves a JVM's start each.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from django.core.management import CommandError, call_command
 from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.generate import generate_demo_data
 from etlcore.models import Backfill, PipelineRun, RunStatus, StagedPartition, StepRun
+from tests.spark_in_session import jobs_in_session
 from warehouse.checks import warehouse_checksums
 from warehouse.models import (
     DimCustomer,
@@ -86,16 +88,12 @@ def date_runs(backfill_record: Backfill) -> dict[date, PipelineRun]:
     return {run.business_date: run for run in backfill_record.runs.prefetch_related("steps")}
 
 
-def test_a_backfill_loads_what_date_by_date_runs_load_whatever_fails_or_comes_first(demo, staging_root):
-    for day in DAYS:
-        run_pipeline("--date", day.isoformat())
-    golden = warehouse()
-    assert golden[FactSalesLine._meta.db_table][0] > 1000 and golden[QuarantinedRow._meta.db_table][0] > 0
-
+def test_a_backfill_loads_what_date_by_date_runs_load_whatever_fails_or_comes_first(
+    demo, staging_root, monkeypatch, spark
+):
     # The three dates in one backfill: one Spark application transforms them all.
-    start_over(staging_root)
     out = backfill(DAYS[0], DAYS[-1])
-    assert warehouse() == golden
+    backfilled = warehouse()
     record = Backfill.objects.get()
     assert out.splitlines()[-1] == (
         f"backfill #{record.pk} retail_demo 2026-11-01..2026-11-03 succeeded: 3 date(s), 3 loaded, 0 failed"
@@ -106,11 +104,20 @@ def test_a_backfill_loads_what_date_by_date_runs_load_whatever_fails_or_comes_fi
     commands = {tuple(run.steps.get(step="transform").details["command"]) for run in runs.values()}
     assert len(commands) == 1 and list(commands)[0].count("--spec") == 3
 
+    jobs_in_session(monkeypatch, spark)
     # Re-running it skips nothing and changes no row, not even a surrogate key.
     before = warehouse_checksums(using="default")
     backfill(DAYS[0], DAYS[-1])
     assert warehouse_checksums(using="default") == before
     assert PipelineRun.objects.filter(status=RunStatus.SUCCEEDED).count() == 6
+
+    # The golden warehouse: the dates run one by one into a new deployment.
+    start_over(staging_root)
+    for day in DAYS:
+        run_pipeline("--date", day.isoformat())
+    golden = warehouse()
+    assert golden[FactSalesLine._meta.db_table][0] > 1000 and golden[QuarantinedRow._meta.db_table][0] > 0
+    assert backfilled == golden
 
     # The first date fails (its product export is missing): the backfill stops there, before any Spark.
     start_over(staging_root)
@@ -152,7 +159,7 @@ def test_a_backfill_loads_what_date_by_date_runs_load_whatever_fails_or_comes_fi
     assert warehouse() == golden
 
 
-def test_resume_after_a_failed_transform_reuses_the_extract(demo, pipeline_dir):
+def test_resume_after_a_failed_transform_reuses_the_extract(demo, pipeline_dir, monkeypatch, spark):
     broken = DEMO.replace(
         '"spark.ui.enabled" = "false"', '"spark.ui.enabled" = "false"\n"spark.driver.memory" = "lots"'
     )
@@ -167,6 +174,7 @@ def test_resume_after_a_failed_transform_reuses_the_extract(demo, pipeline_dir):
     staged = {p.pk: (p.run_id, p.checksum, p.published_at) for p in StagedPartition.objects.all()}
 
     (pipeline_dir / "retail_demo.toml").write_text(DEMO)
+    jobs_in_session(monkeypatch, spark)  # the failed submit above was a real one
     out = run_pipeline("--resume", str(failed.pk))
     assert out.startswith(f"resuming run #{failed.pk} (2026-11-01) from transform\n")
     resumed = PipelineRun.objects.exclude(pk=failed.pk).get()

@@ -1,7 +1,8 @@
 """The demo pipeline's date as a Celery task on real workers and RabbitMQ, against the command line.
 
-The golden warehouse is `manage.py run_pipeline --date` (one spark-submit). Then, from an empty warehouse
-and staging, the same date is enqueued and its worker is killed with SIGKILL ten times in the middle of the
+The golden warehouse is `run_pipeline --date`, called in the test process onto the workers' database with
+its job in the suite's Spark session (tests/spark_in_session.py). Then, from an empty warehouse and
+staging, the same date is enqueued and its worker is killed with SIGKILL ten times in the middle of the
 transform (the Spark job running) and ten times in the middle of the load (its transaction open after the
 COPY), sometimes only the pool process that runs the task, sometimes the whole worker (started again).
 Each time the task is delivered again, resumes its run from the step that did not finish, and in the end
@@ -13,16 +14,16 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from datetime import date
 from functools import partial
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
 from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.generate import generate_demo_data
@@ -30,6 +31,7 @@ from etlcore.models import PipelineRun, RunOrigin, RunStatus, StagedPartition, S
 from etlcore.tasks import run_enqueue
 from tests.celery_site import queue_site  # noqa: F401
 from tests.celery_site import until as _until
+from tests.spark_in_session import jobs_in_session
 from tests.test_end_to_end import expected_lines
 from warehouse.checks import warehouse_checksums
 from warehouse.loading.specs import FAULT_MARKER_ENV, FAULT_POINT_ENV
@@ -74,6 +76,22 @@ def demo(queue_site, tmp_path, pipeline_dir, monkeypatch):  # noqa: F811
             monkeypatch.setenv(name, value)
         queue_site.env |= shared
         yield data_dir
+
+
+def command_run(day: date, folder: Path, monkeypatch, spark) -> None:
+    """`run_pipeline --date` in this process, onto the workers' database (`DB`, their `default`): the demo
+    pipeline file with that alias, read from `folder`; the job in this process's Spark session."""
+    demo = (settings.BASE_DIR / "conf" / "pipelines" / "retail_demo.toml").read_text()
+    onto_db = demo.replace('database = "default"', f'database = "{DB}"', 1)
+    assert onto_db != demo
+    folder.mkdir()
+    (folder / "retail_demo.toml").write_text(onto_db)
+    with monkeypatch.context() as command:
+        command.setattr(settings, "ETL_PIPELINE_PATHS", [folder])
+        jobs_in_session(command, spark)
+        call_command(
+            "run_pipeline", "--pipeline", "retail_demo", "--date", day.isoformat(), stdout=StringIO()
+        )
 
 
 def warehouse() -> dict[str, tuple[int, str]]:
@@ -149,17 +167,16 @@ def _alive(pid: int | None) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has died
 
 
-def test_a_queued_run_killed_twenty_times_loads_what_the_command_loads(demo, queue_site, staging_root):  # noqa: F811
-    env = queue_site.env
-    command = subprocess.run(
-        [sys.executable, "manage.py", "run_pipeline", "--pipeline", "retail_demo", "--date", DAY.isoformat()],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert command.returncode == 0, command.stderr[-3000:]
+def test_a_queued_run_killed_twenty_times_loads_what_the_command_loads(
+    demo,
+    queue_site,  # noqa: F811
+    staging_root,
+    monkeypatch,
+    spark,
+    tmp_path,
+):
+    command_run(DAY, tmp_path / "command", monkeypatch, spark)
+    assert latest_run().status == RunStatus.SUCCEEDED
     golden = warehouse()
     # The golden warehouse is right on its own terms: each line the rules keep, recomputed in Python.
     loaded, _ = expected_lines(demo, DAY)

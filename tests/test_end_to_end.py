@@ -1,7 +1,8 @@
 """The demo pipeline end to end: HTTP API on loopback + files -> staging -> real spark-submit -> ORM.
 
-These are the suite's only spark-submit runs of the demo (about 10 s each): two dates (the second brings
-a product price change and a return of the first date's purchase), a re-run of the first, one failing job.
+Two dates through real spark-submits (the second brings a product price change and a return of the first
+date's purchase), a re-run of the first (its job in the suite's Spark session: tests/spark_in_session.py,
+as what it proves is the load's), and one failing job, a real spark-submit again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from etlcore.models import PipelineRun
 from etlcore.pii import customer_emails
 from spark_jobs.sales_daily import ENCRYPTED_MARK
 from tests.etlcore.test_file_modes import wide
+from tests.spark_in_session import jobs_in_session
 from warehouse.models import DimCustomer, DimProduct, DimStore, FactDailySales, FactSalesLine, QuarantinedRow
 
 pytestmark = [pytest.mark.spark_submit, pytest.mark.django_db(transaction=True)]
@@ -96,7 +98,7 @@ def product_versions(sku: str) -> list[tuple]:
 
 
 def test_demo_dates_land_with_every_row_accounted_for_price_history_and_cross_date_return(
-    demo_env, staging_root
+    demo_env, staging_root, monkeypatch, spark
 ):
     # Under an open umask: every staged file, Spark's output and log included, is private all the same.
     previous = os.umask(0)
@@ -209,6 +211,7 @@ def test_demo_dates_land_with_every_row_accounted_for_price_history_and_cross_da
     # valid on that date is no longer the current one.
     products = list(DimProduct.objects.order_by("id").values())
     customers = list(DimCustomer.objects.order_by("id").values())
+    jobs_in_session(monkeypatch, spark)
     again = demo_run(data_dir=demo_env / "demo", business_dates=[DAY])
     assert again.runs[0].status == "succeeded"
     assert again.changed_tables == []

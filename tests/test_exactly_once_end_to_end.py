@@ -280,7 +280,7 @@ def shop(request, db_alias, pipeline_dir, monkeypatch, transformed_once) -> dict
     if cache["final"] is None:
         spark = request.getfixturevalue("spark")
 
-        def submit_in_session(config, *, spec, work_dir, log_path, timeout=None):
+        def submit_in_session(config, *, spec, work_dir, log_path, timeout=None, engine="spark"):
             # The job's own entry point in the shared session: spark-submit is covered by test_end_to_end.
             run_job(spark, spec)
             return SimpleNamespace(facts=lambda: {})

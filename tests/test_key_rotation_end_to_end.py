@@ -1,7 +1,10 @@
 """Key rotation between two real demo dates: a date run under the demo keys and a customer of it erased,
 `rotate_pii_keys` to new keys, then both dates run again under the new keys alone, as one backfill.
 Customers of both dates are one customer each, and the erased customer stays erased: the erasure list is
-made with the erasure key, which the rotation leaves alone."""
+made with the erasure key, which the rotation leaves alone.
+
+The first date's transform runs in the suite's Spark session (tests/spark_in_session.py); the backfill
+after the rotation is a real spark-submit, so the new key is the one the job's own process gets."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from django.core.management import call_command
 from django.db.models import Sum
 
 from etlcore.models import ErasedCustomer
+from tests.spark_in_session import jobs_in_session
 from warehouse.models import DimCustomer, FactSalesLine, PseudonymKey
 
 DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
@@ -66,7 +70,7 @@ def day_totals(day: date) -> tuple:
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
 def test_after_rotating_both_keys_a_backfill_joins_customers_as_one_and_keeps_the_erased_one_out(
-    pipeline_dir, tmp_path, monkeypatch, staging_root
+    pipeline_dir, tmp_path, monkeypatch, staging_root, spark
 ):
     from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
     from etlcore.demo.generate import generate_demo_data
@@ -82,7 +86,9 @@ def test_after_rotating_both_keys_a_backfill_joins_customers_as_one_and_keeps_th
     monkeypatch.setenv("ETL_DEMO_DIR", str(data_dir))
     with start_demo_api(orders_path=dataset.orders_path, token=token) as api:
         monkeypatch.setenv("ETL_DEMO_API_URL", api.url)
-        call_command("run_pipeline", "--date", DAY1.isoformat(), stdout=StringIO())  # spark-submit 1
+        with monkeypatch.context() as in_session:
+            jobs_in_session(in_session, spark)
+            call_command("run_pipeline", "--date", DAY1.isoformat(), stdout=StringIO())
         first = dict(DimCustomer.objects.values_list("pk", "customer_key"))
         day1 = day_totals(DAY1)
         erased = regular_customer(dataset.orders_path)
@@ -105,7 +111,7 @@ def test_after_rotating_both_keys_a_backfill_joins_customers_as_one_and_keeps_th
         monkeypatch.setenv("ETL_PII_KEYS", new_fernet)
         call_command(
             "run_pipeline", "--from", DAY1.isoformat(), "--to", DAY2.isoformat(), stdout=StringIO()
-        )  # spark-submit 2: one application for both dates
+        )  # a real spark-submit: one application for both dates
 
     newest = Fernet(new_fernet.encode())
     emails = {

@@ -1,7 +1,8 @@
 """Run metrics pushed to a real Pushgateway (Debian's `prometheus-pushgateway`, started here on loopback with
 basic authentication and no persistence) and read back from its /metrics: a real demo run with quarantined
-rows (the one spark-submit), a failed run replacing the pipeline's previous push, and pushes that fail
-without failing the run.
+rows (its job in the suite's Spark session, tests/spark_in_session.py: the metrics are the run's, not the
+submit's), a failed run replacing the pipeline's previous push, and pushes that fail without failing the
+run.
 
 The expected values come from the warehouse, the staged files and the run records, never from
 etlcore.metrics itself.
@@ -32,6 +33,7 @@ from etlcore.metrics import metrics_publish
 from etlcore.models import PipelineRun, RunStatus, StepRun
 from tests.conftest import skip_or_fail_in_ci
 from tests.pipelines import dataset, pipeline_write
+from tests.spark_in_session import jobs_in_session
 from warehouse.models import FactSalesLine, QuarantinedRow
 
 DAY = date(2026, 11, 1)
@@ -135,9 +137,10 @@ def midnight(day: date) -> float:
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
 def test_a_real_demo_run_with_quarantined_rows_reads_back_from_the_pushgateway_as_the_warehouse_holds_it(
-    pushing, staging_root, tmp_path, monkeypatch
+    pushing, staging_root, tmp_path, monkeypatch, spark
 ):
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", CANARY_KEY)
+    jobs_in_session(monkeypatch, spark)
     (run,) = demo_run(data_dir=tmp_path / "demo", business_dates=[DAY]).runs
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and "metrics_publish_error" not in run.parameters

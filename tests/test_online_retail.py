@@ -127,7 +127,7 @@ def retail_env(tmp_path, monkeypatch, request, staging_root):
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "online-retail-test-key")
     monkeypatch.setenv("ETL_ONLINE_RETAIL_CSV", str(CSV))
 
-    def submit_in_session(config, *, spec, work_dir, log_path, timeout=None):
+    def submit_in_session(config, *, spec, work_dir, log_path, timeout=None, engine="spark"):
         # The job's own entry point in the shared session: spark-submit is covered by test_end_to_end.
         run_job(spark, spec)
         return SimpleNamespace(facts=lambda: {})

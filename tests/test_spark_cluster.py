@@ -3,7 +3,7 @@
 The cluster comes from the installed pyspark distribution (`bin/spark-class`: pip's pyspark has no
 `sbin/start-master.sh`). The pipeline gets `spark://...` the way production does, via ETL_SPARK_MASTER;
 spark-submit ships the `spark_jobs` archive with `--py-files`. About 50 s on 2 cores: cluster start-up
-~5-15 s, the demo extract, the transform on one 1-core executor.
+~5-15 s (while the demo extract runs), the transform on one 1-core executor.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from io import StringIO
 from pathlib import Path
@@ -47,6 +47,7 @@ class Cluster:
     web_url: str
     work_dir: Path
     logs: list[Path]
+    procs: list[subprocess.Popen] = field(default_factory=list)
 
     def state(self) -> dict:
         with urllib.request.urlopen(f"{self.web_url}/json/", timeout=5) as response:
@@ -54,6 +55,21 @@ class Cluster:
 
     def log_tail(self) -> str:
         return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in self.logs)
+
+    def wait_for_worker(self) -> None:
+        """Return once a worker has registered with the master; fail (skip outside CI) if none does."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    _unavailable(f"a daemon exited with {proc.returncode}\n{self.log_tail()}")
+            try:
+                if self.state().get("aliveworkers", 0):
+                    return
+            except (OSError, ValueError):  # ValueError: an empty or partial JSON page while it starts
+                pass  # the master's web UI is not up yet
+            time.sleep(0.5)
+        _unavailable(f"no worker registered within {START_TIMEOUT:.0f} s\n{self.log_tail()}")
 
 
 def _unavailable(reason: str) -> None:
@@ -84,6 +100,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def spark_cluster(tmp_path) -> Iterator[Cluster]:
+    """The master and its worker, starting: the test calls `wait_for_worker()` once it needs them, so its own
+    preparation runs while the JVMs start."""
     if not SPARK_CLASS.exists():
         _unavailable(f"{SPARK_CLASS} not found")
     port, web_port, worker_web_port = _free_port(), _free_port(), _free_port()
@@ -100,7 +118,7 @@ def spark_cluster(tmp_path) -> Iterator[Cluster]:
         work_dir=tmp_path / "work",
         logs=[tmp_path / "master.log", tmp_path / "worker.log"],
     )
-    procs = []
+    procs = cluster.procs
     try:
         procs.append(
             _start(
@@ -119,21 +137,6 @@ def spark_cluster(tmp_path) -> Iterator[Cluster]:
                 env,
             )
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        alive = 0
-        while time.monotonic() < deadline:
-            for proc in procs:
-                if proc.poll() is not None:
-                    _unavailable(f"a daemon exited with {proc.returncode}\n{cluster.log_tail()}")
-            try:
-                alive = cluster.state().get("aliveworkers", 0)
-            except (OSError, ValueError):  # ValueError: an empty or partial JSON page while it starts
-                alive = 0  # the master's web UI is not up yet
-            if alive:
-                break
-            time.sleep(0.5)
-        if not alive:
-            _unavailable(f"no worker registered within {START_TIMEOUT:.0f} s\n{cluster.log_tail()}")
         yield cluster
     finally:
         for proc in reversed(procs):
@@ -154,6 +157,7 @@ def test_transform_runs_on_a_standalone_cluster(spark_cluster, tmp_path, monkeyp
         monkeypatch.setenv("ETL_DEMO_API_URL", api.url)
         call_command("extract", "--date", DAY.isoformat(), stdout=StringIO())
 
+    spark_cluster.wait_for_worker()
     # The load is the end-to-end test's business; this one is about where the Spark job runs.
     call_command("transform", "--date", DAY.isoformat(), stdout=StringIO())
 

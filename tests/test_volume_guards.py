@@ -41,7 +41,7 @@ def demo(tmp_path, monkeypatch, spark, pipeline_dir, staging_root):
     token, _ = demo_api_token()
     monkeypatch.setenv(TOKEN_ENV, token)
 
-    def submit_in_session(config, *, spec, work_dir, log_path, timeout=None):
+    def submit_in_session(config, *, spec, work_dir, log_path, timeout=None, engine="spark"):
         run_job(spark, spec)
         return SimpleNamespace(facts=lambda: {})
 

@@ -99,7 +99,7 @@ def limits_pipeline(pipeline_dir, tmp_path, monkeypatch, spark):
     )
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "limits-test-key")
 
-    def submit_in_session(config, *, spec, work_dir, log_path, timeout=None):
+    def submit_in_session(config, *, spec, work_dir, log_path, timeout=None, engine="spark"):
         # The job's entry point in the shared session, on the spec the transform step built.
         run_job(spark, spec)
         return SimpleNamespace(facts=lambda: {})

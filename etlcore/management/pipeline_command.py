@@ -115,8 +115,10 @@ def command_error(exc: BaseException) -> CommandError:
 def run_summary(run: PipelineRun) -> str:
     parts = []
     for step in run.steps.all():
+        engine = (step.details or {}).get("engine")
         parts.append(
-            f"{step.step} {step.duration_seconds:.1f}s "
-            f"in={step.rows_in} out={step.rows_out} rejected={step.rows_rejected}"
+            f"{step.step} {step.duration_seconds:.1f}s"
+            + (f" on {engine}" if engine else "")
+            + f" in={step.rows_in} out={step.rows_out} rejected={step.rows_rejected}"
         )
     return f"run #{run.pk} {run.pipeline} {run.business_date} {run.status}: " + "; ".join(parts)

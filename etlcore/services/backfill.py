@@ -4,7 +4,8 @@ catching up the dates missed since the last one loaded.
 Each date is its own run record, grouped under one `Backfill`, with the steps of a date-by-date run:
 extraction and loading per date, in date order; the transforms of up to `[run] dates_per_job` dates share
 ONE Spark application (`services.transform.partitions_transform`), so a year of history pays the JVM's
-start and the session once, not 365 times. Each date still gets its own attempt, result, reconciliation,
+start and the session once, not 365 times (the dates a pipeline's `engine` gives Dask share one Dask job
+process likewise: etlcore/engines.py). Each date still gets its own attempt, result, reconciliation,
 guards and atomic publish, so what lands in the warehouse is what date-by-date runs would have loaded
 (tests/test_backfill.py compares both ways row by row).
 

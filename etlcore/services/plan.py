@@ -3,7 +3,9 @@
 Reads the pipeline file, the saved extract states and the lock's state; writes no file, directory, row or
 lock and starts neither a source read nor Spark. Where a real run writes a file before spark-submit
 starts (each date's job spec, the jobs archive, the secret settings' properties file), the command line
-shows the path it would use, with ``<token>`` / ``<random>`` for the part only the run picks.
+shows the path it would use, with ``<token>`` / ``<random>`` for the part only the run picks. Each date's
+engine is the one the run would choose (etlcore/engines.py); `auto` over a date the run extracts first is
+chosen only then, so both engines' commands are shown with that date in each.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from warehouse.loaders import loaded_models
 
 from .. import staging
 from ..config import PipelineConfig
+from ..engines import AUTO, DASK, SPARK, engine_choose
 from ..errors import ETL_ERRORS
 from ..locks import lock_file, lock_held, lock_key
 from ..selectors import extract_state_lookup
@@ -32,6 +35,7 @@ from ..spark import (
     PROPERTIES_FILE,
     SPEC_FILE,
     conf_is_secret,
+    dask_command,
     jobs_build_dir,
     mask_command,
     submit_command,
@@ -60,6 +64,8 @@ class TransformPlan:
     inputs: tuple[tuple[Path, bool], ...]  # raw partition, published now?
     partition: Path  # the transformed partition it would publish
     spec: Path  # the job spec it would write (in the attempt directory the run creates)
+    engine: str | None  # the engine the run would choose; None: auto, chosen once the date is extracted
+    engine_reason: str
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ class RunPlan:
     steps: tuple[str, ...]
     extracts: tuple[ExtractPlan, ...]
     transforms: tuple[TransformPlan, ...]
-    spark_submit: tuple[str, ...]  # masked as the step records it; one application for every date
+    spark_submit: tuple[str, ...]  # masked as the step records it; one application for the Spark dates
+    dask_command: tuple[str, ...]  # likewise, one Dask job process for the dates on Dask
     loads: tuple[LoadPlan, ...]
     tables: tuple[str, ...]  # the warehouse tables a load writes
 
@@ -96,7 +103,13 @@ def pipeline_plan(*, config: PipelineConfig, dates: Sequence[date], steps: Seque
         lock = f"PostgreSQL advisory lock {lock_key(config.name)} (session level)"
     else:
         lock = f"file lock {lock_file(pipeline=config.name, using=config.database)}"
-    transforms = tuple(_transform_plan(config, day) for day in days) if "transform" in steps and days else ()
+    transforms = (
+        tuple(_transform_plan(config, day, extracted_first="extract" in steps) for day in days)
+        if "transform" in steps and days
+        else ()
+    )
+    on_spark = [t for t in transforms if t.engine in (SPARK, None)]
+    on_dask = [t for t in transforms if t.engine in (DASK, None)]
     return RunPlan(
         pipeline=config.name,
         config_file=config.source_file,
@@ -108,7 +121,8 @@ def pipeline_plan(*, config: PipelineConfig, dates: Sequence[date], steps: Seque
         steps=tuple(steps),
         extracts=_extract_plans(config, days) if "extract" in steps else (),
         transforms=transforms,
-        spark_submit=_spark_submit_shown(config, transforms) if transforms else (),
+        spark_submit=_spark_submit_shown(config, on_spark) if on_spark else (),
+        dask_command=_dask_command_shown(config, on_dask) if on_dask else (),
         loads=tuple(_load_plan(config, day) for day in days) if "load" in steps else (),
         tables=tuple(model._meta.db_table for model in loaded_models()) if "load" in steps else (),
     )
@@ -166,14 +180,31 @@ def _state_origin(day: date, state: Any, state_date: date | None) -> str:
     return f"the saved state_out of {state_date}: {shown}"
 
 
-def _transform_plan(config: PipelineConfig, day: date) -> TransformPlan:
+def _transform_plan(config: PipelineConfig, day: date, *, extracted_first: bool) -> TransformPlan:
     raw = [staging.PartitionRef.raw(config.staging_root, config.name, name, day) for name in config.datasets]
     ref = staging.PartitionRef.transformed(config.staging_root, config.name, day)
+    engine: str | None
+    if config.engine != AUTO:
+        engine, reason = engine_choose(config=config, staged_rows=0)
+    elif extracted_first or not all(r.manifest_path.is_file() for r in raw):
+        engine = None
+        reason = (
+            f"auto: chosen on the rows the extract stages (dask up to {config.dask.max_rows}, else spark)"
+        )
+    else:
+        try:
+            rows = sum(staging.manifest_read(r).row_count for r in raw)
+        except ETL_ERRORS as exc:
+            engine, reason = None, f"auto: the staged rows cannot be read ({' '.join(str(exc).split())})"
+        else:
+            engine, reason = engine_choose(config=config, staged_rows=rows)
     return TransformPlan(
         business_date=day,
         inputs=tuple((r.dir, r.manifest_path.is_file()) for r in raw),
         partition=ref.dir,
         spec=ref.dir / ATTEMPT_PLACEHOLDER / SPEC_FILE,
+        engine=engine,
+        engine_reason=reason,
     )
 
 
@@ -189,6 +220,15 @@ def _spark_submit_shown(config: PipelineConfig, transforms: Sequence[TransformPl
             properties_file=Path(PRIVATE_DIR_PLACEHOLDER) / PROPERTIES_FILE if secret else None,
         )
     except ETL_ERRORS as exc:  # e.g. a job module that is not there: the run's preflight would say so
+        return (f"<not buildable: {' '.join(str(exc).split())}>",)
+    return tuple(mask_command(command))
+
+
+def _dask_command_shown(config: PipelineConfig, transforms: Sequence[TransformPlan]) -> tuple[str, ...]:
+    """The Dask job's command `spark.jobs_submit` would run for these dates, built by the same function."""
+    try:
+        command = dask_command(config, spec_path=[t.spec for t in transforms])
+    except (*ETL_ERRORS, ValueError) as exc:
         return (f"<not buildable: {' '.join(str(exc).split())}>",)
     return tuple(mask_command(command))
 
@@ -224,6 +264,7 @@ def plan_lines(plan: RunPlan) -> list[str]:
             ]
         for transform in (t for t in plan.transforms if t.business_date == day):
             lines.append(f"  transform: publishes {transform.partition}")
+            lines.append(f"    engine {transform.engine or 'spark or dask'}: {transform.engine_reason}")
             for path, published in transform.inputs:
                 lines.append(f"    reads {path} ({'published' if published else 'not published yet'})")
             lines.append(f"    job spec {transform.spec}")
@@ -231,9 +272,13 @@ def plan_lines(plan: RunPlan) -> list[str]:
             state = "published" if load.published else "not published yet"
             lines.append(f"  load: reads {load.partition} ({state}) into database {plan.database!r}")
     if plan.spark_submit:
-        count = len(plan.transforms)
+        count = sum(t.engine in (SPARK, None) for t in plan.transforms)
         lines.append(f"spark-submit, one application for {count} date(s), masked as the run records it:")
         lines.append("  " + " ".join(plan.spark_submit))
+    if plan.dask_command:
+        count = sum(t.engine in (DASK, None) for t in plan.transforms)
+        lines.append(f"Dask job, one process for {count} date(s), as the run records it:")
+        lines.append("  " + " ".join(plan.dask_command))
     if plan.tables:
         lines.append(f"load writes, in database {plan.database!r} ({plan.vendor}): {', '.join(plan.tables)}")
     return lines

@@ -1,5 +1,6 @@
-"""The transform step: the pipeline's Spark job over a date's raw partitions, published atomically once
-every staged row is accounted for and the volume guards pass."""
+"""The transform step: the pipeline's job over a date's raw partitions, on Spark or on Dask (chosen per date:
+etlcore/engines.py), published atomically once every staged row is accounted for and the volume guards
+pass."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import structlog
 
 from connectors.secrets import secret_get
 from spark_jobs.contract import JobContract, job_contract, pseudonym_key_fingerprint
@@ -19,6 +21,7 @@ from warehouse.loading.specs import output_constraints
 
 from .. import staging
 from ..config import PipelineConfig
+from ..engines import DASK, SPARK, engine_choose, engine_timeout, spec_staged_rows
 from ..errors import ETL_ERRORS, ConfigurationError, ReconciliationError, SparkJobError
 from ..guards import PreviousCounts, guards_enforce
 from ..preflight import preflight_enforce
@@ -26,9 +29,12 @@ from ..runs import StepOutcome
 from ..selectors import guards_previous, pseudonym_key_held
 from ..spark import FAILED_FILE, job_submit, jobs_submit, log_tail
 
+log = structlog.get_logger(__name__)
+
 
 def partition_transform(*, config: PipelineConfig, business_date: date, outcome: StepOutcome) -> None:
-    """Submit the pipeline's Spark job over the date's raw partitions; publish its outputs atomically.
+    """Run the pipeline's job over the date's raw partitions, on the engine chosen for it (Spark or Dask,
+    recorded with why on the outcome); publish its outputs atomically.
 
     The raw partitions are held for reading from before their manifests are read until the job is done,
     so an extract re-publishing the date meanwhile leaves the files the job reads."""
@@ -46,14 +52,22 @@ def _partition_transform_held(*, config: PipelineConfig, business_date: date, ou
     contract = transform_contract(config=config)
     pseudonym_key_expect(config=config)
     ref = staging.PartitionRef.transformed(config.staging_root, config.name, business_date)
-    log_path = _log_path(config, business_date, outcome.run_id, attempt=len(outcome.attempts) + 1)
     with staging.partition_attempt(ref) as attempt:
         spec = _date_spec(config, business_date, attempt)
+        engine = _engine_chosen(config, business_date, spec, outcome)
+        log_path = _log_path(
+            config, business_date, outcome.run_id, attempt=len(outcome.attempts) + 1, engine=engine
+        )
         # Facts about the submit go on the outcome before anything can fail, so a failure keeps them.
         outcome.details["log"] = str(log_path)
         try:
             submitted = job_submit(
-                config, spec=spec, work_dir=attempt, log_path=log_path, timeout=config.spark.timeout_seconds
+                config,
+                spec=spec,
+                work_dir=attempt,
+                log_path=log_path,
+                timeout=engine_timeout(config, engine),
+                engine=engine,
             )
         except SparkJobError as exc:
             outcome.details |= exc.facts
@@ -74,11 +88,13 @@ def partitions_transform(
     previous: Callable[[date], PreviousCounts | None] | None = None,
     published: dict[date, StepOutcome] | None = None,
 ) -> dict[date, BaseException | None]:
-    """The transform step of several dates in ONE Spark application (a backfill pays the JVM's start and
-    the session once, not per date). Each date is what `partition_transform` makes of it: its own attempt,
-    result, reconciliation, guards and atomic publish, and its own outcome; a date that fails (in the job,
-    its accounting or its guards) publishes nothing and does not stop the others. Returns each date's
-    error, None when it succeeded.
+    """The transform step of several dates in ONE process per engine: the dates chosen for Spark in one
+    Spark application (a backfill pays the JVM's start and the session once, not per date), those chosen
+    for Dask in one Dask job process. Each date is what `partition_transform` makes of it: its engine
+    (chosen on its own staged rows), its own attempt, result, reconciliation, guards and atomic publish,
+    in date order, and its own outcome; a date that fails (in the job, its accounting or its guards), or
+    whose engine's process fails as a whole, publishes nothing and does not stop the others. Returns each
+    date's error, None when it succeeded.
 
     `previous(day)`: the `max_drop` reference of a date (default: the database's, `guards_previous`);
     `published` receives the outcome of every date published, in date order, as it is.
@@ -88,7 +104,6 @@ def partitions_transform(
     pseudonym_key_expect(config=config)
     days = sorted(outcomes)
     first = outcomes[days[0]]
-    log_path = _log_path(config, days[0], first.run_id, last=days[-1], attempt=len(first.attempts) + 1)
     errors: dict[date, BaseException | None] = {}
     with ExitStack() as stack:
         # Every date's raw partitions held for reading until the job is done, as in `partition_transform`.
@@ -101,32 +116,50 @@ def partitions_transform(
         refs = {day: staging.PartitionRef.transformed(config.staging_root, config.name, day) for day in days}
         attempts = {day: stack.enter_context(staging.partition_attempt(refs[day])) for day in days}
         specs = {day: _date_spec(config, day, attempts[day]) for day in days}
-        for day in days:
-            outcomes[day].details["log"] = str(log_path)
-        try:
-            submitted = jobs_submit(
-                config,
-                jobs=[(specs[day], attempts[day]) for day in days],
-                log_path=log_path,
-                timeout=config.spark.timeout_seconds,
+        engines = {day: _engine_chosen(config, day, specs[day], outcomes[day]) for day in days}
+        log_paths: dict[date, Path] = {}
+        failed: dict[date, BaseException] = {}
+        for engine in (DASK, SPARK):
+            batch = [day for day in days if engines[day] == engine]
+            if not batch:
+                continue
+            log_path = _log_path(
+                config, batch[0], first.run_id, last=batch[-1], attempt=len(first.attempts) + 1, engine=engine
             )
-        except SparkJobError as exc:
-            for day in days:
-                outcomes[day].details |= exc.facts
-            raise
-        finally:
-            for day in days:
-                if "log_tail" not in outcomes[day].details:
-                    outcomes[day].details["log_tail"] = log_tail(log_path)
-        for day in days:
-            outcomes[day].details |= submitted.facts()
+            for day in batch:
+                log_paths[day] = log_path
+                outcomes[day].details["log"] = str(log_path)
             try:
-                failed = attempts[day] / FAILED_FILE
-                if failed.exists():
-                    error = json.loads(failed.read_text(encoding="utf-8"))["error"]
-                    job = config.spark.job
-                    raise SparkJobError(f"spark job {job} failed on {day}: {error} (log: {log_path})")
-                publish = (refs[day], attempts[day], specs[day], contract, log_path, outcomes[day])
+                submitted = jobs_submit(
+                    config,
+                    jobs=[(specs[day], attempts[day]) for day in batch],
+                    log_path=log_path,
+                    timeout=engine_timeout(config, engine),
+                    engine=engine,
+                )
+            except SparkJobError as exc:  # the process as a whole: each of its dates failed with it
+                for day in batch:
+                    outcomes[day].details |= exc.facts
+                    failed[day] = exc
+                continue
+            finally:
+                for day in batch:
+                    if "log_tail" not in outcomes[day].details:
+                        outcomes[day].details["log_tail"] = log_tail(log_path)
+            for day in batch:
+                outcomes[day].details |= submitted.facts()
+        for day in days:
+            try:
+                if day in failed:
+                    raise failed[day]
+                failed_file = attempts[day] / FAILED_FILE
+                if failed_file.exists():
+                    error = json.loads(failed_file.read_text(encoding="utf-8"))["error"]
+                    job = config.spark.job if engines[day] == SPARK else config.dask.job
+                    raise SparkJobError(
+                        f"{engines[day]} job {job} failed on {day}: {error} (log: {log_paths[day]})"
+                    )
+                publish = (refs[day], attempts[day], specs[day], contract, log_paths[day], outcomes[day])
                 _attempt_publish(config, day, *publish, previous=previous)
                 outcomes[day].details["partition"] = str(refs[day].dir)
                 errors[day] = None
@@ -138,13 +171,29 @@ def partitions_transform(
     return errors
 
 
+def _engine_chosen(config: PipelineConfig, day: date, spec: Mapping[str, Any], outcome: StepOutcome) -> str:
+    """The engine of the date's job, on its staged rows (the spec's, from the manifests); on the record
+    with why."""
+    engine, reason = engine_choose(config=config, staged_rows=spec_staged_rows(spec))
+    outcome.details |= {"engine": engine, "engine_reason": reason}
+    log.info("engine_chosen", engine=engine, reason=reason, business_date=day.isoformat())
+    return engine
+
+
 def _log_path(
-    config: PipelineConfig, day: date, run_id: int, *, attempt: int, last: date | None = None
+    config: PipelineConfig,
+    day: date,
+    run_id: int,
+    *,
+    attempt: int,
+    last: date | None = None,
+    engine: str = SPARK,
 ) -> Path:
     """One file per attempt: a retried step keeps the log of the try that failed (its path is on the
-    record's `attempts`)."""
+    record's `attempts`). A Dask job's log says so in its name (`-transform-dask-`)."""
     dates = day.isoformat() + (f"..{last.isoformat()}" if last is not None and last != day else "")
-    return config.staging_root / config.name / "logs" / f"{dates}-run{run_id}-transform-attempt{attempt}.log"
+    step = "transform" if engine == SPARK else f"transform-{engine}"
+    return config.staging_root / config.name / "logs" / f"{dates}-run{run_id}-{step}-attempt{attempt}.log"
 
 
 def _date_spec(config: PipelineConfig, business_date: date, attempt: Path) -> dict[str, Any]:
@@ -195,7 +244,8 @@ def _attempt_publish(
         ),
         outcome=outcome,
     )
-    manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract)
+    engine = outcome.details.get("engine", SPARK)
+    manifest = _transformed_manifest(ref, attempt, result, outcome.run_id, contract, engine=engine)
     staging.partition_publish(ref, manifest, attempt)
 
 
@@ -284,15 +334,21 @@ def _job_result_read(attempt: Path, log_path: Path, contract: JobContract) -> di
     try:
         result = json.loads((attempt / "_result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SparkJobError(f"spark job wrote no readable _result.json ({exc}); log: {log_path}") from None
+        raise SparkJobError(f"the job wrote no readable _result.json ({exc}); log: {log_path}") from None
     missing = [name for name in contract.names if not (attempt / name).is_dir()]
     if missing:
-        raise SparkJobError(f"spark job did not write output(s) {missing}; log: {log_path}")
+        raise SparkJobError(f"the job did not write output(s) {missing}; log: {log_path}")
     return result
 
 
 def _transformed_manifest(
-    ref: staging.PartitionRef, attempt: Path, result: Mapping[str, Any], run_id: int, contract: JobContract
+    ref: staging.PartitionRef,
+    attempt: Path,
+    result: Mapping[str, Any],
+    run_id: int,
+    contract: JobContract,
+    *,
+    engine: str = SPARK,
 ) -> staging.Manifest:
     outputs: dict[str, dict[str, Any]] = {}
     all_files: list[Path] = []
@@ -313,7 +369,7 @@ def _transformed_manifest(
         files=[str(f.relative_to(ref.dir)) for f in all_files],
         row_count=outputs[contract.primary]["rows"],
         schema=[],
-        source=f"spark job over raw partitions of {ref.business_date.isoformat()}",
+        source=f"{engine} job over raw partitions of {ref.business_date.isoformat()}",
         checksum=staging.files_checksum(all_files),
         run_id=run_id,
         outputs=outputs,

@@ -18,6 +18,7 @@ from spark_jobs.contract import CONTRACTS
 from .. import staging
 from ..config import PipelineConfig, pipeline_load, pipeline_names
 from ..demo.pipeline import demo_secret_defaults, environ_defaults
+from ..engines import AUTO, DASK, SPARK
 from ..errors import ETL_ERRORS
 from ..preflight import JavaFound, findings_line, java_find, pipeline_preflight, source_secret_variables
 from .pipeline import STEPS, business_date_parse
@@ -95,9 +96,7 @@ def pipeline_plan(*, config: PipelineConfig) -> list[str]:
             lines.append(f"  guards: {guards}")
     contract = CONTRACTS.get(config.spark.job)
     outputs = ", ".join(contract.names) if contract else "unknown (no contract)"
-    java = java_find()
-    java_text = f"Java {java.major} at {java.path}" if isinstance(java, JavaFound) else "no usable Java"
-    lines.append(f"transform: {config.spark.job} on {config.spark.master} ({java_text}); outputs {outputs}")
+    lines.append(f"transform: {_engine_described(config)}; outputs {outputs}")
     lines.append(
         f"  written to {staging.PartitionRef.transformed(config.staging_root, config.name, day).dir}"
     )
@@ -111,3 +110,18 @@ def pipeline_plan(*, config: PipelineConfig) -> list[str]:
         )
     lines.append(f"load: into warehouse database alias {config.database!r} (run records there too)")
     return lines
+
+
+def _engine_described(config: PipelineConfig) -> str:
+    """Where the job runs: Spark's master and Java, the Dask module and scheduler, or auto's rule."""
+    on_spark = on_dask = ""
+    if config.engine in (SPARK, AUTO):
+        java = java_find()
+        java_text = f"Java {java.major} at {java.path}" if isinstance(java, JavaFound) else "no usable Java"
+        on_spark = f"{config.spark.job} on {config.spark.master} ({java_text})"
+    if config.engine in (DASK, AUTO):
+        where = config.dask.scheduler_address or "Dask's threaded scheduler"
+        on_dask = f"{config.dask.job} on Dask ({where}, in a process of its own)"
+    if config.engine == AUTO:
+        return f"auto: {on_dask} for a date of at most {config.dask.max_rows} staged rows, else {on_spark}"
+    return on_spark or on_dask

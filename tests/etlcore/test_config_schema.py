@@ -51,8 +51,8 @@ def good_text(**parts) -> str:
 # --- unknown keys: each typo the issue lists, through pipeline_parse --------------------------------------
 
 TOP_KEYS = (
-    "name, description, timezone, staging_root, extract_workers, spark, warehouse, run, queue, trigger, "
-    "datasets"
+    "name, description, timezone, staging_root, extract_workers, engine, spark, dask, warehouse, run, queue, "
+    "trigger, datasets"
 )
 
 
@@ -398,12 +398,17 @@ def documented_keys(heading: str) -> set[str]:
 @pytest.mark.parametrize(
     ("heading", "declared", "undocumented"),
     [
-        ("## Top level", PIPELINE.keys, {"spark", "warehouse", "run", "queue", "trigger", "datasets"}),
+        (
+            "## Top level",
+            PIPELINE.keys,
+            {"spark", "dask", "warehouse", "run", "queue", "trigger", "datasets"},
+        ),
         ("## `[run]`", PIPELINE.keys["run"].keys, {"retries"}),
         ("## `[queue]`", PIPELINE.keys["queue"].keys, set()),
         ("## `[trigger]`", PIPELINE.keys["trigger"].keys, set()),
         ("### `[run.retries]`", PIPELINE.keys["run"].keys["retries"].keys, set()),
         ("## `[spark]`", PIPELINE.keys["spark"].keys, set()),
+        ("## `[dask]`", PIPELINE.keys["dask"].keys, set()),
         ("## `[warehouse]`", PIPELINE.keys["warehouse"].keys, set()),
         ("## `[datasets.<name>]`", DATASET.keys, {"source", "columns", "rules"}),
         ("### `[datasets.<name>.columns]`", COLUMN.keys, set()),
@@ -436,6 +441,7 @@ def documented_keys(heading: str) -> set[str]:
         "trigger",
         "retries",
         "spark",
+        "dask",
         "warehouse",
         "dataset",
         "columns",

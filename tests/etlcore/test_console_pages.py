@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import re
 from datetime import date, timedelta
+from io import StringIO
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.utils import timezone
 
 from etlcore.models import PipelineRun, StagedPartition, StepRun
@@ -167,6 +169,21 @@ def test_a_recorded_log_tail_is_shown_when_the_step_has_one(admin_client, runs):
     runs["log"].unlink()
     page = admin_client.get(f"/admin/etlcore/pipelinerun/{runs['bad'].pk}/change/").content.decode()
     assert "recorded: executor lost" in page
+
+
+def test_the_engine_that_ran_a_transform_and_why_are_on_the_run_page_and_in_pipeline_status(
+    admin_client, runs
+):
+    step = runs["good"].steps.get(step="transform")
+    why = "auto: 959 staged rows <= dask max_rows 1000000"
+    step.details = {**step.details, "engine": "dask", "engine_reason": why}
+    step.save()
+    page = admin_client.get(f"/admin/etlcore/pipelinerun/{runs['good'].pk}/change/").content.decode()
+    row = re.search(r'class="etl-engine">(.*?)</tr>', page, re.S).group(1)
+    assert "on dask: auto: 959 staged rows &lt;= dask max_rows 1000000" in row
+    out = StringIO()
+    call_command("pipeline_status", "--pipeline", "shop", stdout=out)
+    assert f"          engine dask: {why}\n" in out.getvalue()
 
 
 def test_the_admin_index_says_how_each_pipeline_s_last_run_went(admin_client, runs):

@@ -1,5 +1,8 @@
 """`manage.py forget_customer`: a customer out of the warehouse, quarantine and staging, totals unchanged, no
-identity in the erasure record, and kept out by a replay of quarantine and a re-run of the date."""
+identity in the erasure record, and kept out by a replay of quarantine and a re-run of the date.
+
+The demo run, the replay and the backfill run the sales job in the suite's Spark session
+(tests/spark_in_session.py): erasure is about what the pipeline keeps, not about spark-submit."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from connectors.records import erasure_token, pseudonym
 from etlcore.demo.api_server import TOKEN_ENV, demo_api_token, start_demo_api
 from etlcore.demo.pipeline import DEMO_PSEUDONYM_KEY
 from etlcore.models import ErasedCustomer, Erasure
+from tests.spark_in_session import jobs_in_session
 from warehouse.checks import warehouse_checksums
 from warehouse.models import DimCustomer, FactDailySales, FactSalesLine, QuarantinedRow
 
@@ -90,14 +94,15 @@ def canary(data_dir: Path) -> tuple[str, str]:
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
 def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_backfill_keep_them_erased(
-    pipeline_dir, tmp_path, monkeypatch, staging_root
+    pipeline_dir, tmp_path, monkeypatch, staging_root, spark
 ):
     from etlcore.demo.pipeline import demo_run
 
+    jobs_in_session(monkeypatch, spark)
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY)
     (pipeline_dir / "retail_demo.toml").write_text(DEMO_FILE.read_text())
     data_dir = tmp_path / "demo"
-    demo_run(data_dir=data_dir, business_dates=[DAY])  # spark-submit 1
+    demo_run(data_dir=data_dir, business_dates=[DAY])  # transform 1
     email, hexed = canary(data_dir)
     assert any(hexed in r for r in QuarantinedRow.objects.values_list("raw_record", flat=True))
     assert hexed in staged_strings(staging_root)
@@ -135,7 +140,7 @@ def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_b
     forgotten = warehouse_checksums(using="default")
 
     # Transform and load again from the rewritten raw partitions: what forget left is what a run makes.
-    call_command("replay_quarantine", "--date", DAY.isoformat(), stdout=StringIO())  # spark-submit 2
+    call_command("replay_quarantine", "--date", DAY.isoformat(), stdout=StringIO())  # transform 2
     assert_absent(hexed, email, staging_root)
     assert totals() == before
     assert warehouse_checksums(using="default") == forgotten
@@ -147,7 +152,7 @@ def test_forget_erases_the_customer_everywhere_keeps_totals_and_a_replay_and_a_b
     with start_demo_api(orders_path=data_dir / "orders.jsonl", token=token) as api:
         monkeypatch.setenv("ETL_DEMO_API_URL", api.url)
         day = DAY.isoformat()
-        call_command("run_pipeline", "--from", day, "--to", day, stdout=StringIO())  # spark-submit 3
+        call_command("run_pipeline", "--from", day, "--to", day, stdout=StringIO())  # transform 3
     assert_absent(hexed, email, staging_root)
     assert totals() == before
     assert warehouse_checksums(using="default") == forgotten

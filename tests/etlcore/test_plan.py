@@ -216,3 +216,46 @@ def test_dry_run_of_a_backfill_plans_every_date_in_one_application_and_changes_n
     submits = [line for line in lines if line.startswith("spark-submit")]
     assert len(submits) == 1
     assert lines[lines.index(submits[0]) + 1].count(" --spec ") == 3
+
+
+def test_plan_shows_each_date_s_engine_and_the_dask_job_s_command_for_the_dates_on_dask(shop, pipeline_dir):
+    extracted(shop, "2026-11-01", order(1, "2026-11-01T08:00:00Z"))
+    extracted(shop, "2026-11-02", order(2, "2026-11-02T08:00:00Z"), order(3, "2026-11-02T09:00:00Z"))
+    source = orders("orders", shop["api"].url)
+    days = [date(2026, 11, 1), date(2026, 11, 2)]
+    small, large = (
+        shop["staging"] / f"shop/transformed/date={day}/attempt-<token>/_spec.json" for day in days
+    )
+
+    def plan(engine: str, steps=("transform",)):
+        pipeline_write(
+            pipeline_dir,
+            datasets={"orders": source},
+            database=shop["alias"],
+            staging=shop["staging"],
+            top=f'engine = "{engine}"',
+            tables="[dask]\nmax_rows = 1\n",
+        )
+        return pipeline_plan(config=pipeline_load("shop"), dates=days, steps=steps)
+
+    # auto over staged dates: one row is at max_rows (Dask), two are above it (Spark); one process each.
+    auto = plan("auto")
+    assert [(t.engine, t.engine_reason) for t in auto.transforms] == [
+        ("dask", "auto: 1 staged rows <= dask max_rows 1"),
+        ("spark", "auto: 2 staged rows > dask max_rows 1"),
+    ]
+    assert auto.dask_command[1:4] == ("-P", "-m", "spark_jobs.sales_daily_dask")
+    assert [a for a in auto.dask_command if a.endswith("_spec.json")] == [str(small)]
+    assert [a for a in auto.spark_submit if a.endswith("_spec.json")] == [str(large)]
+    text = "\n".join(plan_lines(auto))
+    assert "    engine dask: auto: 1 staged rows <= dask max_rows 1" in text
+    assert "spark-submit, one application for 1 date(s)" in text
+    assert "Dask job, one process for 1 date(s), as the run records it:" in text
+    # A run that extracts first chooses after the extract: either engine may get either date.
+    before_extract = plan("auto", steps=STEPS)
+    assert {t.engine for t in before_extract.transforms} == {None}
+    assert before_extract.dask_command.count("--spec") == before_extract.spark_submit.count("--spec") == 2
+    # On Dask: no spark-submit at all.
+    on_dask = plan("dask")
+    assert (on_dask.spark_submit, on_dask.dask_command.count("--spec")) == ((), 2)
+    assert "spark-submit" not in "\n".join(plan_lines(on_dask))

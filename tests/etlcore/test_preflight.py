@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -390,3 +391,43 @@ def test_a_spark_submit_that_is_not_there_is_named(shop, settings, tmp_path):
         CommandError, match=r"spark-submit .*spark-3/bin/spark-submit is not an executable file"
     ):
         run_command("validate_pipeline", "--pipeline", "shop")
+
+
+# --- the Dask engine: no Java, its module and packages, its scheduler ---------------------------------------
+
+
+def test_a_dask_pipeline_needs_no_java_and_no_spark_submit_but_auto_needs_both(
+    shop, tmp_path, monkeypatch, settings
+):
+    java = fake_java(tmp_path / "jdk-11" / "bin", 'openjdk version "11.0.2" 2019-01-15')
+    monkeypatch.setenv("JAVA_HOME", str(java.parent.parent))
+    settings.ETL_SPARK_SUBMIT = str(tmp_path / "no-spark" / "spark-submit")
+    write(shop, top='engine = "dask"')
+    output = run_command("validate_pipeline", "--pipeline", "shop")
+    assert "shop: valid" in output
+    assert "transform: spark_jobs.sales_daily_dask on Dask (Dask's threaded scheduler" in output
+
+    write(shop, top='engine = "auto"')  # a date above [dask] max_rows runs on Spark: Spark must be there
+    with pytest.raises(CommandError) as raised:
+        run_command("run_pipeline", "--pipeline", "shop", "--date", DAY)
+    assert "no-spark/spark-submit is not an executable file" in str(raised.value)
+    assert f"Spark needs Java 17 or newer: found Java 11 at {java}" in str(raised.value)
+    assert_failed_before_extract(shop, str(raised.value))
+
+
+def test_a_scheduler_that_does_not_answer_fails_the_run_before_anything_is_extracted(shop):
+    with socket.socket() as listener:  # a scheduler's port accepts connections: the preflight asks no more
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        write(shop, top='engine = "dask"', tables=f'[dask]\nscheduler_address = "{address}"\n')
+        assert f"on Dask ({address}, in a process of its own)" in run_command(
+            "validate_pipeline", "--pipeline", "shop"
+        )
+    # Closed: nothing listens there any more.
+    with pytest.raises(CommandError) as raised:
+        run_command("run_pipeline", "--pipeline", "shop", "--date", DAY)
+    assert str(raised.value).startswith(
+        f"{shop['dir'] / 'shop.toml'}: [dask] scheduler_address: no scheduler answers at {address} ("
+    )
+    assert_failed_before_extract(shop, str(raised.value))

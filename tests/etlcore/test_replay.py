@@ -1,5 +1,6 @@
 """`manage.py replay_quarantine`: which quarantined rows (and so which dates) a replay takes, its errors,
-and one real replay through spark-submit after a rule is relaxed."""
+and one real replay through spark-submit after a rule is relaxed (the demo run before it runs the job in
+the suite's Spark session: tests/spark_in_session.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from etlcore.models import PipelineRun
 from etlcore.selectors import quarantine_select
 from etlcore.services.replay import quarantine_replay
 from tests.pipelines import dataset, pipeline_write
+from tests.spark_in_session import jobs_in_session
 from warehouse.models import FactSalesLine, QuarantinedRow
 
 DAY = date(2026, 11, 1)
@@ -111,14 +113,16 @@ ONLY_ZERO_QUANTITY = "zero_quantity: quantity='0' (a line sells or returns at le
 @pytest.mark.spark_submit
 @pytest.mark.django_db(transaction=True)
 def test_replay_by_rule_loads_the_rows_a_relaxed_rule_now_passes_and_keeps_the_others(
-    pipeline_dir, tmp_path, monkeypatch, staging_root
+    pipeline_dir, tmp_path, monkeypatch, staging_root, spark
 ):
     from etlcore.demo.pipeline import demo_run
 
     monkeypatch.setenv("ETL_PSEUDONYM_KEY", "replay-test-key")
     demo = DEMO_FILE.read_text()
     (pipeline_dir / "retail_demo.toml").write_text(demo)
-    demo_run(data_dir=tmp_path / "demo", business_dates=[DAY])
+    with monkeypatch.context() as in_session:
+        jobs_in_session(in_session, spark)
+        demo_run(data_dir=tmp_path / "demo", business_dates=[DAY])
 
     zero = QuarantinedRow.objects.filter(message__contains="zero_quantity")
     only_zero = {r.raw_record for r in zero if r.message == ONLY_ZERO_QUANTITY}
@@ -131,7 +135,7 @@ def test_replay_by_rule_loads_the_rows_a_relaxed_rule_now_passes_and_keeps_the_o
     assert relaxed != demo
     (pipeline_dir / "retail_demo.toml").write_text(relaxed)
     out = StringIO()
-    call_command("replay_quarantine", "--rule", "zero_quantity", stdout=out)
+    call_command("replay_quarantine", "--rule", "zero_quantity", stdout=out)  # a real spark-submit
 
     assert FactSalesLine.objects.count() == lines_before + len(only_zero)
     assert FactSalesLine.objects.filter(quantity=0).count() == len(only_zero)

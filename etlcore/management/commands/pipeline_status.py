@@ -77,10 +77,13 @@ def _codes(counts: dict) -> str:
 
 
 def step_detail_lines(details: dict) -> list[str]:
-    """Per-dataset accounting of a transform (in = out + rejected + duplicates + filtered, and warnings),
-    what a load's lines were to the warehouse (new, updating another partition's version per business
-    date, superseded by a newer one, deleted), and the outcome of a quarantine replay."""
+    """The engine of a transform and why, its per-dataset accounting (in = out + rejected + duplicates +
+    filtered, and warnings), what a load's lines were to the warehouse (new, updating another partition's
+    version per business date, superseded by a newer one, deleted), and the outcome of a quarantine
+    replay."""
     lines = []
+    if details.get("engine"):  # which engine ran the transform, and why (etlcore/engines.py)
+        lines.append(f"engine {details['engine']}: {details.get('engine_reason', '')}")
     for name, c in (details.get("datasets") or {}).items():
         if not isinstance(c, dict) or "rows_in" not in c:
             continue
