@@ -18,6 +18,7 @@ pandas' nullable boolean.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -79,6 +80,42 @@ _TIMESTAMP_PARTS = re.compile(
 _BOOLEANS = {"t": True, "true": True, "y": True, "yes": True, "1": True}
 _BOOLEANS |= {"f": False, "false": False, "n": False, "no": False, "0": False}
 LOADED_FORMS: dict[str, Callable[[str], str]] = {"upper": str.upper}
+
+
+# Java's shorthand classes are ASCII (Pattern without UNICODE_CHARACTER_CLASS), and so is its (?i).
+_JAVA_SHORTHANDS = {"d": "0-9", "w": "a-zA-Z_0-9", "s": " \\t\\n\\x0B\\f\\r"}
+
+
+@functools.lru_cache(maxsize=256)
+def java_regex(pattern: str) -> Any:
+    """A Java (Spark ``rlike``) regular expression compiled to match as Java does: ``\\d``, ``\\w``, ``\\s``
+    and ``(?i)`` ASCII-only. Python's ``re`` with ASCII is that, unless the pattern names a Unicode property
+    (``\\p{Lu}``): then the ``regex`` package, the shorthands rewritten as ASCII classes."""
+    if "\\p{" not in pattern and "\\P{" not in pattern:
+        return re.compile(pattern, re.ASCII)
+    import regex
+
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            escaped = pattern[i + 1]
+            ascii_set = _JAVA_SHORTHANDS.get(escaped.lower())
+            if ascii_set and in_class and escaped.islower():
+                out.append(ascii_set)
+            elif ascii_set and not in_class:
+                out.append(f"[{'^' if escaped.isupper() else ''}{ascii_set}]")
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        out.append(char)
+        i += 1
+    return regex.compile("".join(out), regex.V0)
 
 
 # --- values ----------------------------------------------------------------------------------------------
@@ -357,7 +394,7 @@ def rule_failed(rule: Rule, cleaned: pd.Series, typed: pd.Series, ctype: ColumnT
         return cleaned.isna().to_numpy()
     if check == "pattern":
         anchored = rule["pattern"] if rule.get("match") == "search" else f"^(?:{rule['pattern']})$"
-        pattern = re.compile(anchored)
+        pattern = java_regex(anchored)
         matched = per_value(cleaned, lambda text: pattern.search(text) is not None)
         known = cleaned.notna().to_numpy()
         hit = flag(matched)
@@ -699,6 +736,17 @@ def hmac_hex(key: bytes) -> Callable[[str], str]:
     return digest
 
 
+# A \\u00xx escape of json.dumps (not an escaped backslash followed by "u00xx").
+_LOWER_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u00([0-9a-f]{2})")
+
+
+def spark_json(record: Mapping[str, Any]) -> str:
+    """A record as Spark's ``to_json`` writes it: keys in order, no spaces, non-ASCII as is, control
+    characters without a short escape as ``\\u00XX`` in upper case (Jackson's), nulls kept."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    return _LOWER_ESCAPE.sub(lambda m: f"{m.group(1)}\\u00{m.group(2).upper()}", text)
+
+
 _CODE_COLUMN = re.compile(r"^(?:missing|invalid)_(.+)$", re.DOTALL)
 
 
@@ -750,7 +798,7 @@ def quarantine_records(
                 else:
                     text += f" ({notes[code]})"
             parts.append(text)
-        raw_record = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        raw_record = spark_json(record)
         records.append(
             (dataset, codes[0] if codes else None, "; ".join(parts), raw_record,
              hashlib.sha256(raw_record.encode("utf-8")).hexdigest())

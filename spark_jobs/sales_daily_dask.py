@@ -54,6 +54,7 @@ from spark_jobs.quality_pandas import (
     flag,
     group_ids,
     hmac_hex,
+    java_regex,
     mark_duplicates,
     merge_counts,
     per_pair,
@@ -203,8 +204,26 @@ def with_source_defaults(lines: pd.DataFrame, options: RetailOptions, reporting_
 def _wall_to_utc(micros: int, zone: zoneinfo.ZoneInfo) -> int:
     """Spark's to_utc_timestamp: the wall-clock time in ``zone`` as an instant (a time in a gap moves on by
     the gap, a repeated one takes the earlier offset: Java's rules, which fold=0 gives)."""
-    wall = (EPOCH + dt.timedelta(microseconds=int(micros))).replace(tzinfo=zone)
-    return (wall - EPOCH) // dt.timedelta(microseconds=1)
+    try:
+        wall = (EPOCH + dt.timedelta(microseconds=int(micros))).replace(tzinfo=zone)
+        return (wall - EPOCH) // dt.timedelta(microseconds=1)
+    except OverflowError:  # beyond Python's years (Java's reach further): the zone's offset at the edge
+        return int(micros) - _edge_offset(int(micros), zone)
+
+
+def _offset_micros(micros: int, zone: zoneinfo.ZoneInfo) -> int:
+    """The zone's UTC offset at an instant, in microseconds."""
+    try:
+        offset = (EPOCH + dt.timedelta(microseconds=micros)).astimezone(zone).utcoffset()
+    except OverflowError:
+        return _edge_offset(micros, zone)
+    return offset // dt.timedelta(microseconds=1) if offset is not None else 0
+
+
+def _edge_offset(micros: int, zone: zoneinfo.ZoneInfo) -> int:
+    edge = dt.datetime(9999, 12, 30, tzinfo=dt.UTC) if micros > 0 else dt.datetime(1, 1, 2, tzinfo=dt.UTC)
+    offset = edge.astimezone(zone).utcoffset()
+    return offset // dt.timedelta(microseconds=1) if offset is not None else 0
 
 
 def with_row_line_numbers(lines: pd.DataFrame) -> None:
@@ -217,7 +236,7 @@ def with_row_line_numbers(lines: pd.DataFrame) -> None:
 
 
 def with_line_type(lines: pd.DataFrame, options: RetailOptions) -> None:
-    rules = [(t.type, set(t.skus), re.compile(t.pattern) if t.pattern else None) for t in options.line_types]
+    rules = [(t.type, set(t.skus), java_regex(t.pattern) if t.pattern else None) for t in options.line_types]
 
     def line_type(sku: str) -> str:
         for kind, skus, pattern in rules:
@@ -327,8 +346,7 @@ def _with_business_date(lines: pd.DataFrame, plan: Plan) -> None:
         zone = zoneinfo.ZoneInfo(plan.options.timezone)
 
         def local_day(micros: int) -> int:
-            instant = EPOCH + dt.timedelta(microseconds=int(micros))
-            return (instant.astimezone(zone).date() - EPOCH.date()).days
+            return (int(micros) + _offset_micros(int(micros), zone)) // 86_400_000_000
 
         days = per_value(value, local_day, "Int64")
     else:
