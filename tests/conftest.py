@@ -33,10 +33,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with real spark-submits first. `make test` hands files to two processes one at a time: the
-    long files then run beside each other and the many short ones fill both processes at the end, rather
-    than one long file running alone at the end while the other process has nothing left."""
-    slow = {item.path for item in items if item.get_closest_marker("spark_submit")}
+    """Files with real spark-submits (or marked `long`) first. `make test` hands files to two processes one
+    at a time: the long files then run beside each other and the many short ones fill both processes at the
+    end, rather than one long file running alone at the end while the other process has nothing left."""
+    slow = {
+        item.path
+        for item in items
+        if item.get_closest_marker("spark_submit") or item.get_closest_marker("long")
+    }
     items.sort(key=lambda item: item.path not in slow)  # stable: each file's tests keep their order
 
 

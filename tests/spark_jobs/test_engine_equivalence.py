@@ -39,7 +39,8 @@ from tests.spark_jobs.engine_equivalence import assert_same_job_outputs, job_out
 from tests.test_online_retail import CSV as ONLINE_RETAIL_CSV
 from tests.test_online_retail import DATES as ONLINE_RETAIL_DATES
 
-pytestmark = pytest.mark.django_db
+# Several minutes: scheduled first (tests/conftest.py), beside the spark-submit files.
+pytestmark = [pytest.mark.django_db, pytest.mark.long]
 
 PSEUDONYM_KEY = "engine-equivalence-key"
 ANN = b"ann@example.com"  # every customer of the every_output fixture
