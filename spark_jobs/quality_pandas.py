@@ -37,7 +37,6 @@ from spark_jobs.rule_spec import (
     DATE_SHAPE,
     INT_RANGES,
     ROW_CHECKS,
-    TIMESTAMP_SHAPE,
     And,
     Compare,
     Condition,
@@ -70,13 +69,8 @@ _INNER_SPACE = re.compile(f"[{_WHITE}]+")
 _ASCII_CONTROL_SPACE = re.compile(r"[\t\n\x0B\f\r]")
 _SPACES = re.compile(" {2,}")
 # Java's \d is ASCII; Python's takes every script's digits.
-_TIMESTAMP = re.compile(TIMESTAMP_SHAPE, re.ASCII)
 _DATE = re.compile(DATE_SHAPE, re.ASCII)
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
-_TIMESTAMP_PARTS = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|([+-])(\d{2}):?(\d{2})?)?$",
-    re.ASCII,
-)
 _BOOLEANS = {"t": True, "true": True, "y": True, "yes": True, "1": True}
 _BOOLEANS |= {"f": False, "false": False, "n": False, "no": False, "0": False}
 LOADED_FORMS: dict[str, Callable[[str], str]] = {"upper": str.upper}
@@ -186,24 +180,9 @@ def decimal_of(text: str, precision: int, scale: int, shape: re.Pattern[str] | N
 
 def timestamp_micros(text: str) -> int | None:
     """ISO text (Spark's accepted shapes) -> microseconds since the epoch, UTC when it names no offset;
-    nanoseconds are truncated, as Spark does."""
-    parts = _TIMESTAMP_PARTS.match(text)
-    if not parts:
-        return None
-    year, month, day, hour, minute, second, fraction, zone, sign, off_h, off_m = parts.groups()
-    try:
-        wall = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
-    except ValueError:
-        return None
-    micros = int((fraction or "").ljust(6, "0")[:6])
-    offset = 0
-    if zone and zone != "Z":
-        hours, minutes = int(off_h), int(off_m or 0)
-        if minutes > 59 or hours * 60 + minutes > 18 * 60:
-            return None
-        offset = (hours * 60 + minutes) * (-1 if sign == "-" else 1)
-    delta = wall.replace(tzinfo=dt.UTC) - EPOCH
-    return (delta // dt.timedelta(microseconds=1)) + micros - offset * 60_000_000
+    nanoseconds are truncated, as Spark does. One value of :func:`timestamps_micros`."""
+    value = timestamps_micros(pd.Series([text], dtype=object)).iloc[0]
+    return None if pd.isna(value) else int(value)
 
 
 def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
@@ -250,7 +229,7 @@ def timestamps_micros(texts: pd.Series) -> pd.Series:
     month_ok = (month >= 1) & (month <= 12)
     last_day = np.where(month_ok, _MONTH_DAYS[np.clip(month, 0, 12)], 0) + ((month == 2) & leap)
     valid = (
-        (year >= 1) & month_ok & (day >= 1) & (day <= last_day)
+        month_ok & (day >= 1) & (day <= last_day)
         & (hour <= 23) & (minute <= 59) & (second <= 59)
         & (off_m <= 59) & (off_h * 60 + off_m <= 18 * 60)
     )  # fmt: skip
@@ -267,6 +246,7 @@ def timestamps_micros(texts: pd.Series) -> pd.Series:
     return pd.Series(out, index=texts.index)
 
 
+# rule_spec.TIMESTAMP_SHAPE with its parts named.
 _TIMESTAMP_GROUPS = (
     r"^(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[T ](?P<h>\d{2}):(?P<mi>\d{2})"
     r"(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,9}))?)?(?P<z>Z|(?P<sign>[+-])(?P<oh>\d{2}):?(?P<om>\d{2})?)?$"
@@ -274,12 +254,14 @@ _TIMESTAMP_GROUPS = (
 
 
 def date_days(text: str) -> int | None:
+    """ISO date text -> days since the epoch; the proleptic calendar of Java's LocalDate (year 0 too)."""
     if not _DATE.match(text):
         return None
-    try:
-        return (dt.date.fromisoformat(text) - EPOCH_DAY).days
-    except ValueError:
+    year, month, day = (int(part) for part in text.split("-"))
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month] + (month == 2 and leap):
         return None
+    return int(_days_from_civil(np.array([year]), np.array([month]), np.array([day]))[0])
 
 
 @dataclass(frozen=True)
@@ -311,7 +293,7 @@ class ColumnType:
             shape = re.compile(decimal_shape(self.scale), re.ASCII)
             return lambda text: decimal_of(text, self.precision, self.scale, shape)
         if self.kind == "timestamp":
-            return lambda text: timestamp_micros(text) if _TIMESTAMP.match(text) else None
+            return timestamp_micros
         if self.kind == "date":
             return date_days
         return lambda text: _BOOLEANS.get(text.lower())
