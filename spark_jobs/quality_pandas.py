@@ -55,9 +55,7 @@ from spark_jobs.rule_spec import (
 
 RAW_PREFIX = "_raw."
 DUP_COL = "_dup"
-SEVERITIES = ("reject", "warn", "filter")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-EPOCH_DAY = dt.date(1970, 1, 1)
 # Exact decimal arithmetic: a product of two decimal(18,x) has up to 37 digits; the default context's 28
 # would round it.
 EXACT = Context(prec=80)
