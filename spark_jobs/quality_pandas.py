@@ -140,6 +140,101 @@ def per_pair(left: pd.Series, right: pd.Series, fn: Callable[[Any, Any], Any]) -
     return pd.Series(out, index=left.index, dtype=object)
 
 
+# Products of scaled integers below this are exact in int64 (a float estimate decides, with a margin).
+_INT64_SAFE = float(2**62)
+
+
+def decimals_scaled(series: pd.Series, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal objects or integers -> (each value x 10**scale as int64, where that is exact): converted by
+    Arrow's decimal128, in C. False for a missing value and for one beyond int64; ValueError when a value
+    has more digits after the point than ``scale``."""
+    if series.dtype != object:  # a nullable integer column
+        present = series.notna().to_numpy()
+        return series.fillna(0).to_numpy(dtype=np.int64) * 10**scale, present
+    try:
+        values = pa.array(series.to_numpy(), type=pa.decimal128(38, scale), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"not decimals of scale {scale}: {exc}") from exc
+    data = values.buffers()[1]
+    words = np.frombuffer(data, dtype=np.int64, count=2 * len(values), offset=16 * values.offset)
+    low, high = words[0::2], words[1::2]  # little-endian 128-bit two's complement
+    fits = values.is_valid().to_numpy(zero_copy_only=False) & (high == (low >> 63))
+    return np.where(fits, low, 0), fits
+
+
+def decimals_from_scaled(values: np.ndarray, present: np.ndarray, scale: int) -> np.ndarray:
+    """int64 values x 10**-scale -> Decimal objects of that exponent (None where not present), by Arrow."""
+    words = np.empty((len(values), 2), dtype=np.int64)
+    words[:, 0], words[:, 1] = values, values >> 63
+    validity = pa.py_buffer(np.packbits(present, bitorder="little"))
+    array = pa.Array.from_buffers(pa.decimal128(38, scale), len(values), [validity, pa.py_buffer(words)])
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _half_up(values: np.ndarray, digits: int) -> np.ndarray:
+    """Scaled integers with ``digits`` fewer digits after the point, rounded half away from zero (Java's
+    and Spark's HALF_UP)."""
+    if digits <= 0:
+        return values * 10**-digits
+    unit = 10**digits
+    magnitude = (np.abs(values) + unit // 2) // unit
+    return np.where(values < 0, -magnitude, magnitude)
+
+
+def decimal_products(
+    left: pd.Series,
+    left_scale: int,
+    right: pd.Series,
+    right_scale: int,
+    *,
+    scale: int,
+    limit: Decimal,
+    exact: Callable[[Any, Any], Any],
+) -> pd.Series:
+    """``left x right`` rounded HALF_UP to ``scale`` digits, None where either is missing or the result's
+    magnitude is not below ``limit``: in int64 arithmetic, vectorised; ``exact(l, r)`` (the same in
+    Decimal) for the rows whose product could leave int64 and when a side is not of its scale."""
+    try:
+        a, a_ok = decimals_scaled(left, left_scale)
+        b, b_ok = decimals_scaled(right, right_scale)
+    except ValueError:
+        return per_pair(left, right, exact)
+    widen = float(10 ** max(0, scale - left_scale - right_scale))
+    both = a_ok & b_ok
+    fast = both & (np.abs(a.astype(float)) * np.abs(b.astype(float)) * widen < _INT64_SAFE)
+    rounded = _half_up(np.where(fast, a * b, 0), left_scale + right_scale - scale)
+    bound = int(limit.scaleb(scale))
+    present = fast & (np.abs(rounded) < bound) if bound < 2**63 else fast
+    out = decimals_from_scaled(rounded, present, scale)
+    slow = (left.notna().to_numpy() & right.notna().to_numpy()) & ~fast
+    if slow.any():
+        out[slow] = per_pair(left[slow], right[slow], exact).to_numpy()
+    return pd.Series(out, index=left.index, dtype=object)
+
+
+def clean_and_parse(staged: pd.Series, ctype: ColumnType) -> tuple[pd.Series, pd.Series]:
+    """(cleaned text, typed value) of each staged text (:func:`clean_value`, then ``ctype``'s parser), both
+    computed once per distinct staged text; missing where the text is or cleans to nothing."""
+    codes, uniques = pd.factorize(staged, use_na_sentinel=True)
+    collapse = ctype.kind == "string"
+    texts = np.empty(len(uniques) + 1, dtype=object)  # the last one for a missing value (code -1)
+    texts[:-1] = [clean_value(text, collapse) for text in uniques]
+    texts[-1] = None
+    cleaned = pd.Series(texts[codes], index=staged.index, dtype=object)
+    if ctype.kind == "timestamp":
+        typed = timestamps_micros(pd.Series(texts, dtype=object)).array.take(codes)
+    else:
+        parse = ctype.parser()
+        values = [None if text is None else parse(text) for text in texts]
+        if ctype.dtype is object:
+            table = np.empty(len(values), dtype=object)
+            table[:] = values
+            typed = table[codes]
+        else:
+            typed = pd.array(values, dtype=ctype.dtype).take(codes)
+    return cleaned, pd.Series(typed, index=staged.index)
+
+
 def clean_value(text: str | None, collapse: bool = False) -> str | None:
     """Spark's ``clean_text``: trimmed (spaces, or Unicode white space when the text has a non-ASCII
     character or an ASCII control space), inner runs collapsed when asked; empty text -> None."""
@@ -539,24 +634,18 @@ class Validation:
         return cls(dataset, types, required, tuple(rules), checks, tuple(row_rules), tuple(column_checks))
 
     def validate(self, raw: pd.DataFrame) -> pd.DataFrame:
-        """Staged text -> typed columns (declared order), ``_raw.<col>`` of every staged column, and the
-        flags of the column checks and row-level rules (spark_jobs.quality.cast_and_validate)."""
+        """Staged text (object columns, None for a missing value: what Arrow's strings give) -> typed
+        columns (declared order), ``_raw.<col>`` of every staged column, and the flags of the column checks
+        and row-level rules (spark_jobs.quality.cast_and_validate)."""
         raw = raw.reset_index(drop=True)
         n = len(raw)
         out: dict[str, Any] = {}
         cleaned: dict[str, pd.Series] = {}
         for name, ctype in self.types.items():
-            staged = raw[name].astype(object) if name in raw.columns else pd.Series([None] * n, dtype=object)
-            staged = staged.where(staged.notna(), None)
-            collapse = ctype.kind == "string"
-            cleaned[name] = per_value(staged, lambda text, c=collapse: clean_value(text, c))
-            if ctype.kind == "timestamp":
-                out[name] = timestamps_micros(cleaned[name])
-            else:
-                out[name] = per_value(cleaned[name], ctype.parser(), ctype.dtype)
+            staged = raw[name] if name in raw.columns else pd.Series([None] * n, dtype=object)
+            cleaned[name], out[name] = clean_and_parse(staged, ctype)
         for name in raw.columns:
-            staged = raw[name].astype(object)
-            out[RAW_PREFIX + name] = staged.where(staged.notna(), None)
+            out[RAW_PREFIX + name] = raw[name]
         frame = pd.DataFrame(out, index=pd.RangeIndex(n))
         for name, kind, column in self.column_checks:
             missing = cleaned[name].isna().to_numpy()

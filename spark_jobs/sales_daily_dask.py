@@ -20,15 +20,18 @@ task: threads in this process by default, or the workers of a ``dask.distributed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
 import sys
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -51,6 +54,7 @@ from spark_jobs.quality_pandas import (
     ColumnType,
     Validation,
     clean_value,
+    decimal_products,
     flag,
     group_ids,
     hmac_hex,
@@ -93,6 +97,11 @@ AMOUNT_LIMIT = Decimal(10) ** 16  # decimal(18,2)
 CENT = Decimal("0.01")
 _HAS_OFFSET_RE = re.compile(_HAS_OFFSET, re.ASCII)
 _SCRATCH = "_scratch"
+TEXT = ColumnType.of("string")
+# The dimensions the lines reference, by their key column.
+DIMENSION_KEYS = (("products", "sku"), ("stores", "store_code"))
+# What finds a return's purchase (link_candidates).
+LINK_COLUMNS = ("order_id", "ordered_at", "business_date", "customer_key", "stock_code", "is_return")
 
 
 # --- the plan: what every bucket computes, decided once -----------------------------------------------------
@@ -144,6 +153,23 @@ class Plan:
         return self.lines.checks
 
     @property
+    def day_wide(self) -> bool:
+        """Whether classifying a bucket needs the other buckets' lines: a unique rule's conflicts, or
+        dimensions derived from the lines."""
+        retail = self.options.retail
+        return bool(self.unique_rules) or retail.products_from_lines or retail.stores_from_lines
+
+    @property
+    def decimals(self) -> dict[str, pa.DataType]:
+        """The Arrow types of the lines' decimal columns, so that dumping them between tasks skips Arrow's
+        inference (a pass over every Decimal object, 4x the conversion's own cost)."""
+        money = pa.decimal128(18, 2)  # the job's amounts
+        declared = {
+            name: pa.decimal128(t.precision, t.scale) for name, t in self.types.items() if t.kind == "decimal"
+        }
+        return {"amount": money, "amount_reporting": money, **declared}
+
+    @property
     def bucket_on(self) -> str:
         """The column whose hash buckets the lines: the order id, so a bucket holds every line of an order
         and every copy and version of a line."""
@@ -155,6 +181,10 @@ class Plan:
                 f"{JOB_NAME} numbers lines by row within orders: the order_lines key must include order_id"
             )
         return key[0]
+
+
+def _derived(retail: RetailOptions, dimension: str) -> bool:
+    return retail.products_from_lines if dimension == "products" else retail.stores_from_lines
 
 
 def _staged_columns(files: Sequence[str]) -> tuple[str, ...]:
@@ -251,14 +281,18 @@ def with_line_type(lines: pd.DataFrame, options: RetailOptions) -> None:
     lines["sku"] = lines["sku"].where(kinds == PRODUCT, None)
 
 
-def line_amounts(quantity: pd.Series, unit_price: pd.Series) -> pd.Series:
+def line_amounts(quantity: pd.Series, unit_price: pd.Series, price_type: ColumnType) -> pd.Series:
     """quantity x unit_price, rounded HALF_UP to the cent, exact; None when it does not fit decimal(18,2)."""
 
     def amount(q: Any, price: Decimal) -> Decimal | None:
         value = (Decimal(int(q)) * price).quantize(CENT, rounding=ROUND_HALF_UP, context=EXACT)
         return value if abs(value) < AMOUNT_LIMIT else None
 
-    return per_pair(quantity, unit_price, amount)
+    if price_type.kind != "decimal":
+        return per_pair(quantity, unit_price, amount)
+    return decimal_products(
+        quantity, 0, unit_price, price_type.scale, scale=2, limit=AMOUNT_LIMIT, exact=amount
+    )
 
 
 def classify(
@@ -282,7 +316,7 @@ def classify(
         unknown = value.notna().to_numpy() & ~flag(per_value(value, lambda v, k=known: v in k))
         lines[column] = rule_when(rule, lines, plan.types) & unknown
     quantity, unit_price = lines["quantity"], lines["unit_price"]
-    lines["amount"] = line_amounts(quantity, unit_price)
+    lines["amount"] = line_amounts(quantity, unit_price, plan.types.get("unit_price", TEXT))
     lines[plan.line_flags["amount_out_of_range"]] = (
         quantity.notna().to_numpy() & unit_price.notna().to_numpy() & lines["amount"].isna().to_numpy()
     )
@@ -322,7 +356,10 @@ def _with_reporting_amount(
         value = (amount * line_rate).quantize(CENT, rounding=ROUND_HALF_UP, context=EXACT)
         return value if abs(value) < AMOUNT_LIMIT else None
 
-    lines["amount_reporting"] = per_pair(lines["amount"], rate, converted)
+    rate_scale = max((-r.as_tuple().exponent for r in rates.values()), default=0)
+    lines["amount_reporting"] = decimal_products(
+        lines["amount"], 2, rate, max(rate_scale, 0), scale=2, limit=AMOUNT_LIMIT, exact=converted
+    )
     has_rate = rate.notna().to_numpy()
     lines[plan.line_flags["missing_rate"]] = lines["currency"].notna().to_numpy() & ~has_rate
     lines[plan.line_flags["rate_out_of_range"]] = (
@@ -475,7 +512,7 @@ def customers_output(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """spark_jobs.sales_daily.build_customers from the buckets' parts: per customer, the country of the
     latest order that has one (ties: smallest) and that order's time; the encrypted e-mail of the latest
     (time, token)."""
-    frame = pd.concat([p for p in parts if not p.empty] or [parts[0]], ignore_index=True)
+    frame = _concat(parts)
     if frame.empty:
         return pd.DataFrame(columns=["customer_key", "country", "country_seen_at", "email_encrypted"])
     frame = _customer_reduce(frame)
@@ -527,7 +564,7 @@ def link_candidates(accepted: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFra
 
 
 def links_reduce(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    frame = pd.concat(list(parts), ignore_index=True)
+    frame = _concat(parts)
     if frame.empty:
         return frame
     frame["_orig_at"] = frame["_orig_at"].astype("Int64")
@@ -552,8 +589,8 @@ def to_arrow(frame: pd.DataFrame, output: contract.Output) -> pa.Table:
             arrays.append(
                 pa.array(values.astype("Int64"), pa.int64(), from_pandas=True).cast(pa.int32()).cast(target)
             )
-        elif pa.types.is_decimal(target) or pa.types.is_string(target):
-            arrays.append(pa.array(values.astype(object).where(values.notna(), None).tolist(), target))
+        elif pa.types.is_decimal(target) or pa.types.is_string(target):  # None, NaN and NA: null
+            arrays.append(pa.array(values.to_numpy(dtype=object), target, from_pandas=True))
         else:
             arrays.append(pa.array(values, target, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=contract.arrow_schema(output))
@@ -567,8 +604,19 @@ def write_output(table: pa.Table, directory: str, part: int) -> None:
 # --- the tasks ----------------------------------------------------------------------------------------------
 
 
-def _chunks(files: Sequence[str]) -> list[tuple[str, list[int]]]:
-    """(file, row groups) pieces of about BUCKET_ROWS rows: what one task reads."""
+@dataclass
+class Day:
+    """What a bucket's lines are classified against: the day's dimension keys, rates and unique-rule
+    conflicts, and how personal data shows in quarantine."""
+
+    dims: Mapping[str, set[Any]]
+    rates: Mapping[str, Decimal] | None
+    conflicts: Mapping[str, set[str]]
+    masks: Mapping[str, Any]
+
+
+def _chunks(files: Sequence[str], bucket_rows: int) -> list[tuple[str, list[int]]]:
+    """(file, row groups) pieces of about ``bucket_rows`` rows (or one row group): what one task reads."""
     pieces = []
     for path in files:
         meta = pq.read_metadata(path)
@@ -577,7 +625,7 @@ def _chunks(files: Sequence[str]) -> list[tuple[str, list[int]]]:
         for i in range(meta.num_row_groups):
             groups.append(i)
             rows += meta.row_group(i).num_rows
-            if rows >= BUCKET_ROWS:
+            if rows >= bucket_rows:
                 pieces.append((path, groups))
                 groups, rows = [], 0
         if groups or meta.num_row_groups == 0:
@@ -612,10 +660,18 @@ def _read_all(files: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
     return _text_frame(pa.concat_tables(tables) if tables else _empty_staged(staged))
 
 
-def _dump(frame: pd.DataFrame, path: str) -> None:
-    # Between tasks through the job's private work dir, as Arrow IPC: fast, and the pandas metadata brings
-    # the exact dtypes back (Decimal, nullable integers and booleans).
-    feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), path, compression="uncompressed")
+def _dump(frame: pd.DataFrame, path: str, decimals: Mapping[str, pa.DataType]) -> None:
+    """Between tasks through the job's private work dir, as Arrow IPC: fast, and the pandas metadata brings
+    the exact dtypes back (nullable integers and booleans; Decimal from a decimal column)."""
+    typed = {c: decimals[c] for c in frame.columns if c in decimals and frame[c].dtype == object}
+    table = pa.Table.from_pandas(frame.drop(columns=list(typed)), preserve_index=False)
+    for column, decimal_type in typed.items():
+        try:
+            values = pa.array(frame[column], type=decimal_type, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # not what its type says: Arrow's inference then
+            values = pa.array(frame[column], from_pandas=True)
+        table = table.append_column(column, values)
+    feather.write_feather(table.select(list(frame.columns)), path, compression="uncompressed")
 
 
 def _load(path: str) -> pd.DataFrame:
@@ -635,8 +691,25 @@ def task_split(plan: Plan, path: str, groups: list[int], piece: int, buckets: in
 
 
 def task_prepare(plan: Plan, bucket: int, pieces: int, scratch: str) -> dict[str, Any]:
-    """A bucket's lines: duplicates marked, source defaults, line numbers, currency, line type; returns
-    its part of the unique-rule counts and of the dimensions derived from the kept lines."""
+    """A bucket's lines prepared and kept for :func:`task_classify`; returns its part of the unique-rule
+    counts and of the dimensions derived from the kept lines."""
+    lines, result = _prepare(plan, bucket, pieces, scratch)
+    _dump(lines, os.path.join(scratch, f"prepared-{bucket}.arrow"), plan.decimals)
+    return result
+
+
+def task_prepare_and_classify(
+    plan: Plan, bucket: int, pieces: int, scratch: str, output_dir: str, day: Day
+) -> dict[str, Any]:
+    """Both steps in one task, the prepared lines kept in memory, when classifying needs nothing of the
+    other buckets (:attr:`Plan.day_wide`)."""
+    lines, _ = _prepare(plan, bucket, pieces, scratch)
+    return _classify(plan, bucket, lines, scratch, output_dir, day)
+
+
+def _prepare(plan: Plan, bucket: int, pieces: int, scratch: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A bucket's lines: duplicates marked, source defaults, line numbers, currency, line type; its part
+    of the unique-rule counts and of the dimensions derived from the kept lines."""
     options, retail = plan.options, plan.options.retail
     parts = [feather.read_table(os.path.join(scratch, f"split-{bucket}-{p}.arrow")) for p in range(pieces)]
     staged = pa.concat_tables(parts) if parts else _empty_staged(plan.staged)
@@ -656,12 +729,11 @@ def task_prepare(plan: Plan, bucket: int, pieces: int, scratch: str) -> dict[str
         keys = unique_keys[i]
         lines[f"_ukey{i}"] = keys
         result["unique"][rule["code"]] = keys.dropna().value_counts().to_dict()
-    _dump(lines, os.path.join(scratch, f"prepared-{bucket}.arrow"))
     if retail.products_from_lines:
         result["products"] = derived_products(kept, retail.product_name_from)
     if retail.stores_from_lines:
         result["stores"] = derived_stores(kept, retail.store_country_from)
-    return result
+    return lines, result
 
 
 def _unique_keys(lines: pd.DataFrame, rule: Mapping[str, Any], plan: Plan) -> pd.Series:
@@ -677,20 +749,19 @@ def _unique_keys(lines: pd.DataFrame, rule: Mapping[str, Any], plan: Plan) -> pd
     return keys
 
 
-def task_classify(
-    plan: Plan,
-    bucket: int,
-    scratch: str,
-    output_dir: str,
-    dims: Mapping[str, set[Any]],
-    rates: Mapping[str, Decimal] | None,
-    conflicts: Mapping[str, set[str]],
-    masks: Mapping[str, Any],
+def task_classify(plan: Plan, bucket: int, scratch: str, output_dir: str, day: Day) -> dict[str, Any]:
+    """A bucket's prepared lines classified (:func:`_classify`)."""
+    lines = _load(os.path.join(scratch, f"prepared-{bucket}.arrow"))
+    return _classify(plan, bucket, lines, scratch, output_dir, day)
+
+
+def _classify(
+    plan: Plan, bucket: int, lines: pd.DataFrame, scratch: str, output_dir: str, day: Day
 ) -> dict[str, Any]:
     """A bucket's lines classified: its quarantined lines written, its accepted lines kept for the sales
     lines; returns its counts and its parts of the day-wide outputs."""
     retail = plan.options.retail
-    lines = classify(_load(os.path.join(scratch, f"prepared-{bucket}.arrow")), plan, dims, rates, conflicts)
+    lines = classify(lines, plan, day.dims, day.rates, day.conflicts)
     rejected = lines[plan.checks.quarantined(lines)].reset_index(drop=True)
     rules = plan.options.inputs["order_lines"].get("rules") or ()
     records = quarantine_records(
@@ -699,12 +770,15 @@ def task_classify(
         "order_lines",
         {**LINE_REASON_COLUMNS, MISSING_BUSINESS_DATE: plan.date_column},
         [*rules, *line_reference_rules(rules)],
-        masks.get("order_lines"),
+        day.masks.get("order_lines"),
     )
     write_output(to_arrow(records, contract.QUARANTINE), os.path.join(output_dir, "quarantine"), bucket)
     accepted = lines[plan.checks.accepted(lines)].reset_index(drop=True)
-    kept = [c for c in accepted.columns if not c.startswith(("_", RAW_PREFIX))]
-    _dump(accepted[kept], os.path.join(scratch, f"accepted-{bucket}.arrow"))
+    # Kept for the last step as what it writes (the links of returns still to set), and as the columns
+    # that find a return's purchase.
+    sales = to_arrow(accepted, CONTRACT.output("sales_lines"))
+    feather.write_feather(sales, os.path.join(scratch, f"sales-{bucket}.arrow"), compression="uncompressed")
+    _dump(accepted[list(LINK_COLUMNS)], os.path.join(scratch, f"purchases-{bucket}.arrow"), plan.decimals)
     result: dict[str, Any] = {
         "counts": row_counts(lines, plan.checks),
         "customers": customer_parts(accepted),
@@ -718,24 +792,26 @@ def task_classify(
 
 
 def task_links(bucket: int, scratch: str, returns: pd.DataFrame) -> pd.DataFrame:
-    return link_candidates(_load(os.path.join(scratch, f"accepted-{bucket}.arrow")), returns)
+    return link_candidates(_load(os.path.join(scratch, f"purchases-{bucket}.arrow")), returns)
 
 
-def task_write(plan: Plan, bucket: int, scratch: str, output_dir: str, links: pd.DataFrame) -> None:
-    """A bucket's sales lines, with the links of its returns, as a part file."""
-    accepted = _load(os.path.join(scratch, f"accepted-{bucket}.arrow"))
-    if links.empty:
-        accepted["_orig_order"] = None
-    else:
+def task_write(bucket: int, scratch: str, output_dir: str, links: pd.DataFrame) -> None:
+    """A bucket's sales lines, with the links of its returns, as a part file. An original order the source
+    names (a declared ``original_order_id``) wins over the link."""
+    sales = feather.read_table(os.path.join(scratch, f"sales-{bucket}.arrow"))
+    if not links.empty:
+        keys = pd.DataFrame(
+            {
+                "order_id": sales["order_id"].to_pandas(),
+                "line_number": sales["line_number"].to_pandas().astype("Int64"),
+            }
+        )
         links = links[["order_id", "line_number", "_orig_order"]].astype({"line_number": "Int64"})
-        accepted = accepted.merge(links, on=["order_id", "line_number"], how="left")
-    linked = accepted["_orig_order"].astype(object).where(accepted["_orig_order"].notna(), None)
-    if "original_order_id" in plan.lines.types:  # the source names the original order: it wins
-        declared = accepted["original_order_id"]
-        linked = declared.where(declared.notna(), linked)
-    accepted["original_order_id"] = linked
-    path = os.path.join(output_dir, "sales_lines")
-    write_output(to_arrow(accepted, CONTRACT.output("sales_lines")), path, bucket)
+        found = keys.merge(links, on=["order_id", "line_number"], how="left")["_orig_order"]
+        linked = pa.array(found.astype(object).where(found.notna(), None).tolist(), pa.string())
+        at = sales.schema.get_field_index("original_order_id")
+        sales = sales.set_column(at, "original_order_id", pc.coalesce(sales["original_order_id"], linked))
+    write_output(sales, os.path.join(output_dir, "sales_lines"), bucket)
 
 
 # --- masters: products, stores, rates (a day's export: one task each) ---------------------------------------
@@ -804,39 +880,60 @@ def _compute(tasks: list[Any]) -> list[Any]:
 
 
 def run_job(
-    spec: Mapping[str, Any], pseudonym_key: bytes | None = None, *, scheduler: str | None = None
+    spec: Mapping[str, Any],
+    pseudonym_key: bytes | None = None,
+    *,
+    scheduler: str | None = None,
+    bucket_rows: int = BUCKET_ROWS,
 ) -> dict:
     """Read the spec's inputs, transform them, write every output under ``output_dir`` and
     ``_result.json``; return it (spark_jobs.sales_daily.run_job's contract). ``scheduler``: the address
-    of a dask.distributed scheduler; without one, threads in this process."""
+    of a dask.distributed scheduler; without one, this machine's cores (:func:`_local_workers`).
+    ``bucket_rows``: staged order lines per bucket (tests make it small to split a small day)."""
     import dask
 
     options = JobOptions.from_spec(spec, pseudonym_key)
-    if scheduler:
-        from distributed import Client
-
-        with Client(scheduler, timeout="30s") as client:
-            with dask.config.set(scheduler=client):
-                return _run(spec, options)
-    with dask.config.set(scheduler="threads"):
-        return _run(spec, options)
-
-
-def _run(spec: Mapping[str, Any], options: JobOptions) -> dict:
-    from dask import delayed
-
     output_dir = spec["output_dir"]
     scratch = os.path.join(output_dir, _SCRATCH)
     os.makedirs(scratch, mode=0o700, exist_ok=True)
     try:
-        return _run_in(spec, options, output_dir, scratch, delayed)
+        if scheduler:
+            from distributed import Client
+
+            with Client(scheduler, timeout="30s") as client, dask.config.set(scheduler=client):
+                return _run_in(options, output_dir, scratch, bucket_rows, _no_pool)
+        return _run_in(options, output_dir, scratch, bucket_rows, _local_workers)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_in(
-    spec: Mapping[str, Any], options: JobOptions, output_dir: str, scratch: str, delayed: Any
-) -> dict:
+@contextlib.contextmanager
+def _no_pool(buckets: int) -> Iterator[None]:
+    yield
+
+
+@contextlib.contextmanager
+def _local_workers(buckets: int) -> Iterator[None]:
+    """Dask's scheduler on this machine: a day of one bucket on threads (nothing to start), a bigger one on
+    a pool of processes, one a core: the tasks are pandas code that holds the GIL most of the time, and
+    they exchange files and small parts only. The pool is spawned (a fork would copy Arrow's thread pools
+    mid-use) once for the day; one task at a time goes to a worker (Dask batches 6 by default)."""
+    import dask
+
+    workers = min(os.cpu_count() or 1, buckets)
+    if workers < 2:
+        with dask.config.set(scheduler="threads"):
+            yield
+        return
+    context = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(workers, mp_context=context) as pool,
+        dask.config.set(scheduler="processes", pool=pool, num_workers=workers, chunksize=1),
+    ):
+        yield
+
+
+def _run_in(options: JobOptions, output_dir: str, scratch: str, bucket_rows: int, workers: Any) -> dict:
     retail, inputs, key = options.retail, options.inputs, options.pseudonym_key
     plan = Plan.of(options)
     masks = {
@@ -844,9 +941,25 @@ def _run_in(
         for name, s in inputs.items()
     }
     line_files = list(inputs["order_lines"].get("files") or [])
-    pieces = _chunks(line_files)
+    pieces = _chunks(line_files, bucket_rows)
     total = sum(pq.read_metadata(f).num_rows for f in line_files)
-    buckets = max(1, math.ceil(total / BUCKET_ROWS))
+    buckets = max(1, math.ceil(total / bucket_rows))
+    with workers(buckets):
+        return _run_buckets(options, plan, masks, pieces, buckets, output_dir, scratch)
+
+
+def _run_buckets(
+    options: JobOptions,
+    plan: Plan,
+    masks: Mapping[str, Any],
+    pieces: Sequence[tuple[str, list[int]]],
+    buckets: int,
+    output_dir: str,
+    scratch: str,
+) -> dict:
+    from dask import delayed
+
+    retail, inputs = options.retail, options.inputs
     masters = {
         name: delayed(prepare_master, pure=False)(name, inputs[name])
         for name in ("products", "stores", retail.rates_dataset)
@@ -858,26 +971,6 @@ def _run_in(
     ]
     done = _compute([*split, *masters.values()])
     master = dict(zip(masters, done[len(split) :], strict=True))
-    # 2. each bucket: duplicates, defaults, line numbers; the day's unique conflicts and derived dimensions.
-    prepared = _compute(
-        [delayed(task_prepare, pure=False)(plan, b, len(pieces), scratch) for b in range(buckets)]
-    )
-    conflicts = {
-        rule["code"]: {
-            k for k, n in _sum_counts(p["unique"][rule["code"]] for p in prepared).items() if n > 1
-        }
-        for rule, _ in plan.unique_rules
-    }
-    dims: dict[str, set[Any]] = {}
-    for name, column, derive in (
-        ("products", "sku", retail.products_from_lines),
-        ("stores", "store_code", retail.stores_from_lines),
-    ):
-        if derive:
-            best = _reduce_dimension([p[name] for p in prepared], name)
-            dims[name] = set(best[column].dropna())
-        else:
-            dims[name] = set(master[name].accepted[column].dropna())
     rates = None
     if retail.rates_dataset:
         usable = master[retail.rates_dataset].accepted
@@ -885,20 +978,79 @@ def _run_in(
         for currency, rate in zip(per_value(usable["currency"], str.upper), usable["rate"], strict=True):
             if currency is not None and currency not in rates:
                 rates[currency] = rate
+    if plan.day_wide:
+        classified = _prepare_then_classify(
+            plan, master, rates, masks, buckets, len(pieces), scratch, output_dir
+        )
+    else:
+        # 2-3. each bucket prepared and classified in one go: the masters are all it compares with.
+        dims = {name: set(master[name].accepted[column].dropna()) for name, column in DIMENSION_KEYS}
+        day = Day(dims, rates, {}, masks)
+        classified = _compute(
+            [
+                delayed(task_prepare_and_classify, pure=False)(plan, b, len(pieces), scratch, output_dir, day)
+                for b in range(buckets)
+            ]
+        )
+    return _finish(options, plan, master, classified, masks, buckets, scratch, output_dir)
+
+
+def _prepare_then_classify(
+    plan: Plan,
+    master: Mapping[str, Master],
+    rates: Mapping[str, Decimal] | None,
+    masks: Mapping[str, Any],
+    buckets: int,
+    pieces: int,
+    scratch: str,
+    output_dir: str,
+) -> list[dict[str, Any]]:
+    from dask import delayed
+
+    retail = plan.options.retail
+    # 2. each bucket: duplicates, defaults, line numbers; the day's unique conflicts and derived dimensions.
+    prepared = _compute([delayed(task_prepare, pure=False)(plan, b, pieces, scratch) for b in range(buckets)])
+    conflicts = {
+        rule["code"]: {
+            k for k, n in _sum_counts(p["unique"][rule["code"]] for p in prepared).items() if n > 1
+        }
+        for rule, _ in plan.unique_rules
+    }
+    dims: dict[str, set[Any]] = {}
+    for name, column in DIMENSION_KEYS:
+        if _derived(retail, name):
+            best = _reduce_dimension([p[name] for p in prepared], name)
+            dims[name] = set(best[column].dropna())
+        else:
+            dims[name] = set(master[name].accepted[column].dropna())
     # 3. classify every bucket; counts and the day-wide parts.
-    classify_tasks = [
-        delayed(task_classify, pure=False)(plan, b, scratch, output_dir, dims, rates, conflicts, masks)
-        for b in range(buckets)
-    ]
-    classified = _compute(classify_tasks)
-    returns = pd.concat([c["returns"] for c in classified], ignore_index=True)
-    # 4. the links of the returns, then the line outputs.
+    day = Day(dims, rates, conflicts, masks)
+    return _compute(
+        [delayed(task_classify, pure=False)(plan, b, scratch, output_dir, day) for b in range(buckets)]
+    )
+
+
+def _finish(
+    options: JobOptions,
+    plan: Plan,
+    master: Mapping[str, Master],
+    classified: Sequence[dict[str, Any]],
+    masks: Mapping[str, Any],
+    buckets: int,
+    scratch: str,
+    output_dir: str,
+) -> dict:
+    """4. The links of the returns, the line outputs, and what is reduced from the buckets' parts."""
+    from dask import delayed
+
+    retail = options.retail
+    returns = _concat([c["returns"] for c in classified])
     links = (
         links_reduce(_compute([delayed(task_links, pure=False)(b, scratch, returns) for b in range(buckets)]))
         if not returns.empty
         else pd.DataFrame()
     )
-    _compute([delayed(task_write, pure=False)(plan, b, scratch, output_dir, links) for b in range(buckets)])
+    _compute([delayed(task_write, pure=False)(b, scratch, output_dir, links) for b in range(buckets)])
 
     datasets = {"order_lines": merge_counts([c["counts"] for c in classified])}
     small: dict[str, pd.DataFrame] = {"customers": customers_output([c["customers"] for c in classified])}
@@ -942,8 +1094,15 @@ def _sum_counts(parts: Any) -> dict[Any, int]:
     return total
 
 
+def _concat(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The buckets' parts as one frame; empty parts left out (their all-null columns would decide no
+    dtype), one kept when all are."""
+    parts = list(parts)
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+
+
 def _reduce_dimension(parts: Sequence[pd.DataFrame], name: str) -> pd.DataFrame:
-    frame = pd.concat(list(parts), ignore_index=True)
+    frame = _concat(parts)
     column, value = ("sku", "_name") if name == "products" else ("store_code", "_country")
     frame["ordered_at"] = frame["ordered_at"].astype("Int64")
     keys = [
