@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +79,7 @@ from spark_jobs.sales_rules import (  # noqa: E402, F401
     VERSION_TYPES,
     Fill,
     JobOptions,
+    SpecsUnreadable,
     _check_conservation,
     _check_constraints,
     _check_spec,
@@ -91,6 +91,8 @@ from spark_jobs.sales_rules import (  # noqa: E402, F401
     inputs_with_implicit_rules,
     line_reference_rules,
     parquet_row_count,
+    specs_read,
+    specs_run,
 )
 
 OUTPUT_SCHEMAS: dict[str, StructType] = {o.name: contract.spark_schema(o) for o in CONTRACT.outputs}
@@ -607,23 +609,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="path of a job spec JSON (see docs/architecture.md); repeat for several dates",
     )
     args = parser.parse_args(argv)
-
-    specs = []
-    for path in args.spec:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                specs.append(json.load(fh))
-        except (OSError, ValueError) as exc:
-            print(f"{JOB_NAME}: cannot read job spec {path}: {exc}", file=sys.stderr)
-            return 2
     try:
-        key = _pseudonym_key_from_env(specs[0])
-    except RuntimeError as exc:
+        specs, key = specs_read(args.spec)
+    except SpecsUnreadable as exc:
         print(f"{JOB_NAME}: {exc}", file=sys.stderr)
         return 2
 
     spark = None
-    failed = 0
     try:
         dates = [str(spec.get("business_date")) for spec in specs]
         app_name = f"{specs[0].get('pipeline', 'etl')}:{JOB_NAME}:{dates[0]}" + (
@@ -632,24 +624,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = (
             SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC").getOrCreate()
         )
-        for spec in specs:
+
+        def run(spec: Mapping[str, Any]) -> None:
             try:
                 run_job(spark, spec, pseudonym_key=key)
-            except Exception as exc:  # the job's contract with the transform step: an exit code and one line
-                line = _one_line(exc, secret_fragments(key))
-                prefix = f"{spec.get('business_date')}: " if len(specs) > 1 else ""
-                print(f"{JOB_NAME}: {prefix}failed: {line}", file=sys.stderr)
-                _write_json_atomically(os.path.join(spec["output_dir"], FAILED_FILE), {"error": line})
-                failed += 1
             finally:
                 spark.catalog.clearCache()  # nothing of one date stays for the next
+
+        return specs_run(JOB_NAME, specs, key, run)
     except Exception as exc:
         print(f"{JOB_NAME}: failed: {_one_line(exc, secret_fragments(key))}", file=sys.stderr)
         return 1
     finally:
         if spark is not None:
             spark.stop()
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

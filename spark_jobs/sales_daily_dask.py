@@ -13,8 +13,9 @@ order id into ``buckets`` pieces; each bucket then holds every version and copy 
 line of its orders (de-duplication, line numbers), and is classified against the day's dimensions, which
 are small and broadcast. What needs the whole day (unique-rule conflicts, dimensions derived from the
 lines, the links of returns, customers, counts) is reduced from per-bucket parts. Every step is a Dask
-task: threads in this process by default, or the workers of a ``dask.distributed`` scheduler
-(``--scheduler``), which must then see the same files (the staging root).
+task: on this machine's cores by default (threads for a day of one bucket, a pool of processes for a
+bigger one), or on the workers of a ``dask.distributed`` scheduler (``--scheduler``), which must then see
+the same files (the staging root).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import math
 import multiprocessing
 import os
@@ -44,7 +44,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from spark_jobs import contract
-from spark_jobs.contract import ENCRYPTED_MARK, secret_fragments
+from spark_jobs.contract import ENCRYPTED_MARK
 from spark_jobs.quality_pandas import (
     DUP_COL,
     EPOCH,
@@ -76,18 +76,18 @@ from spark_jobs.sales_rules import (
     BUSINESS_DATE_FROM,
     CONTRACT,
     ENCRYPTED_EMAIL,
-    FAILED_FILE,
     LINE_REASON_COLUMNS,
     MISSING_BUSINESS_DATE,
     PRODUCT,
     JobOptions,
     RetailOptions,
+    SpecsUnreadable,
     _check_conservation,
-    _one_line,
-    _pseudonym_key_from_env,
     _write_json_atomically,
     line_reference_rules,
     parquet_row_count,
+    specs_read,
+    specs_run,
 )
 
 JOB_NAME = "sales_daily_dask"
@@ -1125,33 +1125,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--spec", action="append", required=True, help="path of a job spec JSON; repeat for several dates"
     )
     parser.add_argument(
-        "--scheduler", help="address of a dask.distributed scheduler (default: threads in this process)"
+        "--scheduler", help="address of a dask.distributed scheduler (default: this machine's cores)"
     )
     args = parser.parse_args(argv)
-    specs = []
-    for path in args.spec:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                specs.append(json.load(fh))
-        except (OSError, ValueError) as exc:
-            print(f"{JOB_NAME}: cannot read job spec {path}: {exc}", file=sys.stderr)
-            return 2
     try:
-        key = _pseudonym_key_from_env(specs[0])
-    except RuntimeError as exc:
+        specs, key = specs_read(args.spec)
+    except SpecsUnreadable as exc:
         print(f"{JOB_NAME}: {exc}", file=sys.stderr)
         return 2
-    failed = 0
-    for spec in specs:
-        try:
-            run_job(spec, pseudonym_key=key, scheduler=args.scheduler)
-        except Exception as exc:  # the job's contract with the transform step: an exit code and one line
-            line = _one_line(exc, secret_fragments(key))
-            prefix = f"{spec.get('business_date')}: " if len(specs) > 1 else ""
-            print(f"{JOB_NAME}: {prefix}failed: {line}", file=sys.stderr)
-            _write_json_atomically(os.path.join(spec["output_dir"], FAILED_FILE), {"error": line})
-            failed += 1
-    return 1 if failed else 0
+    return specs_run(
+        JOB_NAME, specs, key, lambda spec: run_job(spec, pseudonym_key=key, scheduler=args.scheduler)
+    )
 
 
 if __name__ == "__main__":

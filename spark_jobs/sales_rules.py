@@ -15,7 +15,8 @@ import glob
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -436,3 +437,41 @@ def _one_line(exc: BaseException, secrets: Sequence[str]) -> str:
 
 
 FAILED_FILE = "_failed.json"
+
+
+class SpecsUnreadable(Exception):
+    """A job spec cannot be read, or the pseudonym key is missing: the job exits 2 before any date."""
+
+
+def specs_read(paths: Sequence[str]) -> tuple[list[dict[str, Any]], bytes]:
+    """The ``--spec`` files, and the pseudonym key the first names (every date of a batch shares it)."""
+    specs = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                specs.append(json.load(fh))
+        except (OSError, ValueError) as exc:
+            raise SpecsUnreadable(f"cannot read job spec {path}: {exc}") from exc
+    try:
+        return specs, _pseudonym_key_from_env(specs[0])
+    except RuntimeError as exc:
+        raise SpecsUnreadable(str(exc)) from exc
+
+
+def specs_run(
+    job_name: str, specs: Sequence[Mapping[str, Any]], key: bytes, run: Callable[[Mapping[str, Any]], Any]
+) -> int:
+    """``run`` each spec in turn, whatever the others do: a date that fails ends with ``_failed.json``
+    holding its one-line error (also on stderr, secrets masked). 0 when every date succeeded, else 1:
+    the job's contract with the transform step, either engine."""
+    failed = 0
+    for spec in specs:
+        try:
+            run(spec)
+        except Exception as exc:
+            line = _one_line(exc, contract.secret_fragments(key))
+            prefix = f"{spec.get('business_date')}: " if len(specs) > 1 else ""
+            print(f"{job_name}: {prefix}failed: {line}", file=sys.stderr)
+            _write_json_atomically(os.path.join(spec["output_dir"], FAILED_FILE), {"error": line})
+            failed += 1
+    return 1 if failed else 0

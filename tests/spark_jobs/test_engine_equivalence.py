@@ -5,9 +5,9 @@ real Online Retail II export, staged by the real extract step; the job-level rul
 tests/spark_jobs and a few small ones at the edges (Java pattern syntax, `when` conditions, wall-clock times
 across daylight saving, far dates: tests/spark_jobs/job_fixtures.py); and a generated date of 100k lines
 with 5 % dirty rows (tests/spark_jobs/dirty_sales.py). Spark runs it in the suite's shared session
-(`run_job`), Dask in this process on its threaded scheduler, each into its own output_dir; every output
-must then hold the same rows in the contract's schema, and `_result.json` the same accounting
-(engine_equivalence.py).
+(`run_job`), Dask in this process (threads; a day split in buckets: a pool of processes), each into its
+own output_dir; every output must then hold the same rows in the contract's schema, and `_result.json`
+the same accounting (engine_equivalence.py).
 """
 
 from __future__ import annotations
