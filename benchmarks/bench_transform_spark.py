@@ -249,6 +249,15 @@ def job_spec(root: Path, output_dir: Path) -> dict[str, Any]:
     )
 
 
+def spec_written(root: Path, output_dir: Path) -> Path:
+    """A fresh ``output_dir`` holding the job spec of the staged date ``root``: the spec's path."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True)
+    spec_path = output_dir / "_spec.json"
+    spec_path.write_text(json.dumps(job_spec(root, output_dir), indent=2), encoding="utf-8")
+    return spec_path
+
+
 # --- measurement ------------------------------------------------------------------------------------------
 def _tree_rss_mb(session: int) -> float:
     """Resident memory of every process in the session (the child started it with start_new_session)."""
@@ -305,10 +314,7 @@ def run_spark(root: Path, work: Path) -> dict[str, Any]:
 
     config = pipeline_load(PIPELINE)
     output_dir = work / "spark"
-    shutil.rmtree(output_dir, ignore_errors=True)
-    output_dir.mkdir(parents=True)
-    spec_path = output_dir / "_spec.json"
-    spec_path.write_text(json.dumps(job_spec(root, output_dir), indent=2), encoding="utf-8")
+    spec_path = spec_written(root, output_dir)
     command = submit_command(config, spec_path=spec_path, py_files=jobs_archive(work / "_build"))
     env = job_environment(config, {**os.environ, config.spark.pseudonym_key_env: PSEUDONYM_KEY})
     result = measure(command, env=env, log=work / "spark.log")

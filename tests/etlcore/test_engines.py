@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from etlcore.engines import DASK_MAX_ROWS_DEFAULT, engine_choose, engine_job, en
 from etlcore.errors import ConfigurationError
 from tests.pipelines import dataset, pipeline_toml
 
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 PRODUCTS = {"products": dataset("products.csv", sku={"required": True})}
 
 
@@ -36,9 +38,21 @@ def test_a_pipeline_without_engine_runs_on_spark_and_the_dask_table_has_its_defa
     config = parsed(tmp_path)
     assert config.engine == "spark"
     assert config.dask == DaskConfig(
-        job="spark_jobs.sales_daily_dask", scheduler_address=None, max_rows=1_000_000, timeout_seconds=None
+        job="spark_jobs.sales_daily_dask", scheduler_address=None, max_rows=10_000_000, timeout_seconds=None
     )
-    assert DASK_MAX_ROWS_DEFAULT == 1_000_000
+
+
+def test_the_default_threshold_is_where_the_benchmark_last_saw_spark_overtake_dask():
+    """`auto`'s default follows the measurement: the crossover of benchmarks/bench_transform_engines.py,
+    or, when Spark overtook Dask at no size, the largest size where Dask was measured faster."""
+    figures = json.loads((RESULTS / "transform_engines.json").read_text())
+    crossover = figures["dask_max_rows"]["rows"]
+    if crossover is None:
+        sizes = figures["sizes"]
+        faster = [int(r) for r, e in sizes.items() if e["dask"]["seconds"] < e["spark"]["seconds"]]
+        crossover = max(faster)
+        assert max(int(r) for r in sizes) == crossover  # Dask faster up to the largest size measured
+    assert DASK_MAX_ROWS_DEFAULT == crossover
 
 
 def test_engine_and_the_dask_keys_parse_and_an_unset_scheduler_variable_means_the_threaded_scheduler(
