@@ -51,7 +51,7 @@ TEST_WORKERS ?= 2
 
 # A file at a time to each process, in the order tests/conftest.py gives (the files with spark-submits
 # first), not pytest-xdist's default of the files with the most tests first, which left the long ones last.
-test: $(STAMP) test-deps ## the whole suite: ~1210 tests in 2 processes, SQLite and PostgreSQL, real spark-submits and Celery workers (20-25 min, 2 cores)
+test: $(STAMP) test-deps ## the whole suite: ~1220 tests in 2 processes, SQLite and PostgreSQL, real spark-submits and Celery workers (17 min on 2 quiet cores)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP) ## run every benchmark (benchmarks/bench_*.py); figures go to benchmarks/results/*.json
