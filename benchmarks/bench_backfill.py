@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_transform_spark import measure
-from benchmarks.common import write_result
+from benchmarks.common import load_average, write_result
 
 NAME = "backfill"
 PIPELINE = "online_retail"
@@ -104,7 +104,7 @@ def run_backfill(days: list[date], var_dir: Path) -> dict[str, Any]:
     result = measure(argv, env=env, log=var_dir / "backfill.log")
     if result["exit_code"] != 0:
         raise SystemExit(f"backfill failed, see {result['log']}")
-    return result | {"load_average": _load()}
+    return result | {"load_average": load_average()}
 
 
 def run_date_by_date(days: list[date], var_dir: Path, *, fresh: bool) -> list[dict[str, Any]]:
@@ -116,8 +116,8 @@ def run_date_by_date(days: list[date], var_dir: Path, *, fresh: bool) -> list[di
         result = measure(argv, env=env, log=var_dir / f"run-{day}.log")
         if result["exit_code"] != 0:
             raise SystemExit(f"run_pipeline --date {day} failed, see {result['log']}")
-        results.append(result | {"load_average": _load()})
-        print(f"date by date {day}: {result['seconds']:6.1f} s (load {_load()})", file=sys.stderr)
+        results.append(result | {"load_average": load_average()})
+        print(f"date by date {day}: {result['seconds']:6.1f} s (load {load_average()})", file=sys.stderr)
     return results
 
 
@@ -175,11 +175,6 @@ def _covered_seconds(steps) -> float:
 
 
 # --- driver -----------------------------------------------------------------------------------------------
-def _load() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
-
-
 def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": [round(r["seconds"], 2) for r in runs],
@@ -216,7 +211,7 @@ def main() -> None:
     lines = trading_days(date.fromisoformat(args.start), args.dates)
     days = list(lines)
     sampled = days[: args.sample]
-    figures: dict[str, Any] = {"load_average_before": _load()}
+    figures: dict[str, Any] = {"load_average_before": load_average()}
     # The backfill runs between the two halves of the sample, so drift in the machine's load (other jobs
     # on the same cores) falls on both sides alike.
     half = (len(sampled) + 1) // 2
@@ -225,11 +220,11 @@ def main() -> None:
     for n in range(args.repeat):
         backfills.append(run_backfill(days, ROOT / f"backfill-{n}"))
         print(
-            f"backfill of {len(days)} dates: {backfills[-1]['seconds']:6.1f} s (load {_load()})",
+            f"backfill of {len(days)} dates: {backfills[-1]['seconds']:6.1f} s (load {load_average()})",
             file=sys.stderr,
         )
     one_by_one += run_date_by_date(sampled[half:], ROOT / "date_by_date", fresh=False)
-    figures["load_average_after"] = _load()
+    figures["load_average_after"] = load_average()
 
     ours = inspect(ROOT / f"backfill-{args.repeat - 1}", sampled)
     theirs = inspect(ROOT / "date_by_date", sampled)

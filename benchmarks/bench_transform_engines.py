@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +39,7 @@ from benchmarks.bench_transform_spark import (
     run_spark,
     spec_written,
 )
-from benchmarks.common import write_result
+from benchmarks.common import django_setup, load_average, side_summary, write_result
 
 NAME = "transform_engines"
 SIDES = ("dask", "spark", "duckdb")
@@ -85,27 +84,19 @@ def crossover(sizes: dict[int, dict[str, float]]) -> dict[str, Any]:
     return {"rows": None, "why": f"Dask faster at every measured size (up to {rows[-1]:,} rows)"}
 
 
-def _load() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,1000000,10000000", help="comma-separated order-line counts")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side per size (median)")
     parser.add_argument("--sides", default=",".join(SIDES), help="which of dask,spark,duckdb to run")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conf.settings.local")
-    import django
-
-    django.setup()
+    django_setup()
     sides = [s for s in args.sides.split(",") if s]
     unknown = set(sides) - set(SIDES)
     if unknown:
         raise SystemExit(f"--sides: unknown {sorted(unknown)}; choose from {', '.join(SIDES)}")
 
-    figures: dict[str, Any] = {"sizes": {}, "load_average_before": _load(), "repeat": args.repeat}
+    figures: dict[str, Any] = {"sizes": {}, "load_average_before": load_average(), "repeat": args.repeat}
     seconds: dict[int, dict[str, float]] = {}
     for rows in [int(r) for r in args.rows.split(",")]:
         root = generate_in_child(rows)
@@ -116,15 +107,9 @@ def main() -> None:
             for side in sides:
                 samples[side].append(RUNNERS[side](root, work))
                 print(f"{rows:>11,} {side:<7} {samples[side][-1]['seconds']:7.2f} s", file=sys.stderr)
-        entry: dict[str, Any] = {"load_average": _load(), "measured_at": datetime.now(UTC).isoformat()}
+        entry: dict[str, Any] = {"load_average": load_average(), "measured_at": datetime.now(UTC).isoformat()}
         for side, runs in samples.items():
-            entry[side] = {
-                "seconds": round(statistics.median(r["seconds"] for r in runs), 2),
-                "samples": [round(r["seconds"], 2) for r in runs],
-                "peak_memory_mb": round(max(r["peak_memory_mb"] for r in runs), 1),
-                "max_process_rss_mb": round(max(r["max_process_rss_mb"] for r in runs), 1),
-                "result": runs[-1]["result"],
-            }
+            entry[side] = side_summary(runs)
         seconds[rows] = {side: entry[side]["seconds"] for side in sides}
         if "dask" in entry and "spark" in entry:
             # The engines' contract: the same counts of everything (the equivalence test compares rows).

@@ -41,7 +41,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, write_result
+from benchmarks.common import RESULTS_DIR, django_setup, load_average, side_summary, write_result
 
 NAME = "transform_spark"
 ROOT = Path(__file__).resolve().parents[1] / "var" / "bench" / NAME
@@ -570,18 +569,6 @@ def pandas_step(root: Path) -> None:
 
 
 # --- driver -----------------------------------------------------------------------------------------------
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conf.settings.local")
-    import django
-
-    django.setup()
-
-
-def _load() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000000,10000000", help="comma-separated order-line counts")
@@ -593,7 +580,7 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _setup_django()
+    django_setup()
     if args.step == "generate":
         print(json.dumps({"root": str(generate(int(args.rows)))}))
         return
@@ -607,7 +594,7 @@ def main() -> None:
     sizes = [int(r) for r in args.rows.split(",")]
     if args.huge and HUGE_ROWS not in sizes:
         sizes.append(HUGE_ROWS)
-    figures: dict[str, Any] = {"sizes": {}, "load_average_before": _load()}
+    figures: dict[str, Any] = {"sizes": {}, "load_average_before": load_average()}
     for rows in sizes:
         root = generate_in_child(rows)
         work = ROOT / f"work-{rows}"
@@ -620,17 +607,11 @@ def main() -> None:
             if not skip_duckdb:
                 samples["duckdb"].append(run_duckdb(root, work))
                 print(f"{rows:>11,} duckdb  {samples['duckdb'][-1]['seconds']:7.1f} s", file=sys.stderr)
-        entry: dict[str, Any] = {"load_average": _load(), "measured_at": datetime.now(UTC).isoformat()}
+        entry: dict[str, Any] = {"load_average": load_average(), "measured_at": datetime.now(UTC).isoformat()}
         for side, runs in samples.items():
             if not runs:
                 continue
-            entry[side] = {
-                "seconds": round(statistics.median(r["seconds"] for r in runs), 2),
-                "samples": [round(r["seconds"], 2) for r in runs],
-                "peak_memory_mb": round(max(r["peak_memory_mb"] for r in runs), 1),
-                "max_process_rss_mb": round(max(r["max_process_rss_mb"] for r in runs), 1),
-                "result": runs[-1]["result"],
-            }
+            entry[side] = side_summary(runs)
         if entry.get("duckdb"):
             spark_ol = entry["spark"]["result"]["datasets"]["order_lines"]
             duck_ol = entry["duckdb"]["result"]["datasets"]["order_lines"]

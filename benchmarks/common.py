@@ -47,6 +47,31 @@ def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None) -> tupl
     return seconds, usage.ru_maxrss / 1024, out
 
 
+def load_average() -> str:
+    """The machine's load averages (1, 5, 15 min), recorded beside figures: a loaded machine's are loose."""
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def django_setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conf.settings.local")
+    import django
+
+    django.setup()
+
+
+def side_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One side's repeated child runs (``seconds``, ``peak_memory_mb``, ``max_process_rss_mb``,
+    ``result``): the median time, every sample, the largest peaks and the last result."""
+    return {
+        "seconds": round(statistics.median(r["seconds"] for r in runs), 2),
+        "samples": [round(r["seconds"], 2) for r in runs],
+        "peak_memory_mb": round(max(r["peak_memory_mb"] for r in runs), 1),
+        "max_process_rss_mb": round(max(r["max_process_rss_mb"] for r in runs), 1),
+        "result": runs[-1]["result"],
+    }
+
+
 def self_peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
