@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,6 +155,28 @@ def test_a_day_split_in_many_buckets_on_processes_writes_what_the_spark_job_writ
     assert_same_job_outputs(spark_dir, dask_dir)
     quarantine_parts = len(list((dask_dir / "quarantine").glob("part-*.parquet")))
     assert quarantine_parts >= -(-staged // bucket_rows)  # one a bucket (and one a master dataset)
+
+
+def test_buckets_run_on_worker_processes_in_the_jobs_process_group_and_one_bucket_on_threads():
+    """The child guard and the timeout stop the Dask job by killing its process group: the pool's workers
+    must be in it, and must be other processes than the job's (else the pool is not running the tasks)."""
+    import dask
+    from dask import delayed
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: the job runs every day on threads")
+
+    def where(tasks: int) -> tuple[set[int], set[int]]:  # (pids, process groups) the tasks ran in
+        pids = dask.compute(*[delayed(os.getpid, pure=False)() for _ in range(tasks)])
+        groups = dask.compute(*[delayed(os.getpgid, pure=False)(0) for _ in range(tasks)])
+        return set(pids), set(groups)
+
+    with sales_daily_dask._local_workers(4):
+        pids, groups = where(8)
+    assert os.getpid() not in pids and len(pids) >= 1
+    assert groups == {os.getpgid(0)}
+    with sales_daily_dask._local_workers(1):
+        assert where(4) == ({os.getpid()}, {os.getpgid(0)})
 
 
 def test_a_difference_injected_into_the_dask_engine_fails_the_comparison_naming_the_output_and_row(
